@@ -1,0 +1,196 @@
+//! CPU: the kernel already accounts on-CPU time (se.sum_exec_runtime) and run-queue wait
+//! (sched_info.run_delay) per task. Two programs read those totals instead of re-measuring them:
+//!
+//! - `probe_tasks` (iter/task) runs only when the daemon collects, and writes one
+//!   [`TaskRecord`] per live thread. The scheduler pays nothing for it.
+//! - `probe_task_exit_*` (sched_switch) catches each thread's final context switch (prev is
+//!   TASK_DEAD), when its totals include the last slice, and adds them to [`DEAD_TASKS`] so a
+//!   process that dies between two collections is not lost. Every other switch returns after
+//!   one comparison.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_cgroup_id,
+    macros::{btf_tracepoint, map, raw_tracepoint},
+    maps::{HashMap, PerCpuArray},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use probe_common::{
+    cpu::{
+        DeadKey, DeadTotals, TaskRecord, DEAD_MAP_ENTRIES, EXIT_STAT_LOST, EXIT_STAT_RECORDED,
+        EXIT_STAT_SLOTS, PF_KTHREAD, TASK_DEAD,
+    },
+    COMM_LEN,
+};
+
+use crate::kernel::{off, read, read_ptr, self_tgid, seq_write, IterMeta};
+
+#[map]
+static DEAD_TASKS: HashMap<DeadKey, DeadTotals> =
+    HashMap::with_max_entries(DEAD_MAP_ENTRIES, 0);
+
+#[map]
+static EXIT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXIT_STAT_SLOTS, 0);
+
+/// `struct bpf_iter__task`.
+#[repr(C)]
+pub struct TaskIterCtx {
+    meta: *const IterMeta,
+    task: *const u8,
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub fn probe_tasks(ctx: *const TaskIterCtx) -> i32 {
+    if ctx.is_null() {
+        return 0;
+    }
+    let (meta, task) = unsafe { ((*ctx).meta, (*ctx).task) };
+    if task.is_null() {
+        return 0; // end of iteration
+    }
+    if let Some(record) = task_record(task) {
+        seq_write(meta, &record);
+    }
+    0
+}
+
+#[inline(always)]
+fn task_record(task: *const u8) -> Option<TaskRecord> {
+    let tgid: u32 = read(task, off!(task_tgid))?;
+    if tgid == self_tgid() {
+        return None;
+    }
+    let pid: u32 = read(task, off!(task_pid))?;
+    let mut rec = TaskRecord { pid, tgid, ..TaskRecord::default() };
+    // A dying or dead thread's final totals go to DEAD_TASKS (see the exit hook below).
+    if task_state(task) & TASK_DEAD == 0 {
+        rec.cpu_ns = read(task, off!(task_sum_exec_runtime)).unwrap_or(0);
+        rec.run_delay_ns = read(task, off!(task_run_delay)).unwrap_or(0);
+    }
+    let flags: u32 = read(task, off!(task_flags)).unwrap_or(0);
+    rec.is_kthread = u32::from(flags & PF_KTHREAD != 0);
+    let leader = read_ptr(task, off!(task_group_leader)).unwrap_or(task);
+    rec.start_ns = read(leader, off!(task_start_boottime)).unwrap_or(0);
+    if pid == tgid {
+        rec.is_leader = 1;
+        rec.comm = read(task, off!(task_comm)).unwrap_or([0; COMM_LEN]);
+        rec.ppid = read_ptr(task, off!(task_real_parent))
+            .and_then(|parent| read::<u32>(parent, off!(task_tgid)))
+            .unwrap_or(0);
+        rec.cgroup_id = task_cgroup_id(task).unwrap_or(0);
+        if let Some(mm) = read_ptr(task, off!(task_mm)) {
+            rec.rss_pages = rss_pages(mm);
+        }
+    }
+    Some(rec)
+}
+
+/// task->cgroups->dfl_cgrp->kn->id: the cgroup v2 id (inode number of the cgroup directory).
+#[inline(always)]
+fn task_cgroup_id(task: *const u8) -> Option<u64> {
+    let css_set = read_ptr(task, off!(task_cgroups))?;
+    let cgroup = read_ptr(css_set, off!(css_set_dfl_cgrp))?;
+    let kn = read_ptr(cgroup, off!(cgroup_kn))?;
+    read(kn, off!(kernfs_node_id))
+}
+
+/// Resident pages as /proc/<pid>/statm counts them (file + anon + shmem; negative per-CPU
+/// drift reads as 0, like the kernel's get_mm_counter).
+#[inline(always)]
+fn rss_pages(mm: *const u8) -> u64 {
+    let count = |off: u32| read::<i64>(mm, off).unwrap_or(0).max(0) as u64;
+    count(off!(mm_rss_file)) + count(off!(mm_rss_anon)) + count(off!(mm_rss_shmem))
+}
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn probe_task_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    let prev: *const u8 = ctx.arg(1);
+    let state: u64 = if off!(sched_switch_has_prev_state) != 0 { ctx.arg(3) } else { task_state(prev) };
+    on_switch(prev, state);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn probe_task_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let prev: *const u8 = ctx.arg(1);
+    let state: u64 = if off!(sched_switch_has_prev_state) != 0 { ctx.arg(3) } else { task_state(prev) };
+    on_switch(prev, state);
+    0
+}
+
+/// task->__state (5.14+, 4 bytes) or task->state (before, 8 bytes).
+#[inline(always)]
+fn task_state(task: *const u8) -> u64 {
+    if off!(task_state_size) == 4 {
+        u64::from(read::<u32>(task, off!(task_state)).unwrap_or(0))
+    } else {
+        read::<u64>(task, off!(task_state)).unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn on_switch(prev: *const u8, state: u64) {
+    // The hot path: every context switch of every CPU ends here unless prev is dying.
+    if state & TASK_DEAD == 0 {
+        return;
+    }
+    record_death(prev);
+}
+
+#[inline(never)]
+fn record_death(task: *const u8) {
+    let Some(tgid) = read::<u32>(task, off!(task_tgid)) else { return };
+    if tgid == self_tgid() {
+        return;
+    }
+    let leader = read_ptr(task, off!(task_group_leader)).unwrap_or(task);
+    let key = DeadKey { tgid, _pad: 0, start_ns: read(leader, off!(task_start_boottime)).unwrap_or(0) };
+    let cpu_ns: u64 = read(task, off!(task_sum_exec_runtime)).unwrap_or(0);
+    let run_delay_ns: u64 = read(task, off!(task_run_delay)).unwrap_or(0);
+
+    if add_to(&key, cpu_ns, run_delay_ns) {
+        bump(EXIT_STAT_RECORDED);
+        return;
+    }
+    let fresh = DeadTotals {
+        cpu_ns,
+        run_delay_ns,
+        threads: 1,
+        // In sched_switch, current is still prev.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        ppid: read_ptr(leader, off!(task_real_parent))
+            .and_then(|parent| read::<u32>(parent, off!(task_tgid)))
+            .unwrap_or(0),
+        _pad: 0,
+        comm: read(leader, off!(task_comm)).unwrap_or([0; COMM_LEN]),
+    };
+    match DEAD_TASKS.insert(&key, &fresh, u64::from(BPF_NOEXIST)) {
+        Ok(()) => bump(EXIT_STAT_RECORDED),
+        // Another CPU created the entry between our lookup and insert: add to it.
+        Err(_) if add_to(&key, cpu_ns, run_delay_ns) => bump(EXIT_STAT_RECORDED),
+        Err(_) => bump(EXIT_STAT_LOST),
+    }
+}
+
+#[inline(always)]
+fn add_to(key: &DeadKey, cpu_ns: u64, run_delay_ns: u64) -> bool {
+    let Some(totals) = DEAD_TASKS.get_ptr_mut(key) else { return false };
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).cpu_ns, cpu_ns);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*totals).run_delay_ns,
+            run_delay_ns,
+        );
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).threads, 1);
+    }
+    true
+}
+
+#[inline(always)]
+fn bump(slot: u32) {
+    if let Some(counter) = EXIT_STATS.get_ptr_mut(slot) {
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,66 @@
+//! Reading kernel memory at offsets resolved from BTF by the daemon (read-only globals).
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use probe_common::config::{Offsets, OFFSET_MISSING};
+
+/// Struct offsets, set by the daemon before load (the verifier sees them as constants).
+#[unsafe(no_mangle)]
+pub(crate) static OFFSETS: Offsets = Offsets::MISSING;
+
+/// The daemon's own tgid: its threads are not attributed to any instance.
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
+
+/// One field of [`OFFSETS`]. Volatile so the compiler does not fold the default value in.
+macro_rules! off {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&$crate::kernel::OFFSETS.$field) }
+    };
+}
+pub(crate) use off;
+
+#[inline(always)]
+pub(crate) fn self_tgid() -> u32 {
+    unsafe { core::ptr::read_volatile(&SELF_TGID) }
+}
+
+/// Reads a `T` at `base + off` with bpf_probe_read_kernel. None if the offset is unknown on this
+/// kernel, the base is NULL, or the read faults.
+#[inline(always)]
+pub(crate) fn read<T: Copy>(base: *const u8, off: u32) -> Option<T> {
+    if base.is_null() || off == OFFSET_MISSING {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).ok() }
+}
+
+/// Reads a kernel pointer at `base + off`; NULL becomes None.
+#[inline(always)]
+pub(crate) fn read_ptr(base: *const u8, off: u32) -> Option<*const u8> {
+    read::<*const u8>(base, off).filter(|p| !p.is_null())
+}
+
+/// `struct bpf_iter_meta`: the first member of every iterator context.
+#[repr(C)]
+pub(crate) struct IterMeta {
+    pub seq: *mut core::ffi::c_void,
+    pub session_id: u64,
+    pub seq_num: u64,
+}
+
+/// Appends `value` to the iterator's output (bpf_seq_write). Returns false when the kernel
+/// refused it (the seq buffer is full: the kernel then re-runs the program for this element).
+#[inline(always)]
+pub(crate) fn seq_write<T>(meta: *const IterMeta, value: &T) -> bool {
+    if meta.is_null() {
+        return false;
+    }
+    unsafe {
+        let seq = (*meta).seq;
+        aya_ebpf::helpers::generated::bpf_seq_write(
+            seq as *mut _,
+            value as *const T as *const core::ffi::c_void,
+            core::mem::size_of::<T>() as u32,
+        ) == 0
+    }
+}

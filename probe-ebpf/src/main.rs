@@ -1,0 +1,22 @@
+//! probe's kernel programs. One module per collector; the daemon (probe-user) loads this object,
+//! sets the read-only globals below from the running kernel's BTF, and attaches what it can.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod cpu;
+mod kernel;
+mod ports;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// The programs use GPL-only helpers (bpf_probe_read_kernel, bpf_seq_write); the code is
+/// dual-licensed MIT/GPL.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

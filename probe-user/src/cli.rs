@@ -1,0 +1,107 @@
+//! Command line.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+/// Default port of the metrics endpoint. Prometheus' exporter range 9100-9999 is fully
+/// allocated; this one is outside it and outside Linux's ephemeral range.
+pub const DEFAULT_PORT: u16 = 19135;
+
+/// probe: which service instance is eating the CPU? Kernel-level attribution with eBPF.
+///
+/// probe attributes on-CPU time and run-queue wait to service instances (e.g. each of several
+/// mariadbd on ports 3306, 3307, 3308) and to the busiest processes, and serves them to
+/// Prometheus. Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE and
+/// CAP_DAC_READ_SEARCH) and a kernel with BTF (/sys/kernel/btf/vmlinux, Linux 5.8+).
+#[derive(Debug, Parser)]
+#[command(name = "probe", version, propagate_version = true)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug or trace (or a RUST_LOG-style filter).
+    #[arg(long = "log.level", default_value = "info", global = true, env = "PROBE_LOG")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the kernel programs and serve metrics on /metrics (Prometheus and OpenMetrics text).
+    Serve(ServeArgs),
+    /// Show which hook each collector uses on this kernel and why others were skipped; exits
+    /// non-zero if no kernel collector can run.
+    Check,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to serve /metrics, /healthz and /readyz on; ":PORT" listens on all addresses.
+    #[arg(long = "web.listen-address", default_value = ":19135", value_parser = parse_listen_address)]
+    pub listen_address: SocketAddr,
+
+    /// Processes exported one by one in probe_process_* (the busiest by recent CPU use); every
+    /// process is always counted in its instance's totals.
+    #[arg(long = "process.top-k", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub top_k: u16,
+
+    /// How often to collect between scrapes (so processes that exit are folded in even when
+    /// nobody scrapes), e.g. 5s, 500ms, 1m. Scrapes always collect fresh data.
+    #[arg(long = "collect.interval", default_value = "5s", value_parser = parse_duration)]
+    pub collect_interval: Duration,
+}
+
+/// "HOST:PORT", "[v6]:PORT" or ":PORT" (all IPv4 addresses, like Go exporters).
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    full.parse().map_err(|_| format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:{DEFAULT_PORT} or :{DEFAULT_PORT})"))
+}
+
+/// "250ms", "5s", "2m"; between 100 ms and 1 hour.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 5s, 500ms or 1m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{s:?} is out of range (100ms to 60m)"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen_address(":19135").expect("ok"), "0.0.0.0:19135".parse().expect("addr"));
+        assert_eq!(parse_listen_address("[::1]:80").expect("ok"), "[::1]:80".parse().expect("addr"));
+        assert!(parse_listen_address("localhost").is_err());
+        assert!(parse_listen_address("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "5", "5h", "-1s", "10ms", "61m", "s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["probe", "serve", "--process.top-k", "5"]).expect("parse");
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        assert_eq!(args.top_k, 5);
+        assert!(Cli::try_parse_from(["probe", "serve", "--process.top-k", "5000"]).is_err());
+    }
+}

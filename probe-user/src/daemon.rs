@@ -1,0 +1,269 @@
+//! One collection: read the kernel and /proc, resolve instances, update the accounts.
+//! [`Daemon::collect`] runs on every scrape and on a timer (so exited processes are folded in
+//! even when nobody scrapes); [`Daemon::snapshot`] is what the exporter encodes.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, warn};
+
+use crate::{
+    collect::{self, bpfstats::ProgramStats, cgroups::CgroupPaths, ports::Listeners, procinfo::ProcInfo},
+    loader::{names, CollectorStatus, Kernel},
+    model::{
+        accounts::{Accounts, InstanceTotals, ProcessRow, Round},
+        instance::{Facts, Resolver},
+        names::display_name,
+        process::{self, DeadSample, ProcessKey, ProcessSample},
+    },
+};
+
+/// Daemon settings that shape the output.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How many processes are exported individually.
+    pub top_k: usize,
+    /// Time constant (s) of the recent-CPU ranking of processes.
+    pub rank_tau_secs: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { top_k: 20, rank_tau_secs: 30.0 }
+    }
+}
+
+/// Counters about the daemon itself.
+#[derive(Clone, Debug, Default)]
+pub struct SelfStats {
+    pub collections: u64,
+    pub last_collect: Duration,
+    /// Failed reads per collector since start.
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Collectors whose last read failed.
+    pub failing: HashSet<&'static str>,
+    /// Exit hook: thread deaths recorded / lost because the map was full (kernel counters).
+    pub exits_recorded: u64,
+    pub exits_lost: u64,
+    /// Dead-thread map entries that could not be deleted.
+    pub dead_delete_failures: u64,
+    pub programs: Vec<ProgramStats>,
+}
+
+/// What one collection saw (for `probe check` and logs).
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub threads: usize,
+    pub processes: usize,
+    pub exited_processes: usize,
+    pub listening_processes: usize,
+    pub duration: Duration,
+}
+
+/// Everything the exporter needs for one scrape.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub instances: Vec<(String, InstanceTotals)>,
+    pub top: Vec<ProcessRow>,
+    pub collectors: Vec<(CollectorStatus, bool)>,
+    pub stats: SelfStats,
+    pub processes: usize,
+}
+
+pub struct Daemon {
+    kernel: Kernel,
+    opts: Options,
+    accounts: Accounts,
+    procinfo: HashMap<ProcessKey, Option<ProcInfo>>,
+    cgroups: CgroupPaths,
+    listeners: Listeners,
+    buf: Vec<u8>,
+    last: Option<Instant>,
+    ticks_per_sec: u64,
+    page_size: u64,
+    stats: SelfStats,
+}
+
+impl Daemon {
+    pub fn new(kernel: Kernel, opts: Options) -> Self {
+        Self {
+            kernel,
+            accounts: Accounts::new(opts.rank_tau_secs),
+            opts,
+            procinfo: HashMap::new(),
+            cgroups: CgroupPaths::new(crate::sys::cgroup2_mount()),
+            listeners: HashMap::new(),
+            buf: Vec::with_capacity(1 << 20),
+            last: None,
+            ticks_per_sec: procfs::ticks_per_second(),
+            page_size: procfs::page_size(),
+            stats: SelfStats::default(),
+        }
+    }
+
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    pub fn kernel_mut(&mut self) -> &mut Kernel {
+        &mut self.kernel
+    }
+
+    fn failed(&mut self, collector: &'static str, err: &dyn std::fmt::Display) {
+        warn!(collector, error = %err, "read failed");
+        *self.stats.errors.entry(collector).or_default() += 1;
+        self.stats.failing.insert(collector);
+    }
+
+    /// Reads everything once and updates the accounts.
+    pub fn collect(&mut self) -> Summary {
+        let t0 = Instant::now();
+        let mut summary = Summary::default();
+        self.stats.failing.clear();
+        self.cgroups.new_round();
+
+        // The dead-thread map first, then the live threads: a thread that dies in between is
+        // briefly in neither (harmless, see model::accounts), never in both.
+        let mut dead: HashMap<ProcessKey, DeadSample> = HashMap::new();
+        if let Some(map) = &self.kernel.dead_tasks {
+            match collect::cpu::read_dead(map) {
+                Ok(d) => dead = d,
+                Err(e) => self.failed(names::CPU_EXIT, &e),
+            }
+        }
+        let Some(link) = &self.kernel.task_iter else {
+            self.finish(t0, &mut summary);
+            return summary;
+        };
+        let records = match collect::cpu::read_tasks(link, &mut self.buf) {
+            Ok(r) => r,
+            Err(e) => {
+                // Without the live view this round cannot be accounted; skip it whole rather
+                // than take every process for dead.
+                self.failed(names::CPU, &e);
+                self.finish(t0, &mut summary);
+                return summary;
+            }
+        };
+        summary.threads = records.len();
+        let live = process::aggregate(records);
+        summary.processes = live.len();
+        summary.exited_processes = dead.keys().filter(|k| !live.contains_key(k)).count();
+
+        let ports = match &self.kernel.listen_iter {
+            Some(link) => collect::ports::from_iter(link, &mut self.buf),
+            None => collect::ports::from_procfs(),
+        };
+        match ports {
+            Ok(l) => self.listeners = l,
+            Err(e) => self.failed(names::PORTS, &e), // keep the previous view
+        }
+        summary.listening_processes = self.listeners.len();
+
+        self.read_new_procinfo(&live);
+        let facts = self.facts(&live);
+        let cgroup_paths = self.cgroup_paths(&live, &dead);
+        let lookup = |id: u64| cgroup_paths.get(&id).cloned();
+        let resolver = Resolver { live: &facts, cgroup_paths: &lookup };
+        let mut resolve = |key: &ProcessKey| -> (String, String) {
+            let f = match live.get(key) {
+                Some(_) => facts.get(&key.tgid).cloned().unwrap_or_default(),
+                None => Facts {
+                    identity: dead.get(key).map(|d| d.identity.clone()).unwrap_or_default(),
+                    ..Facts::default()
+                },
+            };
+            (resolver.resolve(&f), display_name(&f.identity.comm))
+        };
+        let elapsed = self.last.map_or(0.0, |l| l.elapsed().as_secs_f64());
+        let round = Round { live: &live, dead: &dead, elapsed_secs: elapsed, page_size: self.page_size };
+        let forget = self.accounts.apply(&round, &mut resolve);
+        self.last = Some(Instant::now());
+        if let Some(map) = &mut self.kernel.dead_tasks {
+            self.stats.dead_delete_failures += collect::cpu::forget_dead(map, &forget) as u64;
+        }
+        self.procinfo.retain(|k, _| live.contains_key(k));
+        self.finish(t0, &mut summary);
+        debug!(?summary, "collected");
+        summary
+    }
+
+    fn finish(&mut self, t0: Instant, summary: &mut Summary) {
+        if let Some(map) = &self.kernel.exit_stats {
+            match collect::cpu::exit_stats(map) {
+                Ok((recorded, lost)) => {
+                    if lost > self.stats.exits_lost {
+                        warn!(lost = lost - self.stats.exits_lost, "dead-thread map full: exited threads not counted");
+                    }
+                    self.stats.exits_recorded = recorded;
+                    self.stats.exits_lost = lost;
+                }
+                Err(e) => self.failed(names::CPU_EXIT, &e),
+            }
+        }
+        if let Some(ebpf) = &self.kernel.ebpf {
+            self.stats.programs = collect::bpfstats::read(ebpf, &self.kernel.attached);
+        }
+        summary.duration = t0.elapsed();
+        self.stats.last_collect = summary.duration;
+        self.stats.collections += 1;
+    }
+
+    /// /proc facts for processes seen for the first time (kernel threads have none).
+    fn read_new_procinfo(&mut self, live: &HashMap<ProcessKey, ProcessSample>) {
+        for (key, sample) in live {
+            if self.procinfo.contains_key(key) {
+                continue;
+            }
+            let info = if sample.identity.kthread { None } else { collect::procinfo::read(*key, self.ticks_per_sec) };
+            if let Some(path) = info.as_ref().and_then(|i| i.cgroup.as_deref()) {
+                self.cgroups.learn(sample.identity.cgroup_id, path);
+            }
+            self.procinfo.insert(*key, info);
+        }
+    }
+
+    fn facts(&self, live: &HashMap<ProcessKey, ProcessSample>) -> HashMap<u32, Facts> {
+        live.iter()
+            .map(|(key, s)| {
+                let info = self.procinfo.get(key).and_then(Option::as_ref);
+                let facts = Facts {
+                    identity: s.identity.clone(),
+                    ports: self.listeners.get(&key.tgid).cloned().unwrap_or_default(),
+                    cmdline: info.and_then(|i| i.cmdline.clone()),
+                };
+                (key.tgid, facts)
+            })
+            .collect()
+    }
+
+    fn cgroup_paths(
+        &mut self,
+        live: &HashMap<ProcessKey, ProcessSample>,
+        dead: &HashMap<ProcessKey, DeadSample>,
+    ) -> HashMap<u64, String> {
+        let ids: HashSet<u64> = live
+            .values()
+            .map(|s| s.identity.cgroup_id)
+            .chain(dead.values().map(|d| d.identity.cgroup_id))
+            .collect();
+        ids.into_iter().filter_map(|id| Some((id, self.cgroups.get(id)?))).collect()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            instances: self.accounts.instances().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            top: self.accounts.top_processes(self.opts.top_k),
+            collectors: self
+                .kernel
+                .statuses
+                .iter()
+                .map(|s| (s.clone(), s.up() && !self.stats.failing.contains(s.name)))
+                .collect(),
+            stats: self.stats.clone(),
+            processes: self.accounts.live_processes(),
+        }
+    }
+}

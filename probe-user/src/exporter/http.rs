@@ -1,0 +1,134 @@
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and a landing page.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tracing::{debug, warn};
+
+use super::{classic, metrics};
+use crate::daemon::Daemon;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A client that sends no complete request header in this time is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The daemon as the HTTP side sees it.
+pub struct App {
+    daemon: Mutex<Daemon>,
+    ready: AtomicBool,
+}
+
+impl App {
+    pub fn new(daemon: Daemon) -> Self {
+        Self { daemon: Mutex::new(daemon), ready: AtomicBool::new(false) }
+    }
+
+    /// The daemon. A panic while it was held (a bug) must not stop the exporter for good, so
+    /// a poisoned lock is taken over: the accounts are only ever updated whole.
+    pub fn daemon(&self) -> MutexGuard<'_, Daemon> {
+        self.daemon.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Collects (the timer calls this between scrapes).
+    pub fn collect(&self) {
+        self.daemon().collect();
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Collects and encodes, in the format the client asked for.
+    pub fn scrape(&self, openmetrics: bool) -> Result<String, std::fmt::Error> {
+        let snapshot = {
+            let mut d = self.daemon();
+            d.collect();
+            d.snapshot()
+        };
+        self.ready.store(true, Ordering::Relaxed);
+        let om = metrics::encode_openmetrics(snapshot)?;
+        Ok(if openmetrics { om } else { classic::from_openmetrics(&om) })
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves until the listener fails for good. Errors on single connections (clients that hang
+/// up mid-response, garbage requests) are logged and do not affect others.
+pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: wait instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, app.clone()));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp
+}
+
+const LANDING: &str = "<html><head><title>probe</title></head><body><h1>probe</h1>\
+<p>Per-instance CPU attribution from eBPF.</p><ul>\
+<li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li>\
+<li><a href=\"/readyz\">/readyz</a></li></ul></body></html>\n";
+
+async fn handle(req: Request<Incoming>, app: Arc<App>) -> Result<Response<Full<Bytes>>, Infallible> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET and HEAD\n"));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => {
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let om = classic::wants_openmetrics(accept);
+            let scraped = tokio::task::spawn_blocking(move || app.scrape(om)).await;
+            match scraped {
+                Ok(Ok(body)) => {
+                    let ct = if om { classic::OPENMETRICS_CONTENT_TYPE } else { classic::CONTENT_TYPE };
+                    text(StatusCode::OK, ct, body)
+                }
+                Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("encoding failed: {e}\n")),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("collection failed: {e}\n")),
+            }
+        }
+        "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
+        "/readyz" if app.ready() => text(StatusCode::OK, PLAIN, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "first collection not done yet\n"),
+        "/" => text(StatusCode::OK, "text/html; charset=utf-8", LANDING),
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "not found; try /metrics\n"),
+    })
+}

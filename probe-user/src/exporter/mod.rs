@@ -1,0 +1,5 @@
+//! Serving metrics: encoding ([`metrics`], [`classic`]) and HTTP ([`http`]).
+
+pub mod classic;
+pub mod http;
+pub mod metrics;

@@ -1,0 +1,313 @@
+//! Turning the kernel's per-process totals into monotonic per-instance counters.
+//!
+//! The kernel's totals are cumulative per process, and processes come, go and change instance.
+//! Each collection adds to an instance only the *increase* of each process's total since the
+//! previous collection, so instance counters only ever go up, whatever happens to processes:
+//!
+//! - a live process's total is its live threads plus the final totals of its threads that
+//!   died ([`DeadSample`], recorded by the exit hook);
+//! - a process's reported total never goes down (a thread that dies between the reads of the
+//!   dead-thread map and of the live threads is briefly in neither; it shows up next time);
+//! - a process that exited is folded in with its final totals and forgotten one collection
+//!   later (so a thread whose final switch lands just after a read is still counted), at which
+//!   point its entry in the kernel's dead-thread map can be deleted;
+//! - a process that lived and died between two collections is known only from the dead-thread
+//!   map, and is charged to the instance its identity resolves to.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::process::{DeadSample, ProcessKey, ProcessSample};
+
+/// Cumulative totals of one instance.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceTotals {
+    pub cpu_ns: u64,
+    pub run_delay_ns: u64,
+    /// Resident memory of the instance's live processes at the last collection (a gauge).
+    pub rss_bytes: u64,
+    /// Live processes at the last collection.
+    pub processes: u64,
+}
+
+/// What is exported for one of the top processes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessRow {
+    pub pid: u32,
+    pub comm: String,
+    pub instance: String,
+    pub cpu_ns: u64,
+    pub run_delay_ns: u64,
+    /// Recent CPU seconds, exponentially decayed (the ranking key).
+    pub score: f64,
+}
+
+#[derive(Clone, Debug)]
+struct ProcState {
+    instance: String,
+    comm: String,
+    cpu_ns: u64,
+    run_delay_ns: u64,
+    score: f64,
+    live: bool,
+    /// Collections in a row in which the process was not seen alive.
+    gone_rounds: u8,
+}
+
+/// One collection's input.
+pub struct Round<'a> {
+    pub live: &'a HashMap<ProcessKey, ProcessSample>,
+    pub dead: &'a HashMap<ProcessKey, DeadSample>,
+    /// Seconds since the previous collection.
+    pub elapsed_secs: f64,
+    pub page_size: u64,
+}
+
+/// Per-process and per-instance accounting.
+#[derive(Debug)]
+pub struct Accounts {
+    procs: HashMap<ProcessKey, ProcState>,
+    instances: BTreeMap<String, InstanceTotals>,
+    /// Time constant (s) of the decay that ranks processes by recent CPU use.
+    tau_secs: f64,
+    rounds: u64,
+}
+
+impl Accounts {
+    pub fn new(tau_secs: f64) -> Self {
+        Self { procs: HashMap::new(), instances: BTreeMap::new(), tau_secs, rounds: 0 }
+    }
+
+    /// Applies one collection. `resolve` names the instance of a key: it is called for every
+    /// live process (instances can change while a process lives) and for processes known only
+    /// from the dead-thread map. Returns the keys whose dead-thread map entries are no longer
+    /// needed (the caller deletes them from the kernel map).
+    pub fn apply(&mut self, round: &Round<'_>, resolve: &mut dyn FnMut(&ProcessKey) -> (String, String)) -> Vec<ProcessKey> {
+        let decay = (-round.elapsed_secs.max(0.0) / self.tau_secs).exp();
+        let first = self.rounds == 0;
+        self.rounds += 1;
+        for t in self.instances.values_mut() {
+            t.rss_bytes = 0;
+            t.processes = 0;
+        }
+
+        for (key, sample) in round.live {
+            let dead = round.dead.get(key);
+            let cpu = sample.cpu_ns.saturating_add(dead.map_or(0, |d| d.cpu_ns));
+            let delay = sample.run_delay_ns.saturating_add(dead.map_or(0, |d| d.run_delay_ns));
+            let (instance, comm) = resolve(key);
+            let st = self.procs.entry(*key).or_insert_with(|| ProcState {
+                instance: instance.clone(),
+                comm: comm.clone(),
+                cpu_ns: 0,
+                run_delay_ns: 0,
+                score: 0.0,
+                live: true,
+                gone_rounds: 0,
+            });
+            st.instance = instance;
+            st.comm = comm;
+            st.live = true;
+            st.gone_rounds = 0;
+            let totals = self.instances.entry(st.instance.clone()).or_default();
+            credit(st, totals, cpu, delay, decay, first);
+            totals.rss_bytes = totals.rss_bytes.saturating_add(sample.rss_pages.saturating_mul(round.page_size));
+            totals.processes += 1;
+        }
+
+        for (key, dead) in round.dead {
+            if round.live.contains_key(key) {
+                continue;
+            }
+            let st = self.procs.entry(*key).or_insert_with(|| {
+                let (instance, comm) = resolve(key);
+                ProcState { instance, comm, cpu_ns: 0, run_delay_ns: 0, score: 0.0, live: false, gone_rounds: 0 }
+            });
+            let totals = self.instances.entry(st.instance.clone()).or_default();
+            credit(st, totals, dead.cpu_ns, dead.run_delay_ns, decay, first);
+        }
+
+        let mut forget = Vec::new();
+        self.procs.retain(|key, st| {
+            if round.live.contains_key(key) {
+                return true;
+            }
+            st.live = false;
+            st.gone_rounds = st.gone_rounds.saturating_add(1);
+            if st.gone_rounds < 2 {
+                return true;
+            }
+            if round.dead.contains_key(key) {
+                forget.push(*key);
+            }
+            false
+        });
+        forget
+    }
+
+    pub fn instances(&self) -> &BTreeMap<String, InstanceTotals> {
+        &self.instances
+    }
+
+    /// Live processes tracked.
+    pub fn live_processes(&self) -> usize {
+        self.procs.values().filter(|p| p.live).count()
+    }
+
+    /// The `k` live processes with the most recent CPU use (ties: most total CPU, then pid).
+    pub fn top_processes(&self, k: usize) -> Vec<ProcessRow> {
+        let mut rows: Vec<ProcessRow> = self
+            .procs
+            .iter()
+            .filter(|(_, st)| st.live)
+            .map(|(key, st)| ProcessRow {
+                pid: key.tgid,
+                comm: st.comm.clone(),
+                instance: st.instance.clone(),
+                cpu_ns: st.cpu_ns,
+                run_delay_ns: st.run_delay_ns,
+                score: st.score,
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.score.total_cmp(&a.score).then(b.cpu_ns.cmp(&a.cpu_ns)).then(a.pid.cmp(&b.pid))
+        });
+        rows.truncate(k);
+        rows
+    }
+}
+
+/// Adds a process's increase to its instance and to its recent-use score.
+fn credit(st: &mut ProcState, totals: &mut InstanceTotals, cpu: u64, delay: u64, decay: f64, first: bool) {
+    let d_cpu = cpu.saturating_sub(st.cpu_ns);
+    let d_delay = delay.saturating_sub(st.run_delay_ns);
+    st.cpu_ns += d_cpu;
+    st.run_delay_ns += d_delay;
+    totals.cpu_ns = totals.cpu_ns.saturating_add(d_cpu);
+    totals.run_delay_ns = totals.run_delay_ns.saturating_add(d_delay);
+    // On the very first collection every process brings its whole lifetime: that is not
+    // recent use, so it does not rank anyone.
+    st.score = st.score * decay + if first { 0.0 } else { d_cpu as f64 / 1e9 };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::process::Identity;
+
+    const A: ProcessKey = ProcessKey { tgid: 10, start_ns: 1 };
+    const B: ProcessKey = ProcessKey { tgid: 20, start_ns: 2 };
+
+    fn live(cpu: u64, delay: u64) -> ProcessSample {
+        ProcessSample { cpu_ns: cpu, run_delay_ns: delay, rss_pages: 2, threads: 1, identity: Identity::default() }
+    }
+
+    fn dead(cpu: u64, delay: u64) -> DeadSample {
+        DeadSample { cpu_ns: cpu, run_delay_ns: delay, threads: 1, identity: Identity::default() }
+    }
+
+    struct Harness {
+        acc: Accounts,
+        names: HashMap<ProcessKey, &'static str>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self { acc: Accounts::new(30.0), names: HashMap::from([(A, "a:1"), (B, "b:2")]) }
+        }
+        fn round(&mut self, l: &[(ProcessKey, ProcessSample)], d: &[(ProcessKey, DeadSample)]) -> Vec<ProcessKey> {
+            let live: HashMap<_, _> = l.iter().cloned().collect();
+            let dead: HashMap<_, _> = d.iter().cloned().collect();
+            let names = self.names.clone();
+            let mut resolve = |k: &ProcessKey| (names.get(k).copied().unwrap_or("other").to_string(), "c".to_string());
+            self.acc.apply(&Round { live: &live, dead: &dead, elapsed_secs: 1.0, page_size: 4096 }, &mut resolve)
+        }
+        fn cpu(&self, inst: &str) -> u64 {
+            self.acc.instances().get(inst).map_or(0, |t| t.cpu_ns)
+        }
+    }
+
+    #[test]
+    fn live_process_totals_flow_into_its_instance() {
+        let mut h = Harness::new();
+        h.round(&[(A, live(100, 5))], &[]);
+        h.round(&[(A, live(250, 9))], &[]);
+        assert_eq!(h.cpu("a:1"), 250);
+        assert_eq!(h.acc.instances()["a:1"].run_delay_ns, 9);
+        assert_eq!(h.acc.instances()["a:1"].rss_bytes, 8192);
+    }
+
+    #[test]
+    fn exited_threads_count_through_the_dead_map() {
+        let mut h = Harness::new();
+        h.round(&[(A, live(300, 0))], &[]);
+        // Two of three threads exited with 100 each; the survivor is at 150 now.
+        h.round(&[(A, live(150, 0))], &[(A, dead(200, 0))]);
+        assert_eq!(h.cpu("a:1"), 350);
+    }
+
+    #[test]
+    fn a_thread_caught_between_the_two_reads_never_makes_the_counter_go_down() {
+        let mut h = Harness::new();
+        h.round(&[(A, live(300, 0))], &[]);
+        // The thread with 100 died after the dead map was read: in neither.
+        h.round(&[(A, live(210, 0))], &[]);
+        assert_eq!(h.cpu("a:1"), 300);
+        // Next time it is in the dead map with its final 105.
+        h.round(&[(A, live(220, 0))], &[(A, dead(105, 0))]);
+        assert_eq!(h.cpu("a:1"), 325);
+    }
+
+    #[test]
+    fn a_process_that_exits_is_folded_in_and_forgotten_a_round_later() {
+        let mut h = Harness::new();
+        h.round(&[(A, live(100, 0))], &[]);
+        assert!(h.round(&[], &[(A, dead(120, 0))]).is_empty());
+        assert_eq!(h.cpu("a:1"), 120);
+        // A late final switch (another thread) still lands in the next round.
+        let forget = h.round(&[], &[(A, dead(130, 0))]);
+        assert_eq!(forget, vec![A]);
+        assert_eq!(h.cpu("a:1"), 130);
+        assert!(h.acc.top_processes(10).is_empty());
+        assert_eq!(h.round(&[], &[]), vec![]);
+        assert_eq!(h.cpu("a:1"), 130);
+    }
+
+    #[test]
+    fn a_process_seen_only_dead_is_charged_by_its_identity() {
+        let mut h = Harness::new();
+        h.round(&[], &[(B, dead(5_000_000, 7))]);
+        assert_eq!(h.cpu("b:2"), 5_000_000);
+        assert_eq!(h.acc.instances()["b:2"].run_delay_ns, 7);
+    }
+
+    #[test]
+    fn moving_to_another_instance_keeps_both_counters_monotonic() {
+        let mut h = Harness::new();
+        h.round(&[(A, live(100, 0))], &[]);
+        h.names.insert(A, "a:2");
+        h.round(&[(A, live(180, 0))], &[]);
+        assert_eq!((h.cpu("a:1"), h.cpu("a:2")), (100, 80));
+    }
+
+    #[test]
+    fn top_k_ranks_recent_use_not_lifetime() {
+        let mut h = Harness::new();
+        // First round: A has a long past, B is new; nobody is ranked by history.
+        h.round(&[(A, live(1_000_000_000_000, 0)), (B, live(0, 0))], &[]);
+        h.round(&[(A, live(1_000_000_000_000, 0)), (B, live(2_000_000_000, 0))], &[]);
+        let top = h.acc.top_processes(1);
+        assert_eq!(top.len(), 1);
+        assert_eq!(top[0].pid, B.tgid);
+        assert_eq!(h.acc.top_processes(5).len(), 2);
+    }
+
+    #[test]
+    fn gauges_are_recomputed_each_round() {
+        let mut h = Harness::new();
+        h.round(&[(A, live(1, 0))], &[]);
+        h.round(&[], &[]);
+        assert_eq!(h.acc.instances()["a:1"].rss_bytes, 0);
+        assert_eq!(h.acc.instances()["a:1"].processes, 0);
+        assert_eq!(h.acc.instances()["a:1"].cpu_ns, 1);
+    }
+}

@@ -1,0 +1,6 @@
+//! Pure logic: no kernel, no /proc, no I/O. Everything here is unit-tested without root.
+
+pub mod accounts;
+pub mod instance;
+pub mod names;
+pub mod process;
