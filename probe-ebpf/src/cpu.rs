@@ -8,6 +8,8 @@
 //!   process that dies between two collections is not lost. Every other switch returns after
 //!   one comparison.
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_cgroup_id,
@@ -15,7 +17,6 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use probe_common::{
     cpu::{
         DeadKey, DeadTotals, TaskRecord, DEAD_MAP_ENTRIES, EXIT_STAT_LOST, EXIT_STAT_RECORDED,
@@ -27,8 +28,7 @@ use probe_common::{
 use crate::kernel::{off, read, read_ptr, self_tgid, seq_write, IterMeta};
 
 #[map]
-static DEAD_TASKS: HashMap<DeadKey, DeadTotals> =
-    HashMap::with_max_entries(DEAD_MAP_ENTRIES, 0);
+static DEAD_TASKS: HashMap<DeadKey, DeadTotals> = HashMap::with_max_entries(DEAD_MAP_ENTRIES, 0);
 
 #[map]
 static EXIT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXIT_STAT_SLOTS, 0);
@@ -63,7 +63,11 @@ fn task_record(task: *const u8) -> Option<TaskRecord> {
         return None;
     }
     let pid: u32 = read(task, off!(task_pid))?;
-    let mut rec = TaskRecord { pid, tgid, ..TaskRecord::default() };
+    let mut rec = TaskRecord {
+        pid,
+        tgid,
+        ..TaskRecord::default()
+    };
     // A dying or dead thread's final totals go to DEAD_TASKS (see the exit hook below).
     if task_state(task) & TASK_DEAD == 0 {
         rec.cpu_ns = read(task, off!(task_sum_exec_runtime)).unwrap_or(0);
@@ -107,7 +111,11 @@ fn rss_pages(mm: *const u8) -> u64 {
 #[btf_tracepoint(function = "sched_switch")]
 pub fn probe_task_exit_btf(ctx: BtfTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
-    let state: u64 = if off!(sched_switch_has_prev_state) != 0 { ctx.arg(3) } else { task_state(prev) };
+    let state: u64 = if off!(sched_switch_has_prev_state) != 0 {
+        ctx.arg(3)
+    } else {
+        task_state(prev)
+    };
     on_switch(prev, state);
     0
 }
@@ -115,7 +123,11 @@ pub fn probe_task_exit_btf(ctx: BtfTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn probe_task_exit_raw(ctx: RawTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
-    let state: u64 = if off!(sched_switch_has_prev_state) != 0 { ctx.arg(3) } else { task_state(prev) };
+    let state: u64 = if off!(sched_switch_has_prev_state) != 0 {
+        ctx.arg(3)
+    } else {
+        task_state(prev)
+    };
     on_switch(prev, state);
     0
 }
@@ -141,12 +153,18 @@ fn on_switch(prev: *const u8, state: u64) {
 
 #[inline(never)]
 fn record_death(task: *const u8) {
-    let Some(tgid) = read::<u32>(task, off!(task_tgid)) else { return };
+    let Some(tgid) = read::<u32>(task, off!(task_tgid)) else {
+        return;
+    };
     if tgid == self_tgid() {
         return;
     }
     let leader = read_ptr(task, off!(task_group_leader)).unwrap_or(task);
-    let key = DeadKey { tgid, _pad: 0, start_ns: read(leader, off!(task_start_boottime)).unwrap_or(0) };
+    let key = DeadKey {
+        tgid,
+        _pad: 0,
+        start_ns: read(leader, off!(task_start_boottime)).unwrap_or(0),
+    };
     let cpu_ns: u64 = read(task, off!(task_sum_exec_runtime)).unwrap_or(0);
     let run_delay_ns: u64 = read(task, off!(task_run_delay)).unwrap_or(0);
 
@@ -176,7 +194,9 @@ fn record_death(task: *const u8) {
 
 #[inline(always)]
 fn add_to(key: &DeadKey, cpu_ns: u64, run_delay_ns: u64) -> bool {
-    let Some(totals) = DEAD_TASKS.get_ptr_mut(key) else { return false };
+    let Some(totals) = DEAD_TASKS.get_ptr_mut(key) else {
+        return false;
+    };
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).cpu_ns, cpu_ns);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(

@@ -32,16 +32,24 @@ pub fn probe_listeners(ctx: *const TaskFileIterCtx) -> i32 {
     if socket.is_null() {
         return 0;
     }
-    let Some(tgid) = read::<u32>(task, off!(task_tgid)) else { return 0 };
+    let Some(tgid) = read::<u32>(task, off!(task_tgid)) else {
+        return 0;
+    };
     if tgid == self_tgid() {
         return 0;
     }
-    let Some(sk) = crate::kernel::read_ptr(socket, off!(socket_sk)) else { return 0 };
-    let Some(state) = read::<u8>(sk, off!(sk_state)) else { return 0 };
+    let Some(sk) = crate::kernel::read_ptr(socket, off!(socket_sk)) else {
+        return 0;
+    };
+    let Some(state) = read::<u8>(sk, off!(sk_state)) else {
+        return 0;
+    };
     if state != TCP_LISTEN {
         return 0;
     }
-    let Some(family) = read::<u16>(sk, off!(sk_family)) else { return 0 };
+    let Some(family) = read::<u16>(sk, off!(sk_family)) else {
+        return 0;
+    };
     if family != AF_INET && family != AF_INET6 {
         return 0;
     }
@@ -49,7 +57,18 @@ pub fn probe_listeners(ctx: *const TaskFileIterCtx) -> i32 {
     if matches!(read::<u16>(sk, off!(sk_protocol)), Some(protocol) if protocol != IPPROTO_TCP) {
         return 0;
     }
-    let Some(port) = read::<u16>(sk, off!(sk_num)) else { return 0 };
-    seq_write(meta, &ListenRecord { tgid, fd, port, family, _pad: 0 });
+    let Some(port) = read::<u16>(sk, off!(sk_num)) else {
+        return 0;
+    };
+    seq_write(
+        meta,
+        &ListenRecord {
+            tgid,
+            fd,
+            port,
+            family,
+            _pad: 0,
+        },
+    );
     0
 }

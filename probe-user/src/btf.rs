@@ -16,7 +16,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("cannot read kernel BTF from {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")]
+    #[error(
+        "cannot read kernel BTF from {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"
+    )]
     Read { path: String, source: btf_rs::Error },
     #[error("kernel BTF has no struct {name}")]
     NoStruct { name: String },
@@ -42,8 +44,10 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path)
-            .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+        let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Ok(Self { btf })
     }
 
@@ -69,13 +73,19 @@ impl KernelBtf {
                 _ => return Ok(ty),
             }
         }
-        Err(BtfError::Unexpected { what: "type chain".into(), detail: "too deep".into() })
+        Err(BtfError::Unexpected {
+            what: "type chain".into(),
+            detail: "too deep".into(),
+        })
     }
 
     fn chained(&self, t: &dyn btf_rs::BtfType) -> Result<Type, BtfError> {
         self.btf
             .resolve_chained_type(t)
-            .map_err(|e| BtfError::Unexpected { what: "chained type".into(), detail: e.to_string() })
+            .map_err(|e| BtfError::Unexpected {
+                what: "chained type".into(),
+                detail: e.to_string(),
+            })
     }
 
     /// Size in bytes of a type.
@@ -96,8 +106,10 @@ impl KernelBtf {
                 })
             }
         };
-        u32::try_from(size)
-            .map_err(|_| BtfError::Unexpected { what: "size_of".into(), detail: "too large".into() })
+        u32::try_from(size).map_err(|_| BtfError::Unexpected {
+            what: "size_of".into(),
+            detail: "too large".into(),
+        })
     }
 
     /// Looks `member` up in a struct or union type, descending into anonymous members (the
@@ -125,7 +137,10 @@ impl KernelBtf {
             }
             if name.is_empty() {
                 if let Some(inner) = self.member_of(&ty, member)? {
-                    return Ok(Some(Field { offset: offset + inner.offset, ..inner }));
+                    return Ok(Some(Field {
+                        offset: offset + inner.offset,
+                        ..inner
+                    }));
                 }
             }
         }
@@ -138,10 +153,12 @@ impl KernelBtf {
         let mut offset = 0;
         let mut found: Option<Field> = None;
         for member in path {
-            let field = self.member_of(&ty, member)?.ok_or_else(|| BtfError::NoMember {
-                st: st.into(),
-                member: path.join("."),
-            })?;
+            let field = self
+                .member_of(&ty, member)?
+                .ok_or_else(|| BtfError::NoMember {
+                    st: st.into(),
+                    member: path.join("."),
+                })?;
             offset += field.offset;
             ty = field.ty.clone();
             found = Some(field);
@@ -171,10 +188,19 @@ impl KernelBtf {
     /// Number of arguments of a tracepoint, from its `btf_trace_<name>` typedef (a pointer to a
     /// function whose first parameter is the tracepoint's private `void *`).
     pub fn tracepoint_args(&self, name: &str) -> Option<usize> {
-        let typedef = self.btf.resolve_types_by_name(&format!("btf_trace_{name}")).ok()?;
-        let Type::Typedef(td) = typedef.into_iter().next()? else { return None };
-        let Type::Ptr(ptr) = self.btf.resolve_chained_type(&td).ok()? else { return None };
-        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).ok()? else { return None };
+        let typedef = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?;
+        let Type::Typedef(td) = typedef.into_iter().next()? else {
+            return None;
+        };
+        let Type::Ptr(ptr) = self.btf.resolve_chained_type(&td).ok()? else {
+            return None;
+        };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).ok()? else {
+            return None;
+        };
         Some(proto.parameters.len().saturating_sub(1))
     }
 }
@@ -215,8 +241,10 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
     o.task_state_size = state.as_ref().map_or(0, |f| f.size);
     o.task_sum_exec_runtime = off(&get("task_struct", &[&["se", "sum_exec_runtime"]]));
     o.task_run_delay = off(&get("task_struct", &[&["sched_info", "run_delay"]]));
-    o.task_start_boottime =
-        off(&get("task_struct", &[&["start_boottime"], &["real_start_time"]]));
+    o.task_start_boottime = off(&get(
+        "task_struct",
+        &[&["start_boottime"], &["real_start_time"]],
+    ));
     o.task_group_leader = off(&get("task_struct", &[&["group_leader"]]));
     o.task_real_parent = off(&get("task_struct", &[&["real_parent"]]));
     o.task_comm = off(&get("task_struct", &[&["comm"]]));
@@ -242,7 +270,10 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
         Err(e) => missing.push(format!("mm_struct.rss_stat: {e}")),
     }
     o.sched_switch_has_prev_state = u32::from(btf.tracepoint_args("sched_switch") == Some(4));
-    Resolved { offsets: o, missing }
+    Resolved {
+        offsets: o,
+        missing,
+    }
 }
 
 fn rss_offsets(btf: &KernelBtf) -> Result<[u32; 3], BtfError> {
@@ -252,24 +283,32 @@ fn rss_offsets(btf: &KernelBtf) -> Result<[u32; 3], BtfError> {
             detail: format!("no enumerator {name}"),
         })
     };
-    let idx = [index("MM_FILEPAGES")?, index("MM_ANONPAGES")?, index("MM_SHMEMPAGES")?];
+    let idx = [
+        index("MM_FILEPAGES")?,
+        index("MM_ANONPAGES")?,
+        index("MM_SHMEMPAGES")?,
+    ];
     let rss = btf.field("mm_struct", &["rss_stat"])?;
     let (base, stride) = match &rss.ty {
         // 6.2+: struct percpu_counter rss_stat[NR_MM_COUNTERS]
         Type::Array(a) => {
             let elem = btf.strip(btf.chained(a)?)?;
-            let count = btf.member_of(&elem, "count")?.ok_or_else(|| BtfError::NoMember {
-                st: "percpu_counter".into(),
-                member: "count".into(),
-            })?;
+            let count = btf
+                .member_of(&elem, "count")?
+                .ok_or_else(|| BtfError::NoMember {
+                    st: "percpu_counter".into(),
+                    member: "count".into(),
+                })?;
             (rss.offset + count.offset, btf.size_of(&elem)?)
         }
         // before: struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }
         Type::Struct(_) => {
-            let count = btf.member_of(&rss.ty, "count")?.ok_or_else(|| BtfError::NoMember {
-                st: "mm_rss_stat".into(),
-                member: "count".into(),
-            })?;
+            let count = btf
+                .member_of(&rss.ty, "count")?
+                .ok_or_else(|| BtfError::NoMember {
+                    st: "mm_rss_stat".into(),
+                    member: "count".into(),
+                })?;
             (rss.offset + count.offset, 8)
         }
         other => {
@@ -311,7 +350,10 @@ mod tests {
             btf.field("no_such_struct_probe", &["x"]),
             Err(BtfError::NoStruct { .. })
         ));
-        assert!(matches!(btf.field("task_struct", &["no_such_member"]), Err(BtfError::NoMember { .. })));
+        assert!(matches!(
+            btf.field("task_struct", &["no_such_member"]),
+            Err(BtfError::NoMember { .. })
+        ));
     }
 
     #[test]

@@ -22,17 +22,27 @@ pub fn run() -> ExitCode {
 }
 
 fn any_kernel_hook(k: &Kernel) -> bool {
-    k.statuses.iter().any(|s| s.hook.is_some_and(|h| h != "procfs"))
+    k.statuses
+        .iter()
+        .any(|s| s.hook.is_some_and(|h| h != "procfs"))
 }
 
-fn report(k: &Kernel, summary: &crate::daemon::Summary, failing: &std::collections::HashSet<&str>) -> String {
+fn report(
+    k: &Kernel,
+    summary: &crate::daemon::Summary,
+    failing: &std::collections::HashSet<&str>,
+) -> String {
     let mut out = String::new();
     let uname = rustix_uname();
     let _ = writeln!(out, "kernel: {uname}");
     for e in &k.environment {
         let _ = writeln!(out, "note:   {e}");
     }
-    let _ = writeln!(out, "\n{:<14} {:<5} {:<22} detail", "COLLECTOR", "STATE", "HOOK");
+    let _ = writeln!(
+        out,
+        "\n{:<14} {:<5} {:<22} detail",
+        "COLLECTOR", "STATE", "HOOK"
+    );
     for s in &k.statuses {
         let state = match (s.up(), failing.contains(s.name)) {
             (true, false) => "up",
@@ -46,10 +56,18 @@ fn report(k: &Kernel, summary: &crate::daemon::Summary, failing: &std::collectio
                 summary.processes,
                 summary.duration.as_secs_f64() * 1e3
             ),
-            names::PORTS if s.up() => format!("{} processes listen on TCP", summary.listening_processes),
+            names::PORTS if s.up() => {
+                format!("{} processes listen on TCP", summary.listening_processes)
+            }
             _ => String::new(),
         };
-        let _ = writeln!(out, "{:<14} {:<5} {:<22} {detail}", s.name, state, s.hook.unwrap_or("-"));
+        let _ = writeln!(
+            out,
+            "{:<14} {:<5} {:<22} {detail}",
+            s.name,
+            state,
+            s.hook.unwrap_or("-")
+        );
         for n in &s.notes {
             let _ = writeln!(out, "{:<14} {:<5} {:<22} skipped: {n}", "", "", "");
         }
@@ -65,6 +83,16 @@ fn report(k: &Kernel, summary: &crate::daemon::Summary, failing: &std::collectio
 }
 
 fn rustix_uname() -> String {
-    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/kernel/{f}")).unwrap_or_default().trim().to_string();
-    format!("{} {} ({})", read("ostype"), read("osrelease"), std::env::consts::ARCH)
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    format!(
+        "{} {} ({})",
+        read("ostype"),
+        read("osrelease"),
+        std::env::consts::ARCH
+    )
 }

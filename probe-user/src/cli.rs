@@ -18,7 +18,12 @@ pub const DEFAULT_PORT: u16 = 19135;
 #[command(name = "probe", version, propagate_version = true)]
 pub struct Cli {
     /// Log level: error, warn, info, debug or trace (or a RUST_LOG-style filter).
-    #[arg(long = "log.level", default_value = "info", global = true, env = "PROBE_LOG")]
+    #[arg(
+        long = "log.level",
+        default_value = "info",
+        global = true,
+        env = "PROBE_LOG"
+    )]
     pub log_level: String,
 
     #[command(subcommand)]
@@ -53,14 +58,24 @@ pub struct ServeArgs {
 
 /// "HOST:PORT", "[v6]:PORT" or ":PORT" (all IPv4 addresses, like Go exporters).
 pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
-    full.parse().map_err(|_| format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:{DEFAULT_PORT} or :{DEFAULT_PORT})"))
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse().map_err(|_| {
+        format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:{DEFAULT_PORT} or :{DEFAULT_PORT})")
+    })
 }
 
 /// "250ms", "5s", "2m"; between 100 ms and 1 hour.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 5s, 500ms or 1m"))?;
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 5s, 500ms or 1m"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -79,8 +94,14 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        assert_eq!(parse_listen_address(":19135").expect("ok"), "0.0.0.0:19135".parse().expect("addr"));
-        assert_eq!(parse_listen_address("[::1]:80").expect("ok"), "[::1]:80".parse().expect("addr"));
+        assert_eq!(
+            parse_listen_address(":19135").expect("ok"),
+            "0.0.0.0:19135".parse().expect("addr")
+        );
+        assert_eq!(
+            parse_listen_address("[::1]:80").expect("ok"),
+            "[::1]:80".parse().expect("addr")
+        );
         assert!(parse_listen_address("localhost").is_err());
         assert!(parse_listen_address("1.2.3.4:99999").is_err());
     }
@@ -100,7 +121,9 @@ mod tests {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["probe", "serve", "--process.top-k", "5"]).expect("parse");
-        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
         assert_eq!(args.top_k, 5);
         assert!(Cli::try_parse_from(["probe", "serve", "--process.top-k", "5000"]).is_err());
     }

@@ -10,7 +10,9 @@ use std::{
 use tracing::{debug, warn};
 
 use crate::{
-    collect::{self, bpfstats::ProgramStats, cgroups::CgroupPaths, ports::Listeners, procinfo::ProcInfo},
+    collect::{
+        self, bpfstats::ProgramStats, cgroups::CgroupPaths, ports::Listeners, procinfo::ProcInfo,
+    },
     loader::{names, CollectorStatus, Kernel},
     model::{
         accounts::{Accounts, InstanceTotals, ProcessRow, Round},
@@ -31,7 +33,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { top_k: 20, rank_tau_secs: 30.0 }
+        Self {
+            top_k: 20,
+            rank_tau_secs: 30.0,
+        }
     }
 }
 
@@ -166,19 +171,30 @@ impl Daemon {
         let facts = self.facts(&live);
         let cgroup_paths = self.cgroup_paths(&live, &dead);
         let lookup = |id: u64| cgroup_paths.get(&id).cloned();
-        let resolver = Resolver { live: &facts, cgroup_paths: &lookup };
+        let resolver = Resolver {
+            live: &facts,
+            cgroup_paths: &lookup,
+        };
         let mut resolve = |key: &ProcessKey| -> (String, String) {
             let f = match live.get(key) {
                 Some(_) => facts.get(&key.tgid).cloned().unwrap_or_default(),
                 None => Facts {
-                    identity: dead.get(key).map(|d| d.identity.clone()).unwrap_or_default(),
+                    identity: dead
+                        .get(key)
+                        .map(|d| d.identity.clone())
+                        .unwrap_or_default(),
                     ..Facts::default()
                 },
             };
             (resolver.resolve(&f), display_name(&f.identity.comm))
         };
         let elapsed = self.last.map_or(0.0, |l| l.elapsed().as_secs_f64());
-        let round = Round { live: &live, dead: &dead, elapsed_secs: elapsed, page_size: self.page_size };
+        let round = Round {
+            live: &live,
+            dead: &dead,
+            elapsed_secs: elapsed,
+            page_size: self.page_size,
+        };
         let forget = self.accounts.apply(&round, &mut resolve);
         self.last = Some(Instant::now());
         if let Some(map) = &mut self.kernel.dead_tasks {
@@ -195,7 +211,10 @@ impl Daemon {
             match collect::cpu::exit_stats(map) {
                 Ok((recorded, lost)) => {
                     if lost > self.stats.exits_lost {
-                        warn!(lost = lost - self.stats.exits_lost, "dead-thread map full: exited threads not counted");
+                        warn!(
+                            lost = lost - self.stats.exits_lost,
+                            "dead-thread map full: exited threads not counted"
+                        );
                     }
                     self.stats.exits_recorded = recorded;
                     self.stats.exits_lost = lost;
@@ -217,7 +236,11 @@ impl Daemon {
             if self.procinfo.contains_key(key) {
                 continue;
             }
-            let info = if sample.identity.kthread { None } else { collect::procinfo::read(*key, self.ticks_per_sec) };
+            let info = if sample.identity.kthread {
+                None
+            } else {
+                collect::procinfo::read(*key, self.ticks_per_sec)
+            };
             if let Some(path) = info.as_ref().and_then(|i| i.cgroup.as_deref()) {
                 self.cgroups.learn(sample.identity.cgroup_id, path);
             }
@@ -249,12 +272,19 @@ impl Daemon {
             .map(|s| s.identity.cgroup_id)
             .chain(dead.values().map(|d| d.identity.cgroup_id))
             .collect();
-        ids.into_iter().filter_map(|id| Some((id, self.cgroups.get(id)?))).collect()
+        ids.into_iter()
+            .filter_map(|id| Some((id, self.cgroups.get(id)?)))
+            .collect()
     }
 
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            instances: self.accounts.instances().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            instances: self
+                .accounts
+                .instances()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             top: self.accounts.top_processes(self.opts.top_k),
             collectors: self
                 .kernel

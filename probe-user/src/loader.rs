@@ -15,7 +15,10 @@ use aya::{
 };
 use probe_common::{
     config::{Offsets, OFFSETS_GLOBAL, SELF_TGID_GLOBAL},
-    cpu::{DeadKey, DeadTotals, DEAD_MAP, EXIT_BTF_PROGRAM, EXIT_RAW_PROGRAM, EXIT_STATS_MAP, TASK_ITER_PROGRAM},
+    cpu::{
+        DeadKey, DeadTotals, DEAD_MAP, EXIT_BTF_PROGRAM, EXIT_RAW_PROGRAM, EXIT_STATS_MAP,
+        TASK_ITER_PROGRAM,
+    },
     ports::LISTEN_ITER_PROGRAM,
 };
 use tracing::{info, warn};
@@ -52,7 +55,11 @@ pub struct CollectorStatus {
 
 impl CollectorStatus {
     fn new(name: &'static str) -> Self {
-        Self { name, hook: None, notes: Vec::new() }
+        Self {
+            name,
+            hook: None,
+            notes: Vec::new(),
+        }
     }
     pub fn up(&self) -> bool {
         self.hook.is_some()
@@ -142,7 +149,9 @@ pub fn load() -> Kernel {
     }
     if ports.hook.is_none() {
         ports.hook = Some("procfs");
-        ports.notes.push("using /proc/net/tcp{,6} and /proc/<pid>/fd instead (slower)".into());
+        ports
+            .notes
+            .push("using /proc/net/tcp{,6} and /proc/<pid>/fd instead (slower)".into());
     }
     let mut table = CollectorStatus::new(names::PROCESS_TABLE);
     match std::fs::read_dir("/proc") {
@@ -187,7 +196,9 @@ pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 /// Forwards the kernel programs' aya-log records into the daemon's log until the runtime stops.
 pub fn spawn_log_drain(mut logger: KernelLogger) {
     tokio::spawn(async move {
-        let Ok(owned) = logger.as_fd().try_clone_to_owned() else { return };
+        let Ok(owned) = logger.as_fd().try_clone_to_owned() else {
+            return;
+        };
         // SAFETY: `owned` is an OwnedFd moved into the AsyncFd, so it stays open for as long as
         // it is registered.
         let registered = unsafe {
@@ -195,7 +206,9 @@ pub fn spawn_log_drain(mut logger: KernelLogger) {
         };
         let Ok(fd) = registered else { return };
         loop {
-            let Ok(mut guard) = fd.readable().await else { return };
+            let Ok(mut guard) = fd.readable().await else {
+                return;
+            };
             logger.flush();
             guard.clear_ready();
         }
@@ -215,7 +228,9 @@ fn attach_task_iter(ebpf: &mut Ebpf, btf: &Btf, st: &mut CollectorStatus, k: &mu
             k.task_iter = Some(link);
             k.attached.push(TASK_ITER_PROGRAM);
         }
-        Err(e) => st.notes.push(format!("iter/task: {e} (needs Linux 5.8+ with BTF)")),
+        Err(e) => st
+            .notes
+            .push(format!("iter/task: {e} (needs Linux 5.8+ with BTF)")),
     }
 }
 
@@ -251,11 +266,16 @@ fn attach_exit_hook(ebpf: &mut Ebpf, btf: &Btf, st: &mut CollectorStatus, k: &mu
         }
     }
     if st.up() {
-        k.dead_tasks = ebpf.take_map(DEAD_MAP).and_then(|m| BpfHashMap::try_from(m).ok());
-        k.exit_stats = ebpf.take_map(EXIT_STATS_MAP).and_then(|m| PerCpuArray::try_from(m).ok());
+        k.dead_tasks = ebpf
+            .take_map(DEAD_MAP)
+            .and_then(|m| BpfHashMap::try_from(m).ok());
+        k.exit_stats = ebpf
+            .take_map(EXIT_STATS_MAP)
+            .and_then(|m| PerCpuArray::try_from(m).ok());
         if k.dead_tasks.is_none() {
             st.hook = None;
-            st.notes.push(format!("map {DEAD_MAP} missing from the object"));
+            st.notes
+                .push(format!("map {DEAD_MAP} missing from the object"));
         }
     }
 }
@@ -273,7 +293,9 @@ fn attach_listen_iter(ebpf: &mut Ebpf, btf: &Btf, st: &mut CollectorStatus, k: &
             k.listen_iter = Some(link);
             k.attached.push(LISTEN_ITER_PROGRAM);
         }
-        Err(e) => st.notes.push(format!("iter/task_file: {e} (needs Linux 5.11+ for bpf_sock_from_file)")),
+        Err(e) => st.notes.push(format!(
+            "iter/task_file: {e} (needs Linux 5.11+ for bpf_sock_from_file)"
+        )),
     }
 }
 
@@ -281,8 +303,11 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
-    prog.try_into().map_err(|e: aya::programs::ProgramError| chain(&e))
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?;
+    prog.try_into()
+        .map_err(|e: aya::programs::ProgramError| chain(&e))
 }
 
 /// An error with its causes, on one line (the verifier log, when there is one, is in them).
@@ -297,7 +322,14 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     // Verifier logs are long; the first and last lines say what matters.
     if s.len() > 2000 {
         let head: String = s.chars().take(1000).collect();
-        let tail: String = s.chars().rev().take(800).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(800)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         s = format!("{head} [...] {tail}");
     }
     s

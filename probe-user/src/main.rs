@@ -33,7 +33,10 @@ fn init_logging(level: &str) {
         tracing_subscriber::EnvFilter::new("info")
     });
     // Also installs the `log` bridge, so aya and aya-log records land here.
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -84,7 +87,10 @@ async fn collect_periodically(app: Arc<App>, every: Duration) {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the default action (terminate) still applies.
         std::future::pending::<()>().await;
         return;

@@ -17,7 +17,12 @@ fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is a zero-initialised buffer at least as large as the union member the
     // command reads, and outlives the call.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr) as u32)
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr) as u32,
+        )
     };
     if ret < 0 {
         return Err(io::Error::last_os_error());
@@ -44,7 +49,9 @@ impl IterLink {
         // struct { __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags; ... }
         attr[0] = u64::from(prog.as_raw_fd() as u32);
         attr[1] = u64::from(BPF_TRACE_ITER);
-        Ok(Self { link: sys_bpf(BPF_LINK_CREATE, &mut attr)? })
+        Ok(Self {
+            link: sys_bpf(BPF_LINK_CREATE, &mut attr)?,
+        })
     }
 
     /// Runs the iterator once and returns everything it wrote.
@@ -70,7 +77,10 @@ pub enum MountOutcome {
 /// are not mounted on every host; peers such as bpftool mount them the same way).
 pub fn ensure_mounted(fstype: &str, target: &Path) -> io::Result<MountOutcome> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    if mount_point_of(&mountinfo, fstype).iter().any(|p| p == target) {
+    if mount_point_of(&mountinfo, fstype)
+        .iter()
+        .any(|p| p == target)
+    {
         return Ok(MountOutcome::AlreadyMounted);
     }
     std::fs::create_dir_all(target)?;
@@ -104,7 +114,10 @@ fn unescape_mount_path(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -135,14 +148,23 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_on_hybrid_hosts() {
-        assert_eq!(mount_point_of(MOUNTINFO, "cgroup2"), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
-        assert_eq!(mount_point_of(MOUNTINFO, "tracefs"), vec![PathBuf::from("/sys/kernel/tracing")]);
+        assert_eq!(
+            mount_point_of(MOUNTINFO, "cgroup2"),
+            vec![PathBuf::from("/sys/fs/cgroup/unified")]
+        );
+        assert_eq!(
+            mount_point_of(MOUNTINFO, "tracefs"),
+            vec![PathBuf::from("/sys/kernel/tracing")]
+        );
         assert!(mount_point_of(MOUNTINFO, "debugfs").is_empty());
     }
 
     #[test]
     fn unescapes_octal_in_mount_points() {
-        assert_eq!(mount_point_of(MOUNTINFO, "bpf"), vec![PathBuf::from("/mnt/with space")]);
+        assert_eq!(
+            mount_point_of(MOUNTINFO, "bpf"),
+            vec![PathBuf::from("/mnt/with space")]
+        );
         assert_eq!(unescape_mount_path("a\\134b"), "a\\b");
         assert_eq!(unescape_mount_path("trailing\\04"), "trailing\\04");
     }

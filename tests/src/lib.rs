@@ -1,1 +1,375 @@
+//! Helpers for the kernel tests: run the real daemon, scrape it, parse what it serves, start
+//! workloads, and read ground truth from the kernel (/proc, CPU clocks).
+//!
+//! These tests need root and a BTF kernel; `cargo xtask test` runs them with PROBE_BIN set to
+//! the daemon it just built. A test that cannot run fails with the reason; none is skipped.
 
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The daemon binary under test.
+pub fn probe_bin() -> PathBuf {
+    let bin = std::env::var_os("PROBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/release/probe"
+            ))
+        });
+    assert!(
+        bin.exists(),
+        "{} not found: run the kernel tests with `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running `probe serve`, killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub port: u16,
+}
+
+impl Daemon {
+    /// Starts the daemon with a short collection interval and waits until /readyz says so.
+    pub fn start(extra: &[&str]) -> Self {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "kernel tests need root (they load BPF programs)"
+        );
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "serve",
+            "--web.listen-address",
+            &addr,
+            "--collect.interval",
+            "1s",
+        ];
+        args.extend_from_slice(extra);
+        let child = Command::new(probe_bin())
+            .args(&args)
+            .env("PROBE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn probe serve");
+        let d = Self { child, port };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if d.get("/readyz").is_ok_and(|(status, _)| status == 200) {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("probe serve did not become ready within 30 s");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A plain HTTP/1.0 GET; returns (status, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.port, path, None)
+    }
+
+    /// Scrapes /metrics in the classic text format and parses it.
+    pub fn scrape(&self) -> Metrics {
+        let (status, body) = self.get("/metrics").expect("scrape");
+        assert_eq!(status, 200, "scrape failed: {body}");
+        Metrics::parse(&body)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{accept}\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw)
+        .map_err(|e| std::io::Error::other(format!("response is not UTF-8: {e}")))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+/// One sample of the classic text format.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A parsed scrape.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub text: String,
+}
+
+impl Metrics {
+    /// Parses the classic text format (label values unescaped). Panics on a malformed line:
+    /// what the daemon serves must parse.
+    pub fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| parse_line(l).unwrap_or_else(|| panic!("malformed exposition line: {l:?}")))
+            .collect();
+        Self {
+            samples,
+            text: text.to_string(),
+        }
+    }
+
+    /// Samples of a metric whose labels include all of `want`.
+    pub fn find(&self, name: &str, want: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name && want.iter().all(|(k, v)| s.label(k) == Some(v)))
+            .collect()
+    }
+
+    /// The single sample of `name` with these labels.
+    pub fn value(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        match self.find(name, want).as_slice() {
+            [one] => Some(one.value),
+            [] => None,
+            many => panic!("{} samples of {name} with {want:?}: {many:?}", many.len()),
+        }
+    }
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    let name_end = line.find(['{', ' '])?;
+    let name = line[..name_end].to_string();
+    let mut labels = Vec::new();
+    let mut chars = line[name_end..].chars().peekable();
+    if chars.peek() == Some(&'{') {
+        chars.next();
+        loop {
+            match chars.peek()? {
+                '}' => {
+                    chars.next();
+                    break;
+                }
+                ',' => {
+                    chars.next();
+                    continue;
+                }
+                _ => {}
+            }
+            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+            if chars.next()? != '"' {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => match chars.next()? {
+                        'n' => value.push('\n'),
+                        '\\' => value.push('\\'),
+                        '"' => value.push('"'),
+                        _ => return None,
+                    },
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            labels.push((key, value));
+        }
+    }
+    let rest: String = chars.collect();
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
+}
+
+/// The workload binary, built by cargo next to the test executables (target/<profile>/).
+fn workload_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("probe-workload");
+    assert!(
+        bin.exists(),
+        "{} not built: run the kernel tests with `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+/// A workload process (tests/src/bin/probe-workload.rs), killed on drop.
+pub struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+    pub port: u16,
+}
+
+impl Workload {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(workload_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn probe-workload");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut w = Self {
+            child,
+            stdin,
+            stdout,
+            pid: 0,
+            port: 0,
+        };
+        let ready = w.line();
+        let field = |k: &str| -> u64 {
+            ready
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("workload said {ready:?}"))
+        };
+        w.pid = field("pid=") as u32;
+        w.port = field("port=") as u16;
+        w
+    }
+
+    /// The next line the workload prints.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self
+            .stdout
+            .read_line(&mut line)
+            .expect("read workload output");
+        assert!(n > 0, "workload exited early");
+        line.trim_end().to_string()
+    }
+
+    /// Waits for `done` and returns its `key=value` fields.
+    pub fn wait_done(&mut self) -> Vec<(String, u64)> {
+        let line = self.line();
+        assert!(line.starts_with("done"), "workload said {line:?}");
+        line.split_whitespace()
+            .filter_map(|f| {
+                let (k, v) = f.split_once('=')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The instance probe should put this workload in (comm `probe-workload`, its port).
+    pub fn instance(&self) -> String {
+        format!("probe-workload:{}", self.port)
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// /proc/<pid>/schedstat of the process's main thread: (on-CPU ns, run-queue wait ns).
+pub fn schedstat(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");
+    let mut f = s
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().expect("schedstat field"));
+    (f.next().expect("cpu"), f.next().expect("delay"))
+}
+
+/// The whole process's CPU time (all threads, including exited ones), from its CPU clock.
+pub fn process_cpu_ns(pid: u32) -> u64 {
+    let mut clock: libc::clockid_t = 0;
+    let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    assert_eq!(rc, 0, "clock_getcpuclockid({pid})");
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    assert_eq!(
+        unsafe { libc::clock_gettime(clock, &mut ts) },
+        0,
+        "clock_gettime"
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Relative difference, printed with the measurement so the test log shows the numbers.
+pub fn check_close(what: &str, got: f64, want: f64, tolerance: f64) {
+    let rel = (got - want).abs() / want.abs().max(f64::MIN_POSITIVE);
+    println!(
+        "{what}: probe {got:.6} vs ground truth {want:.6} (ratio {:.5}, tolerance {tolerance})",
+        got / want
+    );
+    assert!(
+        rel <= tolerance,
+        "{what}: probe {got} vs {want}: off by {:.3}% (> {:.1}%)",
+        rel * 100.0,
+        tolerance * 100.0
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_escaped_labels() {
+        let m =
+            Metrics::parse("# HELP x y\nx_total{a=\"q\\\"b\\\\c\\nd\",b=\"\"} 1.5\nup 1\nz{} 2\n");
+        assert_eq!(m.samples.len(), 3);
+        assert_eq!(m.samples[0].label("a"), Some("q\"b\\c\nd"));
+        assert_eq!(m.samples[0].label("b"), Some(""));
+        assert_eq!(m.value("up", &[]), Some(1.0));
+        assert_eq!(m.value("z", &[]), Some(2.0));
+    }
+}

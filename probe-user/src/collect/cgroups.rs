@@ -21,7 +21,11 @@ pub struct CgroupPaths {
 
 impl CgroupPaths {
     pub fn new(mount: Option<PathBuf>) -> Self {
-        Self { mount, by_id: HashMap::new(), walked_this_round: false }
+        Self {
+            mount,
+            by_id: HashMap::new(),
+            walked_this_round: false,
+        }
     }
 
     /// Start of a collection: allows one more walk.
@@ -54,13 +58,20 @@ impl CgroupPaths {
 }
 
 fn walk(root: &Path, dir: &Path, depth: usize, out: &mut HashMap<u64, String>) {
-    let Ok(meta) = std::fs::metadata(dir) else { return };
-    let rel = dir.strip_prefix(root).map(|r| format!("/{}", r.to_string_lossy())).unwrap_or_default();
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let rel = dir
+        .strip_prefix(root)
+        .map(|r| format!("/{}", r.to_string_lossy()))
+        .unwrap_or_default();
     out.insert(meta.ino(), rel);
     if depth >= MAX_DEPTH {
         return;
     }
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             walk(root, &entry.path(), depth + 1, out);
@@ -76,7 +87,9 @@ mod tests {
     fn walks_a_directory_tree_into_relative_paths() {
         let root = std::env::temp_dir().join(format!("probe-cg-{}", std::process::id()));
         std::fs::create_dir_all(root.join("system.slice/a.service")).expect("mkdir");
-        let ino = std::fs::metadata(root.join("system.slice/a.service")).expect("stat").ino();
+        let ino = std::fs::metadata(root.join("system.slice/a.service"))
+            .expect("stat")
+            .ino();
         let mut paths = CgroupPaths::new(Some(root.clone()));
         assert_eq!(paths.get(ino).as_deref(), Some("/system.slice/a.service"));
         let root_ino = std::fs::metadata(&root).expect("stat").ino();

@@ -31,7 +31,9 @@ pub fn read_tasks(link: &IterLink, buf: &mut Vec<u8>) -> Result<Vec<TaskRecord>,
 ///
 /// Keys that vanish while we walk the map (deleted by a concurrent daemon? there is none, but
 /// the kernel map is shared state) are skipped rather than failing the whole read.
-pub fn read_dead(map: &BpfHashMap<MapData, DeadKey, DeadTotals>) -> Result<HashMap<ProcessKey, DeadSample>, CpuError> {
+pub fn read_dead(
+    map: &BpfHashMap<MapData, DeadKey, DeadTotals>,
+) -> Result<HashMap<ProcessKey, DeadSample>, CpuError> {
     let mut out = HashMap::new();
     for item in map.iter() {
         match item {
@@ -46,9 +48,17 @@ pub fn read_dead(map: &BpfHashMap<MapData, DeadKey, DeadTotals>) -> Result<HashM
 }
 
 /// Deletes entries the accounting no longer needs. Returns how many could not be deleted.
-pub fn forget_dead(map: &mut BpfHashMap<MapData, DeadKey, DeadTotals>, keys: &[ProcessKey]) -> usize {
+pub fn forget_dead(
+    map: &mut BpfHashMap<MapData, DeadKey, DeadTotals>,
+    keys: &[ProcessKey],
+) -> usize {
     keys.iter()
-        .filter(|k| !matches!(map.remove(&DeadKey::from(**k)), Ok(()) | Err(MapError::KeyNotFound)))
+        .filter(|k| {
+            !matches!(
+                map.remove(&DeadKey::from(**k)),
+                Ok(()) | Err(MapError::KeyNotFound)
+            )
+        })
         .count()
 }
 

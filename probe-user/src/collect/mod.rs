@@ -14,7 +14,10 @@ pub mod procinfo;
 pub fn decode<T: aya::Pod>(buf: &[u8]) -> Result<Vec<T>, DecodeError> {
     let size = std::mem::size_of::<T>();
     if size == 0 || buf.len() % size != 0 {
-        return Err(DecodeError { len: buf.len(), size });
+        return Err(DecodeError {
+            len: buf.len(),
+            size,
+        });
     }
     Ok(buf
         .chunks_exact(size)
@@ -38,12 +41,21 @@ mod tests {
 
     #[test]
     fn decodes_whole_records_and_rejects_torn_ones() {
-        let rec = ListenRecord { tgid: 7, fd: 3, port: 3306, family: 2, _pad: 0 };
+        let rec = ListenRecord {
+            tgid: 7,
+            fd: 3,
+            port: 3306,
+            family: 2,
+            _pad: 0,
+        };
         let mut buf = Vec::new();
         for _ in 0..3 {
             // SAFETY: ListenRecord is repr(C) plain data.
             buf.extend_from_slice(unsafe {
-                std::slice::from_raw_parts((&rec as *const ListenRecord).cast::<u8>(), ListenRecord::SIZE)
+                std::slice::from_raw_parts(
+                    (&rec as *const ListenRecord).cast::<u8>(),
+                    ListenRecord::SIZE,
+                )
             });
         }
         assert_eq!(decode::<ListenRecord>(&buf).expect("whole"), vec![rec; 3]);

@@ -32,7 +32,10 @@ pub fn from_iter(link: &IterLink, buf: &mut Vec<u8>) -> Result<Listeners, PortsE
 /// through /proc/<pid>/fd. Processes that exit or deny access mid-walk are skipped.
 pub fn from_procfs() -> Result<Listeners, PortsError> {
     let mut by_inode: HashMap<u64, u16> = HashMap::new();
-    for entry in procfs::net::tcp()?.into_iter().chain(procfs::net::tcp6().unwrap_or_default()) {
+    for entry in procfs::net::tcp()?
+        .into_iter()
+        .chain(procfs::net::tcp6().unwrap_or_default())
+    {
         if entry.state == procfs::net::TcpState::Listen {
             by_inode.insert(entry.inode, entry.local_address.port());
         }
@@ -43,7 +46,9 @@ pub fn from_procfs() -> Result<Listeners, PortsError> {
     }
     let own = std::process::id();
     for process in procfs::process::all_processes()?.flatten() {
-        let Ok(tgid) = u32::try_from(process.pid) else { continue };
+        let Ok(tgid) = u32::try_from(process.pid) else {
+            continue;
+        };
         if tgid == own {
             continue;
         }
@@ -98,7 +103,10 @@ mod tests {
             .filter(|e| e.state == procfs::net::TcpState::Listen)
             .map(|e| e.local_address.port())
             .collect();
-        assert!(inodes.contains(&port), "listening port {port} not in /proc/net/tcp");
+        assert!(
+            inodes.contains(&port),
+            "listening port {port} not in /proc/net/tcp"
+        );
         assert!(from_procfs().is_ok());
     }
 }

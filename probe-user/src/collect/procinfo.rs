@@ -25,11 +25,16 @@ pub fn read(key: ProcessKey, ticks_per_sec: u64) -> Option<ProcInfo> {
     }
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", key.tgid)).ok();
     let exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
-    let cgroup = process
-        .cgroups()
-        .ok()
-        .and_then(|cgs| cgs.into_iter().find(|c| c.hierarchy == 0).map(|c| c.pathname));
-    Some(ProcInfo { cmdline, exe, cgroup })
+    let cgroup = process.cgroups().ok().and_then(|cgs| {
+        cgs.into_iter()
+            .find(|c| c.hierarchy == 0)
+            .map(|c| c.pathname)
+    });
+    Some(ProcInfo {
+        cmdline,
+        exe,
+        cgroup,
+    })
 }
 
 /// /proc/<pid>/stat field 22 is start_boottime in clock ticks.
@@ -54,11 +59,28 @@ mod tests {
     fn reads_our_own_process_and_refuses_a_wrong_start_time() {
         let pid = std::process::id();
         let tps = procfs::ticks_per_second();
-        let stat = procfs::process::Process::myself().expect("self").stat().expect("stat");
+        let stat = procfs::process::Process::myself()
+            .expect("self")
+            .stat()
+            .expect("stat");
         let start_ns = stat.starttime * (1_000_000_000 / tps);
-        let info = read(ProcessKey { tgid: pid, start_ns }, tps).expect("own /proc entry");
+        let info = read(
+            ProcessKey {
+                tgid: pid,
+                start_ns,
+            },
+            tps,
+        )
+        .expect("own /proc entry");
         assert!(info.cmdline.is_some_and(|c| !c.is_empty()));
         assert!(info.cgroup.is_some_and(|c| c.starts_with('/')));
-        assert!(read(ProcessKey { tgid: pid, start_ns: start_ns + 10_000_000_000 }, tps).is_none());
+        assert!(read(
+            ProcessKey {
+                tgid: pid,
+                start_ns: start_ns + 10_000_000_000
+            },
+            tps
+        )
+        .is_none());
     }
 }

@@ -6,7 +6,8 @@
 //! no `# UNIT` lines, and there is no `# EOF` terminator. Samples are the same.
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Which format a client asked for in its `Accept` header.
 pub fn wants_openmetrics(accept: Option<&str>) -> bool {
@@ -89,6 +90,8 @@ probe_memory_rss_bytes{service_instance=\"a:1\"} 4096
         assert!(!wants_openmetrics(Some("*/*")));
         assert!(!wants_openmetrics(Some("text/plain")));
         assert!(!wants_openmetrics(None));
-        assert!(!wants_openmetrics(Some("application/openmetrics-text; q=0")));
+        assert!(!wants_openmetrics(Some(
+            "application/openmetrics-text; q=0"
+        )));
     }
 }

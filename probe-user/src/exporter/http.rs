@@ -11,7 +11,10 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
+use hyper::{
+    body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response,
+    StatusCode,
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
@@ -32,13 +35,18 @@ pub struct App {
 
 impl App {
     pub fn new(daemon: Daemon) -> Self {
-        Self { daemon: Mutex::new(daemon), ready: AtomicBool::new(false) }
+        Self {
+            daemon: Mutex::new(daemon),
+            ready: AtomicBool::new(false),
+        }
     }
 
     /// The daemon. A panic while it was held (a bug) must not stop the exporter for good, so
     /// a poisoned lock is taken over: the accounts are only ever updated whole.
     pub fn daemon(&self) -> MutexGuard<'_, Daemon> {
-        self.daemon.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.daemon
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Collects (the timer calls this between scrapes).
@@ -56,7 +64,11 @@ impl App {
         };
         self.ready.store(true, Ordering::Relaxed);
         let om = metrics::encode_openmetrics(snapshot)?;
-        Ok(if openmetrics { om } else { classic::from_openmetrics(&om) })
+        Ok(if openmetrics {
+            om
+        } else {
+            classic::from_openmetrics(&om)
+        })
     }
 
     pub fn ready(&self) -> bool {
@@ -69,7 +81,9 @@ impl App {
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -94,10 +108,17 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
@@ -106,28 +127,54 @@ const LANDING: &str = "<html><head><title>probe</title></head><body><h1>probe</h
 <li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li>\
 <li><a href=\"/readyz\">/readyz</a></li></ul></body></html>\n";
 
-async fn handle(req: Request<Incoming>, app: Arc<App>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    app: Arc<App>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET and HEAD\n"));
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "only GET and HEAD\n",
+        ));
     }
     Ok(match req.uri().path() {
         "/metrics" => {
-            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
             let om = classic::wants_openmetrics(accept);
             let scraped = tokio::task::spawn_blocking(move || app.scrape(om)).await;
             match scraped {
                 Ok(Ok(body)) => {
-                    let ct = if om { classic::OPENMETRICS_CONTENT_TYPE } else { classic::CONTENT_TYPE };
+                    let ct = if om {
+                        classic::OPENMETRICS_CONTENT_TYPE
+                    } else {
+                        classic::CONTENT_TYPE
+                    };
                     text(StatusCode::OK, ct, body)
                 }
-                Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("encoding failed: {e}\n")),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("collection failed: {e}\n")),
+                Ok(Err(e)) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN,
+                    format!("encoding failed: {e}\n"),
+                ),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN,
+                    format!("collection failed: {e}\n"),
+                ),
             }
         }
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" if app.ready() => text(StatusCode::OK, PLAIN, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "first collection not done yet\n"),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            "first collection not done yet\n",
+        ),
         "/" => text(StatusCode::OK, "text/html; charset=utf-8", LANDING),
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found; try /metrics\n"),
     })

@@ -5,11 +5,15 @@ use std::borrow::Cow;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder},
-    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, TypedMetric},
     registry::{Registry, Unit},
 };
 
-use crate::{daemon::Snapshot, model::accounts::ProcessRow};
+use crate::{
+    collect::bpfstats::ProgramStats,
+    daemon::Snapshot,
+    model::accounts::{InstanceTotals, ProcessRow},
+};
 
 /// A label value, escaped as the exposition formats require.
 ///
@@ -47,7 +51,10 @@ fn owned<'a>(s: String) -> Escaped<'a> {
 
 type Labels<'a> = Vec<(&'static str, Escaped<'a>)>;
 
-const NS: f64 = 1e-9;
+/// Nanoseconds to seconds (a division, so that e.g. 1_064_000 ns is exactly 0.001064).
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
 
 /// Encodes the snapshot as OpenMetrics text.
 pub fn encode_openmetrics(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
@@ -62,19 +69,25 @@ pub fn encode_openmetrics(snapshot: Snapshot) -> Result<String, std::fmt::Error>
 struct SnapshotCollector(Snapshot);
 
 /// Writes one metric family: `rows` are (labels, value) pairs.
-fn family<'a, M: EncodeMetric>(
+fn family<'a, M: EncodeMetric + TypedMetric>(
     enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    kind: MetricType,
+    (name, unit, help): Desc,
     rows: impl IntoIterator<Item = (Labels<'a>, M)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut metric = enc.encode_descriptor(name, help, unit, kind)?;
+    let mut metric = enc.encode_descriptor(name, help, unit.as_ref(), M::TYPE)?;
     for (labels, value) in rows {
         value.encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// A family with a single, unlabelled sample.
+fn single<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    (name, unit, help): Desc,
+    value: M,
+) -> Result<(), std::fmt::Error> {
+    value.encode(enc.encode_descriptor(name, help, unit.as_ref(), value.metric_type())?)
 }
 
 fn inst(name: &str) -> Labels<'_> {
@@ -82,67 +95,219 @@ fn inst(name: &str) -> Labels<'_> {
 }
 
 fn proc_labels(p: &ProcessRow) -> Labels<'_> {
-    vec![("service_instance", esc(&p.instance)), ("pid", owned(p.pid.to_string())), ("comm", esc(&p.comm))]
+    vec![
+        ("service_instance", esc(&p.instance)),
+        ("pid", owned(p.pid.to_string())),
+        ("comm", esc(&p.comm)),
+    ]
 }
+
+fn counter(v: f64) -> ConstCounter<f64> {
+    ConstCounter::new(v)
+}
+
+fn gauge(v: i64) -> ConstGauge<i64> {
+    ConstGauge::new(v)
+}
+
+/// Name (without the unit suffix), unit and help of a family.
+type Desc = (&'static str, Option<Unit>, &'static str);
+
+const CPU: Desc = (
+    "probe_cpu",
+    Some(Unit::Seconds),
+    "On-CPU time of the instance's processes (the kernel's se.sum_exec_runtime).",
+);
+const RUNQ: Desc = (
+    "probe_cpu_runqueue_wait",
+    Some(Unit::Seconds),
+    "Time the instance's threads were runnable but waited for a CPU (sched_info.run_delay).",
+);
+const RSS: Desc = (
+    "probe_memory_rss",
+    Some(Unit::Bytes),
+    "Resident memory of the instance's live processes (file, anon and shmem pages).",
+);
+const INSTANCE_PROCS: Desc = (
+    "probe_instance_processes",
+    None,
+    "Live processes in the instance.",
+);
+const PROC_CPU: Desc = ("probe_process_cpu", Some(Unit::Seconds), "On-CPU time of the top processes by recent CPU use (--process.top-k); every process counts in its instance.");
+const PROC_RUNQ: Desc = (
+    "probe_process_cpu_runqueue_wait",
+    Some(Unit::Seconds),
+    "Run-queue wait of the top processes by recent CPU use.",
+);
+const UP: Desc = (
+    "probe_collector_up",
+    None,
+    "1 if the collector's hook is attached and its last read succeeded.",
+);
+const HOOK: Desc = (
+    "probe_collector_hook_info",
+    None,
+    "The hook each working collector uses on this kernel.",
+);
+const ERRORS: Desc = (
+    "probe_collector_errors",
+    None,
+    "Failed reads per collector since the daemon started.",
+);
+const RUNS: Desc = (
+    "probe_bpf_program_runs",
+    None,
+    "Times each kernel program ran (kernel BPF statistics).",
+);
+const RUN_TIME: Desc = ("probe_bpf_program_run", Some(Unit::Seconds), "Time spent in each kernel program (kernel BPF statistics); divided by runs, the cost per event.");
+const EXITS: Desc = ("probe_exited_threads", None, "Exiting threads whose final CPU totals the exit hook recorded; result=lost: the dead-thread map was full.");
+const PROCESSES: Desc = ("probe_processes", None, "Live processes tracked.");
+const INSTANCES: Desc = ("probe_instances", None, "Service instances exported.");
+const COLLECT: Desc = (
+    "probe_collect_duration",
+    Some(Unit::Seconds),
+    "Time the collection behind this scrape took (kernel reads, /proc, aggregation).",
+);
+const COLLECTIONS: Desc = (
+    "probe_collections",
+    None,
+    "Collections since the daemon started (scrapes and timer).",
+);
+const BUILD: Desc = (
+    "probe_build_info",
+    None,
+    "Version of the probe daemon; the value is always 1.",
+);
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.0;
-        let secs = Some(&Unit::Seconds);
+        let e = &mut enc;
+        let inst_rows =
+            |f: fn(&InstanceTotals) -> u64| s.instances.iter().map(move |(n, t)| (inst(n), f(t)));
 
-        family(&mut enc, "probe_cpu", "On-CPU time of the instance's processes, from the kernel's per-task accounting (se.sum_exec_runtime).", secs, MetricType::Counter,
-            s.instances.iter().map(|(n, t)| (inst(n), ConstCounter::new(t.cpu_ns as f64 * NS))))?;
-        family(&mut enc, "probe_cpu_runqueue_wait", "Time the instance's threads spent runnable but waiting for a CPU (sched_info.run_delay).", secs, MetricType::Counter,
-            s.instances.iter().map(|(n, t)| (inst(n), ConstCounter::new(t.run_delay_ns as f64 * NS))))?;
-        family(&mut enc, "probe_memory_rss", "Resident memory of the instance's live processes (file + anon + shmem pages).", Some(&Unit::Bytes), MetricType::Gauge,
-            s.instances.iter().map(|(n, t)| (inst(n), ConstGauge::new(t.rss_bytes as i64))))?;
-        family(&mut enc, "probe_instance_processes", "Live processes in the instance.", None, MetricType::Gauge,
-            s.instances.iter().map(|(n, t)| (inst(n), ConstGauge::new(t.processes as i64))))?;
+        family(
+            e,
+            CPU,
+            inst_rows(|t| t.cpu_ns).map(|(l, v)| (l, counter(secs(v)))),
+        )?;
+        family(
+            e,
+            RUNQ,
+            inst_rows(|t| t.run_delay_ns).map(|(l, v)| (l, counter(secs(v)))),
+        )?;
+        family(
+            e,
+            RSS,
+            inst_rows(|t| t.rss_bytes).map(|(l, v)| (l, gauge(clamp(v)))),
+        )?;
+        family(
+            e,
+            INSTANCE_PROCS,
+            inst_rows(|t| t.processes).map(|(l, v)| (l, gauge(clamp(v)))),
+        )?;
 
-        family(&mut enc, "probe_process_cpu", "On-CPU time of the top processes by recent CPU use (see --top-k); other processes are only in their instance's total.", secs, MetricType::Counter,
-            s.top.iter().map(|p| (proc_labels(p), ConstCounter::new(p.cpu_ns as f64 * NS))))?;
-        family(&mut enc, "probe_process_cpu_runqueue_wait", "Run-queue wait of the top processes by recent CPU use.", secs, MetricType::Counter,
-            s.top.iter().map(|p| (proc_labels(p), ConstCounter::new(p.run_delay_ns as f64 * NS))))?;
+        family(
+            e,
+            PROC_CPU,
+            s.top
+                .iter()
+                .map(|p| (proc_labels(p), counter(secs(p.cpu_ns)))),
+        )?;
+        family(
+            e,
+            PROC_RUNQ,
+            s.top
+                .iter()
+                .map(|p| (proc_labels(p), counter(secs(p.run_delay_ns)))),
+        )?;
 
-        family(&mut enc, "probe_collector_up", "1 if the collector's hook is attached and its last read succeeded.", None, MetricType::Gauge,
-            s.collectors.iter().map(|(c, up)| (vec![("collector", esc(c.name))], ConstGauge::new(i64::from(*up)))))?;
-        family(&mut enc, "probe_collector_hook_info", "The hook each working collector uses on this kernel.", None, MetricType::Gauge,
-            s.collectors.iter().filter_map(|(c, _)| Some((vec![("collector", esc(c.name)), ("hook", esc(c.hook?))], ConstGauge::new(1)))))?;
-        family(&mut enc, "probe_collector_errors", "Failed reads per collector since the daemon started.", None, MetricType::Counter,
-            s.stats.errors.iter().map(|(c, n)| (vec![("collector", esc(c))], ConstCounter::new(*n))))?;
+        family(
+            e,
+            UP,
+            s.collectors
+                .iter()
+                .map(|(c, up)| (vec![("collector", esc(c.name))], gauge(i64::from(*up)))),
+        )?;
+        let hooks = s.collectors.iter().filter_map(|(c, _)| {
+            Some((
+                vec![("collector", esc(c.name)), ("hook", esc(c.hook?))],
+                gauge(1),
+            ))
+        });
+        family(e, HOOK, hooks)?;
+        family(
+            e,
+            ERRORS,
+            s.stats
+                .errors
+                .iter()
+                .map(|(c, n)| (vec![("collector", esc(c))], ConstCounter::new(*n))),
+        )?;
 
-        family(&mut enc, "probe_bpf_program_runs", "Times each kernel program ran (BPF statistics).", None, MetricType::Counter,
-            s.stats.programs.iter().map(|p| (vec![("program", esc(p.program))], ConstCounter::new(p.runs))))?;
-        family(&mut enc, "probe_bpf_program_run", "Time spent in each kernel program (BPF statistics); divide by runs for the cost per event.", secs, MetricType::Counter,
-            s.stats.programs.iter().map(|p| (vec![("program", esc(p.program))], ConstCounter::new(p.run_ns as f64 * NS))))?;
-        family(&mut enc, "probe_exited_threads", "Exiting threads whose final CPU totals the exit hook recorded (result=\"lost\": dead-thread map full).", None, MetricType::Counter,
-            [("recorded", s.stats.exits_recorded), ("lost", s.stats.exits_lost)]
-                .map(|(r, n)| (vec![("result", esc(r))], ConstCounter::new(n))))?;
+        let prog = |p: &ProgramStats| vec![("program", esc(p.program))];
+        family(
+            e,
+            RUNS,
+            s.stats
+                .programs
+                .iter()
+                .map(|p| (prog(p), ConstCounter::new(p.runs))),
+        )?;
+        family(
+            e,
+            RUN_TIME,
+            s.stats
+                .programs
+                .iter()
+                .map(|p| (prog(p), counter(secs(p.run_ns)))),
+        )?;
+        let exits = [
+            ("recorded", s.stats.exits_recorded),
+            ("lost", s.stats.exits_lost),
+        ];
+        family(
+            e,
+            EXITS,
+            exits.map(|(r, n)| (vec![("result", esc(r))], ConstCounter::new(n))),
+        )?;
 
-        family(&mut enc, "probe_processes", "Live processes tracked.", None, MetricType::Gauge,
-            [(Vec::new(), ConstGauge::new(s.processes as i64))])?;
-        family(&mut enc, "probe_instances", "Service instances exported.", None, MetricType::Gauge,
-            [(Vec::new(), ConstGauge::new(s.instances.len() as i64))])?;
-        family(&mut enc, "probe_collect_duration", "Time the collection for this scrape took (kernel reads, /proc, aggregation).", secs, MetricType::Gauge,
-            [(Vec::new(), ConstGauge::new(s.stats.last_collect.as_secs_f64()))])?;
-        family(&mut enc, "probe_collections", "Collections since the daemon started (scrapes and timer).", None, MetricType::Counter,
-            [(Vec::new(), ConstCounter::new(s.stats.collections))])?;
-        family(&mut enc, "probe_build_info", "Version of the probe daemon; the value is always 1.", None, MetricType::Gauge,
-            [(vec![("version", esc(env!("CARGO_PKG_VERSION")))], ConstGauge::new(1))])?;
+        single(e, PROCESSES, gauge(clamp(s.processes as u64)))?;
+        single(e, INSTANCES, gauge(clamp(s.instances.len() as u64)))?;
+        single(
+            e,
+            COLLECT,
+            ConstGauge::new(s.stats.last_collect.as_secs_f64()),
+        )?;
+        single(e, COLLECTIONS, ConstCounter::new(s.stats.collections))?;
+        family(
+            e,
+            BUILD,
+            [(vec![("version", esc(env!("CARGO_PKG_VERSION")))], gauge(1))],
+        )?;
         Ok(())
     }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{daemon::SelfStats, loader::CollectorStatus, model::accounts::InstanceTotals};
+    use crate::{daemon::SelfStats, loader::CollectorStatus};
 
     fn snapshot() -> Snapshot {
         Snapshot {
             instances: vec![(
                 "mariadbd:3307".into(),
-                InstanceTotals { cpu_ns: 1_500_000_000, run_delay_ns: 250_000_000, rss_bytes: 4096, processes: 1 },
+                InstanceTotals {
+                    cpu_ns: 1_500_000_000,
+                    run_delay_ns: 250_000_000,
+                    rss_bytes: 4096,
+                    processes: 1,
+                },
             )],
             top: vec![ProcessRow {
                 pid: 42,
@@ -152,7 +317,14 @@ mod tests {
                 run_delay_ns: 0,
                 score: 1.0,
             }],
-            collectors: vec![(CollectorStatus { name: "cpu", hook: Some("iter/task"), notes: vec![] }, true)],
+            collectors: vec![(
+                CollectorStatus {
+                    name: "cpu",
+                    hook: Some("iter/task"),
+                    notes: vec![],
+                },
+                true,
+            )],
             stats: SelfStats::default(),
             processes: 1,
         }
@@ -179,7 +351,10 @@ mod tests {
             r#"probe_collector_up{collector="cpu"} 1"#,
             r#"probe_collector_hook_info{collector="cpu",hook="iter/task"} 1"#,
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         assert!(text.ends_with("# EOF\n"));
     }

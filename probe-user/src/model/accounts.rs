@@ -74,14 +74,23 @@ pub struct Accounts {
 
 impl Accounts {
     pub fn new(tau_secs: f64) -> Self {
-        Self { procs: HashMap::new(), instances: BTreeMap::new(), tau_secs, rounds: 0 }
+        Self {
+            procs: HashMap::new(),
+            instances: BTreeMap::new(),
+            tau_secs,
+            rounds: 0,
+        }
     }
 
     /// Applies one collection. `resolve` names the instance of a key: it is called for every
     /// live process (instances can change while a process lives) and for processes known only
     /// from the dead-thread map. Returns the keys whose dead-thread map entries are no longer
     /// needed (the caller deletes them from the kernel map).
-    pub fn apply(&mut self, round: &Round<'_>, resolve: &mut dyn FnMut(&ProcessKey) -> (String, String)) -> Vec<ProcessKey> {
+    pub fn apply(
+        &mut self,
+        round: &Round<'_>,
+        resolve: &mut dyn FnMut(&ProcessKey) -> (String, String),
+    ) -> Vec<ProcessKey> {
         let decay = (-round.elapsed_secs.max(0.0) / self.tau_secs).exp();
         let first = self.rounds == 0;
         self.rounds += 1;
@@ -93,7 +102,9 @@ impl Accounts {
         for (key, sample) in round.live {
             let dead = round.dead.get(key);
             let cpu = sample.cpu_ns.saturating_add(dead.map_or(0, |d| d.cpu_ns));
-            let delay = sample.run_delay_ns.saturating_add(dead.map_or(0, |d| d.run_delay_ns));
+            let delay = sample
+                .run_delay_ns
+                .saturating_add(dead.map_or(0, |d| d.run_delay_ns));
             let (instance, comm) = resolve(key);
             let st = self.procs.entry(*key).or_insert_with(|| ProcState {
                 instance: instance.clone(),
@@ -110,7 +121,9 @@ impl Accounts {
             st.gone_rounds = 0;
             let totals = self.instances.entry(st.instance.clone()).or_default();
             credit(st, totals, cpu, delay, decay, first);
-            totals.rss_bytes = totals.rss_bytes.saturating_add(sample.rss_pages.saturating_mul(round.page_size));
+            totals.rss_bytes = totals
+                .rss_bytes
+                .saturating_add(sample.rss_pages.saturating_mul(round.page_size));
             totals.processes += 1;
         }
 
@@ -120,7 +133,15 @@ impl Accounts {
             }
             let st = self.procs.entry(*key).or_insert_with(|| {
                 let (instance, comm) = resolve(key);
-                ProcState { instance, comm, cpu_ns: 0, run_delay_ns: 0, score: 0.0, live: false, gone_rounds: 0 }
+                ProcState {
+                    instance,
+                    comm,
+                    cpu_ns: 0,
+                    run_delay_ns: 0,
+                    score: 0.0,
+                    live: false,
+                    gone_rounds: 0,
+                }
             });
             let totals = self.instances.entry(st.instance.clone()).or_default();
             credit(st, totals, dead.cpu_ns, dead.run_delay_ns, decay, first);
@@ -169,7 +190,10 @@ impl Accounts {
             })
             .collect();
         rows.sort_by(|a, b| {
-            b.score.total_cmp(&a.score).then(b.cpu_ns.cmp(&a.cpu_ns)).then(a.pid.cmp(&b.pid))
+            b.score
+                .total_cmp(&a.score)
+                .then(b.cpu_ns.cmp(&a.cpu_ns))
+                .then(a.pid.cmp(&b.pid))
         });
         rows.truncate(k);
         rows
@@ -177,7 +201,14 @@ impl Accounts {
 }
 
 /// Adds a process's increase to its instance and to its recent-use score.
-fn credit(st: &mut ProcState, totals: &mut InstanceTotals, cpu: u64, delay: u64, decay: f64, first: bool) {
+fn credit(
+    st: &mut ProcState,
+    totals: &mut InstanceTotals,
+    cpu: u64,
+    delay: u64,
+    decay: f64,
+    first: bool,
+) {
     let d_cpu = cpu.saturating_sub(st.cpu_ns);
     let d_delay = delay.saturating_sub(st.run_delay_ns);
     st.cpu_ns += d_cpu;
@@ -194,15 +225,32 @@ mod tests {
     use super::*;
     use crate::model::process::Identity;
 
-    const A: ProcessKey = ProcessKey { tgid: 10, start_ns: 1 };
-    const B: ProcessKey = ProcessKey { tgid: 20, start_ns: 2 };
+    const A: ProcessKey = ProcessKey {
+        tgid: 10,
+        start_ns: 1,
+    };
+    const B: ProcessKey = ProcessKey {
+        tgid: 20,
+        start_ns: 2,
+    };
 
     fn live(cpu: u64, delay: u64) -> ProcessSample {
-        ProcessSample { cpu_ns: cpu, run_delay_ns: delay, rss_pages: 2, threads: 1, identity: Identity::default() }
+        ProcessSample {
+            cpu_ns: cpu,
+            run_delay_ns: delay,
+            rss_pages: 2,
+            threads: 1,
+            identity: Identity::default(),
+        }
     }
 
     fn dead(cpu: u64, delay: u64) -> DeadSample {
-        DeadSample { cpu_ns: cpu, run_delay_ns: delay, threads: 1, identity: Identity::default() }
+        DeadSample {
+            cpu_ns: cpu,
+            run_delay_ns: delay,
+            threads: 1,
+            identity: Identity::default(),
+        }
     }
 
     struct Harness {
@@ -212,14 +260,34 @@ mod tests {
 
     impl Harness {
         fn new() -> Self {
-            Self { acc: Accounts::new(30.0), names: HashMap::from([(A, "a:1"), (B, "b:2")]) }
+            Self {
+                acc: Accounts::new(30.0),
+                names: HashMap::from([(A, "a:1"), (B, "b:2")]),
+            }
         }
-        fn round(&mut self, l: &[(ProcessKey, ProcessSample)], d: &[(ProcessKey, DeadSample)]) -> Vec<ProcessKey> {
+        fn round(
+            &mut self,
+            l: &[(ProcessKey, ProcessSample)],
+            d: &[(ProcessKey, DeadSample)],
+        ) -> Vec<ProcessKey> {
             let live: HashMap<_, _> = l.iter().cloned().collect();
             let dead: HashMap<_, _> = d.iter().cloned().collect();
             let names = self.names.clone();
-            let mut resolve = |k: &ProcessKey| (names.get(k).copied().unwrap_or("other").to_string(), "c".to_string());
-            self.acc.apply(&Round { live: &live, dead: &dead, elapsed_secs: 1.0, page_size: 4096 }, &mut resolve)
+            let mut resolve = |k: &ProcessKey| {
+                (
+                    names.get(k).copied().unwrap_or("other").to_string(),
+                    "c".to_string(),
+                )
+            };
+            self.acc.apply(
+                &Round {
+                    live: &live,
+                    dead: &dead,
+                    elapsed_secs: 1.0,
+                    page_size: 4096,
+                },
+                &mut resolve,
+            )
         }
         fn cpu(&self, inst: &str) -> u64 {
             self.acc.instances().get(inst).map_or(0, |t| t.cpu_ns)
@@ -294,7 +362,10 @@ mod tests {
         let mut h = Harness::new();
         // First round: A has a long past, B is new; nobody is ranked by history.
         h.round(&[(A, live(1_000_000_000_000, 0)), (B, live(0, 0))], &[]);
-        h.round(&[(A, live(1_000_000_000_000, 0)), (B, live(2_000_000_000, 0))], &[]);
+        h.round(
+            &[(A, live(1_000_000_000_000, 0)), (B, live(2_000_000_000, 0))],
+            &[],
+        );
         let top = h.acc.top_processes(1);
         assert_eq!(top.len(), 1);
         assert_eq!(top[0].pid, B.tgid);

@@ -49,7 +49,9 @@ impl Resolver<'_> {
         }
         let mut cur = p;
         for _ in 0..MAX_ANCESTORS {
-            let Some(parent) = self.live.get(&cur.identity.ppid) else { break };
+            let Some(parent) = self.live.get(&cur.identity.ppid) else {
+                break;
+            };
             if cur.identity.ppid == 0
                 || parent.identity.kthread
                 || parent.identity.cgroup_id != p.identity.cgroup_id
@@ -87,7 +89,13 @@ fn is_mysql(comm: &str) -> bool {
 /// `--port=N` or `--port N` (also `-P N` / `-PN`) from a NUL-separated command line.
 fn mysql_port_arg(cmdline: &[u8]) -> Option<u16> {
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let parse = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u16>().ok().filter(|&p| p != 0);
+    let parse = |v: &[u8]| {
+        std::str::from_utf8(v)
+            .ok()?
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+    };
     let mut found = None;
     for (i, a) in args.iter().enumerate() {
         let next = args.get(i + 1).copied();
@@ -105,7 +113,9 @@ fn mysql_port_arg(cmdline: &[u8]) -> Option<u16> {
 /// Rule 3: the systemd unit or top-level cgroup of a cgroup path.
 pub fn cgroup_instance(path: &str) -> Option<String> {
     let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-    let unit = parts.iter().find(|c| c.ends_with(".service") || c.ends_with(".scope"));
+    let unit = parts
+        .iter()
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"));
     let name = unit.or(parts.first())?;
     Some(display_name(name.as_bytes()))
 }
@@ -122,7 +132,12 @@ mod tests {
 
     fn facts(name: &str, ppid: u32, cgroup_id: u64, ports: &[u16]) -> Facts {
         Facts {
-            identity: Identity { ppid, comm: comm(name), cgroup_id, kthread: false },
+            identity: Identity {
+                ppid,
+                comm: comm(name),
+                cgroup_id,
+                kthread: false,
+            },
             ports: ports.to_vec(),
             cmdline: None,
         }
@@ -139,7 +154,10 @@ mod tests {
     }
 
     fn resolver(live: &HashMap<u32, Facts>) -> Resolver<'_> {
-        Resolver { live, cgroup_paths: &paths }
+        Resolver {
+            live,
+            cgroup_paths: &paths,
+        }
     }
 
     #[test]
@@ -186,8 +204,14 @@ mod tests {
     #[test]
     fn falls_back_to_unit_then_top_level_cgroup_then_other() {
         let live = HashMap::new();
-        assert_eq!(resolver(&live).resolve(&facts("cron", 1, 2, &[])), "mariadb@3307.service");
-        assert_eq!(resolver(&live).resolve(&facts("qemu", 1, 4, &[])), "machine");
+        assert_eq!(
+            resolver(&live).resolve(&facts("cron", 1, 2, &[])),
+            "mariadb@3307.service"
+        );
+        assert_eq!(
+            resolver(&live).resolve(&facts("qemu", 1, 4, &[])),
+            "machine"
+        );
         assert_eq!(resolver(&live).resolve(&facts("init", 0, 1, &[])), OTHER);
         assert_eq!(resolver(&live).resolve(&facts("ghost", 0, 99, &[])), OTHER);
     }
@@ -213,7 +237,7 @@ mod tests {
     fn hostile_names_are_escaped_in_instance_names() {
         let live = HashMap::new();
         let mut p = facts("x", 1, 1, &[9999]);
-        p.identity.comm = *b"a\"b\\c\nd\xff\0\0\0\0\0\0\0\0\0";
+        p.identity.comm = *b"a\"b\\c\nd\xff\0\0\0\0\0\0\0\0";
         assert_eq!(resolver(&live).resolve(&p), "a\"b\\\\c\\x0ad\\xff:9999");
     }
 }

@@ -17,13 +17,20 @@ pub struct ProcessKey {
 
 impl From<DeadKey> for ProcessKey {
     fn from(k: DeadKey) -> Self {
-        Self { tgid: k.tgid, start_ns: k.start_ns }
+        Self {
+            tgid: k.tgid,
+            start_ns: k.start_ns,
+        }
     }
 }
 
 impl From<ProcessKey> for DeadKey {
     fn from(k: ProcessKey) -> Self {
-        Self { tgid: k.tgid, _pad: 0, start_ns: k.start_ns }
+        Self {
+            tgid: k.tgid,
+            _pad: 0,
+            start_ns: k.start_ns,
+        }
     }
 }
 
@@ -51,10 +58,17 @@ pub struct ProcessSample {
 
 /// Groups thread records by process. Process-wide fields come from the group leader's record;
 /// a process whose leader record is missing keeps defaults for them.
-pub fn aggregate(records: impl IntoIterator<Item = TaskRecord>) -> HashMap<ProcessKey, ProcessSample> {
+pub fn aggregate(
+    records: impl IntoIterator<Item = TaskRecord>,
+) -> HashMap<ProcessKey, ProcessSample> {
     let mut out: HashMap<ProcessKey, ProcessSample> = HashMap::new();
     for r in records {
-        let s = out.entry(ProcessKey { tgid: r.tgid, start_ns: r.start_ns }).or_default();
+        let s = out
+            .entry(ProcessKey {
+                tgid: r.tgid,
+                start_ns: r.start_ns,
+            })
+            .or_default();
         s.cpu_ns = s.cpu_ns.saturating_add(r.cpu_ns);
         s.run_delay_ns = s.run_delay_ns.saturating_add(r.run_delay_ns);
         s.threads += 1;
@@ -83,7 +97,12 @@ pub struct DeadSample {
 impl From<&DeadTotals> for DeadSample {
     fn from(d: &DeadTotals) -> Self {
         Self {
-            identity: Identity { ppid: d.ppid, comm: d.comm, cgroup_id: d.cgroup_id, kthread: false },
+            identity: Identity {
+                ppid: d.ppid,
+                comm: d.comm,
+                cgroup_id: d.cgroup_id,
+                kthread: false,
+            },
             cpu_ns: d.cpu_ns,
             run_delay_ns: d.run_delay_ns,
             threads: d.threads,
@@ -113,10 +132,20 @@ mod tests {
 
     #[test]
     fn sums_threads_and_takes_identity_from_the_leader() {
-        let procs = aggregate([rec(10, 10, 100, true), rec(11, 10, 50, false), rec(20, 20, 7, true)]);
-        let p = &procs[&ProcessKey { tgid: 10, start_ns: 1010 }];
+        let procs = aggregate([
+            rec(10, 10, 100, true),
+            rec(11, 10, 50, false),
+            rec(20, 20, 7, true),
+        ]);
+        let p = &procs[&ProcessKey {
+            tgid: 10,
+            start_ns: 1010,
+        }];
         assert_eq!((p.cpu_ns, p.run_delay_ns, p.threads), (150, 15, 2));
-        assert_eq!((p.identity.ppid, p.identity.cgroup_id, p.rss_pages), (1, 77, 5));
+        assert_eq!(
+            (p.identity.ppid, p.identity.cgroup_id, p.rss_pages),
+            (1, 77, 5)
+        );
         assert_eq!(procs.len(), 2);
     }
 

@@ -1,0 +1,144 @@
+//! CPU attribution against the kernel's own ground truth. Run as root by `cargo xtask test`.
+
+use probe_tests::{check_close, process_cpu_ns, schedstat, Daemon, Workload};
+
+const CPU: &str = "probe_cpu_seconds_total";
+const RUNQ: &str = "probe_cpu_runqueue_wait_seconds_total";
+
+fn instance_value(m: &probe_tests::Metrics, name: &str, w: &Workload) -> f64 {
+    let inst = w.instance();
+    m.value(name, &[("service_instance", &inst)])
+        .unwrap_or_else(|| panic!("no {name}{{service_instance={inst:?}}} in:\n{}", m.text))
+}
+
+/// One never-sleeping thread for 3 s: its instance's CPU within 1% of /proc/<pid>/schedstat.
+#[test]
+fn busy_thread_matches_schedstat() {
+    let daemon = Daemon::start(&[]);
+    let mut w = Workload::start(&["spin", "--secs", "3"]);
+    w.wait_done();
+    let m = daemon.scrape();
+    let (truth_ns, _) = schedstat(w.pid);
+    let got = instance_value(&m, CPU, &w);
+    check_close(
+        "busy thread, instance CPU s",
+        got,
+        truth_ns as f64 / 1e9,
+        0.01,
+    );
+    assert!(got > 2.9, "the thread spun 3 s, probe says {got}");
+    // It is one of the busiest processes, so it is exported on its own too.
+    let pid = w.pid.to_string();
+    let per_process = m
+        .value("probe_process_cpu_seconds_total", &[("pid", &pid)])
+        .unwrap_or_else(|| panic!("pid {pid} not among the top processes:\n{}", m.text));
+    check_close(
+        "busy thread, process CPU s",
+        per_process,
+        truth_ns as f64 / 1e9,
+        0.01,
+    );
+    // The daemon never reports itself.
+    let own = daemon.pid().to_string();
+    assert!(
+        m.find("probe_process_cpu_seconds_total", &[("pid", &own)])
+            .is_empty(),
+        "daemon counted itself"
+    );
+}
+
+/// Worker threads that exit halfway: the process total (its CPU clock, which includes exited
+/// threads) is still matched within 1%.
+#[test]
+fn threads_exiting_halfway_are_still_counted() {
+    let daemon = Daemon::start(&[]);
+    let mut w = Workload::start(&[
+        "spin",
+        "--secs",
+        "2",
+        "--threads",
+        "3",
+        "--thread-secs",
+        "1",
+    ]);
+    w.wait_done();
+    // Let a timer collection happen after the threads died, as in production.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let m = daemon.scrape();
+    let truth = process_cpu_ns(w.pid) as f64 / 1e9;
+    let (main_only, _) = schedstat(w.pid);
+    assert!(
+        truth > main_only as f64 / 1e9 + 1.0,
+        "workers did not run: {truth} s in all"
+    );
+    check_close(
+        "threads exited halfway, instance CPU s",
+        instance_value(&m, CPU, &w),
+        truth,
+        0.01,
+    );
+}
+
+/// 1,000 processes that each burn ~5 ms of CPU and exit between collections: at least 99% of
+/// their CPU (by their rusage, as the parent reaped them) lands in their instance.
+#[test]
+fn short_lived_processes_are_not_lost() {
+    let daemon = Daemon::start(&[]);
+    let mut w = Workload::start(&["burst", "--count", "1000", "--ms", "5"]);
+    let done = w.wait_done();
+    let children_ns = done
+        .iter()
+        .find(|(k, _)| k == "children_cpu_ns")
+        .map(|(_, v)| *v)
+        .expect("children_cpu_ns");
+    // Collections run every second; make sure the last children were folded in (two rounds).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let m = daemon.scrape();
+    let parent = process_cpu_ns(w.pid) as f64 / 1e9;
+    let children = children_ns as f64 / 1e9;
+    let got = instance_value(&m, CPU, &w);
+    let attributed = (got - parent) / children;
+    println!("short-lived: instance {got:.4} s = parent {parent:.4} s + {:.4} s of children's {children:.4} s", got - parent);
+    assert!(children > 4.5, "children burnt only {children} s");
+    assert!(
+        attributed >= 0.99,
+        "only {:.2}% of the children's CPU attributed",
+        attributed * 100.0
+    );
+    check_close("short-lived, instance CPU s", got, parent + children, 0.01);
+    let exits = m
+        .value("probe_exited_threads_total", &[("result", "lost")])
+        .expect("lost counter");
+    assert_eq!(exits, 0.0, "the dead-thread map overflowed");
+}
+
+/// Two busy processes pinned to one CPU wait for each other: each one's run-queue wait within
+/// 2% of /proc/<pid>/schedstat field 2.
+#[test]
+fn runqueue_wait_of_two_pinned_processes() {
+    let daemon = Daemon::start(&[]);
+    let mut a = Workload::start(&["spin", "--secs", "3", "--cpu", "0"]);
+    let mut b = Workload::start(&["spin", "--secs", "3", "--cpu", "0"]);
+    a.wait_done();
+    b.wait_done();
+    let m = daemon.scrape();
+    for w in [&a, &b] {
+        let (cpu_ns, delay_ns) = schedstat(w.pid);
+        assert!(
+            delay_ns > 500_000_000,
+            "pinned spinners waited only {delay_ns} ns"
+        );
+        check_close(
+            "pinned, run-queue wait s",
+            instance_value(&m, RUNQ, w),
+            delay_ns as f64 / 1e9,
+            0.02,
+        );
+        check_close(
+            "pinned, CPU s",
+            instance_value(&m, CPU, w),
+            cpu_ns as f64 / 1e9,
+            0.01,
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! What /metrics serves, checked by the real promtool, with hostile process names.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use probe_tests::{http_get, Daemon, Workload};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn promtool_check(body: &str) -> String {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; `cargo xtask test` installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{said}\n--- exposition ---\n{body}"
+    );
+    said
+}
+
+/// Processes named with quotes, backslashes, newlines, escape sequences and invalid UTF-8:
+/// promtool accepts the whole output, and each name reads back as its documented rendering
+/// (control bytes and invalid UTF-8 as \xNN, a backslash doubled).
+#[test]
+fn promtool_accepts_output_with_hostile_process_names() {
+    let daemon = Daemon::start(&[]);
+    let names: [(&[u8], &str); 5] = [
+        (b"qu\"ote", "qu\"ote"),
+        (b"back\\slash", "back\\\\slash"),
+        (b"new\nline", "new\\x0aline"),
+        (b"bad\xff\xfeutf8", "bad\\xff\\xfeutf8"),
+        (b"\x1b[31mred", "\\x1b[31mred"),
+    ];
+    let mut workloads: Vec<(Workload, &str)> = names
+        .iter()
+        .map(|(raw, shown)| {
+            (
+                Workload::start(&["name", "--hex", &hex(raw), "--ms", "300"]),
+                *shown,
+            )
+        })
+        .collect();
+    for (w, _) in &mut workloads {
+        w.wait_done();
+    }
+    let (status, body) = daemon.get("/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    let said = promtool_check(&body);
+    println!("promtool check metrics: ok ({} bytes) {said}", body.len());
+    let m = probe_tests::Metrics::parse(&body);
+    for (w, shown) in &workloads {
+        let pid = w.pid.to_string();
+        let instance = format!("{shown}:{}", w.port);
+        let s = m.find("probe_process_cpu_seconds_total", &[("pid", &pid)]);
+        assert_eq!(s.len(), 1, "pid {pid} ({shown}) not exported:\n{body}");
+        assert_eq!(s[0].label("comm"), Some(*shown), "comm label of pid {pid}");
+        assert_eq!(s[0].label("service_instance"), Some(instance.as_str()));
+        assert!(m
+            .value(
+                "probe_cpu_seconds_total",
+                &[("service_instance", &instance)]
+            )
+            .is_some_and(|v| v > 0.25));
+    }
+}
+
+/// OpenMetrics for clients that ask for it; the classic format otherwise.
+#[test]
+fn content_negotiation() {
+    let daemon = Daemon::start(&[]);
+    let (_, om) = http_get(
+        daemon.port,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0"),
+    )
+    .expect("om");
+    assert!(
+        om.ends_with("# EOF\n"),
+        "OpenMetrics output must end with # EOF"
+    );
+    assert!(om.contains("# TYPE probe_cpu_seconds counter"));
+    let (_, classic) = http_get(daemon.port, "/metrics", None).expect("classic");
+    assert!(!classic.contains("# EOF"));
+    assert!(classic.contains("# TYPE probe_cpu_seconds_total counter"));
+    promtool_check(&classic);
+}
+
+/// A client that connects and hangs up mid-request, or sends garbage, does not hurt the daemon.
+#[test]
+fn crashed_scrape_clients_do_not_stop_the_endpoint() {
+    let daemon = Daemon::start(&[]);
+    for junk in [&b"GET /metr"[..], b"\x00\x01\x02 garbage\r\n\r\n", b""] {
+        let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+        let _ = s.write_all(junk);
+        drop(s);
+    }
+    // A client that reads only the first bytes of a scrape and closes.
+    let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut first = [0u8; 16];
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = s.read(&mut first);
+    drop(s);
+    let (status, _) = daemon.get("/metrics").expect("scrape after bad clients");
+    assert_eq!(status, 200);
+    assert_eq!(daemon.get("/healthz").expect("healthz").0, 200);
+    assert_eq!(daemon.get("/nope").expect("404").0, 404);
+}
+
+/// A port already in use is a clear startup error, not a daemon that serves nothing.
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = Command::new(probe_tests::probe_bin())
+        .args(["serve", "--web.listen-address", &addr])
+        .output()
+        .expect("run probe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "probe started on a taken port");
+    assert!(
+        stderr.contains("cannot listen on") && stderr.contains(&addr),
+        "unclear error: {stderr}"
+    );
+}
+
+/// `probe check` lists every collector with the hook it uses here, and succeeds.
+#[test]
+fn check_reports_active_hooks() {
+    let out = Command::new(probe_tests::probe_bin())
+        .arg("check")
+        .output()
+        .expect("run probe check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "probe check failed:\n{stdout}");
+    for (collector, hook) in [
+        ("cpu", "iter/task"),
+        ("cpu_exit", "tp_btf/sched_switch"),
+        ("ports", "iter/task_file"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()[..]
+                    == [collector, "up", hook][..]
+                    || l.starts_with(collector) && l.contains(" up ") && l.contains(hook)),
+            "{collector} not up with {hook}:\n{stdout}"
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! `cargo xtask bench`: probe's cost, measured against a baseline in the same run.
+//!
+//! 1. Scheduler overhead: `perf bench sched pipe` without and with `probe serve` running
+//!    (alternating rounds, medians), as a ratio. Goal: <= 1.03x.
+//! 2. Cost per event of each kernel program, from the kernel's BPF statistics.
+//! 3. Scrape cost with N extra sleeping processes: wall time and CPU per scrape, and daemon RSS,
+//!    side by side with Debian's prometheus-process-exporter scraped on the same host.
+//!    Goal: probe >= 10x faster per scrape, RSS no larger.
+//!
+//! Numbers are printed, not asserted: they depend on the machine.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::run::probe_bin;
+
+const ROUNDS: usize = 3;
+const PIPE_LOOPS: &str = "100000";
+const SCRAPES: usize = 20;
+
+pub fn run(processes: usize) -> Result<()> {
+    println!("\n== scheduler overhead: perf bench sched pipe -l {PIPE_LOOPS} ({ROUNDS} rounds each, medians)");
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut program_costs = Vec::new();
+    for round in 0..ROUNDS {
+        without.push(sched_pipe()?);
+        let probe = Server::probe()?;
+        let before = probe.scrape_text()?;
+        with.push(sched_pipe()?);
+        let after = probe.scrape_text()?;
+        program_costs = program_deltas(&before, &after);
+        println!(
+            "  round {}: without {:.3} s, with probe {:.3} s",
+            round + 1,
+            without[round],
+            with[round]
+        );
+    }
+    let (off, on) = (median(&mut without), median(&mut with));
+    println!(
+        "  median: without {off:.3} s, with {on:.3} s  ->  ratio {:.3}x (goal <= 1.03x)",
+        on / off
+    );
+
+    println!("\n== kernel program cost during the last pipe round (BPF statistics)");
+    println!("  {:<24} {:>12} {:>12}", "program", "runs", "ns/run");
+    for (prog, runs, ns) in &program_costs {
+        println!(
+            "  {prog:<24} {runs:>12.0} {:>12.1}",
+            if *runs > 0.0 { ns / runs } else { 0.0 }
+        );
+    }
+
+    println!("\n== scrape cost with {processes} extra sleeping processes ({SCRAPES} scrapes each, medians)");
+    let sleepers = Sleepers::spawn(processes)?;
+    let config = std::env::temp_dir().join("probe-bench-process-exporter.yml");
+    std::fs::write(
+        &config,
+        "process_names:\n  - name: \"{{.Comm}}\"\n    cmdline:\n    - '.+'\n",
+    )?;
+    let mut rows = vec![("probe", measure(&Server::probe()?)?)];
+    let pe = |extra: &[&str]| Server::process_exporter(&config, extra);
+    rows.push(("process-exporter (defaults)", measure(&pe(&[])?)?));
+    rows.push((
+        "process-exporter -gather-smaps=false",
+        measure(&pe(&["-gather-smaps=false"])?)?,
+    ));
+    drop(sleepers);
+    println!(
+        "  {:<38} {:>12} {:>14} {:>10}",
+        "exporter", "ms/scrape", "CPU ms/scrape", "RSS MiB"
+    );
+    for (name, m) in &rows {
+        println!(
+            "  {name:<38} {:>12.2} {:>14.2} {:>10.1}",
+            m.wall_ms, m.cpu_ms, m.rss_mib
+        );
+    }
+    let p = &rows[0].1;
+    for (name, m) in &rows[1..] {
+        println!(
+            "  probe vs {name}: {:.1}x faster per scrape, {:.1}x less CPU per scrape, RSS {:.2}x",
+            m.wall_ms / p.wall_ms,
+            m.cpu_ms / p.cpu_ms,
+            p.rss_mib / m.rss_mib
+        );
+    }
+    println!("  (goals: >= 10x faster per scrape than process-exporter, RSS no larger)");
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Wall seconds of one `perf bench sched pipe` run.
+fn sched_pipe() -> Result<f64> {
+    let out = Command::new("perf")
+        .args(["bench", "sched", "pipe", "-l", PIPE_LOOPS])
+        .output()
+        .context("perf (Debian package linux-perf)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Total time:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("unexpected perf output: {text}"))
+}
+
+/// (program, runs, run ns) increases between two scrapes.
+fn program_deltas(before: &str, after: &str) -> Vec<(String, f64, f64)> {
+    let read = |text: &str, metric: &str| -> Vec<(String, f64)> {
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(metric)?.strip_prefix("{program=\"")?;
+                let (prog, value) = rest.split_once("\"} ")?;
+                Some((prog.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let delta = |metric: &str, prog: &str| -> f64 {
+        let find = |t: &str| {
+            read(t, metric)
+                .into_iter()
+                .find(|(p, _)| p == prog)
+                .map_or(0.0, |(_, v)| v)
+        };
+        find(after) - find(before)
+    };
+    read(after, "probe_bpf_program_runs_total")
+        .into_iter()
+        .map(|(prog, _)| {
+            let runs = delta("probe_bpf_program_runs_total", &prog);
+            let ns = delta("probe_bpf_program_run_seconds_total", &prog) * 1e9;
+            (prog, runs, ns)
+        })
+        .collect()
+}
+
+struct Measured {
+    wall_ms: f64,
+    cpu_ms: f64,
+    rss_mib: f64,
+}
+
+fn measure(server: &Server) -> Result<Measured> {
+    server.scrape_text()?; // warm up (first scrape reads /proc for every process)
+    let cpu0 = cpu_ns(server.pid())?;
+    let mut walls = Vec::with_capacity(SCRAPES);
+    for _ in 0..SCRAPES {
+        let t0 = Instant::now();
+        server.scrape_text()?;
+        walls.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let cpu_ms = (cpu_ns(server.pid())? - cpu0) as f64 / 1e6 / SCRAPES as f64;
+    Ok(Measured {
+        wall_ms: median(&mut walls),
+        cpu_ms,
+        rss_mib: rss_kib(server.pid())? as f64 / 1024.0,
+    })
+}
+
+/// utime + stime of a process, in ns (from /proc/<pid>/stat, clock ticks).
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).context("bad stat")?;
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Ok(ticks * 1_000_000_000 / hz.max(1))
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .context("no VmRSS")
+}
+
+/// An exporter process on a loopback port, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn probe() -> Result<Self> {
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(probe_bin())
+            .args(["serve", "--web.listen-address", &addr])
+            .env("PROBE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start probe serve")?;
+        Self { child, port }.ready()
+    }
+
+    fn process_exporter(config: &Path, extra: &[&str]) -> Result<Self> {
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let config = config.to_string_lossy();
+        let mut args = vec!["-web.listen-address", &addr, "-config.path", &config];
+        args.extend_from_slice(extra);
+        let child = Command::new("prometheus-process-exporter")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start prometheus-process-exporter (Debian package)")?;
+        Self { child, port }.ready()
+    }
+
+    fn ready(self) -> Result<Self> {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if self.scrape_text().is_ok() {
+                return Ok(self);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        bail!("exporter on port {} did not answer within 30 s", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn scrape_text(&self) -> Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        if !body.starts_with("HTTP/1.0 200") && !body.starts_with("HTTP/1.1 200") {
+            bail!("scrape failed: {}", body.lines().next().unwrap_or_default());
+        }
+        Ok(body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// N idle `sleep` processes, killed on drop.
+struct Sleepers(Vec<Child>);
+
+impl Sleepers {
+    fn spawn(n: usize) -> Result<Self> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(
+                Command::new("sleep")
+                    .arg("3600")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .context("spawn sleep")?,
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+        Ok(Self(v))
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! `cargo xtask setup`: everything building the kernel side needs, installed only when missing.
+//!
+//! - The nightly toolchain's `rust-src` (the kernel crate is built with `-Z build-std=core`).
+//! - Debian's LLVM of the same major version as nightly rustc's LLVM: bpf-linker links
+//!   rustc's LLVM bitcode with it, and bitcode from a newer LLVM does not load in an older one.
+//! - bpf-linker 0.13, built against that LLVM.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// Toolchain that builds the kernel programs (aya-build's default).
+pub const EBPF_TOOLCHAIN: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the kernel tests use (promtool checks the exposition).
+pub const TEST_PACKAGES: &[&str] = &["prometheus"];
+/// Debian packages the benchmark uses: perf for `perf bench sched pipe`, process-exporter as the
+/// baseline for scrape cost.
+pub const BENCH_PACKAGES: &[&str] = &["linux-perf", "prometheus-process-exporter"];
+
+pub fn toolchain() -> Result<()> {
+    println!("xtask setup: checking the kernel-side toolchain");
+    rust_src()?;
+    let major = llvm_major()?;
+    packages(&[
+        &format!("llvm-{major}-dev"),
+        &format!("libpolly-{major}-dev"),
+        "libzstd-dev",
+        "zlib1g-dev",
+    ])?;
+    bpf_linker(major)?;
+    println!("xtask setup: ok");
+    Ok(())
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(
+        "rustup",
+        &[
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ],
+    );
+    match installed {
+        Ok(list) if list.lines().any(|l| l.starts_with("rust-src")) => {
+            println!("  rust-src for {EBPF_TOOLCHAIN}: present");
+            return Ok(());
+        }
+        Ok(_) => {}
+        Err(_) => {
+            println!("  toolchain {EBPF_TOOLCHAIN}: missing, installing (minimal profile)");
+            sh("rustup", &["toolchain", "install", EBPF_TOOLCHAIN, "--profile", "minimal"])
+                .context("cannot install the nightly toolchain; install it with `rustup toolchain install nightly`")?;
+        }
+    }
+    println!("  rust-src for {EBPF_TOOLCHAIN}: missing, installing");
+    sh("rustup", &["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]).context(
+        "cannot install rust-src (network?); run `rustup component add rust-src --toolchain nightly`",
+    )
+}
+
+/// Major version of the LLVM inside the nightly rustc.
+fn llvm_major() -> Result<u32> {
+    let vv = output("rustc", &[&format!("+{EBPF_TOOLCHAIN}"), "-vV"])?;
+    let version = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("`rustc +nightly -vV` printed no LLVM version")?;
+    let major = version
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .context("bad LLVM version")?;
+    println!("  nightly rustc uses LLVM {version}");
+    Ok(major)
+}
+
+/// Installs Debian packages that are not installed yet (needs root).
+pub fn packages(names: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|p| !deb_installed(p))
+        .collect();
+    if missing.is_empty() {
+        println!("  packages {}: present", names.join(" "));
+        return Ok(());
+    }
+    println!(
+        "  packages {}: missing, installing with apt-get",
+        missing.join(" ")
+    );
+    if !is_root() {
+        bail!(
+            "installing packages needs root: run `sudo apt-get install -y {}`",
+            missing.join(" ")
+        );
+    }
+    // `apt-get update` fails while another apt holds the lists lock; DPkg::Lock::Timeout does
+    // not cover that lock, so retry.
+    let mut tries = 0;
+    while let Err(e) = sh_env("apt-get", &["-q", "update"], &[]) {
+        tries += 1;
+        if tries >= 10 {
+            return Err(e.context("apt-get update kept failing"));
+        }
+        println!("  apt-get update failed ({e}); retrying in 5 s");
+        thread::sleep(Duration::from_secs(5));
+    }
+    let mut args = vec![
+        "-q",
+        "-y",
+        "-o",
+        "DPkg::Lock::Timeout=300",
+        "install",
+        "--no-install-recommends",
+    ];
+    args.extend(&missing);
+    sh_env("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
+        .with_context(|| format!("cannot install {}; install them by hand", missing.join(" ")))
+}
+
+fn deb_installed(pkg: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${Status}", pkg])
+        .is_ok_and(|s| s.contains("install ok installed"))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin").join(name)
+}
+
+fn bpf_linker(major: u32) -> Result<()> {
+    let bin = cargo_bin("bpf-linker");
+    let version_ok = output(bin.to_str().unwrap_or("bpf-linker"), &["--version"])
+        .is_ok_and(|v| v.contains(BPF_LINKER_VERSION));
+    // bpf-linker links LLVM dynamically: the library it loads tells which LLVM it was built for.
+    let llvm_ok = output("ldd", &[bin.to_str().unwrap_or_default()]).is_ok_and(|l| {
+        l.contains(&format!("libLLVM.so.{major}")) || l.contains(&format!("libLLVM-{major}"))
+    });
+    if version_ok && llvm_ok {
+        println!("  bpf-linker {BPF_LINKER_VERSION} (LLVM {major}): present");
+        return Ok(());
+    }
+    println!("  bpf-linker {BPF_LINKER_VERSION} built against LLVM {major}: missing, building it (about a minute)");
+    let prefix = format!("/usr/lib/llvm-{major}");
+    let sys_var = format!("LLVM_SYS_{major}1_PREFIX");
+    let feature = format!("llvm-{major}");
+    sh_env(
+        "cargo",
+        &[
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &feature,
+        ],
+        &[
+            (sys_var.as_str(), prefix.as_str()),
+            ("LLVM_PREFIX", prefix.as_str()),
+        ],
+    )
+    .with_context(|| {
+        format!("cannot build bpf-linker against {prefix}; is llvm-{major}-dev installed?")
+    })
+}
+
+pub fn output(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {cmd}"))?;
+    if !out.status.success() {
+        bail!("{cmd} {} failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn sh(cmd: &str, args: &[&str]) -> Result<()> {
+    sh_env(cmd, args, &[])
+}
+
+pub fn sh_env(cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    println!("  $ {cmd} {}", args.join(" "));
+    let status = Command::new(cmd)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("cannot run {cmd}"))?;
+    if !status.success() {
+        bail!("{cmd} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
