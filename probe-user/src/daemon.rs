@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -12,15 +13,19 @@ use tracing::{debug, warn};
 use crate::{
     collect::{
         self, bpfstats::ProgramStats, cgroups::CgroupPaths, ports::Listeners, procinfo::ProcInfo,
+        sockdiag::ListenSockets,
     },
     loader::{names, CollectorStatus, Kernel},
     model::{
         accounts::{Accounts, InstanceTotals, ProcessRow, Round},
         instance::{Facts, Resolver},
-        names::display_name,
         process::{self, DeadSample, ProcessKey, ProcessSample},
     },
 };
+
+/// Listening sockets are mapped to processes again at least this often even when the set of
+/// listening sockets did not change (a socket can change hands: fork, SCM_RIGHTS).
+const LISTEN_FULL_REFRESH: Duration = Duration::from_secs(30);
 
 /// Daemon settings that shape the output.
 #[derive(Clone, Debug)]
@@ -70,7 +75,7 @@ pub struct Summary {
 /// Everything the exporter needs for one scrape.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    pub instances: Vec<(String, InstanceTotals)>,
+    pub instances: Vec<(Arc<str>, InstanceTotals)>,
     pub top: Vec<ProcessRow>,
     pub collectors: Vec<(CollectorStatus, bool)>,
     pub stats: SelfStats,
@@ -84,6 +89,9 @@ pub struct Daemon {
     procinfo: HashMap<ProcessKey, Option<ProcInfo>>,
     cgroups: CgroupPaths,
     listeners: Listeners,
+    /// Listening sockets when `listeners` was last built.
+    listen_sockets: Option<ListenSockets>,
+    last_listen_walk: Option<Instant>,
     buf: Vec<u8>,
     last: Option<Instant>,
     ticks_per_sec: u64,
@@ -100,6 +108,8 @@ impl Daemon {
             procinfo: HashMap::new(),
             cgroups: CgroupPaths::new(crate::sys::cgroup2_mount()),
             listeners: HashMap::new(),
+            listen_sockets: None,
+            last_listen_walk: None,
             buf: Vec::with_capacity(1 << 20),
             last: None,
             ticks_per_sec: procfs::ticks_per_second(),
@@ -157,14 +167,7 @@ impl Daemon {
         summary.processes = live.len();
         summary.exited_processes = dead.keys().filter(|k| !live.contains_key(k)).count();
 
-        let ports = match &self.kernel.listen_iter {
-            Some(link) => collect::ports::from_iter(link, &mut self.buf),
-            None => collect::ports::from_procfs(),
-        };
-        match ports {
-            Ok(l) => self.listeners = l,
-            Err(e) => self.failed(names::PORTS, &e), // keep the previous view
-        }
+        self.refresh_listeners();
         summary.listening_processes = self.listeners.len();
 
         self.read_new_procinfo(&live);
@@ -175,18 +178,17 @@ impl Daemon {
             live: &facts,
             cgroup_paths: &lookup,
         };
-        let mut resolve = |key: &ProcessKey| -> (String, String) {
-            let f = match live.get(key) {
-                Some(_) => facts.get(&key.tgid).cloned().unwrap_or_default(),
-                None => Facts {
+        let mut resolve = |key: &ProcessKey| -> String {
+            match (live.contains_key(key), facts.get(&key.tgid)) {
+                (true, Some(f)) => resolver.resolve(f),
+                _ => resolver.resolve(&Facts {
                     identity: dead
                         .get(key)
                         .map(|d| d.identity.clone())
                         .unwrap_or_default(),
                     ..Facts::default()
-                },
-            };
-            (resolver.resolve(&f), display_name(&f.identity.comm))
+                }),
+            }
         };
         let elapsed = self.last.map_or(0.0, |l| l.elapsed().as_secs_f64());
         let round = Round {
@@ -228,6 +230,32 @@ impl Daemon {
         summary.duration = t0.elapsed();
         self.stats.last_collect = summary.duration;
         self.stats.collections += 1;
+    }
+
+    /// Maps listening sockets to processes again, but only when the set of listening sockets
+    /// changed (a cheap sock_diag dump tells) or the last walk is [`LISTEN_FULL_REFRESH`] old:
+    /// walking every process's files is the most expensive part of a collection.
+    fn refresh_listeners(&mut self) {
+        let sockets = collect::sockdiag::listening().ok();
+        let changed = sockets.is_none() || sockets != self.listen_sockets;
+        let stale = self
+            .last_listen_walk
+            .is_none_or(|t| t.elapsed() >= LISTEN_FULL_REFRESH);
+        if !changed && !stale {
+            return;
+        }
+        let ports = match &self.kernel.listen_iter {
+            Some(link) => collect::ports::from_iter(link, &mut self.buf),
+            None => collect::ports::from_procfs(),
+        };
+        match ports {
+            Ok(l) => {
+                self.listeners = l;
+                self.listen_sockets = sockets;
+                self.last_listen_walk = Some(Instant::now());
+            }
+            Err(e) => self.failed(names::PORTS, &e), // keep the previous view, retry next time
+        }
     }
 
     /// /proc facts for processes seen for the first time (kernel threads have none).

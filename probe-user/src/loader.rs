@@ -101,9 +101,12 @@ pub fn load() -> Kernel {
                 env.push(format!("mounted {fstype} at {target}"));
             }
             Ok(MountOutcome::AlreadyMounted) => {}
+            // None of the hooks in use needs them mounted; say so and go on.
             Err(e) => {
-                warn!(fstype, target, error = %e, "cannot mount; hooks that need it may fail");
-                env.push(format!("could not mount {fstype} at {target}: {e}"));
+                info!(fstype, target, error = %e, "not mounted and cannot mount (not needed by the hooks in use)");
+                env.push(format!(
+                    "{fstype} is not mounted at {target} and cannot be mounted: {e}"
+                ));
             }
         }
     }
@@ -137,7 +140,11 @@ pub fn load() -> Kernel {
             attach_listen_iter(&mut ebpf, &aya_btf, &mut ports, &mut kernel);
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => kernel._stats = Some(fd),
-                Err(e) => env.push(format!("BPF run-time statistics unavailable: {e}")),
+                // Without CAP_SYS_ADMIN; the host may have turned statistics on for everyone.
+                Err(_) if sysctl_bpf_stats_enabled() => {}
+                Err(e) => env.push(format!(
+                    "BPF run-time statistics unavailable ({e}): needs CAP_SYS_ADMIN or sysctl kernel.bpf_stats_enabled=1"
+                )),
             }
             kernel.ebpf = Some(ebpf);
         }
@@ -167,7 +174,20 @@ pub fn load() -> Kernel {
     }
     kernel.statuses = vec![cpu, cpu_exit, ports, table];
     kernel.environment = env;
+    release_freed_memory();
     kernel
+}
+
+/// Parsing the kernel's BTF (twice: aya for loading, btf-rs for offsets) peaks at tens of MiB,
+/// all freed by now; glibc keeps freed heap mapped unless asked. Give it back, so the daemon's
+/// resident size reflects what it uses.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
+fn sysctl_bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
 }
 
 /// Reads BTF, resolves offsets and loads the object (maps created, no program loaded yet).

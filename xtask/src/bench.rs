@@ -22,8 +22,8 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::run::probe_bin;
 
-const ROUNDS: usize = 3;
-const PIPE_LOOPS: &str = "100000";
+const ROUNDS: usize = 5;
+const PIPE_LOOPS: &str = "60000";
 const SCRAPES: usize = 20;
 
 pub fn run(processes: usize) -> Result<()> {

@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod cpu;
 pub mod ports;
 pub mod procinfo;
+pub mod sockdiag;
 
 /// Splits an iterator's output into fixed-size records.
 ///
@@ -13,7 +14,7 @@ pub mod procinfo;
 /// multiple of the record size means the object and the daemon disagree about the layout.
 pub fn decode<T: aya::Pod>(buf: &[u8]) -> Result<Vec<T>, DecodeError> {
     let size = std::mem::size_of::<T>();
-    if size == 0 || buf.len() % size != 0 {
+    if size == 0 || !buf.len().is_multiple_of(size) {
         return Err(DecodeError {
             len: buf.len(),
             size,

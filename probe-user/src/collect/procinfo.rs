@@ -2,6 +2,8 @@
 //! executable and cgroup path. Read once per process (processes are keyed by pid *and* start
 //! time, so a reused pid is read again).
 
+use std::sync::Arc;
+
 use crate::model::process::ProcessKey;
 
 /// /proc facts about one process. Fields are `None` when /proc did not say (the process exited,
@@ -9,7 +11,7 @@ use crate::model::process::ProcessKey;
 #[derive(Clone, Debug, Default)]
 pub struct ProcInfo {
     /// Raw /proc/<pid>/cmdline: NUL-separated, untrusted bytes.
-    pub cmdline: Option<Vec<u8>>,
+    pub cmdline: Option<Arc<[u8]>>,
     pub exe: Option<String>,
     /// cgroup v2 path ("0::" line of /proc/<pid>/cgroup).
     pub cgroup: Option<String>,
@@ -23,7 +25,9 @@ pub fn read(key: ProcessKey, ticks_per_sec: u64) -> Option<ProcInfo> {
     if !same_start(stat.starttime, key.start_ns, ticks_per_sec) {
         return None;
     }
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", key.tgid)).ok();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", key.tgid))
+        .ok()
+        .map(Arc::from);
     let exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
     let cgroup = process.cgroups().ok().and_then(|cgs| {
         cgs.into_iter()

@@ -358,4 +358,24 @@ mod tests {
         }
         assert!(text.ends_with("# EOF\n"));
     }
+
+    /// The README lists every family literally (HELP and TYPE as the classic format prints
+    /// them); this keeps it true.
+    #[test]
+    fn readme_lists_every_metric() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        let classic = crate::exporter::classic::from_openmetrics(
+            &encode_openmetrics(snapshot()).expect("encode"),
+        );
+        for line in classic
+            .lines()
+            .filter(|l| l.starts_with("# HELP ") || l.starts_with("# TYPE "))
+        {
+            assert!(
+                readme.lines().any(|r| r == line),
+                "README.md does not list:\n{line}"
+            );
+        }
+    }
 }

@@ -14,9 +14,17 @@
 //! - a process that lived and died between two collections is known only from the dead-thread
 //!   map, and is charged to the instance its identity resolves to.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
-use super::process::{DeadSample, ProcessKey, ProcessSample};
+use probe_common::COMM_LEN;
+
+use super::{
+    names::display_name,
+    process::{DeadSample, ProcessKey, ProcessSample},
+};
 
 /// Cumulative totals of one instance.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -33,8 +41,8 @@ pub struct InstanceTotals {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProcessRow {
     pub pid: u32,
-    pub comm: String,
-    pub instance: String,
+    pub comm: Arc<str>,
+    pub instance: Arc<str>,
     pub cpu_ns: u64,
     pub run_delay_ns: u64,
     /// Recent CPU seconds, exponentially decayed (the ranking key).
@@ -43,8 +51,9 @@ pub struct ProcessRow {
 
 #[derive(Clone, Debug)]
 struct ProcState {
-    instance: String,
-    comm: String,
+    instance: Arc<str>,
+    comm_raw: [u8; COMM_LEN],
+    comm: Arc<str>,
     cpu_ns: u64,
     run_delay_ns: u64,
     score: f64,
@@ -66,7 +75,7 @@ pub struct Round<'a> {
 #[derive(Debug)]
 pub struct Accounts {
     procs: HashMap<ProcessKey, ProcState>,
-    instances: BTreeMap<String, InstanceTotals>,
+    instances: BTreeMap<Arc<str>, InstanceTotals>,
     /// Time constant (s) of the decay that ranks processes by recent CPU use.
     tau_secs: f64,
     rounds: u64,
@@ -89,7 +98,7 @@ impl Accounts {
     pub fn apply(
         &mut self,
         round: &Round<'_>,
-        resolve: &mut dyn FnMut(&ProcessKey) -> (String, String),
+        resolve: &mut dyn FnMut(&ProcessKey) -> String,
     ) -> Vec<ProcessKey> {
         let decay = (-round.elapsed_secs.max(0.0) / self.tau_secs).exp();
         let first = self.rounds == 0;
@@ -105,18 +114,12 @@ impl Accounts {
             let delay = sample
                 .run_delay_ns
                 .saturating_add(dead.map_or(0, |d| d.run_delay_ns));
-            let (instance, comm) = resolve(key);
-            let st = self.procs.entry(*key).or_insert_with(|| ProcState {
-                instance: instance.clone(),
-                comm: comm.clone(),
-                cpu_ns: 0,
-                run_delay_ns: 0,
-                score: 0.0,
-                live: true,
-                gone_rounds: 0,
-            });
-            st.instance = instance;
-            st.comm = comm;
+            let instance = resolve(key);
+            let st = self
+                .procs
+                .entry(*key)
+                .or_insert_with(|| ProcState::new(&instance, &sample.identity.comm));
+            st.update(&instance, &sample.identity.comm);
             st.live = true;
             st.gone_rounds = 0;
             let totals = self.instances.entry(st.instance.clone()).or_default();
@@ -132,16 +135,9 @@ impl Accounts {
                 continue;
             }
             let st = self.procs.entry(*key).or_insert_with(|| {
-                let (instance, comm) = resolve(key);
-                ProcState {
-                    instance,
-                    comm,
-                    cpu_ns: 0,
-                    run_delay_ns: 0,
-                    score: 0.0,
-                    live: false,
-                    gone_rounds: 0,
-                }
+                let mut st = ProcState::new(&resolve(key), &dead.identity.comm);
+                st.live = false;
+                st
             });
             let totals = self.instances.entry(st.instance.clone()).or_default();
             credit(st, totals, dead.cpu_ns, dead.run_delay_ns, decay, first);
@@ -165,7 +161,7 @@ impl Accounts {
         forget
     }
 
-    pub fn instances(&self) -> &BTreeMap<String, InstanceTotals> {
+    pub fn instances(&self) -> &BTreeMap<Arc<str>, InstanceTotals> {
         &self.instances
     }
 
@@ -197,6 +193,32 @@ impl Accounts {
         });
         rows.truncate(k);
         rows
+    }
+}
+
+impl ProcState {
+    fn new(instance: &str, comm: &[u8; COMM_LEN]) -> Self {
+        Self {
+            instance: Arc::from(instance),
+            comm_raw: *comm,
+            comm: Arc::from(display_name(comm)),
+            cpu_ns: 0,
+            run_delay_ns: 0,
+            score: 0.0,
+            live: true,
+            gone_rounds: 0,
+        }
+    }
+
+    /// Follows a change of instance or name (exec changes comm) without allocating otherwise.
+    fn update(&mut self, instance: &str, comm: &[u8; COMM_LEN]) {
+        if &*self.instance != instance {
+            self.instance = Arc::from(instance);
+        }
+        if &self.comm_raw != comm {
+            self.comm_raw = *comm;
+            self.comm = Arc::from(display_name(comm));
+        }
     }
 }
 
@@ -273,12 +295,7 @@ mod tests {
             let live: HashMap<_, _> = l.iter().cloned().collect();
             let dead: HashMap<_, _> = d.iter().cloned().collect();
             let names = self.names.clone();
-            let mut resolve = |k: &ProcessKey| {
-                (
-                    names.get(k).copied().unwrap_or("other").to_string(),
-                    "c".to_string(),
-                )
-            };
+            let mut resolve = |k: &ProcessKey| names.get(k).copied().unwrap_or("other").to_string();
             self.acc.apply(
                 &Round {
                     live: &live,
@@ -292,6 +309,9 @@ mod tests {
         fn cpu(&self, inst: &str) -> u64 {
             self.acc.instances().get(inst).map_or(0, |t| t.cpu_ns)
         }
+        fn inst(&self, inst: &str) -> &InstanceTotals {
+            &self.acc.instances()[inst]
+        }
     }
 
     #[test]
@@ -300,8 +320,8 @@ mod tests {
         h.round(&[(A, live(100, 5))], &[]);
         h.round(&[(A, live(250, 9))], &[]);
         assert_eq!(h.cpu("a:1"), 250);
-        assert_eq!(h.acc.instances()["a:1"].run_delay_ns, 9);
-        assert_eq!(h.acc.instances()["a:1"].rss_bytes, 8192);
+        assert_eq!(h.inst("a:1").run_delay_ns, 9);
+        assert_eq!(h.inst("a:1").rss_bytes, 8192);
     }
 
     #[test]
@@ -345,7 +365,7 @@ mod tests {
         let mut h = Harness::new();
         h.round(&[], &[(B, dead(5_000_000, 7))]);
         assert_eq!(h.cpu("b:2"), 5_000_000);
-        assert_eq!(h.acc.instances()["b:2"].run_delay_ns, 7);
+        assert_eq!(h.inst("b:2").run_delay_ns, 7);
     }
 
     #[test]
@@ -377,8 +397,8 @@ mod tests {
         let mut h = Harness::new();
         h.round(&[(A, live(1, 0))], &[]);
         h.round(&[], &[]);
-        assert_eq!(h.acc.instances()["a:1"].rss_bytes, 0);
-        assert_eq!(h.acc.instances()["a:1"].processes, 0);
-        assert_eq!(h.acc.instances()["a:1"].cpu_ns, 1);
+        assert_eq!(h.inst("a:1").rss_bytes, 0);
+        assert_eq!(h.inst("a:1").processes, 0);
+        assert_eq!(h.inst("a:1").cpu_ns, 1);
     }
 }

@@ -10,7 +10,7 @@
 //!    its top-level cgroup.
 //! 4. Otherwise (root cgroup, kernel threads): [`OTHER`].
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use super::names::display_name;
 use crate::model::process::Identity;
@@ -28,7 +28,7 @@ pub struct Facts {
     /// TCP ports the process listens on (any order, duplicates allowed).
     pub ports: Vec<u16>,
     /// The process's command line, NUL-separated as in /proc/<pid>/cmdline, if known.
-    pub cmdline: Option<Vec<u8>>,
+    pub cmdline: Option<Arc<[u8]>>,
 }
 
 /// Resolves instances against one collection's view of the live processes.
@@ -69,21 +69,22 @@ impl Resolver<'_> {
     }
 }
 
-/// Rule 1: the instance a process is by itself, if it is one.
+/// Rule 1: the instance a process is by itself, if it is one. Allocates only when it is (this
+/// runs for every ancestor of every process on every collection).
 fn own_instance(p: &Facts) -> Option<String> {
-    let comm = display_name(&p.identity.comm);
     let port = p.ports.iter().copied().min().or_else(|| {
-        if is_mysql(&comm) {
+        if is_mysql(&p.identity.comm) {
             p.cmdline.as_deref().and_then(mysql_port_arg)
         } else {
             None
         }
     })?;
-    Some(format!("{comm}:{port}"))
+    Some(format!("{}:{port}", display_name(&p.identity.comm)))
 }
 
-fn is_mysql(comm: &str) -> bool {
-    matches!(comm, "mysqld" | "mariadbd")
+fn is_mysql(comm: &[u8]) -> bool {
+    let name = comm.split(|&b| b == 0).next().unwrap_or_default();
+    name == b"mysqld" || name == b"mariadbd"
 }
 
 /// `--port=N` or `--port N` (also `-P N` / `-PN`) from a NUL-separated command line.
@@ -112,7 +113,12 @@ fn mysql_port_arg(cmdline: &[u8]) -> Option<u16> {
 
 /// Rule 3: the systemd unit or top-level cgroup of a cgroup path.
 pub fn cgroup_instance(path: &str) -> Option<String> {
-    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    // Inside a cgroup namespace (a container with hostPID), other processes' paths start with
+    // "/../..": those components are not names.
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != "..")
+        .collect();
     let unit = parts
         .iter()
         .find(|c| c.ends_with(".service") || c.ends_with(".scope"));
@@ -149,6 +155,7 @@ mod tests {
             2 => Some("/system.slice/mariadb@3307.service".into()),
             3 => Some("/user.slice/user-0.slice/session-4.scope".into()),
             4 => Some("/machine/qemu-1".into()),
+            5 => Some("/../../system.slice/cron.service".into()),
             _ => None,
         }
     }
@@ -171,15 +178,17 @@ mod tests {
     fn mysql_without_a_socket_yet_is_named_from_its_command_line() {
         let live = HashMap::new();
         let mut p = facts("mysqld", 1, 1, &[]);
-        p.cmdline = Some(b"/usr/sbin/mysqld\0--datadir=/d\0--port=3308\0".to_vec());
+        p.cmdline = Some(Arc::from(
+            &b"/usr/sbin/mysqld\0--datadir=/d\0--port=3308\0"[..],
+        ));
         assert_eq!(resolver(&live).resolve(&p), "mysqld:3308");
-        p.cmdline = Some(b"mysqld\0--port\03309\0".to_vec());
+        p.cmdline = Some(Arc::from(&b"mysqld\0--port\x003309\0"[..]));
         assert_eq!(resolver(&live).resolve(&p), "mysqld:3309");
-        p.cmdline = Some(b"mysqld\0-P3310\0".to_vec());
+        p.cmdline = Some(Arc::from(&b"mysqld\0-P3310\0"[..]));
         assert_eq!(resolver(&live).resolve(&p), "mysqld:3310");
         // Not MySQL: a --port argument alone makes no instance.
         let mut q = facts("nginx", 1, 1, &[]);
-        q.cmdline = Some(b"nginx\0--port=80\0".to_vec());
+        q.cmdline = Some(Arc::from(&b"nginx\0--port=80\0"[..]));
         assert_eq!(resolver(&live).resolve(&q), OTHER);
     }
 
@@ -211,6 +220,10 @@ mod tests {
         assert_eq!(
             resolver(&live).resolve(&facts("qemu", 1, 4, &[])),
             "machine"
+        );
+        assert_eq!(
+            resolver(&live).resolve(&facts("cron", 1, 5, &[])),
+            "cron.service"
         );
         assert_eq!(resolver(&live).resolve(&facts("init", 0, 1, &[])), OTHER);
         assert_eq!(resolver(&live).resolve(&facts("ghost", 0, 99, &[])), OTHER);

@@ -1,0 +1,157 @@
+//! What deploy/ ships is checked against the real thing: the capability sets in the systemd unit
+//! and the DaemonSet are enough for every collector, the alert rules pass promtool (syntax and
+//! unit tests), and the dashboard and rules only use metrics the daemon exports.
+
+use std::{path::PathBuf, process::Command};
+
+use probe_tests::{probe_bin, Daemon};
+
+fn deploy(path: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(deploy(path)).unwrap_or_else(|e| panic!("deploy/{path}: {e}"))
+}
+
+/// Runs `probe check` with only `caps` (e.g. ["bpf", "perfmon"]) in the bounding set.
+fn check_with_caps(caps: &[String]) -> (bool, String) {
+    let bounding: String = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new("setpriv")
+        .args([
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            &format!("--bounding-set={bounding}"),
+            "--",
+        ])
+        .arg(probe_bin())
+        .arg("check")
+        .output()
+        .expect("setpriv (util-linux)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn all_kernel_collectors_up(report: &str) -> bool {
+    ["cpu", "cpu_exit", "ports"].iter().all(|c| {
+        report.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 3 && f[0] == *c && f[1] == "up" && f[2] != "procfs"
+        })
+    })
+}
+
+#[test]
+fn daemonset_capabilities_suffice() {
+    let yaml = read("kubernetes/daemonset.yaml");
+    let add = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("add: ["))
+        .and_then(|l| l.strip_suffix(']'))
+        .expect("capabilities.add in the DaemonSet");
+    let caps: Vec<String> = add.split(',').map(|c| c.trim().to_lowercase()).collect();
+    assert!(
+        !yaml.lines().any(|l| l.trim() == "privileged: true"),
+        "the DaemonSet must not be privileged"
+    );
+    let (ok, report) = check_with_caps(&caps);
+    println!("DaemonSet capabilities {caps:?}:\n{report}");
+    assert!(
+        ok && all_kernel_collectors_up(&report),
+        "not enough with {caps:?}:\n{report}"
+    );
+
+    // The control: without them, nothing kernel-side runs and check says so.
+    let (ok, report) = check_with_caps(&[]);
+    assert!(
+        !ok && !all_kernel_collectors_up(&report),
+        "probe check passed without capabilities:\n{report}"
+    );
+    assert!(
+        report.contains("needs root"),
+        "no hint about privileges:\n{report}"
+    );
+}
+
+#[test]
+fn systemd_unit_capabilities_suffice() {
+    let unit = read("systemd/probe.service");
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet in the unit")
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect();
+    let (ok, report) = check_with_caps(&caps);
+    println!("systemd unit capabilities {caps:?}:\n{report}");
+    assert!(
+        ok && all_kernel_collectors_up(&report),
+        "not enough with {caps:?}:\n{report}"
+    );
+    assert!(
+        !report.contains("statistics unavailable"),
+        "the unit grants SYS_ADMIN for BPF statistics:\n{report}"
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    for args in [
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(deploy("prometheus"))
+            .output()
+            .expect("promtool");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("promtool {}: {said}", args.join(" "));
+        assert!(
+            out.status.success(),
+            "promtool {} failed:\n{said}",
+            args.join(" ")
+        );
+    }
+}
+
+/// Every `probe_*` metric the dashboard and the rules mention is one the daemon exports.
+#[test]
+fn dashboard_and_rules_use_exported_metrics() {
+    let daemon = Daemon::start(&[]);
+    let exported = daemon.scrape();
+    for file in ["grafana/probe-overview.json", "prometheus/alerts.yml"] {
+        let text = read(file);
+        let mut names: Vec<&str> = text
+            .match_indices("probe_")
+            .map(|(i, _)| {
+                let rest = &text[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .filter(|n| !n.starts_with("probe_collector_up_") && n.len() > "probe_".len())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(!names.is_empty(), "{file} mentions no probe metric");
+        for name in names {
+            assert!(
+                exported.samples.iter().any(|s| s.name == name)
+                    || exported.text.contains(&format!("# TYPE {name} ")),
+                "{file} uses {name}, which the daemon does not export"
+            );
+        }
+    }
+}
