@@ -110,25 +110,13 @@ fn rss_pages(mm: *const u8) -> u64 {
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn probe_task_exit_btf(ctx: BtfTracePointContext) -> i32 {
-    let prev: *const u8 = ctx.arg(1);
-    let state: u64 = if off!(sched_switch_has_prev_state) != 0 {
-        ctx.arg(3)
-    } else {
-        task_state(prev)
-    };
-    on_switch(prev, state);
+    on_switch(ctx.arg(1), || ctx.arg(3));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn probe_task_exit_raw(ctx: RawTracePointContext) -> i32 {
-    let prev: *const u8 = ctx.arg(1);
-    let state: u64 = if off!(sched_switch_has_prev_state) != 0 {
-        ctx.arg(3)
-    } else {
-        task_state(prev)
-    };
-    on_switch(prev, state);
+    on_switch(ctx.arg(1), || ctx.arg(3));
     0
 }
 
@@ -142,8 +130,15 @@ fn task_state(task: *const u8) -> u64 {
     }
 }
 
+/// `prev_state_arg` reads sched_switch's 4th argument, prev's state (5.18+); older kernels have
+/// no such argument and the state is read from the task.
 #[inline(always)]
-fn on_switch(prev: *const u8, state: u64) {
+fn on_switch(prev: *const u8, prev_state_arg: impl FnOnce() -> u64) {
+    let state = if off!(sched_switch_has_prev_state) != 0 {
+        prev_state_arg()
+    } else {
+        task_state(prev)
+    };
     // The hot path: every context switch of every CPU ends here unless prev is dying.
     if state & TASK_DEAD == 0 {
         return;

@@ -235,14 +235,16 @@ pub fn spawn_log_drain(mut logger: KernelLogger) {
     });
 }
 
+/// Loads an iterator program for `target` (e.g. "task") and creates a re-readable link.
+fn attach_iter(ebpf: &mut Ebpf, btf: &Btf, name: &str, target: &str) -> Result<IterLink, String> {
+    let prog: &mut Iter = program(ebpf, name)?;
+    prog.load(target, btf).map_err(|e| chain(&e))?;
+    let fd = prog.fd().map_err(|e| chain(&e))?;
+    IterLink::attach(fd.as_fd()).map_err(|e| format!("BPF_LINK_CREATE: {e}"))
+}
+
 fn attach_task_iter(ebpf: &mut Ebpf, btf: &Btf, st: &mut CollectorStatus, k: &mut Kernel) {
-    let r = (|| -> Result<IterLink, String> {
-        let prog: &mut Iter = program(ebpf, TASK_ITER_PROGRAM)?;
-        prog.load("task", btf).map_err(|e| chain(&e))?;
-        let fd = prog.fd().map_err(|e| chain(&e))?;
-        IterLink::attach(fd.as_fd()).map_err(|e| format!("BPF_LINK_CREATE: {e}"))
-    })();
-    match r {
+    match attach_iter(ebpf, btf, TASK_ITER_PROGRAM, "task") {
         Ok(link) => {
             st.hook = Some("iter/task");
             k.task_iter = Some(link);
@@ -301,13 +303,7 @@ fn attach_exit_hook(ebpf: &mut Ebpf, btf: &Btf, st: &mut CollectorStatus, k: &mu
 }
 
 fn attach_listen_iter(ebpf: &mut Ebpf, btf: &Btf, st: &mut CollectorStatus, k: &mut Kernel) {
-    let r = (|| -> Result<IterLink, String> {
-        let prog: &mut Iter = program(ebpf, LISTEN_ITER_PROGRAM)?;
-        prog.load("task_file", btf).map_err(|e| chain(&e))?;
-        let fd = prog.fd().map_err(|e| chain(&e))?;
-        IterLink::attach(fd.as_fd()).map_err(|e| format!("BPF_LINK_CREATE: {e}"))
-    })();
-    match r {
+    match attach_iter(ebpf, btf, LISTEN_ITER_PROGRAM, "task_file") {
         Ok(link) => {
             st.hook = Some("iter/task_file");
             k.listen_iter = Some(link);
