@@ -16,7 +16,9 @@ use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
+    EbpfContext,
 };
+use aya_log_ebpf::warn;
 use probe_common::{
     cpu::{
         DeadKey, DeadTotals, TaskRecord, DEAD_MAP_ENTRIES, EXIT_STAT_LOST, EXIT_STAT_RECORDED,
@@ -110,13 +112,13 @@ fn rss_pages(mm: *const u8) -> u64 {
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn probe_task_exit_btf(ctx: BtfTracePointContext) -> i32 {
-    on_switch(ctx.arg(1), || ctx.arg(3));
+    on_switch(&ctx, ctx.arg(1), || ctx.arg(3));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn probe_task_exit_raw(ctx: RawTracePointContext) -> i32 {
-    on_switch(ctx.arg(1), || ctx.arg(3));
+    on_switch(&ctx, ctx.arg(1), || ctx.arg(3));
     0
 }
 
@@ -133,7 +135,7 @@ fn task_state(task: *const u8) -> u64 {
 /// `prev_state_arg` reads sched_switch's 4th argument, prev's state (5.18+); older kernels have
 /// no such argument and the state is read from the task.
 #[inline(always)]
-fn on_switch(prev: *const u8, prev_state_arg: impl FnOnce() -> u64) {
+fn on_switch<C: EbpfContext>(ctx: &C, prev: *const u8, prev_state_arg: impl FnOnce() -> u64) {
     let state = if off!(sched_switch_has_prev_state) != 0 {
         prev_state_arg()
     } else {
@@ -143,11 +145,11 @@ fn on_switch(prev: *const u8, prev_state_arg: impl FnOnce() -> u64) {
     if state & TASK_DEAD == 0 {
         return;
     }
-    record_death(prev);
+    record_death(ctx, prev);
 }
 
 #[inline(never)]
-fn record_death(task: *const u8) {
+fn record_death<C: EbpfContext>(ctx: &C, task: *const u8) {
     let Some(tgid) = read::<u32>(task, off!(task_tgid)) else {
         return;
     };
@@ -180,10 +182,27 @@ fn record_death(task: *const u8) {
         comm: read(leader, off!(task_comm)).unwrap_or([0; COMM_LEN]),
     };
     match DEAD_TASKS.insert(&key, &fresh, u64::from(BPF_NOEXIST)) {
-        Ok(()) => bump(EXIT_STAT_RECORDED),
+        Ok(()) => {
+            bump(EXIT_STAT_RECORDED);
+        }
         // Another CPU created the entry between our lookup and insert: add to it.
-        Err(_) if add_to(&key, cpu_ns, run_delay_ns) => bump(EXIT_STAT_RECORDED),
-        Err(_) => bump(EXIT_STAT_LOST),
+        Err(_) if add_to(&key, cpu_ns, run_delay_ns) => {
+            bump(EXIT_STAT_RECORDED);
+        }
+        Err(_) => {
+            // Rare by design (the map holds a collection interval's worth of processes). Logged
+            // at the 1st, 2nd, 4th, 8th... loss on each CPU, so a full map cannot flood the log;
+            // the daemon forwards this to its own log.
+            let lost = bump(EXIT_STAT_LOST);
+            if lost.is_power_of_two() {
+                warn!(
+                    ctx,
+                    "dead-thread map full: {} exiting threads lost on this CPU (latest: tgid {})",
+                    lost,
+                    tgid
+                );
+            }
+        }
     }
 }
 
@@ -203,9 +222,14 @@ fn add_to(key: &DeadKey, cpu_ns: u64, run_delay_ns: u64) -> bool {
     true
 }
 
+/// Adds one to a per-CPU self-counter and returns its new value on this CPU.
 #[inline(always)]
-fn bump(slot: u32) {
-    if let Some(counter) = EXIT_STATS.get_ptr_mut(slot) {
-        unsafe { *counter += 1 };
+fn bump(slot: u32) -> u64 {
+    match EXIT_STATS.get_ptr_mut(slot) {
+        Some(counter) => unsafe {
+            *counter += 1;
+            *counter
+        },
+        None => 0,
     }
 }

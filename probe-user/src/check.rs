@@ -9,7 +9,7 @@ use crate::{
 
 /// Loads everything as `serve` would, collects once, and prints a report.
 pub fn run() -> ExitCode {
-    let kernel = loader::load();
+    let kernel = loader::load(&loader::LoadOptions::default());
     let mut daemon = Daemon::new(kernel, Options::default());
     let summary = daemon.collect();
     let report = report(daemon.kernel(), &summary, &daemon.snapshot().stats.failing);
@@ -33,7 +33,7 @@ fn report(
     failing: &std::collections::HashSet<&str>,
 ) -> String {
     let mut out = String::new();
-    let uname = rustix_uname();
+    let uname = kernel_release();
     let _ = writeln!(out, "kernel: {uname}");
     for e in &k.environment {
         let _ = writeln!(out, "note:   {e}");
@@ -75,14 +75,14 @@ fn report(
     if !any_kernel_hook(k) {
         let _ = writeln!(
             out,
-            "\nno kernel collector can run here: probe needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN), \
+            "\nno kernel collector can run here: probe needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE), \
              Linux 5.8+ and kernel BTF (/sys/kernel/btf/vmlinux)"
         );
     }
     out
 }
 
-fn rustix_uname() -> String {
+fn kernel_release() -> String {
     let read = |f: &str| {
         std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
             .unwrap_or_default()

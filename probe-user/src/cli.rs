@@ -12,8 +12,9 @@ pub const DEFAULT_PORT: u16 = 19135;
 ///
 /// probe attributes on-CPU time and run-queue wait to service instances (e.g. each of several
 /// mariadbd on ports 3306, 3307, 3308) and to the busiest processes, and serves them to
-/// Prometheus. Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE and
-/// CAP_DAC_READ_SEARCH) and a kernel with BTF (/sys/kernel/btf/vmlinux, Linux 5.8+).
+/// Prometheus. Needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (plus CAP_SYS_ADMIN for the
+/// kernel's BPF statistics), and a kernel with BTF (/sys/kernel/btf/vmlinux, Linux 5.8+).
+/// `probe check` tells what works on this host.
 #[derive(Debug, Parser)]
 #[command(name = "probe", version, propagate_version = true)]
 pub struct Cli {
@@ -54,6 +55,13 @@ pub struct ServeArgs {
     /// nobody scrapes), e.g. 5s, 500ms, 1m. Scrapes always collect fresh data.
     #[arg(long = "collect.interval", default_value = "5s", value_parser = parse_duration)]
     pub collect_interval: Duration,
+
+    /// Capacity of the kernel map that keeps the final CPU totals of exiting threads until the
+    /// next collection: the number of distinct processes that may lose threads or exit between
+    /// two collections. If it fills, probe_exited_threads_total{result="lost"} says so.
+    #[arg(long = "cpu.exit-map-size", default_value_t = probe_common::cpu::DEAD_MAP_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    pub exit_map_size: u32,
 }
 
 /// "HOST:PORT", "[v6]:PORT" or ":PORT" (all IPv4 addresses, like Go exporters).

@@ -122,10 +122,6 @@ impl Daemon {
         &self.kernel
     }
 
-    pub fn kernel_mut(&mut self) -> &mut Kernel {
-        &mut self.kernel
-    }
-
     fn failed(&mut self, collector: &'static str, err: &dyn std::fmt::Display) {
         warn!(collector, error = %err, "read failed");
         *self.stats.errors.entry(collector).or_default() += 1;
@@ -145,7 +141,13 @@ impl Daemon {
         if let Some(map) = &self.kernel.dead_tasks {
             match collect::cpu::read_dead(map) {
                 Ok(d) => dead = d,
-                Err(e) => self.failed(names::CPU_EXIT, &e),
+                Err(e) => {
+                    // Accounting a round without the dead threads would fold exited processes
+                    // in short; skip it, nothing is lost by waiting for the next one.
+                    self.failed(names::CPU_EXIT, &e);
+                    self.finish(t0, &mut summary);
+                    return summary;
+                }
             }
         }
         let Some(link) = &self.kernel.task_iter else {

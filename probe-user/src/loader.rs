@@ -90,9 +90,24 @@ impl Kernel {
     }
 }
 
+/// Sizes of kernel maps that depend on the host.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Capacity of the dead-thread map: processes that may lose threads between collections.
+    pub dead_map_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dead_map_entries: probe_common::cpu::DEAD_MAP_ENTRIES,
+        }
+    }
+}
+
 /// Loads and attaches everything that works here. Never fails as a whole: a kernel on which
 /// nothing loads gives a [`Kernel`] whose collectors are all down, with the reasons.
-pub fn load() -> Kernel {
+pub fn load(opts: &LoadOptions) -> Kernel {
     let mut env = Vec::new();
     for (fstype, target) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
         match sys::ensure_mounted(fstype, Path::new(target)) {
@@ -127,7 +142,7 @@ pub fn load() -> Kernel {
         _stats: None,
     };
 
-    let prepared = prepare(&mut env);
+    let prepared = prepare(opts, &mut env);
     match prepared {
         Ok((mut ebpf, aya_btf)) => {
             // Must exist before programs load: they reference its map.
@@ -191,7 +206,7 @@ fn sysctl_bpf_stats_enabled() -> bool {
 }
 
 /// Reads BTF, resolves offsets and loads the object (maps created, no program loaded yet).
-fn prepare(env: &mut Vec<String>) -> Result<(Ebpf, Btf), String> {
+fn prepare(opts: &LoadOptions, env: &mut Vec<String>) -> Result<(Ebpf, Btf), String> {
     let kbtf = KernelBtf::from_file(Path::new(btf::VMLINUX_BTF)).map_err(|e| e.to_string())?;
     let resolved = btf::resolve(&kbtf);
     for m in &resolved.missing {
@@ -205,6 +220,7 @@ fn prepare(env: &mut Vec<String>) -> Result<(Ebpf, Btf), String> {
         .btf(Some(&aya_btf))
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
+        .map_max_entries(DEAD_MAP, opts.dead_map_entries)
         .load(OBJECT)
         .map_err(|e| format!("cannot load the kernel object: {}", chain(&e)))?;
     Ok((ebpf, aya_btf))

@@ -35,6 +35,7 @@ fn init_logging(level: &str) {
     // Also installs the `log` bridge, so aya and aya-log records land here.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -53,7 +54,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.listen_address
             )
         })?;
-        let mut kernel = loader::load();
+        let mut kernel = loader::load(&loader::LoadOptions { dead_map_entries: args.exit_map_size });
         if let Some(logger) = kernel.logger.take() {
             loader::spawn_log_drain(logger);
         }

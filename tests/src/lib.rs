@@ -36,10 +36,11 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// A running `probe serve`, killed on drop.
+/// A running `probe serve`, killed on drop. Its log (stderr) goes to a file: see [`Daemon::log`].
 pub struct Daemon {
     child: Child,
     pub port: u16,
+    log: PathBuf,
 }
 
 impl Daemon {
@@ -51,29 +52,43 @@ impl Daemon {
         );
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let mut args = vec![
-            "serve",
-            "--web.listen-address",
-            &addr,
-            "--collect.interval",
-            "1s",
-        ];
+        let mut args = vec!["serve", "--web.listen-address", &addr];
+        if !extra.contains(&"--collect.interval") {
+            args.extend(["--collect.interval", "1s"]);
+        }
         args.extend_from_slice(extra);
+        let log = std::env::temp_dir().join(format!("probe-test-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("daemon log file");
         let child = Command::new(probe_bin())
             .args(&args)
             .env("PROBE_LOG", "warn")
             .stdin(Stdio::null())
+            .stderr(log_file)
             .spawn()
             .expect("spawn probe serve");
-        let d = Self { child, port };
+        let mut d = Self { child, port, log };
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!(
+                    "probe serve exited ({status}) before it was ready; its log:\n{}",
+                    d.log()
+                );
+            }
             if d.get("/readyz").is_ok_and(|(status, _)| status == 200) {
                 return d;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("probe serve did not become ready within 30 s");
+        panic!(
+            "probe serve did not become ready within 30 s; its log:\n{}",
+            d.log()
+        );
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -97,6 +112,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

@@ -142,3 +142,28 @@ fn runqueue_wait_of_two_pinned_processes() {
         );
     }
 }
+
+/// A full dead-thread map loses exits visibly, never silently: the loss is counted in
+/// probe_exited_threads_total{result="lost"} and the kernel program's warning reaches the
+/// daemon's log (aya-log). A map of 16 entries and no timer collection forces it.
+#[test]
+fn a_full_exit_map_is_reported_not_hidden() {
+    let daemon = Daemon::start(&["--cpu.exit-map-size", "16", "--collect.interval", "60m"]);
+    let mut w = Workload::start(&["burst", "--count", "200", "--ms", "1"]);
+    w.wait_done();
+    std::thread::sleep(std::time::Duration::from_millis(500)); // let the log reach the daemon
+    let m = daemon.scrape();
+    let lost = m
+        .value("probe_exited_threads_total", &[("result", "lost")])
+        .expect("lost counter");
+    println!("exit map of 16 entries, 200 exits between collections: {lost} lost");
+    assert!(
+        lost >= 150.0,
+        "expected most of 200 exits lost with 16 entries, counter says {lost}"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("dead-thread map full"),
+        "the kernel's warning did not reach the log:\n{log}"
+    );
+}

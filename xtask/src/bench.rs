@@ -59,6 +59,14 @@ pub fn run(processes: usize) -> Result<()> {
             if *runs > 0.0 { ns / runs } else { 0.0 }
         );
     }
+    // The same overhead measured directly, free of the benchmark's run-to-run noise.
+    let in_kernel_ns: f64 = program_costs.iter().map(|(_, _, ns)| ns).sum();
+    let last_round_s = with.last().copied().unwrap_or(f64::NAN);
+    println!(
+        "  in-kernel time of probe's programs: {:.1} ms in a {last_round_s:.3} s round ({:.2}% of it)",
+        in_kernel_ns / 1e6,
+        in_kernel_ns / 1e9 / last_round_s * 100.0
+    );
 
     println!("\n== scrape cost with {processes} extra sleeping processes ({SCRAPES} scrapes each, medians)");
     let sleepers = Sleepers::spawn(processes)?;
