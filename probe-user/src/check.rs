@@ -8,8 +8,11 @@ use crate::{
 };
 
 /// Loads everything as `serve` would, collects once, and prints a report.
-pub fn run() -> ExitCode {
-    let kernel = loader::load(&loader::LoadOptions::default());
+pub fn run(skip_hooks: Vec<String>) -> ExitCode {
+    let kernel = loader::load(&loader::LoadOptions {
+        skip_hooks,
+        ..loader::LoadOptions::default()
+    });
     let mut daemon = Daemon::new(kernel, Options::default());
     let summary = daemon.collect();
     let report = report(daemon.kernel(), &summary, &daemon.snapshot().stats.failing);
@@ -69,7 +72,7 @@ fn report(
             s.hook.unwrap_or("-")
         );
         for n in &s.notes {
-            let _ = writeln!(out, "{:<14} {:<5} {:<22} skipped: {n}", "", "", "");
+            let _ = writeln!(out, "{:<14} {:<5} {:<22} - {n}", "", "", "");
         }
     }
     if !any_kernel_hook(k) {

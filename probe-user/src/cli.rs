@@ -37,7 +37,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show which hook each collector uses on this kernel and why others were skipped; exits
     /// non-zero if no kernel collector can run.
-    Check,
+    Check(HookArgs),
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HookArgs {
+    /// Do not use these hooks even if they work here, so their collector falls back (e.g. to
+    /// work around a kernel bug, or to try the fallback): iter/task, tp_btf/sched_switch,
+    /// raw_tp/sched_switch, iter/task_file. Repeat or separate with commas.
+    #[arg(long = "hooks.skip", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::loader::hooks::ALL))]
+    pub skip: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,6 +71,9 @@ pub struct ServeArgs {
     #[arg(long = "cpu.exit-map-size", default_value_t = probe_common::cpu::DEAD_MAP_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub exit_map_size: u32,
+
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 /// "HOST:PORT", "[v6]:PORT" or ":PORT" (all IPv4 addresses, like Go exporters).

@@ -95,12 +95,15 @@ impl Kernel {
 pub struct LoadOptions {
     /// Capacity of the dead-thread map: processes that may lose threads between collections.
     pub dead_map_entries: u32,
+    /// Hooks not to use even if they work (see [`hooks::ALL`]): the collector falls back.
+    pub skip_hooks: Vec<String>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             dead_map_entries: probe_common::cpu::DEAD_MAP_ENTRIES,
+            skip_hooks: Vec::new(),
         }
     }
 }
@@ -150,9 +153,52 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                 Ok(logger) => kernel.logger = Some(logger),
                 Err(e) => tracing::debug!(error = %e, "no kernel log map"),
             }
-            attach_task_iter(&mut ebpf, &aya_btf, &mut cpu, &mut kernel);
-            attach_exit_hook(&mut ebpf, &aya_btf, &mut cpu_exit, &mut kernel);
-            attach_listen_iter(&mut ebpf, &aya_btf, &mut ports, &mut kernel);
+            let mut a = Attacher {
+                ebpf: &mut ebpf,
+                btf: &aya_btf,
+                skip: &opts.skip_hooks,
+            };
+            if let Some(link) = a.iter(
+                &mut cpu,
+                hooks::TASK_ITER,
+                TASK_ITER_PROGRAM,
+                "task",
+                "needs Linux 5.8+ with BTF",
+            ) {
+                kernel.task_iter = Some(link);
+                kernel.attached.push(TASK_ITER_PROGRAM);
+            }
+            if let Some(prog) = a.exit_hook(&mut cpu_exit) {
+                kernel.attached.push(prog);
+                kernel.dead_tasks = ebpf
+                    .take_map(DEAD_MAP)
+                    .and_then(|m| BpfHashMap::try_from(m).ok());
+                kernel.exit_stats = ebpf
+                    .take_map(EXIT_STATS_MAP)
+                    .and_then(|m| PerCpuArray::try_from(m).ok());
+                if kernel.dead_tasks.is_none() {
+                    cpu_exit.hook = None;
+                    cpu_exit
+                        .notes
+                        .push(format!("map {DEAD_MAP} missing from the object"));
+                }
+            }
+            let mut a = Attacher {
+                ebpf: &mut ebpf,
+                btf: &aya_btf,
+                skip: &opts.skip_hooks,
+            };
+            let why = "needs Linux 5.11+ for bpf_sock_from_file";
+            if let Some(link) = a.iter(
+                &mut ports,
+                hooks::TASK_FILE_ITER,
+                LISTEN_ITER_PROGRAM,
+                "task_file",
+                why,
+            ) {
+                kernel.listen_iter = Some(link);
+                kernel.attached.push(LISTEN_ITER_PROGRAM);
+            }
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => kernel._stats = Some(fd),
                 // Without CAP_SYS_ADMIN; the host may have turned statistics on for everyone.
@@ -170,14 +216,14 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         }
     }
     if ports.hook.is_none() {
-        ports.hook = Some("procfs");
+        ports.hook = Some(hooks::PROCFS);
         ports
             .notes
             .push("using /proc/net/tcp{,6} and /proc/<pid>/fd instead (slower)".into());
     }
     let mut table = CollectorStatus::new(names::PROCESS_TABLE);
     match std::fs::read_dir("/proc") {
-        Ok(_) => table.hook = Some("procfs"),
+        Ok(_) => table.hook = Some(hooks::PROCFS),
         Err(e) => table.notes.push(format!("/proc is not readable: {e}")),
     }
     for s in [&cpu, &cpu_exit, &ports, &table] {
@@ -251,83 +297,95 @@ pub fn spawn_log_drain(mut logger: KernelLogger) {
     });
 }
 
-/// Loads an iterator program for `target` (e.g. "task") and creates a re-readable link.
-fn attach_iter(ebpf: &mut Ebpf, btf: &Btf, name: &str, target: &str) -> Result<IterLink, String> {
-    let prog: &mut Iter = program(ebpf, name)?;
-    prog.load(target, btf).map_err(|e| chain(&e))?;
-    let fd = prog.fd().map_err(|e| chain(&e))?;
-    IterLink::attach(fd.as_fd()).map_err(|e| format!("BPF_LINK_CREATE: {e}"))
+/// Hook names, as `probe check`, `probe_collector_hook_info` and `--hooks.skip` spell them.
+pub mod hooks {
+    pub const TASK_ITER: &str = "iter/task";
+    pub const EXIT_BTF: &str = "tp_btf/sched_switch";
+    pub const EXIT_RAW: &str = "raw_tp/sched_switch";
+    pub const TASK_FILE_ITER: &str = "iter/task_file";
+    pub const PROCFS: &str = "procfs";
+    /// Every hook `--hooks.skip` accepts.
+    pub const ALL: &[&str] = &[TASK_ITER, EXIT_BTF, EXIT_RAW, TASK_FILE_ITER];
 }
 
-fn attach_task_iter(ebpf: &mut Ebpf, btf: &Btf, st: &mut CollectorStatus, k: &mut Kernel) {
-    match attach_iter(ebpf, btf, TASK_ITER_PROGRAM, "task") {
-        Ok(link) => {
-            st.hook = Some("iter/task");
-            k.task_iter = Some(link);
-            k.attached.push(TASK_ITER_PROGRAM);
-        }
-        Err(e) => st
-            .notes
-            .push(format!("iter/task: {e} (needs Linux 5.8+ with BTF)")),
-    }
+/// Loads and attaches programs, recording in a [`CollectorStatus`] which hook worked and why
+/// the others did not.
+struct Attacher<'a> {
+    ebpf: &'a mut Ebpf,
+    btf: &'a Btf,
+    skip: &'a [String],
 }
 
-fn attach_exit_hook(ebpf: &mut Ebpf, btf: &Btf, st: &mut CollectorStatus, k: &mut Kernel) {
-    let btf_tp = (|| -> Result<(), String> {
-        let prog: &mut BtfTracePoint = program(ebpf, EXIT_BTF_PROGRAM)?;
-        prog.load("sched_switch", btf).map_err(|e| chain(&e))?;
-        prog.attach().map_err(|e| chain(&e))?;
-        Ok(())
-    })();
-    match btf_tp {
-        Ok(()) => {
-            st.hook = Some("tp_btf/sched_switch");
-            k.attached.push(EXIT_BTF_PROGRAM);
+impl Attacher<'_> {
+    /// Runs `attach` for `hook` unless the user asked to skip it; records the outcome.
+    fn attempt<T>(
+        &mut self,
+        st: &mut CollectorStatus,
+        hook: &'static str,
+        attach: impl FnOnce(&mut Ebpf, &Btf) -> Result<T, String>,
+    ) -> Option<T> {
+        if self.skip.iter().any(|h| h == hook) {
+            st.notes.push(format!("{hook}: skipped (--hooks.skip)"));
+            return None;
         }
-        Err(e) => {
-            st.notes.push(format!("tp_btf/sched_switch: {e}"));
-            let raw = (|| -> Result<(), String> {
-                let prog: &mut RawTracePoint = program(ebpf, EXIT_RAW_PROGRAM)?;
-                prog.load().map_err(|e| chain(&e))?;
-                prog.attach("sched_switch").map_err(|e| chain(&e))?;
-                Ok(())
-            })();
-            match raw {
-                Ok(()) => {
-                    st.hook = Some("raw_tp/sched_switch");
-                    k.attached.push(EXIT_RAW_PROGRAM);
-                }
-                Err(e) => st.notes.push(format!(
-                    "raw_tp/sched_switch: {e}; threads and processes that exit between two collections are not counted"
-                )),
+        match attach(self.ebpf, self.btf) {
+            Ok(v) => {
+                st.hook = Some(hook);
+                Some(v)
+            }
+            Err(e) => {
+                st.notes.push(format!("{hook}: {e}"));
+                None
             }
         }
     }
-    if st.up() {
-        k.dead_tasks = ebpf
-            .take_map(DEAD_MAP)
-            .and_then(|m| BpfHashMap::try_from(m).ok());
-        k.exit_stats = ebpf
-            .take_map(EXIT_STATS_MAP)
-            .and_then(|m| PerCpuArray::try_from(m).ok());
-        if k.dead_tasks.is_none() {
-            st.hook = None;
-            st.notes
-                .push(format!("map {DEAD_MAP} missing from the object"));
-        }
-    }
-}
 
-fn attach_listen_iter(ebpf: &mut Ebpf, btf: &Btf, st: &mut CollectorStatus, k: &mut Kernel) {
-    match attach_iter(ebpf, btf, LISTEN_ITER_PROGRAM, "task_file") {
-        Ok(link) => {
-            st.hook = Some("iter/task_file");
-            k.listen_iter = Some(link);
-            k.attached.push(LISTEN_ITER_PROGRAM);
+    /// An iterator program for `target` (e.g. "task") with a re-readable link.
+    fn iter(
+        &mut self,
+        st: &mut CollectorStatus,
+        hook: &'static str,
+        name: &str,
+        target: &str,
+        needs: &str,
+    ) -> Option<IterLink> {
+        let r = self.attempt(st, hook, |ebpf, btf| {
+            let prog: &mut Iter = program(ebpf, name)?;
+            prog.load(target, btf).map_err(|e| chain(&e))?;
+            let fd = prog.fd().map_err(|e| chain(&e))?;
+            IterLink::attach(fd.as_fd()).map_err(|e| format!("BPF_LINK_CREATE: {e}"))
+        });
+        let skipped = self.skip.iter().any(|h| h == hook);
+        if r.is_none() && !skipped {
+            if let Some(last) = st.notes.last_mut() {
+                last.push_str(&format!(" ({needs})"));
+            }
         }
-        Err(e) => st.notes.push(format!(
-            "iter/task_file: {e} (needs Linux 5.11+ for bpf_sock_from_file)"
-        )),
+        r
+    }
+
+    /// The exit hook: BTF tracepoint, else raw tracepoint. Returns the program attached.
+    fn exit_hook(&mut self, st: &mut CollectorStatus) -> Option<&'static str> {
+        let btf_tp = self.attempt(st, hooks::EXIT_BTF, |ebpf, btf| {
+            let prog: &mut BtfTracePoint = program(ebpf, EXIT_BTF_PROGRAM)?;
+            prog.load("sched_switch", btf).map_err(|e| chain(&e))?;
+            prog.attach().map_err(|e| chain(&e))
+        });
+        if btf_tp.is_some() {
+            return Some(EXIT_BTF_PROGRAM);
+        }
+        let raw = self.attempt(st, hooks::EXIT_RAW, |ebpf, _| {
+            let prog: &mut RawTracePoint = program(ebpf, EXIT_RAW_PROGRAM)?;
+            prog.load().map_err(|e| chain(&e))?;
+            prog.attach("sched_switch").map_err(|e| chain(&e))
+        });
+        if raw.is_none() {
+            st.notes.push(
+                "threads and processes that exit between two collections are not counted".into(),
+            );
+            return None;
+        }
+        Some(EXIT_RAW_PROGRAM)
     }
 }
 

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
     match cli.command {
-        Command::Check => check::run(),
+        Command::Check(hooks) => check::run(hooks.skip),
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -54,7 +54,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.listen_address
             )
         })?;
-        let mut kernel = loader::load(&loader::LoadOptions { dead_map_entries: args.exit_map_size });
+        let mut kernel = loader::load(&loader::LoadOptions {
+            dead_map_entries: args.exit_map_size,
+            skip_hooks: args.hooks.skip,
+        });
         if let Some(logger) = kernel.logger.take() {
             loader::spawn_log_drain(logger);
         }

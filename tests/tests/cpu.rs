@@ -167,3 +167,35 @@ fn a_full_exit_map_is_reported_not_hidden() {
         "the kernel's warning did not reach the log:\n{log}"
     );
 }
+
+/// The fallback exit hook (raw tracepoint) counts short-lived processes as well as the preferred
+/// one: forced here with --hooks.skip, as on a kernel where tp_btf does not load.
+#[test]
+fn raw_tracepoint_fallback_counts_short_lived_processes() {
+    let daemon = Daemon::start(&["--hooks.skip", "tp_btf/sched_switch"]);
+    let m = daemon.scrape();
+    let hook = [("collector", "cpu_exit"), ("hook", "raw_tp/sched_switch")];
+    assert_eq!(
+        m.value("probe_collector_hook_info", &hook),
+        Some(1.0),
+        "raw_tp not in use:\n{}",
+        m.text
+    );
+    let mut w = Workload::start(&["burst", "--count", "300", "--ms", "5"]);
+    let done = w.wait_done();
+    let children = done
+        .iter()
+        .find(|(k, _)| k == "children_cpu_ns")
+        .map(|(_, v)| *v)
+        .expect("children_cpu_ns") as f64
+        / 1e9;
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let m = daemon.scrape();
+    let parent = process_cpu_ns(w.pid) as f64 / 1e9;
+    check_close(
+        "raw_tp fallback, short-lived, instance CPU s",
+        instance_value(&m, CPU, &w),
+        parent + children,
+        0.01,
+    );
+}

@@ -173,3 +173,31 @@ fn check_reports_active_hooks() {
         );
     }
 }
+
+/// Without the task_file iterator (kernels before 5.11), listening ports come from /proc and
+/// a listener is still its own instance.
+#[test]
+fn procfs_fallback_for_listening_ports() {
+    let daemon = Daemon::start(&["--hooks.skip", "iter/task_file"]);
+    let mut w = Workload::start(&["name", "--hex", &hex(b"fallback"), "--ms", "300"]);
+    w.wait_done();
+    std::thread::sleep(Duration::from_millis(1500)); // a timer collection after the bind
+    let m = daemon.scrape();
+    let hook = [("collector", "ports"), ("hook", "procfs")];
+    assert_eq!(
+        m.value("probe_collector_hook_info", &hook),
+        Some(1.0),
+        "procfs fallback not in use:\n{}",
+        m.text
+    );
+    let instance = format!("fallback:{}", w.port);
+    let cpu = m.value(
+        "probe_cpu_seconds_total",
+        &[("service_instance", &instance)],
+    );
+    assert!(
+        cpu.is_some_and(|v| v > 0.25),
+        "no instance {instance} (cpu {cpu:?}):\n{}",
+        m.text
+    );
+}
