@@ -145,6 +145,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         _stats: None,
     };
 
+    raise_memlock_limit();
     let prepared = prepare(opts, &mut env);
     match prepared {
         Ok((mut ebpf, aya_btf)) => {
@@ -245,6 +246,19 @@ pub fn load(opts: &LoadOptions) -> Kernel {
 fn release_freed_memory() {
     // SAFETY: malloc_trim only releases free memory; it has no preconditions.
     unsafe { libc::malloc_trim(0) };
+}
+
+/// Kernels before 5.11 charge BPF maps and programs to RLIMIT_MEMLOCK; later ones to the memory
+/// cgroup. Raise the limit where allowed (CAP_SYS_RESOURCE) and carry on where not.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot raise RLIMIT_MEMLOCK (not needed on 5.11+, which accounts BPF memory to the cgroup)"
+        );
+    }
 }
 
 fn sysctl_bpf_stats_enabled() -> bool {
