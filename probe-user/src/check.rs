@@ -78,8 +78,9 @@ fn report(
     if !any_kernel_hook(k) {
         let _ = writeln!(
             out,
-            "\nno kernel collector can run here: probe needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE), \
-             Linux 5.8+ and kernel BTF (/sys/kernel/btf/vmlinux)"
+            "\nno eBPF hook can run here, so `probe serve` would read /proc only (slower; processes that \
+             exit between collections are missed). eBPF needs root (or CAP_BPF, CAP_PERFMON and \
+             CAP_SYS_PTRACE), Linux 5.8+ and kernel BTF (/sys/kernel/btf/vmlinux)"
         );
     }
     out

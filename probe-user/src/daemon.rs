@@ -12,8 +12,8 @@ use tracing::{debug, warn};
 
 use crate::{
     collect::{
-        self, bpfstats::ProgramStats, cgroups::CgroupPaths, ports::Listeners, procinfo::ProcInfo,
-        sockdiag::ListenSockets,
+        self, bpfstats::ProgramStats, cgroups::CgroupPaths, cpu::DeadRead, ports::Listeners,
+        procinfo::ProcInfo, proctasks::ProcTasks, sockdiag::ListenSockets,
     },
     loader::{names, CollectorStatus, Kernel},
     model::{
@@ -89,6 +89,8 @@ pub struct Daemon {
     procinfo: HashMap<ProcessKey, Option<ProcInfo>>,
     cgroups: CgroupPaths,
     listeners: Listeners,
+    /// Live threads from /proc, where the task iterator is not available.
+    proc_tasks: Option<ProcTasks>,
     /// Listening sockets when `listeners` was last built.
     listen_sockets: Option<ListenSockets>,
     last_listen_walk: Option<Instant>,
@@ -101,6 +103,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(kernel: Kernel, opts: Options) -> Self {
+        let proc_tasks = kernel
+            .task_iter
+            .is_none()
+            .then(|| ProcTasks::new(procfs::ticks_per_second(), crate::sys::cgroup2_mount()));
         Self {
             kernel,
             accounts: Accounts::new(opts.rank_tau_secs),
@@ -108,6 +114,7 @@ impl Daemon {
             procinfo: HashMap::new(),
             cgroups: CgroupPaths::new(crate::sys::cgroup2_mount()),
             listeners: HashMap::new(),
+            proc_tasks,
             listen_sockets: None,
             last_listen_walk: None,
             buf: Vec::with_capacity(1 << 20),
@@ -137,10 +144,14 @@ impl Daemon {
 
         // The dead-thread map first, then the live threads: a thread that dies in between is
         // briefly in neither (harmless, see model::accounts), never in both.
-        let mut dead: HashMap<ProcessKey, DeadSample> = HashMap::new();
+        let granularity = self
+            .proc_tasks
+            .as_ref()
+            .map_or(1, ProcTasks::start_granularity_ns);
+        let mut dead_read = DeadRead::default();
         if let Some(map) = &self.kernel.dead_tasks {
-            match collect::cpu::read_dead(map) {
-                Ok(d) => dead = d,
+            match collect::cpu::read_dead(map, granularity) {
+                Ok(d) => dead_read = d,
                 Err(e) => {
                     // Accounting a round without the dead threads would fold exited processes
                     // in short; skip it, nothing is lost by waiting for the next one.
@@ -150,11 +161,15 @@ impl Daemon {
                 }
             }
         }
-        let Some(link) = &self.kernel.task_iter else {
-            self.finish(t0, &mut summary);
-            return summary;
+        let dead = &dead_read.samples;
+        let records = match (&self.kernel.task_iter, &mut self.proc_tasks) {
+            (Some(link), _) => collect::cpu::read_tasks(link, &mut self.buf),
+            (None, Some(proc_tasks)) => proc_tasks.read().map_err(collect::cpu::CpuError::Proc),
+            (None, None) => Err(collect::cpu::CpuError::Proc(std::io::Error::other(
+                "no task source",
+            ))),
         };
-        let records = match collect::cpu::read_tasks(link, &mut self.buf) {
+        let records = match records {
             Ok(r) => r,
             Err(e) => {
                 // Without the live view this round cannot be accounted; skip it whole rather
@@ -174,7 +189,7 @@ impl Daemon {
 
         self.read_new_procinfo(&live);
         let facts = self.facts(&live);
-        let cgroup_paths = self.cgroup_paths(&live, &dead);
+        let cgroup_paths = self.cgroup_paths(&live, dead);
         let lookup = |id: u64| cgroup_paths.get(&id).cloned();
         let resolver = Resolver {
             live: &facts,
@@ -195,14 +210,18 @@ impl Daemon {
         let elapsed = self.last.map_or(0.0, |l| l.elapsed().as_secs_f64());
         let round = Round {
             live: &live,
-            dead: &dead,
+            dead,
             elapsed_secs: elapsed,
             page_size: self.page_size,
         };
         let forget = self.accounts.apply(&round, &mut resolve);
         self.last = Some(Instant::now());
         if let Some(map) = &mut self.kernel.dead_tasks {
-            self.stats.dead_delete_failures += collect::cpu::forget_dead(map, &forget) as u64;
+            let kernel_keys = forget
+                .iter()
+                .filter_map(|k| dead_read.kernel_keys.get(k))
+                .flatten();
+            self.stats.dead_delete_failures += collect::cpu::forget_dead(map, kernel_keys) as u64;
         }
         self.procinfo.retain(|k, _| live.contains_key(k));
         self.finish(t0, &mut summary);

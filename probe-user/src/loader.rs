@@ -216,6 +216,11 @@ pub fn load(opts: &LoadOptions) -> Kernel {
             }
         }
     }
+    if cpu.hook.is_none() {
+        cpu.hook = Some(hooks::PROCFS);
+        cpu.notes
+            .push("reading /proc/<pid>/task/*/schedstat instead (slower)".into());
+    }
     if ports.hook.is_none() {
         ports.hook = Some(hooks::PROCFS);
         ports
@@ -251,7 +256,10 @@ fn release_freed_memory() {
 /// Kernels before 5.11 charge BPF maps and programs to RLIMIT_MEMLOCK; later ones to the memory
 /// cgroup. Raise the limit where allowed (CAP_SYS_RESOURCE) and carry on where not.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads a valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!(

@@ -46,6 +46,12 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with a short collection interval and waits until /readyz says so.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_wrapped(&[], extra)
+    }
+
+    /// Like [`Daemon::start`], with the daemon run by a wrapper command (`wrapper` followed by
+    /// the daemon's path and arguments), e.g. to change what it sees of the system.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "kernel tests need root (they load BPF programs)"
@@ -59,7 +65,16 @@ impl Daemon {
         args.extend_from_slice(extra);
         let log = std::env::temp_dir().join(format!("probe-test-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("daemon log file");
-        let child = Command::new(probe_bin())
+        let bin = probe_bin();
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .args(&args)
             .env("PROBE_LOG", "warn")
             .stdin(Stdio::null())

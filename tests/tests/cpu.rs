@@ -199,3 +199,96 @@ fn raw_tracepoint_fallback_counts_short_lived_processes() {
         0.01,
     );
 }
+
+/// Without the task iterator (kernels before 5.8, or no BTF), live threads are read from /proc
+/// instead: still within 1% of the process CPU clock, exited threads and short-lived processes
+/// included (the exit hook's keys are matched to /proc's tick-resolution start times).
+#[test]
+fn procfs_task_fallback_matches_ground_truth() {
+    let daemon = Daemon::start(&["--hooks.skip", "iter/task"]);
+    let m = daemon.scrape();
+    let hook = [("collector", "cpu"), ("hook", "procfs")];
+    assert_eq!(
+        m.value("probe_collector_hook_info", &hook),
+        Some(1.0),
+        "procfs not in use:\n{}",
+        m.text
+    );
+
+    let mut threads = Workload::start(&[
+        "spin",
+        "--secs",
+        "2",
+        "--threads",
+        "3",
+        "--thread-secs",
+        "1",
+    ]);
+    threads.wait_done();
+    let mut burst = Workload::start(&["burst", "--count", "300", "--ms", "5"]);
+    let done = burst.wait_done();
+    let children = done
+        .iter()
+        .find(|(k, _)| k == "children_cpu_ns")
+        .map(|(_, v)| *v)
+        .expect("children_cpu_ns") as f64
+        / 1e9;
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let m = daemon.scrape();
+    let truth = process_cpu_ns(threads.pid) as f64 / 1e9;
+    check_close(
+        "procfs fallback, threads exited halfway, CPU s",
+        instance_value(&m, CPU, &threads),
+        truth,
+        0.01,
+    );
+    let parent = process_cpu_ns(burst.pid) as f64 / 1e9;
+    check_close(
+        "procfs fallback, short-lived, CPU s",
+        instance_value(&m, CPU, &burst),
+        parent + children,
+        0.01,
+    );
+}
+
+/// No kernel BTF (hidden here by mounting /dev/null over it in a private mount namespace): the
+/// kernel collectors are down with the reason, and the daemon still serves CPU from /proc.
+#[test]
+fn without_btf_the_daemon_still_serves_from_proc() {
+    let hide_btf = [
+        "unshare",
+        "-m",
+        "--",
+        "sh",
+        "-c",
+        "mount --bind /dev/null /sys/kernel/btf/vmlinux && exec \"$0\" \"$@\"",
+    ];
+    let daemon = Daemon::start_wrapped(&hide_btf, &[]);
+    let mut w = Workload::start(&["spin", "--secs", "2"]);
+    w.wait_done();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let m = daemon.scrape();
+    assert_eq!(
+        m.value("probe_collector_up", &[("collector", "cpu_exit")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.value(
+            "probe_collector_hook_info",
+            &[("collector", "cpu"), ("hook", "procfs")]
+        ),
+        Some(1.0)
+    );
+    let (truth_ns, _) = schedstat(w.pid);
+    check_close(
+        "no BTF, busy thread via /proc, CPU s",
+        instance_value(&m, CPU, &w),
+        truth_ns as f64 / 1e9,
+        0.01,
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("cannot read kernel BTF"),
+        "the reason is not in the log:\n{log}"
+    );
+}

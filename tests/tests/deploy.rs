@@ -73,7 +73,7 @@ fn daemonset_capabilities_suffice() {
         "probe check passed without capabilities:\n{report}"
     );
     assert!(
-        report.contains("needs root"),
+        report.contains("eBPF needs root"),
         "no hint about privileges:\n{report}"
     );
 }

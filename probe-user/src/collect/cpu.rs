@@ -19,6 +19,8 @@ pub enum CpuError {
     Decode(#[from] super::DecodeError),
     #[error("reading the dead-thread map: {0}")]
     Map(#[from] MapError),
+    #[error("reading threads from /proc: {0}")]
+    Proc(io::Error),
 }
 
 /// Runs the task iterator once: one record per live thread.
@@ -27,18 +29,42 @@ pub fn read_tasks(link: &IterLink, buf: &mut Vec<u8>) -> Result<Vec<TaskRecord>,
     Ok(decode(buf)?)
 }
 
-/// Reads every entry of the dead-thread map.
+/// The dead-thread map as read in one collection.
+#[derive(Debug, Default)]
+pub struct DeadRead {
+    pub samples: HashMap<ProcessKey, DeadSample>,
+    /// The kernel map's own keys behind each sample (to delete them later).
+    pub kernel_keys: HashMap<ProcessKey, Vec<DeadKey>>,
+}
+
+/// Reads every entry of the dead-thread map. Start times are rounded down to
+/// `start_granularity_ns` (1 when live threads come from the task iterator; a clock tick when
+/// they come from /proc), so that both sources name a process the same way.
 ///
-/// Keys that vanish while we walk the map (deleted by a concurrent daemon? there is none, but
-/// the kernel map is shared state) are skipped rather than failing the whole read.
+/// A key deleted while the map is walked is skipped rather than failing the whole read.
 pub fn read_dead(
     map: &BpfHashMap<MapData, DeadKey, DeadTotals>,
-) -> Result<HashMap<ProcessKey, DeadSample>, CpuError> {
-    let mut out = HashMap::new();
+    start_granularity_ns: u64,
+) -> Result<DeadRead, CpuError> {
+    let mut out = DeadRead::default();
     for item in map.iter() {
         match item {
             Ok((k, v)) => {
-                out.insert(ProcessKey::from(k), DeadSample::from(&v));
+                let g = start_granularity_ns.max(1);
+                let key = ProcessKey {
+                    tgid: k.tgid,
+                    start_ns: k.start_ns / g * g,
+                };
+                let sample = DeadSample::from(&v);
+                out.samples
+                    .entry(key)
+                    .and_modify(|s| {
+                        s.cpu_ns += sample.cpu_ns;
+                        s.run_delay_ns += sample.run_delay_ns;
+                        s.threads += sample.threads;
+                    })
+                    .or_insert(sample);
+                out.kernel_keys.entry(key).or_default().push(k);
             }
             Err(MapError::KeyNotFound) => continue,
             Err(e) => return Err(e.into()),
@@ -48,17 +74,12 @@ pub fn read_dead(
 }
 
 /// Deletes entries the accounting no longer needs. Returns how many could not be deleted.
-pub fn forget_dead(
+pub fn forget_dead<'a>(
     map: &mut BpfHashMap<MapData, DeadKey, DeadTotals>,
-    keys: &[ProcessKey],
+    keys: impl IntoIterator<Item = &'a DeadKey>,
 ) -> usize {
-    keys.iter()
-        .filter(|k| {
-            !matches!(
-                map.remove(&DeadKey::from(**k)),
-                Ok(()) | Err(MapError::KeyNotFound)
-            )
-        })
+    keys.into_iter()
+        .filter(|k| !matches!(map.remove(k), Ok(()) | Err(MapError::KeyNotFound)))
         .count()
 }
 

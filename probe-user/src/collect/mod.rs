@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod cpu;
 pub mod ports;
 pub mod procinfo;
+pub mod proctasks;
 pub mod sockdiag;
 
 /// Splits an iterator's output into fixed-size records.
