@@ -198,6 +198,17 @@ impl Metrics {
             .collect()
     }
 
+    /// Panics unless `collector` runs on `hook`.
+    pub fn assert_hook(&self, collector: &str, hook: &str) {
+        let want = [("collector", collector), ("hook", hook)];
+        assert_eq!(
+            self.value("probe_collector_hook_info", &want),
+            Some(1.0),
+            "{collector} does not use {hook}:\n{}",
+            self.text
+        );
+    }
+
     /// The single sample of `name` with these labels.
     pub fn value(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
         match self.find(name, want).as_slice() {
@@ -332,6 +343,17 @@ impl Workload {
                 Some((k.to_string(), v.parse().ok()?))
             })
             .collect()
+    }
+
+    /// Ground truth for a finished `burst`: the parent's CPU (its CPU clock, now) plus its reaped
+    /// children's (their rusage, which the workload printed in `done`), in seconds.
+    pub fn burst_cpu_truth(&self, done: &[(String, u64)]) -> (f64, f64) {
+        let children = done
+            .iter()
+            .find(|(k, _)| k == "children_cpu_ns")
+            .map(|(_, v)| *v as f64 / 1e9)
+            .unwrap_or_else(|| panic!("burst printed no children_cpu_ns: {done:?}"));
+        (process_cpu_ns(self.pid) as f64 / 1e9, children)
     }
 
     /// The instance probe should put this workload in (comm `probe-workload`, its port).

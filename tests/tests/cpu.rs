@@ -86,16 +86,10 @@ fn short_lived_processes_are_not_lost() {
     let daemon = Daemon::start(&[]);
     let mut w = Workload::start(&["burst", "--count", "1000", "--ms", "5"]);
     let done = w.wait_done();
-    let children_ns = done
-        .iter()
-        .find(|(k, _)| k == "children_cpu_ns")
-        .map(|(_, v)| *v)
-        .expect("children_cpu_ns");
     // Collections run every second; make sure the last children were folded in (two rounds).
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let m = daemon.scrape();
-    let parent = process_cpu_ns(w.pid) as f64 / 1e9;
-    let children = children_ns as f64 / 1e9;
+    let (parent, children) = w.burst_cpu_truth(&done);
     let got = instance_value(&m, CPU, &w);
     let attributed = (got - parent) / children;
     println!("short-lived: instance {got:.4} s = parent {parent:.4} s + {:.4} s of children's {children:.4} s", got - parent);
@@ -174,24 +168,12 @@ fn a_full_exit_map_is_reported_not_hidden() {
 fn raw_tracepoint_fallback_counts_short_lived_processes() {
     let daemon = Daemon::start(&["--hooks.skip", "tp_btf/sched_switch"]);
     let m = daemon.scrape();
-    let hook = [("collector", "cpu_exit"), ("hook", "raw_tp/sched_switch")];
-    assert_eq!(
-        m.value("probe_collector_hook_info", &hook),
-        Some(1.0),
-        "raw_tp not in use:\n{}",
-        m.text
-    );
+    m.assert_hook("cpu_exit", "raw_tp/sched_switch");
     let mut w = Workload::start(&["burst", "--count", "300", "--ms", "5"]);
     let done = w.wait_done();
-    let children = done
-        .iter()
-        .find(|(k, _)| k == "children_cpu_ns")
-        .map(|(_, v)| *v)
-        .expect("children_cpu_ns") as f64
-        / 1e9;
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let m = daemon.scrape();
-    let parent = process_cpu_ns(w.pid) as f64 / 1e9;
+    let (parent, children) = w.burst_cpu_truth(&done);
     check_close(
         "raw_tp fallback, short-lived, instance CPU s",
         instance_value(&m, CPU, &w),
@@ -207,13 +189,7 @@ fn raw_tracepoint_fallback_counts_short_lived_processes() {
 fn procfs_task_fallback_matches_ground_truth() {
     let daemon = Daemon::start(&["--hooks.skip", "iter/task"]);
     let m = daemon.scrape();
-    let hook = [("collector", "cpu"), ("hook", "procfs")];
-    assert_eq!(
-        m.value("probe_collector_hook_info", &hook),
-        Some(1.0),
-        "procfs not in use:\n{}",
-        m.text
-    );
+    m.assert_hook("cpu", "procfs");
 
     let mut threads = Workload::start(&[
         "spin",
@@ -227,12 +203,6 @@ fn procfs_task_fallback_matches_ground_truth() {
     threads.wait_done();
     let mut burst = Workload::start(&["burst", "--count", "300", "--ms", "5"]);
     let done = burst.wait_done();
-    let children = done
-        .iter()
-        .find(|(k, _)| k == "children_cpu_ns")
-        .map(|(_, v)| *v)
-        .expect("children_cpu_ns") as f64
-        / 1e9;
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let m = daemon.scrape();
     let truth = process_cpu_ns(threads.pid) as f64 / 1e9;
@@ -242,7 +212,7 @@ fn procfs_task_fallback_matches_ground_truth() {
         truth,
         0.01,
     );
-    let parent = process_cpu_ns(burst.pid) as f64 / 1e9;
+    let (parent, children) = burst.burst_cpu_truth(&done);
     check_close(
         "procfs fallback, short-lived, CPU s",
         instance_value(&m, CPU, &burst),
