@@ -267,7 +267,7 @@ impl Daemon {
         }
         let ports = match &self.kernel.listen_iter {
             Some(link) => collect::ports::from_iter(link, &mut self.buf),
-            None => collect::ports::from_procfs(),
+            None => collect::ports::from_procfs(std::process::id()),
         };
         match ports {
             Ok(l) => {

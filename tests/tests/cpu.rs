@@ -3,6 +3,16 @@
 use probe_tests::{check_close, process_cpu_ns, schedstat, Daemon, Workload};
 
 const CPU: &str = "probe_cpu_seconds_total";
+/// A main thread spinning 2 s with 3 workers that spin 1 s and exit.
+const THREADS_EXIT_HALFWAY: &[&str] = &[
+    "spin",
+    "--secs",
+    "2",
+    "--threads",
+    "3",
+    "--thread-secs",
+    "1",
+];
 const RUNQ: &str = "probe_cpu_runqueue_wait_seconds_total";
 
 fn instance_value(m: &probe_tests::Metrics, name: &str, w: &Workload) -> f64 {
@@ -52,15 +62,7 @@ fn busy_thread_matches_schedstat() {
 #[test]
 fn threads_exiting_halfway_are_still_counted() {
     let daemon = Daemon::start(&[]);
-    let mut w = Workload::start(&[
-        "spin",
-        "--secs",
-        "2",
-        "--threads",
-        "3",
-        "--thread-secs",
-        "1",
-    ]);
+    let mut w = Workload::start(THREADS_EXIT_HALFWAY);
     w.wait_done();
     // Let a timer collection happen after the threads died, as in production.
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -191,15 +193,7 @@ fn procfs_task_fallback_matches_ground_truth() {
     let m = daemon.scrape();
     m.assert_hook("cpu", "procfs");
 
-    let mut threads = Workload::start(&[
-        "spin",
-        "--secs",
-        "2",
-        "--threads",
-        "3",
-        "--thread-secs",
-        "1",
-    ]);
+    let mut threads = Workload::start(THREADS_EXIT_HALFWAY);
     threads.wait_done();
     let mut burst = Workload::start(&["burst", "--count", "300", "--ms", "5"]);
     let done = burst.wait_done();
