@@ -66,6 +66,49 @@ pub struct Offsets {
     pub sk_protocol: u32,
     /// 1 when the sched_switch tracepoint passes `prev_state` as its 4th argument (5.18+).
     pub sched_switch_has_prev_state: u32,
+
+    // Block IO (see the block module of probe-ebpf).
+    /// request.q
+    pub rq_q: u32,
+    /// request.cmd_flags (REQ_OP_* in the low 8 bits)
+    pub rq_cmd_flags: u32,
+    /// request.rq_flags (RQF_*)
+    pub rq_rq_flags: u32,
+    /// request.__data_len: bytes not yet completed
+    pub rq_data_len: u32,
+    /// request.start_time_ns: when the block layer started accounting the request
+    pub rq_start_time_ns: u32,
+    /// request.bio
+    pub rq_bio: u32,
+    /// request.rq_disk (before 5.16; later the disk is request.q->disk)
+    pub rq_rq_disk: u32,
+    /// request_queue.disk (5.15+)
+    pub queue_disk: u32,
+    /// gendisk.major, gendisk.first_minor: the whole disk's dev_t
+    pub disk_major: u32,
+    pub disk_first_minor: u32,
+    /// RQF_IO_STAT and RQF_FLUSH_SEQ as bit masks
+    pub rqf_io_stat: u32,
+    pub rqf_flush_seq: u32,
+    /// bio.bi_io_vec, bio_vec.bv_page
+    pub bio_io_vec: u32,
+    pub bvec_page: u32,
+    /// page.compound_head (bit 0 set on tail pages), page.mapping
+    pub page_compound_head: u32,
+    pub page_mapping: u32,
+    /// address_space.host, inode.i_mode, inode.i_sb, super_block.s_bdev, block_device.bd_disk
+    pub mapping_host: u32,
+    pub inode_mode: u32,
+    pub inode_sb: u32,
+    pub sb_bdev: u32,
+    pub bdev_disk: u32,
+    /// page.flags bit PG_head (a large folio's first page)
+    pub pg_head_bit: u32,
+    /// folio._nr_pages (6.x, 64-bit), else folio._flags_1 (its low byte is the order)
+    pub folio_nr_pages: u32,
+    pub folio_flags_1: u32,
+    /// Bytes per page (PAGE_SIZE)
+    pub page_size: u32,
 }
 
 impl Offsets {
@@ -96,5 +139,30 @@ impl Offsets {
         sk_num: OFFSET_MISSING,
         sk_protocol: OFFSET_MISSING,
         sched_switch_has_prev_state: 0,
+        rq_q: OFFSET_MISSING,
+        rq_cmd_flags: OFFSET_MISSING,
+        rq_rq_flags: OFFSET_MISSING,
+        rq_data_len: OFFSET_MISSING,
+        rq_start_time_ns: OFFSET_MISSING,
+        rq_bio: OFFSET_MISSING,
+        rq_rq_disk: OFFSET_MISSING,
+        queue_disk: OFFSET_MISSING,
+        disk_major: OFFSET_MISSING,
+        disk_first_minor: OFFSET_MISSING,
+        rqf_io_stat: 0,
+        rqf_flush_seq: 0,
+        bio_io_vec: OFFSET_MISSING,
+        bvec_page: OFFSET_MISSING,
+        page_compound_head: OFFSET_MISSING,
+        page_mapping: OFFSET_MISSING,
+        mapping_host: OFFSET_MISSING,
+        inode_mode: OFFSET_MISSING,
+        inode_sb: OFFSET_MISSING,
+        sb_bdev: OFFSET_MISSING,
+        bdev_disk: OFFSET_MISSING,
+        pg_head_bit: OFFSET_MISSING,
+        folio_nr_pages: OFFSET_MISSING,
+        folio_flags_1: OFFSET_MISSING,
+        page_size: 4096,
     };
 }

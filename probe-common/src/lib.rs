@@ -4,6 +4,7 @@
 //! integers instead of `bool`. Map and program names are constants so both sides agree on them.
 #![cfg_attr(target_arch = "bpf", no_std)]
 
+pub mod block;
 pub mod config;
 pub mod cpu;
 pub mod ports;
@@ -19,6 +20,10 @@ macro_rules! pod {
 }
 #[cfg(feature = "user")]
 pod!(
+    block::IoKey,
+    block::IoTotals,
+    block::IoStart,
+    block::Writer,
     config::Offsets,
     cpu::TaskRecord,
     cpu::DeadKey,

@@ -27,7 +27,7 @@ use probe_common::{
     COMM_LEN,
 };
 
-use crate::kernel::{off, read, read_ptr, self_tgid, seq_write, IterMeta};
+use crate::kernel::{bump, off, read, read_ptr, self_tgid, seq_write, IterMeta};
 
 #[map]
 static DEAD_TASKS: HashMap<DeadKey, DeadTotals> = HashMap::with_max_entries(DEAD_MAP_ENTRIES, 0);
@@ -166,7 +166,7 @@ fn record_death<C: EbpfContext>(ctx: &C, task: *const u8) {
     let run_delay_ns: u64 = read(task, off!(task_run_delay)).unwrap_or(0);
 
     if add_to(&key, cpu_ns, run_delay_ns) {
-        bump(EXIT_STAT_RECORDED);
+        bump(&EXIT_STATS, EXIT_STAT_RECORDED);
         return;
     }
     let fresh = DeadTotals {
@@ -183,17 +183,17 @@ fn record_death<C: EbpfContext>(ctx: &C, task: *const u8) {
     };
     match DEAD_TASKS.insert(&key, &fresh, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
-            bump(EXIT_STAT_RECORDED);
+            bump(&EXIT_STATS, EXIT_STAT_RECORDED);
         }
         // Another CPU created the entry between our lookup and insert: add to it.
         Err(_) if add_to(&key, cpu_ns, run_delay_ns) => {
-            bump(EXIT_STAT_RECORDED);
+            bump(&EXIT_STATS, EXIT_STAT_RECORDED);
         }
         Err(_) => {
             // Rare by design (the map holds a collection interval's worth of processes). Logged
             // at the 1st, 2nd, 4th, 8th... loss on each CPU, so a full map cannot flood the log;
             // the daemon forwards this to its own log.
-            let lost = bump(EXIT_STAT_LOST);
+            let lost = bump(&EXIT_STATS, EXIT_STAT_LOST);
             if lost.is_power_of_two() {
                 warn!(
                     ctx,
@@ -220,16 +220,4 @@ fn add_to(key: &DeadKey, cpu_ns: u64, run_delay_ns: u64) -> bool {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).threads, 1);
     }
     true
-}
-
-/// Adds one to a per-CPU self-counter and returns its new value on this CPU.
-#[inline(always)]
-fn bump(slot: u32) -> u64 {
-    match EXIT_STATS.get_ptr_mut(slot) {
-        Some(counter) => unsafe {
-            *counter += 1;
-            *counter
-        },
-        None => 0,
-    }
 }

@@ -1,6 +1,6 @@
 //! Reading kernel memory at offsets resolved from BTF by the daemon (read-only globals).
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::PerCpuArray};
 use probe_common::config::{Offsets, OFFSET_MISSING};
 
 /// Struct offsets, set by the daemon before load (the verifier sees them as constants).
@@ -38,6 +38,19 @@ pub(crate) fn read<T: Copy>(base: *const u8, off: u32) -> Option<T> {
 #[inline(always)]
 pub(crate) fn read_ptr(base: *const u8, off: u32) -> Option<*const u8> {
     read::<*const u8>(base, off).filter(|p| !p.is_null())
+}
+
+/// Adds one to slot `slot` of a per-CPU self-counter array and returns its new value on this
+/// CPU.
+#[inline(always)]
+pub(crate) fn bump(map: &PerCpuArray<u64>, slot: u32) -> u64 {
+    match map.get_ptr_mut(slot) {
+        Some(counter) => unsafe {
+            *counter += 1;
+            *counter
+        },
+        None => 0,
+    }
 }
 
 /// `struct bpf_iter_meta`: the first member of every iterator context.

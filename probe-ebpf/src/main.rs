@@ -5,6 +5,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod block;
 mod cpu;
 mod kernel;
 mod ports;

@@ -259,6 +259,34 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
     o.sk_num = off(&get("sock_common", &[&["skc_num"]]));
     o.sk_protocol = off(&get("sock", &[&["sk_protocol"]]));
 
+    o.sched_switch_has_prev_state = u32::from(btf.tracepoint_args("sched_switch") == Some(4));
+
+    // Block IO.
+    o.rq_q = off(&get("request", &[&["q"]]));
+    o.rq_cmd_flags = off(&get("request", &[&["cmd_flags"]]));
+    o.rq_rq_flags = off(&get("request", &[&["rq_flags"]]));
+    o.rq_data_len = off(&get("request", &[&["__data_len"]]));
+    o.rq_start_time_ns = off(&get("request", &[&["start_time_ns"]]));
+    o.rq_bio = off(&get("request", &[&["bio"]]));
+    // The disk is request.rq_disk before 5.16 and request.q->disk from 5.15 on: one suffices.
+    let optional = |st: &str, path: &[&str]| {
+        btf.field(st, path)
+            .ok()
+            .map_or(OFFSET_MISSING, |f| f.offset)
+    };
+    o.rq_rq_disk = optional("request", &["rq_disk"]);
+    o.queue_disk = optional("request_queue", &["disk"]);
+    o.disk_major = off(&get("gendisk", &[&["major"]]));
+    o.disk_first_minor = off(&get("gendisk", &[&["first_minor"]]));
+    o.bio_io_vec = off(&get("bio", &[&["bi_io_vec"]]));
+    o.bvec_page = off(&get("bio_vec", &[&["bv_page"]]));
+    o.page_compound_head = off(&get("page", &[&["compound_head"]]));
+    o.page_mapping = off(&get("page", &[&["mapping"]]));
+    o.mapping_host = off(&get("address_space", &[&["host"]]));
+    o.inode_mode = off(&get("inode", &[&["i_mode"]]));
+    o.inode_sb = off(&get("inode", &[&["i_sb"]]));
+    o.sb_bdev = off(&get("super_block", &[&["s_bdev"]]));
+    o.bdev_disk = off(&get("block_device", &[&["bd_disk"]]));
     // mm_struct.rss_stat: an array of percpu_counter (6.2+), or struct mm_rss_stat
     // { atomic_long_t count[]; } before. Each counter is a signed 64-bit page count.
     match rss_offsets(btf) {
@@ -269,7 +297,21 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
         }
         Err(e) => missing.push(format!("mm_struct.rss_stat: {e}")),
     }
-    o.sched_switch_has_prev_state = u32::from(btf.tracepoint_args("sched_switch") == Some(4));
+    if o.rq_rq_disk == OFFSET_MISSING && o.queue_disk == OFFSET_MISSING {
+        missing.push("request.rq_disk / request_queue.disk: neither exists".into());
+    }
+    // Request flags are an enum of bit numbers from 6.4 on, #defines (not in BTF) before; the
+    // values below are those of the #defines (5.8 to 6.3).
+    o.rqf_io_stat = 1 << btf.enum_value("__RQF_IO_STAT").unwrap_or(13);
+    o.rqf_flush_seq = 1 << btf.enum_value("__RQF_FLUSH_SEQ").unwrap_or(4);
+    // Large folios (5.16+): without them every dirtied folio is one page.
+    o.pg_head_bit = btf.enum_value("PG_head").unwrap_or(OFFSET_MISSING);
+    o.folio_nr_pages = btf
+        .field("folio", &["_nr_pages"])
+        .or_else(|_| btf.field("folio", &["_folio_nr_pages"]))
+        .ok()
+        .map_or(OFFSET_MISSING, |f| f.offset);
+    o.folio_flags_1 = optional("folio", &["_flags_1"]);
     Resolved {
         offsets: o,
         missing,
@@ -341,6 +383,14 @@ mod tests {
         let num = btf.field("sock_common", &["skc_num"]).expect("skc_num");
         assert_eq!(num.size, 2);
         assert!(o.mm_rss_anon > o.mm_rss_file && o.mm_rss_shmem > o.mm_rss_anon);
+        // 6.18: the disk is request.q->disk, request flags are an enum, folios carry _nr_pages.
+        assert_eq!(o.rq_rq_disk, OFFSET_MISSING);
+        assert_ne!(o.queue_disk, OFFSET_MISSING);
+        assert!(o.rqf_io_stat.is_power_of_two() && o.rqf_flush_seq.is_power_of_two());
+        assert_ne!(o.rqf_io_stat, o.rqf_flush_seq);
+        assert!(o.pg_head_bit < 64);
+        assert_ne!(o.folio_nr_pages, OFFSET_MISSING);
+        assert_eq!(btf.field("bio_vec", &["bv_page"]).expect("bv_page").size, 8);
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn report(
     }
     let _ = writeln!(
         out,
-        "\n{:<14} {:<5} {:<22} detail",
+        "\n{:<14} {:<5} {:<30} detail",
         "COLLECTOR", "STATE", "HOOK"
     );
     for s in &k.statuses {
@@ -66,13 +66,13 @@ fn report(
         };
         let _ = writeln!(
             out,
-            "{:<14} {:<5} {:<22} {detail}",
+            "{:<14} {:<5} {:<30} {detail}",
             s.name,
             state,
             s.hook.unwrap_or("-")
         );
         for n in &s.notes {
-            let _ = writeln!(out, "{:<14} {:<5} {:<22} - {n}", "", "", "");
+            let _ = writeln!(out, "{:<14} {:<5} {:<30} - {n}", "", "", "");
         }
     }
     if !any_kernel_hook(k) {

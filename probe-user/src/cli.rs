@@ -8,9 +8,10 @@ use clap::{Parser, Subcommand};
 /// allocated; this one is outside it and outside Linux's ephemeral range.
 pub const DEFAULT_PORT: u16 = 19135;
 
-/// probe: which service instance is eating the CPU? Kernel-level attribution with eBPF.
+/// probe: which service instance is eating the CPU or the disk? Kernel-level attribution with eBPF.
 ///
-/// probe attributes on-CPU time and run-queue wait to service instances (e.g. each of several
+/// probe attributes on-CPU time, run-queue wait and block IO (bytes, operations, latency, and
+/// page-cache bytes dirtied by buffered writes) to service instances (e.g. each of several
 /// mariadbd on ports 3306, 3307, 3308) and to the busiest processes, and serves them to
 /// Prometheus. Needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (plus CAP_SYS_ADMIN for the
 /// kernel's BPF statistics), and a kernel with BTF (/sys/kernel/btf/vmlinux, Linux 5.8+).
@@ -44,7 +45,8 @@ pub enum Command {
 pub struct HookArgs {
     /// Do not use these hooks even if they work here, so their collector falls back (e.g. to
     /// work around a kernel bug, or to try the fallback): iter/task, tp_btf/sched_switch,
-    /// raw_tp/sched_switch, iter/task_file. Repeat or separate with commas.
+    /// raw_tp/sched_switch, iter/task_file, raw_tp/block_io_start, raw_tp/block_rq_issue,
+    /// raw_tp/writeback_dirty_folio, raw_tp/writeback_dirty_page. Repeat or separate with commas.
     #[arg(long = "hooks.skip", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::loader::hooks::ALL))]
     pub skip: Vec<String>,
 }
@@ -55,8 +57,9 @@ pub struct ServeArgs {
     #[arg(long = "web.listen-address", default_value = ":19135", value_parser = parse_listen_address)]
     pub listen_address: SocketAddr,
 
-    /// Processes exported one by one in probe_process_* (the busiest by recent CPU use); every
-    /// process is always counted in its instance's totals.
+    /// Processes exported one by one in probe_process_*: the busiest by recent CPU use, and
+    /// separately the busiest by recent block IO; every process is always counted in its
+    /// instance's totals.
     #[arg(long = "process.top-k", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub top_k: u16,
 
@@ -71,6 +74,13 @@ pub struct ServeArgs {
     #[arg(long = "cpu.exit-map-size", default_value_t = probe_common::cpu::DEAD_MAP_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub exit_map_size: u32,
+
+    /// Capacity of the kernel map of block IO per (process, disk, operation). Entries of exited
+    /// processes are deleted once idle; if it fills, probe_block_events_total{result="lost"}
+    /// says so.
+    #[arg(long = "block.map-size", default_value_t = probe_common::block::IO_MAP_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub block_map_size: u32,
 
     #[command(flatten)]
     pub hooks: HookArgs,

@@ -12,13 +12,21 @@ use tracing::{debug, warn};
 
 use crate::{
     collect::{
-        self, bpfstats::ProgramStats, cgroups::CgroupPaths, cpu::DeadRead, ports::Listeners,
-        procinfo::ProcInfo, proctasks::ProcTasks, sockdiag::ListenSockets,
+        self,
+        block::{BlockStats, IoReader},
+        bpfstats::ProgramStats,
+        cgroups::CgroupPaths,
+        cpu::DeadRead,
+        ports::Listeners,
+        procinfo::ProcInfo,
+        proctasks::ProcTasks,
+        sockdiag::ListenSockets,
     },
     loader::{names, CollectorStatus, Kernel},
     model::{
-        accounts::{Accounts, InstanceTotals, ProcessRow, Round},
+        accounts::{Accounts, InstanceTotals, IoProcessRow, ProcessRow, Round},
         instance::{Facts, Resolver},
+        io::{IoCounters, IoDim},
         process::{self, DeadSample, ProcessKey, ProcessSample},
     },
 };
@@ -59,6 +67,10 @@ pub struct SelfStats {
     pub exits_lost: u64,
     /// Dead-thread map entries that could not be deleted.
     pub dead_delete_failures: u64,
+    /// Block programs' self-counters (kernel).
+    pub block: BlockStats,
+    /// Block IO map entries that could not be deleted.
+    pub io_delete_failures: u64,
     pub programs: Vec<ProgramStats>,
 }
 
@@ -77,6 +89,9 @@ pub struct Summary {
 pub struct Snapshot {
     pub instances: Vec<(Arc<str>, InstanceTotals)>,
     pub top: Vec<ProcessRow>,
+    /// Block IO per (instance, (device, op)).
+    pub io: Vec<((Arc<str>, IoDim), IoCounters)>,
+    pub top_io: Vec<IoProcessRow>,
     pub collectors: Vec<(CollectorStatus, bool)>,
     pub stats: SelfStats,
     pub processes: usize,
@@ -89,6 +104,7 @@ pub struct Daemon {
     procinfo: HashMap<ProcessKey, Option<ProcInfo>>,
     cgroups: CgroupPaths,
     listeners: Listeners,
+    io_reader: IoReader,
     /// Live threads from /proc, where the task iterator is not available.
     proc_tasks: Option<ProcTasks>,
     /// Listening sockets when `listeners` was last built.
@@ -114,6 +130,7 @@ impl Daemon {
             procinfo: HashMap::new(),
             cgroups: CgroupPaths::new(crate::sys::cgroup2_mount()),
             listeners: HashMap::new(),
+            io_reader: IoReader::default(),
             proc_tasks,
             listen_sockets: None,
             last_listen_walk: None,
@@ -181,6 +198,16 @@ impl Daemon {
         };
         summary.threads = records.len();
         let live = process::aggregate(records);
+        let io = match &self.kernel.block_io {
+            Some(map) => match self.io_reader.read(map, granularity) {
+                Ok(io) => Some(io),
+                Err(e) => {
+                    self.failed(names::BLOCK, &e);
+                    None
+                }
+            },
+            None => Some(HashMap::new()),
+        };
         summary.processes = live.len();
         summary.exited_processes = dead.keys().filter(|k| !live.contains_key(k)).count();
 
@@ -211,6 +238,7 @@ impl Daemon {
         let round = Round {
             live: &live,
             dead,
+            io: io.as_ref(),
             elapsed_secs: elapsed,
             page_size: self.page_size,
         };
@@ -222,6 +250,11 @@ impl Daemon {
                 .filter_map(|k| dead_read.kernel_keys.get(k))
                 .flatten();
             self.stats.dead_delete_failures += collect::cpu::forget_dead(map, kernel_keys) as u64;
+        }
+        if let Some(map) = &mut self.kernel.block_io {
+            let is_live = |tgid, start_ns| live.contains_key(&ProcessKey { tgid, start_ns });
+            self.stats.io_delete_failures +=
+                self.io_reader.forget_idle(map, is_live, granularity) as u64;
         }
         self.procinfo.retain(|k, _| live.contains_key(k));
         self.finish(t0, &mut summary);
@@ -243,6 +276,20 @@ impl Daemon {
                     self.stats.exits_lost = lost;
                 }
                 Err(e) => self.failed(names::CPU_EXIT, &e),
+            }
+        }
+        if let Some(map) = &self.kernel.block_stats {
+            match collect::block::stats(map) {
+                Ok(s) => {
+                    if s.lost > self.stats.block.lost {
+                        warn!(
+                            lost = s.lost - self.stats.block.lost,
+                            "block IO map full: IO not counted (raise --block.map-size)"
+                        );
+                    }
+                    self.stats.block = s;
+                }
+                Err(e) => self.failed(names::BLOCK, &e),
             }
         }
         if let Some(ebpf) = &self.kernel.ebpf {
@@ -335,6 +382,13 @@ impl Daemon {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             top: self.accounts.top_processes(self.opts.top_k),
+            io: self
+                .accounts
+                .io()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            top_io: self.accounts.top_io_processes(self.opts.top_k),
             collectors: self
                 .kernel
                 .statuses

@@ -14,6 +14,11 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use probe_common::{
+    block::{
+        IoKey, IoTotals, DIRTY_PROGRAM, IO_DONE_PROGRAM, IO_MAP, IO_START_PROGRAM,
+        RQ_BYTES_PROGRAM, RQ_DONE_PROGRAM, RQ_MERGE_PROGRAM, RQ_START_PROGRAM,
+        STATS_MAP as BLOCK_STATS_MAP,
+    },
     config::{Offsets, OFFSETS_GLOBAL, SELF_TGID_GLOBAL},
     cpu::{
         DeadKey, DeadTotals, DEAD_MAP, EXIT_BTF_PROGRAM, EXIT_RAW_PROGRAM, EXIT_STATS_MAP,
@@ -41,6 +46,10 @@ pub mod names {
     pub const PORTS: &str = "ports";
     /// cmdline, exe and cgroup path per process, from /proc.
     pub const PROCESS_TABLE: &str = "process_table";
+    /// Block IO per process, device and operation (block-layer tracepoints).
+    pub const BLOCK: &str = "block";
+    /// Page-cache bytes dirtied per process (the writer of buffered writes).
+    pub const BLOCK_DIRTY: &str = "block_dirty";
 }
 
 /// What one collector runs on, on this kernel.
@@ -73,6 +82,9 @@ pub struct Kernel {
     pub listen_iter: Option<IterLink>,
     pub dead_tasks: Option<BpfHashMap<MapData, DeadKey, DeadTotals>>,
     pub exit_stats: Option<PerCpuArray<MapData, u64>>,
+    /// Block IO and dirtied bytes per (process, device, op), and the block programs' counters.
+    pub block_io: Option<BpfHashMap<MapData, IoKey, IoTotals>>,
+    pub block_stats: Option<PerCpuArray<MapData, u64>>,
     /// Names of the programs that are attached (for BPF run-time statistics).
     pub attached: Vec<&'static str>,
     pub statuses: Vec<CollectorStatus>,
@@ -95,6 +107,8 @@ impl Kernel {
 pub struct LoadOptions {
     /// Capacity of the dead-thread map: processes that may lose threads between collections.
     pub dead_map_entries: u32,
+    /// Capacity of the block IO map: (process, device, op) combinations at once.
+    pub block_map_entries: u32,
     /// Hooks not to use even if they work (see [`hooks::ALL`]): the collector falls back.
     pub skip_hooks: Vec<String>,
 }
@@ -103,6 +117,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             dead_map_entries: probe_common::cpu::DEAD_MAP_ENTRIES,
+            block_map_entries: probe_common::block::IO_MAP_ENTRIES,
             skip_hooks: Vec::new(),
         }
     }
@@ -132,12 +147,16 @@ pub fn load(opts: &LoadOptions) -> Kernel {
     let mut cpu = CollectorStatus::new(names::CPU);
     let mut cpu_exit = CollectorStatus::new(names::CPU_EXIT);
     let mut ports = CollectorStatus::new(names::PORTS);
+    let mut block = CollectorStatus::new(names::BLOCK);
+    let mut dirty = CollectorStatus::new(names::BLOCK_DIRTY);
     let mut kernel = Kernel {
         ebpf: None,
         task_iter: None,
         listen_iter: None,
         dead_tasks: None,
         exit_stats: None,
+        block_io: None,
+        block_stats: None,
         attached: Vec::new(),
         statuses: Vec::new(),
         logger: None,
@@ -200,6 +219,32 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                 kernel.listen_iter = Some(link);
                 kernel.attached.push(LISTEN_ITER_PROGRAM);
             }
+            let mut a = Attacher {
+                ebpf: &mut ebpf,
+                btf: &aya_btf,
+                skip: &opts.skip_hooks,
+            };
+            if let Some(progs) = a.block(&mut block) {
+                kernel.attached.extend(progs);
+            }
+            if let Some(prog) = a.dirty(&mut dirty) {
+                kernel.attached.push(prog);
+            }
+            if block.up() || dirty.up() {
+                kernel.block_io = ebpf
+                    .take_map(IO_MAP)
+                    .and_then(|m| BpfHashMap::try_from(m).ok());
+                kernel.block_stats = ebpf
+                    .take_map(BLOCK_STATS_MAP)
+                    .and_then(|m| PerCpuArray::try_from(m).ok());
+                if kernel.block_io.is_none() {
+                    for s in [&mut block, &mut dirty] {
+                        s.hook = None;
+                        s.notes
+                            .push(format!("map {IO_MAP} missing from the object"));
+                    }
+                }
+            }
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => kernel._stats = Some(fd),
                 // Without CAP_SYS_ADMIN; the host may have turned statistics on for everyone.
@@ -211,7 +256,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
             kernel.ebpf = Some(ebpf);
         }
         Err(reason) => {
-            for s in [&mut cpu, &mut cpu_exit, &mut ports] {
+            for s in [&mut cpu, &mut cpu_exit, &mut ports, &mut block, &mut dirty] {
                 s.notes.push(reason.clone());
             }
         }
@@ -232,14 +277,14 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         Ok(_) => table.hook = Some(hooks::PROCFS),
         Err(e) => table.notes.push(format!("/proc is not readable: {e}")),
     }
-    for s in [&cpu, &cpu_exit, &ports, &table] {
+    for s in [&cpu, &cpu_exit, &ports, &block, &dirty, &table] {
         if s.up() {
             info!(collector = s.name, hook = s.hook, notes = ?s.notes, "collector up");
         } else {
             warn!(collector = s.name, reasons = ?s.notes, "collector down");
         }
     }
-    kernel.statuses = vec![cpu, cpu_exit, ports, table];
+    kernel.statuses = vec![cpu, cpu_exit, ports, block, dirty, table];
     kernel.environment = env;
     release_freed_memory();
     kernel
@@ -282,13 +327,15 @@ fn prepare(opts: &LoadOptions, env: &mut Vec<String>) -> Result<(Ebpf, Btf), Str
         env.push(format!("BTF field not found: {m}"));
     }
     let aya_btf = Btf::from_sys_fs().map_err(|e| format!("cannot parse kernel BTF: {e}"))?;
-    let offsets: Offsets = resolved.offsets;
+    let mut offsets: Offsets = resolved.offsets;
+    offsets.page_size = u32::try_from(procfs::page_size()).unwrap_or(4096);
     let self_tgid: u32 = std::process::id();
     let ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
         .map_max_entries(DEAD_MAP, opts.dead_map_entries)
+        .map_max_entries(IO_MAP, opts.block_map_entries)
         .load(OBJECT)
         .map_err(|e| format!("cannot load the kernel object: {}", chain(&e)))?;
     Ok((ebpf, aya_btf))
@@ -325,9 +372,25 @@ pub mod hooks {
     pub const EXIT_BTF: &str = "tp_btf/sched_switch";
     pub const EXIT_RAW: &str = "raw_tp/sched_switch";
     pub const TASK_FILE_ITER: &str = "iter/task_file";
+    /// Block IO, Linux 6.5+: block_io_start / block_io_done (+ block_rq_complete for bytes).
+    pub const BLOCK_IO: &str = "raw_tp/block_io_start";
+    /// Block IO fallback: block_rq_insert + block_rq_issue / block_rq_complete.
+    pub const BLOCK_RQ: &str = "raw_tp/block_rq_issue";
+    /// Dirtied page-cache bytes: writeback_dirty_folio (5.18+), writeback_dirty_page before.
+    pub const DIRTY_FOLIO: &str = "raw_tp/writeback_dirty_folio";
+    pub const DIRTY_PAGE: &str = "raw_tp/writeback_dirty_page";
     pub const PROCFS: &str = "procfs";
     /// Every hook `--hooks.skip` accepts.
-    pub const ALL: &[&str] = &[TASK_ITER, EXIT_BTF, EXIT_RAW, TASK_FILE_ITER];
+    pub const ALL: &[&str] = &[
+        TASK_ITER,
+        EXIT_BTF,
+        EXIT_RAW,
+        TASK_FILE_ITER,
+        BLOCK_IO,
+        BLOCK_RQ,
+        DIRTY_FOLIO,
+        DIRTY_PAGE,
+    ];
 }
 
 /// Loads and attaches programs, recording in a [`CollectorStatus`] which hook worked and why
@@ -409,6 +472,94 @@ impl Attacher<'_> {
         }
         Some(EXIT_RAW_PROGRAM)
     }
+
+    /// Block IO: block_io_start/done where the kernel has them (6.5+), else the block_rq_*
+    /// tracepoints. Completion programs are attached before the start program, so no start
+    /// is recorded without a program to end it. Returns the programs attached.
+    fn block(&mut self, st: &mut CollectorStatus) -> Option<Vec<&'static str>> {
+        const MAIN: &[(&str, &str)] = &[
+            (IO_DONE_PROGRAM, "block_io_done"),
+            (RQ_BYTES_PROGRAM, "block_rq_complete"),
+            (IO_START_PROGRAM, "block_io_start"),
+        ];
+        const FALLBACK: &[(&str, &str)] = &[
+            (RQ_DONE_PROGRAM, "block_rq_complete"),
+            (RQ_START_PROGRAM, "block_rq_insert"),
+            (RQ_START_PROGRAM, "block_rq_issue"),
+        ];
+        if self
+            .attempt(st, hooks::BLOCK_IO, |ebpf, _| attach_raw_set(ebpf, MAIN))
+            .is_some()
+        {
+            return Some(vec![IO_DONE_PROGRAM, RQ_BYTES_PROGRAM, IO_START_PROGRAM]);
+        }
+        self.attempt(st, hooks::BLOCK_RQ, |ebpf, _| {
+            attach_raw_set(ebpf, FALLBACK)
+        })?;
+        let mut progs = vec![RQ_DONE_PROGRAM, RQ_START_PROGRAM];
+        // block_rq_merge (5.9+) lets a merged-away request's start go at once instead of
+        // ageing out of the LRU map.
+        match attach_raw_set(self.ebpf, &[(RQ_MERGE_PROGRAM, "block_rq_merge")]) {
+            Ok(()) => progs.push(RQ_MERGE_PROGRAM),
+            Err(e) => st.notes.push(format!("raw_tp/block_rq_merge: {e}")),
+        }
+        st.notes.push(
+            "fallback (block_io_start/done need Linux 6.5+): requests that kblockd workers start \
+             are charged to them"
+                .into(),
+        );
+        Some(progs)
+    }
+
+    /// Dirtied bytes: writeback_dirty_folio, else writeback_dirty_page (same arguments).
+    fn dirty(&mut self, st: &mut CollectorStatus) -> Option<&'static str> {
+        for (hook, tp) in [
+            (hooks::DIRTY_FOLIO, "writeback_dirty_folio"),
+            (hooks::DIRTY_PAGE, "writeback_dirty_page"),
+        ] {
+            if self
+                .attempt(st, hook, |ebpf, _| {
+                    attach_raw_set(ebpf, &[(DIRTY_PROGRAM, tp)])
+                })
+                .is_some()
+            {
+                return Some(DIRTY_PROGRAM);
+            }
+        }
+        st.notes
+            .push("buffered writes are charged to the kernel threads that write them back".into());
+        None
+    }
+}
+
+/// Loads (once) and attaches raw tracepoint programs to tracepoints, all or nothing: if one
+/// fails, the ones attached by this call are detached again.
+fn attach_raw_set(ebpf: &mut Ebpf, set: &[(&str, &str)]) -> Result<(), String> {
+    let mut done: Vec<(&str, aya::programs::raw_trace_point::RawTracePointLinkId)> = Vec::new();
+    let mut result = Ok(());
+    for &(name, tp) in set {
+        let attached = program::<RawTracePoint>(ebpf, name).and_then(|prog| {
+            if prog.fd().is_err() {
+                prog.load().map_err(|e| chain(&e))?;
+            }
+            prog.attach(tp).map_err(|e| format!("{tp}: {}", chain(&e)))
+        });
+        match attached {
+            Ok(id) => done.push((name, id)),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_err() {
+        for (name, id) in done {
+            if let Ok(prog) = program::<RawTracePoint>(ebpf, name) {
+                let _ = prog.detach(id);
+            }
+        }
+    }
+    result
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>

@@ -56,6 +56,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })?;
         let mut kernel = loader::load(&loader::LoadOptions {
             dead_map_entries: args.exit_map_size,
+            block_map_entries: args.block_map_size,
             skip_hooks: args.hooks.skip,
         });
         if let Some(logger) = kernel.logger.take() {

@@ -209,6 +209,11 @@ impl Metrics {
         );
     }
 
+    /// Sum of the samples of `name` whose labels include all of `want` (0 if there are none).
+    pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.find(name, want).iter().map(|s| s.value).sum()
+    }
+
     /// The single sample of `name` with these labels.
     pub fn value(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
         match self.find(name, want).as_slice() {
@@ -394,6 +399,103 @@ pub fn process_cpu_ns(pid: u32) -> u64 {
         "clock_gettime"
     );
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The whole disk a file lives on, as /sys/block names it: st_dev, then /sys/dev/block/M:m
+/// (a partition's directory sits inside its disk's). Panics if the file is not on a block
+/// device (e.g. tmpfs): block IO tests need a real disk.
+pub fn disk_of(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let link = format!("/sys/dev/block/{major}:{minor}");
+    let dir = std::fs::canonicalize(&link).unwrap_or_else(|e| {
+        panic!(
+            "{} is on device {major}:{minor}, which is not a block device ({link}: {e}); \
+             the block IO tests need a directory on a disk",
+            path.display()
+        )
+    });
+    let disk = if dir.join("partition").exists() {
+        dir.parent().expect("partition parent").to_path_buf()
+    } else {
+        dir
+    };
+    disk.file_name()
+        .expect("disk name")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// /sys/block/<disk>/stat: the kernel's own counters for a disk (see Documentation/block/stat).
+#[derive(Clone, Copy, Debug)]
+pub struct DiskStat {
+    /// Requests completed: reads + writes + discards + flushes.
+    pub ios: u64,
+    /// time_in_queue (ms): the sum of all requests' times from start to completion.
+    pub time_in_queue_ms: u64,
+    pub read_sectors: u64,
+    pub write_sectors: u64,
+}
+
+pub fn disk_stat(disk: &str) -> DiskStat {
+    let text = std::fs::read_to_string(format!("/sys/block/{disk}/stat"))
+        .unwrap_or_else(|e| panic!("/sys/block/{disk}/stat: {e}"));
+    let f: Vec<u64> = text
+        .split_whitespace()
+        .map(|v| v.parse().expect("stat field"))
+        .collect();
+    assert!(
+        f.len() >= 17,
+        "/sys/block/{disk}/stat has {} fields",
+        f.len()
+    );
+    DiskStat {
+        ios: f[0] + f[4] + f[11] + f[15],
+        time_in_queue_ms: f[10],
+        read_sectors: f[2],
+        write_sectors: f[6],
+    }
+}
+
+/// `write_bytes` of /proc/<pid>/io: bytes the process caused to be written to storage,
+/// counted by the kernel when it dirties page-cache pages (and for direct IO when submitted).
+pub fn proc_write_bytes(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/<pid>/io");
+    text.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("write_bytes in /proc/<pid>/io")
+}
+
+/// Writes `mb` MiB to `path` with O_DIRECT-free buffered IO, makes it durable, and drops it from
+/// the page cache, so the next read comes from the disk.
+pub fn cold_file(path: &std::path::Path, mb: usize) {
+    use std::os::fd::AsRawFd as _;
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut f = std::fs::File::create(path).expect("create test file");
+    for _ in 0..mb {
+        f.write_all(&chunk).expect("write test file");
+    }
+    f.sync_all().expect("fsync test file");
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise(DONTNEED)");
+}
+
+/// Runs a command to completion; panics with its output if it fails. Returns its stdout.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Relative difference, printed with the measurement so the test log shows the numbers.

@@ -3,7 +3,11 @@
 //! 1. Scheduler overhead: `perf bench sched pipe` without and with `probe serve` running
 //!    (alternating rounds, medians), as a ratio. Goal: <= 1.03x.
 //! 2. Cost per event of each kernel program, from the kernel's BPF statistics.
-//! 3. Scrape cost with N extra sleeping processes: wall time and CPU per scrape, and daemon RSS,
+//! 3. Block IO throughput: `dd` with O_DIRECT 4 KiB writes (one request each: the worst case
+//!    per byte) and buffered 1 MiB writes with fsync (the dirty-page hook and writeback), without
+//!    and with probe, alternating rounds, medians, as a ratio; and the block programs' cost per
+//!    event. Goal: >= 0.98x.
+//! 4. Scrape cost with N extra sleeping processes: wall time and CPU per scrape, and daemon RSS,
 //!    side by side with Debian's prometheus-process-exporter scraped on the same host.
 //!    Goal: probe >= 10x faster per scrape, RSS no larger.
 //!
@@ -68,6 +72,8 @@ pub fn run(processes: usize) -> Result<()> {
         in_kernel_ns / 1e9 / last_round_s * 100.0
     );
 
+    block_io()?;
+
     println!("\n== scrape cost with {processes} extra sleeping processes ({SCRAPES} scrapes each, medians)");
     let sleepers = Sleepers::spawn(processes)?;
     let config = std::env::temp_dir().join("probe-bench-process-exporter.yml");
@@ -104,6 +110,86 @@ pub fn run(processes: usize) -> Result<()> {
     }
     println!("  (goals: >= 10x faster per scrape than process-exporter, RSS no larger)");
     Ok(())
+}
+
+/// dd workloads of the block IO benchmark: (name, dd arguments after `of=FILE`).
+const DD_RUNS: &[(&str, &[&str])] = &[
+    (
+        "O_DIRECT 4 KiB writes",
+        &["bs=4k", "count=40000", "oflag=direct"],
+    ),
+    (
+        "buffered 1 MiB writes + fsync",
+        &["bs=1M", "count=512", "conv=fsync"],
+    ),
+];
+
+fn block_io() -> Result<()> {
+    // On the disk the build lives on (not a tmpfs).
+    let file = probe_bin()
+        .parent()
+        .context("target dir")?
+        .join("bench-block-io");
+    for (name, args) in DD_RUNS {
+        println!("\n== block IO: dd {name} ({ROUNDS} rounds each, medians)");
+        let mut without = Vec::new();
+        let mut with = Vec::new();
+        let mut costs = Vec::new();
+        for round in 0..ROUNDS {
+            without.push(dd_mb_per_s(&file, args)?);
+            let probe = Server::probe()?;
+            let before = probe.scrape_text()?;
+            with.push(dd_mb_per_s(&file, args)?);
+            costs = program_deltas(&before, &probe.scrape_text()?);
+            println!(
+                "  round {}: without {:.1} MB/s, with probe {:.1} MB/s",
+                round + 1,
+                without[round],
+                with[round]
+            );
+        }
+        let (off, on) = (median(&mut without), median(&mut with));
+        println!(
+            "  median: without {off:.1} MB/s, with {on:.1} MB/s  ->  ratio {:.3}x (goal >= 0.98x)",
+            on / off
+        );
+        for (prog, runs, ns) in costs
+            .iter()
+            .filter(|(p, r, _)| p.contains("block") && *r > 0.0)
+        {
+            println!("  {prog:<24} {runs:>10.0} runs {:>10.1} ns/run", ns / runs);
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok(())
+}
+
+/// Throughput of one dd run writing `file`, from dd's own summary line.
+fn dd_mb_per_s(file: &Path, args: &[&str]) -> Result<f64> {
+    let _ = std::fs::remove_file(file);
+    let out = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", file.display()))
+        .args(args)
+        .output()
+        .context("dd")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("dd failed: {text}");
+    }
+    // "67108864 bytes (67 MB, 64 MiB) copied, 0.0714467 s, 939 MB/s"
+    let line = text
+        .lines()
+        .find(|l| l.contains(" copied, "))
+        .with_context(|| format!("unexpected dd output: {text}"))?;
+    let bytes: f64 = line.split_whitespace().next().unwrap_or("").parse()?;
+    let secs: f64 = line
+        .split(" copied, ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("")
+        .parse()?;
+    Ok(bytes / secs / 1e6)
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -1,6 +1,7 @@
 //! Readers at the kernel boundary: each turns what a kernel program or /proc reports into plain
 //! values for the model. Nothing here aggregates or decides; that is `model`'s job.
 
+pub mod block;
 pub mod bpfstats;
 pub mod cgroups;
 pub mod cpu;

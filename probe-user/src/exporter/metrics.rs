@@ -2,17 +2,24 @@
 
 use std::borrow::Cow;
 
+use probe_common::block::{bucket_upper_secs, LATENCY_BUCKETS};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder},
-    metrics::{counter::ConstCounter, gauge::ConstGauge, TypedMetric},
+    encoding::{
+        DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
+        NoLabelSet,
+    },
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType, TypedMetric},
     registry::{Registry, Unit},
 };
 
 use crate::{
     collect::bpfstats::ProgramStats,
     daemon::Snapshot,
-    model::accounts::{InstanceTotals, ProcessRow},
+    model::{
+        accounts::{InstanceTotals, IoProcessRow, ProcessRow},
+        io::{IoCounters, Op},
+    },
 };
 
 /// A label value, escaped as the exposition formats require.
@@ -102,6 +109,52 @@ fn proc_labels(p: &ProcessRow) -> Labels<'_> {
     ]
 }
 
+/// A histogram whose buckets are already counted (by the kernel).
+#[derive(Debug)]
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    /// (upper bound, count in this bucket alone); the last bound is f64::MAX (+Inf).
+    buckets: Vec<(f64, u64)>,
+}
+
+impl ConstHistogram {
+    fn latency(c: &IoCounters) -> Self {
+        let buckets = (0..LATENCY_BUCKETS)
+            .map(|i| {
+                let le = bucket_upper_secs(i);
+                (if le.is_infinite() { f64::MAX } else { le }, c.buckets[i])
+            })
+            .collect();
+        Self {
+            sum: secs(c.latency_ns),
+            count: c.ops,
+            buckets,
+        }
+    }
+}
+
+impl TypedMetric for ConstHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+fn io_labels<'a>(instance: &'a str, device: &'a str, op: Op) -> Labels<'a> {
+    vec![
+        ("service_instance", esc(instance)),
+        ("device", esc(device)),
+        ("op", esc(op.label())),
+    ]
+}
+
 fn counter(v: f64) -> ConstCounter<f64> {
     ConstCounter::new(v)
 }
@@ -139,6 +192,31 @@ const PROC_RUNQ: Desc = (
     Some(Unit::Seconds),
     "Run-queue wait of the top processes by recent CPU use.",
 );
+const BLOCK_BYTES: Desc = ("probe_block", Some(Unit::Bytes), "Bytes the instance's processes read, wrote or discarded on each disk, counted at completion; writeback is charged to the process that dirtied the file.");
+const BLOCK_OPS: Desc = (
+    "probe_block_ops",
+    None,
+    "Block requests of the instance's processes completed on each disk.",
+);
+const BLOCK_LATENCY: Desc = ("probe_block_latency", Some(Unit::Seconds), "Time from the start of each block request to its completion (what /sys/block/<dev>/stat counts).");
+const BLOCK_DIRTIED: Desc = ("probe_block_dirtied", Some(Unit::Bytes), "Page-cache bytes the instance's processes dirtied on files of each disk (buffered writes, counted when written, before writeback).");
+const PROC_BLOCK_BYTES: Desc = (
+    "probe_process_block",
+    Some(Unit::Bytes),
+    "Block bytes of the top processes by recent block IO (--process.top-k).",
+);
+const PROC_BLOCK_OPS: Desc = (
+    "probe_process_block_ops",
+    None,
+    "Block requests of the top processes by recent block IO.",
+);
+const PROC_DIRTIED: Desc = (
+    "probe_process_block_dirtied",
+    Some(Unit::Bytes),
+    "Page-cache bytes dirtied by the top processes by recent block IO.",
+);
+const BLOCK_EVENTS: Desc = ("probe_block_events", None, "Block completions not counted: result=unmatched: its start was not seen (in flight when probe started); result=lost: the block IO map was full.");
+const WRITEBACK: Desc = ("probe_block_writeback_requests", None, "Writes issued by kernel threads (writeback, journal): charged_to=writer: to the process that dirtied the file; charged_to=kernel: no writer known (metadata, journal).");
 const UP: Desc = (
     "probe_collector_up",
     None,
@@ -220,6 +298,86 @@ impl Collector for SnapshotCollector {
             s.top
                 .iter()
                 .map(|p| (proc_labels(p), counter(secs(p.run_delay_ns)))),
+        )?;
+
+        let block = s.io.iter().filter(|((_, (_, op)), _)| *op != Op::Dirtied);
+        family(
+            e,
+            BLOCK_BYTES,
+            block
+                .clone()
+                .map(|((i, (d, op)), c)| (io_labels(i, d, *op), ConstCounter::new(c.bytes))),
+        )?;
+        family(
+            e,
+            BLOCK_OPS,
+            block
+                .clone()
+                .map(|((i, (d, op)), c)| (io_labels(i, d, *op), ConstCounter::new(c.ops))),
+        )?;
+        family(
+            e,
+            BLOCK_LATENCY,
+            block.map(|((i, (d, op)), c)| (io_labels(i, d, *op), ConstHistogram::latency(c))),
+        )?;
+        family(
+            e,
+            BLOCK_DIRTIED,
+            s.io.iter()
+                .filter(|((_, (_, op)), _)| *op == Op::Dirtied)
+                .map(|((i, (d, _)), c)| {
+                    let labels = vec![("service_instance", esc(i)), ("device", esc(d))];
+                    (labels, ConstCounter::new(c.bytes))
+                }),
+        )?;
+        let proc_io = |dirtied: bool| {
+            s.top_io.iter().flat_map(move |p: &IoProcessRow| {
+                p.io.iter()
+                    .filter(move |((_, op), _)| (*op == Op::Dirtied) == dirtied)
+                    .map(move |((d, op), c)| {
+                        let mut labels = vec![
+                            ("service_instance", esc(&p.instance)),
+                            ("pid", owned(p.pid.to_string())),
+                            ("comm", esc(&p.comm)),
+                            ("device", esc(d)),
+                        ];
+                        if !dirtied {
+                            labels.push(("op", esc(op.label())));
+                        }
+                        (labels, c)
+                    })
+            })
+        };
+        family(
+            e,
+            PROC_BLOCK_BYTES,
+            proc_io(false).map(|(l, c)| (l, ConstCounter::new(c.bytes))),
+        )?;
+        family(
+            e,
+            PROC_BLOCK_OPS,
+            proc_io(false).map(|(l, c)| (l, ConstCounter::new(c.ops))),
+        )?;
+        family(
+            e,
+            PROC_DIRTIED,
+            proc_io(true).map(|(l, c)| (l, ConstCounter::new(c.bytes))),
+        )?;
+        let b = &s.stats.block;
+        family(
+            e,
+            BLOCK_EVENTS,
+            [("unmatched", b.unmatched), ("lost", b.lost)]
+                .map(|(r, n)| (vec![("result", esc(r))], ConstCounter::new(n))),
+        )?;
+        family(
+            e,
+            WRITEBACK,
+            [
+                ("writer", b.writeback_charged),
+                ("kernel", b.writeback_kernel),
+            ]
+            .map(|(r, n)| (vec![("charged_to", esc(r))], ConstCounter::new(n))),
         )?;
 
         family(
@@ -317,6 +475,49 @@ mod tests {
                 run_delay_ns: 0,
                 score: 1.0,
             }],
+            io: vec![
+                (("mariadbd:3307".into(), ("vda".into(), Op::Write)), {
+                    let mut c = IoCounters {
+                        bytes: 1 << 20,
+                        ops: 3,
+                        latency_ns: 3_500_000,
+                        ..IoCounters::default()
+                    };
+                    c.buckets[0] = 1;
+                    c.buckets[11] = 2;
+                    c
+                }),
+                (
+                    ("mariadbd:3307".into(), ("vda".into(), Op::Dirtied)),
+                    IoCounters {
+                        bytes: 8192,
+                        ..IoCounters::default()
+                    },
+                ),
+            ],
+            top_io: vec![IoProcessRow {
+                pid: 42,
+                comm: "mariadbd".into(),
+                instance: "mariadbd:3307".into(),
+                io: vec![
+                    (
+                        ("vda".into(), Op::Read),
+                        IoCounters {
+                            bytes: 4096,
+                            ops: 1,
+                            ..IoCounters::default()
+                        },
+                    ),
+                    (
+                        ("vda".into(), Op::Dirtied),
+                        IoCounters {
+                            bytes: 8192,
+                            ..IoCounters::default()
+                        },
+                    ),
+                ],
+                score: 1.0,
+            }],
             collectors: vec![(
                 CollectorStatus {
                     name: "cpu",
@@ -350,6 +551,18 @@ mod tests {
             r#"probe_memory_rss_bytes{service_instance="mariadbd:3307"} 4096"#,
             r#"probe_collector_up{collector="cpu"} 1"#,
             r#"probe_collector_hook_info{collector="cpu",hook="iter/task"} 1"#,
+            r#"probe_block_bytes_total{service_instance="mariadbd:3307",device="vda",op="write"} 1048576"#,
+            r#"probe_block_ops_total{service_instance="mariadbd:3307",device="vda",op="write"} 3"#,
+            "# TYPE probe_block_latency_seconds histogram",
+            r#"probe_block_latency_seconds_sum{service_instance="mariadbd:3307",device="vda",op="write"} 0.0035"#,
+            r#"probe_block_latency_seconds_count{service_instance="mariadbd:3307",device="vda",op="write"} 3"#,
+            r#"probe_block_latency_seconds_bucket{le="0.000001",service_instance="mariadbd:3307",device="vda",op="write"} 1"#,
+            r#"probe_block_latency_seconds_bucket{le="0.001024",service_instance="mariadbd:3307",device="vda",op="write"} 1"#,
+            r#"probe_block_latency_seconds_bucket{le="0.002048",service_instance="mariadbd:3307",device="vda",op="write"} 3"#,
+            r#"probe_block_latency_seconds_bucket{le="+Inf",service_instance="mariadbd:3307",device="vda",op="write"} 3"#,
+            r#"probe_block_dirtied_bytes_total{service_instance="mariadbd:3307",device="vda"} 8192"#,
+            r#"probe_process_block_bytes_total{service_instance="mariadbd:3307",pid="42",comm="mariadbd",device="vda",op="read"} 4096"#,
+            r#"probe_process_block_dirtied_bytes_total{service_instance="mariadbd:3307",pid="42",comm="mariadbd",device="vda"} 8192"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -13,6 +13,11 @@
 //!   point its entry in the kernel's dead-thread map can be deleted;
 //! - a process that lived and died between two collections is known only from the dead-thread
 //!   map, and is charged to the instance its identity resolves to.
+//!
+//! Block IO follows the same rule per (device, op): the kernel's per-process totals grow, each
+//! collection adds their increase to the process's current instance. A process that exited
+//! stays known for as long as the kernel still has IO entries for it (writeback can charge it
+//! after it exited).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -22,6 +27,7 @@ use std::{
 use probe_common::COMM_LEN;
 
 use super::{
+    io::{IoCounters, IoDim, ProcessIo},
     names::display_name,
     process::{DeadSample, ProcessKey, ProcessSample},
 };
@@ -49,6 +55,18 @@ pub struct ProcessRow {
     pub score: f64,
 }
 
+/// What is exported for one of the top processes by block IO.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IoProcessRow {
+    pub pid: u32,
+    pub comm: Arc<str>,
+    pub instance: Arc<str>,
+    /// Cumulative IO of the process, by device and operation (no latency histograms).
+    pub io: Vec<(IoDim, IoCounters)>,
+    /// Recent block bytes (read, write, discard), exponentially decayed (the ranking key).
+    pub score: f64,
+}
+
 #[derive(Clone, Debug)]
 struct ProcState {
     instance: Arc<str>,
@@ -60,12 +78,20 @@ struct ProcState {
     live: bool,
     /// Collections in a row in which the process was not seen alive.
     gone_rounds: u8,
+    /// The kernel's IO totals for this process at the last collection.
+    io_seen: ProcessIo,
+    /// IO credited to this process so far (monotonic, exported).
+    io_total: ProcessIo,
+    io_score: f64,
 }
 
 /// One collection's input.
 pub struct Round<'a> {
     pub live: &'a HashMap<ProcessKey, ProcessSample>,
     pub dead: &'a HashMap<ProcessKey, DeadSample>,
+    /// Cumulative block IO per process, as the kernel reports it; None when it could not be
+    /// read this time (nothing is concluded from its absence then).
+    pub io: Option<&'a HashMap<ProcessKey, ProcessIo>>,
     /// Seconds since the previous collection.
     pub elapsed_secs: f64,
     pub page_size: u64,
@@ -76,6 +102,8 @@ pub struct Round<'a> {
 pub struct Accounts {
     procs: HashMap<ProcessKey, ProcState>,
     instances: BTreeMap<Arc<str>, InstanceTotals>,
+    /// Block IO per instance, device and op.
+    io: BTreeMap<(Arc<str>, IoDim), IoCounters>,
     /// Time constant (s) of the decay that ranks processes by recent CPU use.
     tau_secs: f64,
     rounds: u64,
@@ -86,6 +114,7 @@ impl Accounts {
         Self {
             procs: HashMap::new(),
             instances: BTreeMap::new(),
+            io: BTreeMap::new(),
             tau_secs,
             rounds: 0,
         }
@@ -143,14 +172,37 @@ impl Accounts {
             credit(st, totals, dead.cpu_ns, dead.run_delay_ns, decay, first);
         }
 
+        for (key, io) in round.io.into_iter().flatten() {
+            let st = self.procs.entry(*key).or_insert_with(|| {
+                let comm = round
+                    .dead
+                    .get(key)
+                    .map(|d| d.identity.comm)
+                    .unwrap_or_default();
+                let mut st = ProcState::new(&resolve(key), &comm);
+                st.live = false;
+                st
+            });
+            credit_io(st, &mut self.io, io, decay, first);
+        }
+
         let mut forget = Vec::new();
         self.procs.retain(|key, st| {
             if round.live.contains_key(key) {
                 return true;
             }
+            let has_io = match round.io {
+                Some(io) => io.contains_key(key),
+                None => !st.io_seen.is_empty(),
+            };
+            if !has_io {
+                st.io_seen.clear();
+            }
             st.live = false;
             st.gone_rounds = st.gone_rounds.saturating_add(1);
-            if st.gone_rounds < 2 {
+            // Keep an exited process while the kernel still has IO entries for it: writeback of
+            // what it wrote can arrive after it is gone.
+            if st.gone_rounds < 2 || has_io {
                 return true;
             }
             if round.dead.contains_key(key) {
@@ -163,6 +215,45 @@ impl Accounts {
 
     pub fn instances(&self) -> &BTreeMap<Arc<str>, InstanceTotals> {
         &self.instances
+    }
+
+    /// Block IO per (instance, (device, op)).
+    pub fn io(&self) -> &BTreeMap<(Arc<str>, IoDim), IoCounters> {
+        &self.io
+    }
+
+    /// The `k` live processes with the most recent block IO (bytes read, written, discarded);
+    /// processes without any block IO or dirtied bytes are not listed.
+    pub fn top_io_processes(&self, k: usize) -> Vec<IoProcessRow> {
+        let mut rows: Vec<IoProcessRow> = self
+            .procs
+            .iter()
+            .filter(|(_, st)| st.live && st.io_total.values().any(|c| !c.is_zero()))
+            .map(|(key, st)| {
+                let mut io: Vec<(IoDim, IoCounters)> = st
+                    .io_total
+                    .iter()
+                    .map(|(d, c)| (d.clone(), c.clone()))
+                    .collect();
+                io.sort_by(|a, b| a.0.cmp(&b.0));
+                IoProcessRow {
+                    pid: key.tgid,
+                    comm: st.comm.clone(),
+                    instance: st.instance.clone(),
+                    io,
+                    score: st.io_score,
+                }
+            })
+            .collect();
+        let bytes = |r: &IoProcessRow| -> u64 { r.io.iter().map(|(_, c)| c.bytes).sum() };
+        rows.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(bytes(b).cmp(&bytes(a)))
+                .then(a.pid.cmp(&b.pid))
+        });
+        rows.truncate(k);
+        rows
     }
 
     /// Live processes tracked.
@@ -207,6 +298,9 @@ impl ProcState {
             score: 0.0,
             live: true,
             gone_rounds: 0,
+            io_seen: ProcessIo::new(),
+            io_total: ProcessIo::new(),
+            io_score: 0.0,
         }
     }
 
@@ -242,10 +336,49 @@ fn credit(
     st.score = st.score * decay + if first { 0.0 } else { d_cpu as f64 / 1e9 };
 }
 
+/// Adds the increase of a process's IO totals to the process and to its current instance.
+/// Entries the kernel no longer has (deleted) are forgotten, so a re-created one counts in full.
+fn credit_io(
+    st: &mut ProcState,
+    instance_io: &mut BTreeMap<(Arc<str>, IoDim), IoCounters>,
+    now: &ProcessIo,
+    decay: f64,
+    first: bool,
+) {
+    let mut recent = 0u64;
+    for (dim, cur) in now {
+        let d = match st.io_seen.get(dim) {
+            Some(prev) => cur.since(prev),
+            None => cur.clone(),
+        };
+        if d.is_zero() && d.latency_ns == 0 {
+            continue;
+        }
+        if dim.1 != super::io::Op::Dirtied {
+            recent = recent.saturating_add(d.bytes);
+        }
+        st.io_total.entry(dim.clone()).or_default().add(&d);
+        instance_io
+            .entry((st.instance.clone(), dim.clone()))
+            .or_default()
+            .add(&d);
+    }
+    st.io_seen.retain(|dim, _| now.contains_key(dim));
+    for (dim, cur) in now {
+        match st.io_seen.get_mut(dim) {
+            Some(seen) => seen.clone_from(cur),
+            None => {
+                st.io_seen.insert(dim.clone(), cur.clone());
+            }
+        }
+    }
+    st.io_score = st.io_score * decay + if first { 0.0 } else { recent as f64 };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::process::Identity;
+    use crate::model::{io::Op, process::Identity};
 
     const A: ProcessKey = ProcessKey {
         tgid: 10,
@@ -292,14 +425,35 @@ mod tests {
             l: &[(ProcessKey, ProcessSample)],
             d: &[(ProcessKey, DeadSample)],
         ) -> Vec<ProcessKey> {
+            self.round_io(l, d, &[])
+        }
+        fn round_io(
+            &mut self,
+            l: &[(ProcessKey, ProcessSample)],
+            d: &[(ProcessKey, DeadSample)],
+            io: &[(ProcessKey, Op, u64)],
+        ) -> Vec<ProcessKey> {
             let live: HashMap<_, _> = l.iter().cloned().collect();
             let dead: HashMap<_, _> = d.iter().cloned().collect();
+            let mut io_map: HashMap<ProcessKey, ProcessIo> = HashMap::new();
+            for (k, op, bytes) in io {
+                let c = IoCounters {
+                    bytes: *bytes,
+                    ops: bytes / 4096,
+                    ..IoCounters::default()
+                };
+                io_map
+                    .entry(*k)
+                    .or_default()
+                    .insert((Arc::from("vda"), *op), c);
+            }
             let names = self.names.clone();
             let mut resolve = |k: &ProcessKey| names.get(k).copied().unwrap_or("other").to_string();
             self.acc.apply(
                 &Round {
                     live: &live,
                     dead: &dead,
+                    io: Some(&io_map),
                     elapsed_secs: 1.0,
                     page_size: 4096,
                 },
@@ -312,6 +466,91 @@ mod tests {
         fn inst(&self, inst: &str) -> &InstanceTotals {
             &self.acc.instances()[inst]
         }
+        fn io(&self, inst: &str, op: Op) -> u64 {
+            self.acc
+                .io()
+                .get(&(Arc::from(inst), (Arc::from("vda"), op)))
+                .map_or(0, |c| c.bytes)
+        }
+    }
+
+    #[test]
+    fn io_increases_flow_into_the_current_instance() {
+        let mut h = Harness::new();
+        h.round_io(&[(A, live(1, 0))], &[], &[(A, Op::Write, 4096)]);
+        h.round_io(
+            &[(A, live(1, 0))],
+            &[],
+            &[(A, Op::Write, 12288), (A, Op::Read, 8192)],
+        );
+        assert_eq!(
+            (h.io("a:1", Op::Write), h.io("a:1", Op::Read)),
+            (12288, 8192)
+        );
+        h.names.insert(A, "a:2");
+        h.round_io(
+            &[(A, live(1, 0))],
+            &[],
+            &[(A, Op::Write, 16384), (A, Op::Read, 8192)],
+        );
+        assert_eq!(
+            (h.io("a:1", Op::Write), h.io("a:2", Op::Write)),
+            (12288, 4096)
+        );
+        let top = h.acc.top_io_processes(5);
+        assert_eq!(top.len(), 1);
+        let written: u64 = top[0]
+            .io
+            .iter()
+            .filter(|((_, op), _)| *op == Op::Write)
+            .map(|(_, c)| c.bytes)
+            .sum();
+        assert_eq!(
+            written, 16384,
+            "per-process IO is the process's whole total"
+        );
+    }
+
+    #[test]
+    fn writeback_after_exit_still_reaches_the_writers_instance() {
+        let mut h = Harness::new();
+        h.round_io(&[(A, live(1, 0))], &[], &[(A, Op::Dirtied, 1 << 20)]);
+        // A exits; its dirty pages are written back over the next rounds and charged to it.
+        h.round_io(
+            &[],
+            &[(A, dead(1, 0))],
+            &[(A, Op::Dirtied, 1 << 20), (A, Op::Write, 4096)],
+        );
+        h.round_io(
+            &[],
+            &[],
+            &[(A, Op::Dirtied, 1 << 20), (A, Op::Write, 1 << 20)],
+        );
+        h.round_io(
+            &[],
+            &[],
+            &[(A, Op::Dirtied, 1 << 20), (A, Op::Write, 1 << 20)],
+        );
+        assert_eq!(h.io("a:1", Op::Write), 1 << 20);
+        assert_eq!(h.io("other", Op::Write), 0);
+        assert!(
+            h.acc.top_io_processes(5).is_empty(),
+            "exited processes are not listed"
+        );
+        // Once the daemon deleted its entries, the process is forgotten.
+        h.round_io(&[], &[], &[]);
+        h.round_io(&[], &[], &[]);
+        assert_eq!(h.io("a:1", Op::Write), 1 << 20);
+    }
+
+    #[test]
+    fn a_deleted_and_recreated_entry_is_counted_in_full() {
+        let mut h = Harness::new();
+        h.round_io(&[], &[(B, dead(1, 0))], &[(B, Op::Write, 8192)]);
+        h.round_io(&[], &[], &[]);
+        // The entry was deleted; the kernel charges B again (late writeback) from zero.
+        h.round_io(&[], &[], &[(B, Op::Write, 4096)]);
+        assert_eq!(h.io("b:2", Op::Write) + h.io("other", Op::Write), 12288);
     }
 
     #[test]

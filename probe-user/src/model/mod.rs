@@ -2,5 +2,6 @@
 
 pub mod accounts;
 pub mod instance;
+pub mod io;
 pub mod names;
 pub mod process;

@@ -6,6 +6,11 @@
 //!   spin  [--secs S] [--threads N --thread-secs T] [--cpu C]   busy main thread (+ N workers that exit)
 //!   burst --count N --ms M                                     N children, one after another, each burning M ms of CPU
 //!   name  --hex HEX [--ms M]                                   set comm to the given bytes, burn M ms
+//!   write --file F --mb N [--direct] [--sync] [--secs S]       write N MiB to F (O_DIRECT, or buffered
+//!                                                              then sync(2)); with --secs, rewrite it
+//!                                                              until S seconds passed; prints bytes=
+//!   run   -- CMD ARGS...                                       run CMD as a child (same instance by
+//!                                                              ancestry), print its exit status
 
 use std::{
     io::{BufRead as _, Write as _},
@@ -86,6 +91,35 @@ fn main() {
             spin_cpu(Duration::from_secs_f64(num("--ms", 300.0) / 1000.0));
             say("done");
         }
+        "write" => {
+            let file = flag("--file").unwrap_or_else(|| usage("--file"));
+            let mb = num("--mb", 64.0) as usize;
+            let secs = num("--secs", 0.0);
+            let bytes = write_file(
+                &file,
+                mb,
+                args.iter().any(|a| a == "--direct"),
+                Duration::from_secs_f64(secs),
+            );
+            if args.iter().any(|a| a == "--sync") {
+                unsafe { libc::sync() };
+            }
+            say(&format!("done bytes={bytes}"));
+        }
+        "run" => {
+            let cmd_args: Vec<&String> = args.iter().skip_while(|a| *a != "--").skip(1).collect();
+            let Some((prog, rest)) = cmd_args.split_first() else {
+                usage("run -- CMD")
+            };
+            // The child's output must not mix with ours (the test reads our stdout).
+            let status = std::process::Command::new(prog)
+                .args(rest)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .status()
+                .unwrap_or_else(|e| fail(&format!("run {prog}: {e}")));
+            say(&format!("done status={}", status.code().unwrap_or(-1)));
+        }
         other => usage(other),
     }
     // Stay alive (and idle) until the test is done with us.
@@ -98,6 +132,51 @@ fn main() {
         line.clear();
     }
     drop(listener);
+}
+
+/// Writes `mb` MiB of non-zero data to `path` in 1 MiB writes (O_DIRECT with an aligned buffer,
+/// or buffered); with a non-zero `min_time`, starts over at offset 0 until that much time
+/// passed. Returns the bytes written.
+fn write_file(path: &str, mb: usize, direct: bool, min_time: Duration) -> u64 {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    const CHUNK: usize = 1 << 20;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(!direct);
+    if direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    let file = opts
+        .open(path)
+        .unwrap_or_else(|e| fail(&format!("open {path}: {e}")));
+    // O_DIRECT needs a buffer aligned to the logical block size; 4096 covers every device.
+    let layout = std::alloc::Layout::from_size_align(CHUNK, 4096).expect("layout");
+    // SAFETY: the layout has a non-zero size; the buffer is filled before use and freed below.
+    let buf = unsafe { std::alloc::alloc(layout) };
+    if buf.is_null() {
+        fail("out of memory");
+    }
+    let chunk = unsafe { std::slice::from_raw_parts_mut(buf, CHUNK) };
+    for (i, b) in chunk.iter_mut().enumerate() {
+        *b = (i % 251) as u8 | 1;
+    }
+    let t0 = Instant::now();
+    let mut written = 0u64;
+    loop {
+        for i in 0..mb {
+            let n = std::os::unix::fs::FileExt::write_at(&file, chunk, (i * CHUNK) as u64)
+                .unwrap_or_else(|e| fail(&format!("write {path}: {e}")));
+            if n != CHUNK {
+                fail(&format!("short write to {path}: {n}"));
+            }
+            written += n as u64;
+        }
+        if t0.elapsed() >= min_time {
+            break;
+        }
+    }
+    // SAFETY: allocated above with the same layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    written
 }
 
 fn say(s: &str) {

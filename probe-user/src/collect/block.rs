@@ -1,0 +1,198 @@
+//! Block IO totals from the kernel's per-process map, block device names from sysfs, and the
+//! block programs' self-counters.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
+use probe_common::block::{
+    dev_major, dev_minor, IoKey, IoTotals, STAT_LOST, STAT_UNMATCHED, STAT_WRITEBACK_CHARGED,
+    STAT_WRITEBACK_KERNEL,
+};
+
+use crate::model::{
+    io::{IoCounters, Op, ProcessIo},
+    process::ProcessKey,
+};
+
+/// Entries of processes that are gone are deleted once they have not changed for this long.
+/// Writeback of a file can charge its writer up to dirty_expire_centisecs (30 s by default)
+/// plus a writeback period after the writer exited; this leaves room for that.
+pub const IDLE_FORGET: Duration = Duration::from_secs(90);
+
+/// Self-counters of the block programs, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    pub unmatched: u64,
+    pub lost: u64,
+    pub writeback_charged: u64,
+    pub writeback_kernel: u64,
+}
+
+pub fn stats(map: &PerCpuArray<MapData, u64>) -> Result<BlockStats, MapError> {
+    let sum = |slot: u32| -> Result<u64, MapError> { Ok(map.get(&slot, 0)?.iter().sum()) };
+    Ok(BlockStats {
+        unmatched: sum(STAT_UNMATCHED)?,
+        lost: sum(STAT_LOST)?,
+        writeback_charged: sum(STAT_WRITEBACK_CHARGED)?,
+        writeback_kernel: sum(STAT_WRITEBACK_KERNEL)?,
+    })
+}
+
+/// Reads the per-process IO map and remembers when each entry last changed, to delete the
+/// entries of processes that are gone once they are idle.
+#[derive(Debug, Default)]
+pub struct IoReader {
+    last: HashMap<IoKey, (IoTotals, Instant)>,
+    devices: DeviceNames,
+}
+
+impl IoReader {
+    /// Reads every entry: cumulative IO per process, by device name and operation. Start times
+    /// are rounded down to `start_granularity_ns` as for the dead-thread map.
+    pub fn read(
+        &mut self,
+        map: &BpfHashMap<MapData, IoKey, IoTotals>,
+        start_granularity_ns: u64,
+    ) -> Result<HashMap<ProcessKey, ProcessIo>, MapError> {
+        let now = Instant::now();
+        let g = start_granularity_ns.max(1);
+        let mut out: HashMap<ProcessKey, ProcessIo> = HashMap::new();
+        let mut seen = HashMap::with_capacity(self.last.len());
+        for item in map.iter() {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            let changed = match self.last.get(&k) {
+                Some((prev, at)) if *prev == v => *at,
+                _ => now,
+            };
+            seen.insert(k, (v, changed));
+            let Some(op) = Op::from_kernel(k.op) else {
+                continue;
+            };
+            let key = ProcessKey {
+                tgid: k.tgid,
+                start_ns: k.start_ns / g * g,
+            };
+            let dim = (self.devices.name(k.dev), op);
+            out.entry(key)
+                .or_default()
+                .entry(dim)
+                .or_default()
+                .add(&IoCounters::from(&v));
+        }
+        self.last = seen;
+        Ok(out)
+    }
+
+    /// Deletes the entries of processes not in `live` that have not changed for
+    /// [`IDLE_FORGET`]. Returns how many deletions failed.
+    pub fn forget_idle(
+        &mut self,
+        map: &mut BpfHashMap<MapData, IoKey, IoTotals>,
+        is_live: impl Fn(u32, u64) -> bool,
+        start_granularity_ns: u64,
+    ) -> usize {
+        let g = start_granularity_ns.max(1);
+        let idle: Vec<IoKey> = self
+            .last
+            .iter()
+            .filter(|(k, (_, at))| {
+                at.elapsed() >= IDLE_FORGET && !is_live(k.tgid, k.start_ns / g * g)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        let mut failed = 0;
+        for k in idle {
+            match map.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {
+                    self.last.remove(&k);
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        failed
+    }
+}
+
+/// Names of block devices by dev_t, as /sys/block lists them (`vda`, `nvme0n1`, `loop3`).
+#[derive(Debug, Default)]
+pub struct DeviceNames {
+    known: HashMap<u32, Arc<str>>,
+}
+
+impl DeviceNames {
+    /// The whole disk's name, or `major:minor` if sysfs does not know the device (it vanished
+    /// before it was first seen, or is not a block device). Only found names are cached, so a
+    /// device seen again later gets its name.
+    pub fn name(&mut self, dev: u32) -> Arc<str> {
+        if let Some(n) = self.known.get(&dev) {
+            return n.clone();
+        }
+        match disk_name(Path::new("/sys/dev/block"), dev_major(dev), dev_minor(dev)) {
+            Some(name) => {
+                let name: Arc<str> = Arc::from(name);
+                self.known.insert(dev, name.clone());
+                name
+            }
+            None => Arc::from(format!("{}:{}", dev_major(dev), dev_minor(dev))),
+        }
+    }
+}
+
+/// `<sysfs_dev_block>/<major>:<minor>` links to the device's sysfs directory; a partition's
+/// directory sits inside its disk's and has a `partition` file.
+pub fn disk_name(sysfs_dev_block: &Path, major: u32, minor: u32) -> Option<String> {
+    let dir = std::fs::canonicalize(sysfs_dev_block.join(format!("{major}:{minor}"))).ok()?;
+    let disk = if dir.join("partition").exists() {
+        dir.parent()?.to_path_buf()
+    } else {
+        dir
+    };
+    Some(disk.file_name()?.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sysfs-like tree: devices/.../vda with a partition vda1, and dev/block links.
+    fn fake_sysfs() -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("probe-sysfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let disk = root.join("devices/virtio0/block/vda");
+        std::fs::create_dir_all(disk.join("vda1")).expect("mkdir");
+        std::fs::write(disk.join("vda1/partition"), "1\n").expect("partition");
+        let links = root.join("dev/block");
+        std::fs::create_dir_all(&links).expect("mkdir");
+        std::os::unix::fs::symlink(&disk, links.join("254:0")).expect("link");
+        std::os::unix::fs::symlink(disk.join("vda1"), links.join("254:1")).expect("link");
+        root
+    }
+
+    #[test]
+    fn partitions_resolve_to_their_disk() {
+        let root = fake_sysfs();
+        let links = root.join("dev/block");
+        assert_eq!(disk_name(&links, 254, 0).as_deref(), Some("vda"));
+        assert_eq!(disk_name(&links, 254, 1).as_deref(), Some("vda"));
+        assert_eq!(disk_name(&links, 7, 9), None);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn unknown_devices_are_named_by_number_and_not_cached() {
+        let mut names = DeviceNames::default();
+        // No block device has major 4095 (the largest major).
+        let dev = probe_common::block::encode_dev(4095, 17);
+        assert_eq!(&*names.name(dev), "4095:17");
+        assert!(names.known.is_empty());
+    }
+}
