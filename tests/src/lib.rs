@@ -482,6 +482,40 @@ pub fn cold_file(path: &std::path::Path, mb: usize) {
     f.sync_all().expect("fsync test file");
     let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     assert_eq!(rc, 0, "posix_fadvise(DONTNEED)");
+    // DONTNEED is best effort (pages still in per-CPU LRU batches stay): then drop clean
+    // caches, as the test needs a file that is not cached.
+    if resident_pages(path) != 0 {
+        std::fs::write("/proc/sys/vm/drop_caches", "1").expect("drop_caches");
+    }
+}
+
+/// Pages of a file that are in the page cache (mincore(2) over a mapping of it).
+pub fn resident_pages(path: &std::path::Path) -> usize {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(path).expect("open");
+    let len = f.metadata().expect("stat").len() as usize;
+    if len == 0 {
+        return 0;
+    }
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    // SAFETY: a read-only shared mapping of an open file, unmapped below; mincore writes one
+    // byte per page into a vector of that many bytes.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED, "mmap");
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        let rc = libc::mincore(addr, len, vec.as_mut_ptr());
+        libc::munmap(addr, len);
+        assert_eq!(rc, 0, "mincore");
+        vec.iter().filter(|b| *b & 1 == 1).count()
+    }
 }
 
 /// Runs a command to completion; panics with its output if it fails. Returns its stdout.

@@ -56,23 +56,24 @@ fn settle() {
 
 /// Runs `dd` with these operands as a workload's child (so it belongs to the workload's
 /// instance), waits for it to succeed and for a collection to fold it in.
-fn dd(operands: &[&str]) -> Workload {
+fn dd(operands: &[&str]) -> (Workload, Vec<(String, u64)>) {
     let mut args = vec!["run", "--", "dd"];
     args.extend_from_slice(operands);
     let mut w = Workload::start(&args);
+    let done = w.wait_done();
     assert_eq!(
-        w.wait_done(),
-        vec![("status".into(), 0)],
+        done.first(),
+        Some(&("status".into(), 0)),
         "dd {operands:?} failed"
     );
     settle();
-    w
+    (w, done)
 }
 
 /// `dd oflag=direct` of 64 MiB into `f`.
 fn dd_direct_64mib(f: &Scratch) -> Workload {
     let of = format!("of={}", f.path());
-    dd(&["if=/dev/zero", &of, "bs=1M", "count=64", "oflag=direct"])
+    dd(&["if=/dev/zero", &of, "bs=1M", "count=64", "oflag=direct"]).0
 }
 
 /// Every latency histogram counts exactly the operations of its series.
@@ -115,13 +116,26 @@ fn cold_read_is_charged_to_the_reader() {
     cold_file(&f.0, 128);
     let disk = disk_of(&f.0);
     let daemon = Daemon::start(&[]);
-    let w = dd(&[&format!("if={}", f.path()), "of=/dev/null", "bs=1M"]);
+    let resident = probe_tests::resident_pages(&f.0);
+    assert_eq!(resident, 0, "{resident} pages of the file are still cached");
+    let (w, done) = dd(&[&format!("if={}", f.path()), "of=/dev/null", "bs=1M"]);
+    let inblock = done
+        .iter()
+        .find(|(k, _)| k == "inblock_bytes")
+        .expect("inblock_bytes")
+        .1;
     let m = daemon.scrape();
     let got = io(&m, BYTES, &w.instance(), &disk, "read");
     check_close(
-        "cold read of 128 MiB, read bytes",
+        "cold read of 128 MiB, read bytes vs file size",
         got,
         (128 * MIB) as f64,
+        0.01,
+    );
+    check_close(
+        "cold read, read bytes vs the kernel's read_bytes of dd (rusage)",
+        got,
+        inblock as f64,
         0.01,
     );
 }
@@ -129,7 +143,7 @@ fn cold_read_is_charged_to_the_reader() {
 /// A 256 MiB buffered write followed by sync(2), while another process writes with O_DIRECT on
 /// the same disk: >= 95% of the writer's bytes reach the disk charged to its instance (not to
 /// the kernel's flush threads), its dirtied bytes match the kernel's /proc/<pid>/io count, and
-/// the other process gets what it wrote (within 0.1%, see below).
+/// the other process gets what it wrote (within 1%, see below).
 #[test]
 fn buffered_writes_are_charged_to_the_writer_not_to_kernel_threads() {
     let f = Scratch::new("buffered");
@@ -203,15 +217,15 @@ fn buffered_writes_are_charged_to_the_writer_not_to_kernel_threads() {
         0.01,
     );
 
-    // Requests are the unit of attribution: when another process's bio lands right next to a
-    // request on disk, the IO scheduler merges it into that request, which stays charged to
-    // whoever started it. Measured here: a few KiB out of GiBs, hence the tolerance.
+    // Measured here: 0.00-0.06% short of ~17 GB under this contention (exact when alone).
+    // Requests are the unit of attribution, so a bio the IO scheduler merges into another
+    // process's request is charged to that request's owner: the likely cause, not yet proven.
     let theirs = io(&m, BYTES, &other.instance(), &disk, "write");
     check_close(
         "concurrent O_DIRECT writer, bytes",
         theirs,
         other_bytes as f64,
-        0.001,
+        0.01,
     );
     assert_histograms_consistent(&m);
 }
@@ -258,8 +272,8 @@ fn latency_histogram_matches_the_kernels_disk_stats() {
     let before = disk_stat(&disk);
     let m0 = daemon.scrape();
     let of = format!("of={}", lo.dev);
-    let w = dd(&["if=/dev/zero", &of, "bs=64k", "count=1024", "oflag=direct"]);
-    let r = dd(&[
+    let (w, _) = dd(&["if=/dev/zero", &of, "bs=64k", "count=1024", "oflag=direct"]);
+    let (r, _) = dd(&[
         &format!("if={}", lo.dev),
         "of=/dev/null",
         "bs=64k",

@@ -118,7 +118,15 @@ fn main() {
                 .stderr(std::process::Stdio::inherit())
                 .status()
                 .unwrap_or_else(|e| fail(&format!("run {prog}: {e}")));
-            say(&format!("done status={}", status.code().unwrap_or(-1)));
+            // The kernel's own count of what the child read from storage (its read_bytes, in
+            // 512-byte blocks).
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+            say(&format!(
+                "done status={} inblock_bytes={}",
+                status.code().unwrap_or(-1),
+                ru.ru_inblock as u64 * 512
+            ));
         }
         other => usage(other),
     }
