@@ -64,6 +64,17 @@ pub struct Offsets {
     pub sk_num: u32,
     /// sock.sk_protocol (u16 on 5.6+)
     pub sk_protocol: u32,
+    /// inet_sock.inet_sport (local port, network byte order): unlike skc_num it is still set
+    /// when a closing socket reaches TCP_CLOSE (its port is released first)
+    pub inet_sport: u32,
+    /// sock_common.skc_dport (remote port, network byte order)
+    pub sk_dport: u32,
+    /// sk_buff.cb, and tcp_skb_cb.tcp_gso_segs inside it: segments in a TCP skb
+    pub skb_cb: u32,
+    pub tcp_cb_gso_segs: u32,
+    /// 1 when tcp_retransmit_skb passes `err` as its 3rd argument (6.13+; it then fires for
+    /// failed retransmits too)
+    pub retransmit_has_err: u32,
     /// 1 when the sched_switch tracepoint passes `prev_state` as its 4th argument (5.18+).
     pub sched_switch_has_prev_state: u32,
 
@@ -138,6 +149,11 @@ impl Offsets {
         sk_state: OFFSET_MISSING,
         sk_num: OFFSET_MISSING,
         sk_protocol: OFFSET_MISSING,
+        inet_sport: OFFSET_MISSING,
+        sk_dport: OFFSET_MISSING,
+        skb_cb: OFFSET_MISSING,
+        tcp_cb_gso_segs: OFFSET_MISSING,
+        retransmit_has_err: 0,
         sched_switch_has_prev_state: 0,
         rq_q: OFFSET_MISSING,
         rq_cmd_flags: OFFSET_MISSING,

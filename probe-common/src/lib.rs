@@ -8,6 +8,7 @@ pub mod block;
 pub mod config;
 pub mod cpu;
 pub mod ports;
+pub mod tcp;
 
 /// Length of `task_struct.comm` (TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
@@ -28,5 +29,9 @@ pod!(
     cpu::TaskRecord,
     cpu::DeadKey,
     cpu::DeadTotals,
-    ports::ListenRecord
+    ports::ListenRecord,
+    tcp::TcpKey,
+    tcp::TcpTotals,
+    tcp::Owner,
+    tcp::RttTotals
 );

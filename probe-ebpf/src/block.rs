@@ -15,7 +15,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::generated::{bpf_get_current_task, bpf_ktime_get_ns},
+    helpers::generated::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
@@ -29,10 +29,9 @@ use probe_common::{
         STAT_UNMATCHED, STAT_WRITEBACK_CHARGED, STAT_WRITEBACK_KERNEL, WRITERS_MAP_ENTRIES,
     },
     config::OFFSET_MISSING,
-    cpu::PF_KTHREAD,
 };
 
-use crate::kernel::{bump, off, read, read_ptr, self_tgid};
+use crate::kernel::{bump, current_task, off, read, read_ptr, self_tgid};
 
 #[map]
 static BLOCK_IO: HashMap<IoKey, IoTotals> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
@@ -128,25 +127,19 @@ pub fn probe_block_dirty(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// The process a task belongs to (tgid, leader start time) and whether it is a kernel thread.
+/// The process a task belongs to, as an IoKey without device and op, and whether it is a
+/// kernel thread.
 #[inline(always)]
 fn process_of(task: *const u8) -> Option<(IoKey, bool)> {
-    let tgid: u32 = read(task, off!(task_tgid))?;
-    let leader = read_ptr(task, off!(task_group_leader)).unwrap_or(task);
-    let flags: u32 = read(task, off!(task_flags)).unwrap_or(0);
+    let p = crate::kernel::process_of(task)?;
     let key = IoKey {
-        tgid,
+        tgid: p.tgid,
         dev: 0,
-        start_ns: read(leader, off!(task_start_boottime)).unwrap_or(0),
+        start_ns: p.start_ns,
         op: 0,
         _pad: 0,
     };
-    Some((key, flags & PF_KTHREAD != 0))
-}
-
-#[inline(always)]
-fn current_task() -> *const u8 {
-    unsafe { bpf_get_current_task() as *const u8 }
+    Some((key, p.kthread))
 }
 
 #[inline(always)]

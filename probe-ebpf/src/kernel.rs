@@ -1,7 +1,13 @@
 //! Reading kernel memory at offsets resolved from BTF by the daemon (read-only globals).
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::PerCpuArray};
-use probe_common::config::{Offsets, OFFSET_MISSING};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
+    maps::PerCpuArray,
+};
+use probe_common::{
+    config::{Offsets, OFFSET_MISSING},
+    cpu::PF_KTHREAD,
+};
 
 /// Struct offsets, set by the daemon before load (the verifier sees them as constants).
 #[unsafe(no_mangle)]
@@ -38,6 +44,32 @@ pub(crate) fn read<T: Copy>(base: *const u8, off: u32) -> Option<T> {
 #[inline(always)]
 pub(crate) fn read_ptr(base: *const u8, off: u32) -> Option<*const u8> {
     read::<*const u8>(base, off).filter(|p| !p.is_null())
+}
+
+#[inline(always)]
+pub(crate) fn current_task() -> *const u8 {
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// A process as the kernel programs key it: tgid and the leader's start time (tells a reused
+/// pid apart), and whether it is a kernel thread.
+#[derive(Clone, Copy)]
+pub(crate) struct Process {
+    pub tgid: u32,
+    pub start_ns: u64,
+    pub kthread: bool,
+}
+
+#[inline(always)]
+pub(crate) fn process_of(task: *const u8) -> Option<Process> {
+    let tgid: u32 = read(task, off!(task_tgid))?;
+    let leader = read_ptr(task, off!(task_group_leader)).unwrap_or(task);
+    let flags: u32 = read(task, off!(task_flags)).unwrap_or(0);
+    Some(Process {
+        tgid,
+        start_ns: read(leader, off!(task_start_boottime)).unwrap_or(0),
+        kthread: flags & PF_KTHREAD != 0,
+    })
 }
 
 /// Adds one to slot `slot` of a per-CPU self-counter array and returns its new value on this

@@ -259,6 +259,11 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
     o.sk_num = off(&get("sock_common", &[&["skc_num"]]));
     o.sk_protocol = off(&get("sock", &[&["sk_protocol"]]));
 
+    o.sk_dport = off(&get("sock_common", &[&["skc_dport"]]));
+    o.inet_sport = off(&get("inet_sock", &[&["inet_sport"]]));
+    o.skb_cb = off(&get("sk_buff", &[&["cb"]]));
+    o.tcp_cb_gso_segs = off(&get("tcp_skb_cb", &[&["tcp_gso_segs"]]));
+    o.retransmit_has_err = u32::from(btf.tracepoint_args("tcp_retransmit_skb") == Some(3));
     o.sched_switch_has_prev_state = u32::from(btf.tracepoint_args("sched_switch") == Some(4));
 
     // Block IO.
@@ -378,6 +383,15 @@ mod tests {
         let o = r.offsets;
         assert_eq!(o.task_state_size, 4, "5.14+ has unsigned int __state");
         assert_eq!(o.sched_switch_has_prev_state, 1, "5.18+ passes prev_state");
+        assert_eq!(
+            o.retransmit_has_err, 1,
+            "6.13+ passes err to tcp_retransmit_skb"
+        );
+        assert_eq!(
+            o.sk_dport + 2,
+            o.sk_num,
+            "skc_dport then skc_num in skc_portpair"
+        );
         assert_ne!(o.task_pid, o.task_tgid);
         // skc_num is the 16-bit local port right after skc_dport in sock_common.
         let num = btf.field("sock_common", &["skc_num"]).expect("skc_num");

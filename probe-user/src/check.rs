@@ -79,8 +79,8 @@ fn report(
         let _ = writeln!(
             out,
             "\nno eBPF hook can run here, so `probe serve` would read /proc only (slower; processes that \
-             exit between collections are missed). eBPF needs root (or CAP_BPF, CAP_PERFMON and \
-             CAP_SYS_PTRACE), Linux 5.8+ and kernel BTF (/sys/kernel/btf/vmlinux)"
+             exit between collections are missed). eBPF needs root (or CAP_BPF, CAP_PERFMON, \
+             CAP_NET_ADMIN and CAP_SYS_PTRACE), Linux 5.8+ and kernel BTF (/sys/kernel/btf/vmlinux)"
         );
     }
     out

@@ -10,11 +10,12 @@ pub const DEFAULT_PORT: u16 = 19135;
 
 /// probe: which service instance is eating the CPU or the disk? Kernel-level attribution with eBPF.
 ///
-/// probe attributes on-CPU time, run-queue wait and block IO (bytes, operations, latency, and
-/// page-cache bytes dirtied by buffered writes) to service instances (e.g. each of several
-/// mariadbd on ports 3306, 3307, 3308) and to the busiest processes, and serves them to
-/// Prometheus. Needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (plus CAP_SYS_ADMIN for the
-/// kernel's BPF statistics), and a kernel with BTF (/sys/kernel/btf/vmlinux, Linux 5.8+).
+/// probe attributes on-CPU time, run-queue wait, block IO (bytes, operations, latency, and
+/// page-cache bytes dirtied by buffered writes) and TCP traffic per port (payload bytes,
+/// connections, retransmits, RTT) to service instances (e.g. each of several mariadbd on ports
+/// 3306, 3307, 3308) and to the busiest processes, and serves them to Prometheus. Needs root, or
+/// CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_PTRACE (plus CAP_SYS_ADMIN for the kernel's
+/// BPF statistics), and a kernel with BTF (/sys/kernel/btf/vmlinux, Linux 5.8+).
 /// `probe check` tells what works on this host.
 #[derive(Debug, Parser)]
 #[command(name = "probe", version, propagate_version = true)]
@@ -46,7 +47,9 @@ pub struct HookArgs {
     /// Do not use these hooks even if they work here, so their collector falls back (e.g. to
     /// work around a kernel bug, or to try the fallback): iter/task, tp_btf/sched_switch,
     /// raw_tp/sched_switch, iter/task_file, raw_tp/block_io_start, raw_tp/block_rq_issue,
-    /// raw_tp/writeback_dirty_folio, raw_tp/writeback_dirty_page. Repeat or separate with commas.
+    /// raw_tp/writeback_dirty_folio, raw_tp/writeback_dirty_page, raw_tp/sock_send_length,
+    /// cgroup_skb, raw_tp/inet_sock_set_state, raw_tp/tcp_retransmit_skb, sock_ops. Repeat or
+    /// separate with commas.
     #[arg(long = "hooks.skip", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::loader::hooks::ALL))]
     pub skip: Vec<String>,
 }
@@ -82,8 +85,29 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub block_map_size: u32,
 
+    /// Capacity of the kernel map of TCP traffic per (process, port, role). It grows with
+    /// processes x listening ports, not with connections; entries of exited processes are
+    /// deleted once idle. If it fills, probe_tcp_events_total{result="lost"} says so.
+    #[arg(long = "tcp.map-size", default_value_t = probe_common::tcp::TRAFFIC_MAP_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub tcp_map_size: u32,
+
+    /// Remote ports that outgoing connections keep as the `remote_port` label (e.g. 3306,443),
+    /// so a client's traffic to them is told apart; traffic to any other remote port is folded
+    /// into one series. Default: none. At most 64.
+    #[arg(long = "tcp.remote-ports", value_delimiter = ',', value_parser = parse_remote_port)]
+    pub tcp_remote_ports: Vec<u16>,
+
     #[command(flatten)]
     pub hooks: HookArgs,
+}
+
+/// A TCP port number 1-65535.
+pub fn parse_remote_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(format!("{s:?} is not a TCP port (1-65535)")),
+    }
 }
 
 /// "HOST:PORT", "[v6]:PORT" or ":PORT" (all IPv4 addresses, like Go exporters).
@@ -156,5 +180,17 @@ mod tests {
         };
         assert_eq!(args.top_k, 5);
         assert!(Cli::try_parse_from(["probe", "serve", "--process.top-k", "5000"]).is_err());
+        let cli = Cli::try_parse_from(["probe", "serve", "--tcp.remote-ports", "3306,443"])
+            .expect("parse");
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.tcp_remote_ports, vec![3306, 443]);
+        for bad in ["0", "65536", "http", ""] {
+            assert!(
+                Cli::try_parse_from(["probe", "serve", "--tcp.remote-ports", bad]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 }

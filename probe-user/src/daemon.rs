@@ -21,13 +21,17 @@ use crate::{
         procinfo::ProcInfo,
         proctasks::ProcTasks,
         sockdiag::ListenSockets,
+        tcp::{monotonic_ns, TcpReader},
     },
     loader::{names, CollectorStatus, Kernel},
     model::{
-        accounts::{Accounts, InstanceTotals, IoProcessRow, ProcessRow, Round},
+        accounts::{
+            Accounts, InstanceTotals, IoProcessRow, PortRound, ProcessRow, Round, TcpProcessRow,
+        },
         instance::{Facts, Resolver},
         io::{IoCounters, IoDim},
         process::{self, DeadSample, ProcessKey, ProcessSample},
+        tcp::{TcpCounters, TcpDim},
     },
 };
 
@@ -71,6 +75,10 @@ pub struct SelfStats {
     pub block: BlockStats,
     /// Block IO map entries that could not be deleted.
     pub io_delete_failures: u64,
+    /// TCP events not counted because a TCP map was full (kernel).
+    pub tcp_lost: u64,
+    /// TCP map entries that could not be deleted, listening-port updates that failed.
+    pub tcp_map_failures: u64,
     pub programs: Vec<ProgramStats>,
 }
 
@@ -92,6 +100,13 @@ pub struct Snapshot {
     /// Block IO per (instance, (device, op)).
     pub io: Vec<((Arc<str>, IoDim), IoCounters)>,
     pub top_io: Vec<IoProcessRow>,
+    /// TCP per (instance, port and role).
+    pub tcp: Vec<((Arc<str>, TcpDim), TcpCounters)>,
+    /// RTT histograms per (instance, listening port).
+    pub rtt: Vec<((Arc<str>, u16), IoCounters)>,
+    /// Established connections per (instance, listening port).
+    pub established: Vec<((Arc<str>, u16), u64)>,
+    pub top_tcp: Vec<TcpProcessRow>,
     pub collectors: Vec<(CollectorStatus, bool)>,
     pub stats: SelfStats,
     pub processes: usize,
@@ -105,6 +120,11 @@ pub struct Daemon {
     cgroups: CgroupPaths,
     listeners: Listeners,
     io_reader: IoReader,
+    tcp_reader: TcpReader,
+    /// CLOCK_MONOTONIC ns when `listeners` was last built (see collect::tcp::sync_listen_ports).
+    listeners_seen_at: u64,
+    /// The kernel's listening ports when `listeners` was last built.
+    listen_ports_checked: HashSet<u16>,
     /// Live threads from /proc, where the task iterator is not available.
     proc_tasks: Option<ProcTasks>,
     /// Listening sockets when `listeners` was last built.
@@ -131,6 +151,9 @@ impl Daemon {
             cgroups: CgroupPaths::new(crate::sys::cgroup2_mount()),
             listeners: HashMap::new(),
             io_reader: IoReader::default(),
+            tcp_reader: TcpReader::default(),
+            listeners_seen_at: 0,
+            listen_ports_checked: HashSet::new(),
             proc_tasks,
             listen_sockets: None,
             last_listen_walk: None,
@@ -208,6 +231,23 @@ impl Daemon {
             },
             None => Some(HashMap::new()),
         };
+        let tcp = match &self.kernel.tcp {
+            Some(maps) => match self.tcp_reader.read(&maps.traffic, granularity) {
+                Ok(t) => {
+                    debug!(
+                        processes = t.processes.len(),
+                        ports = t.ports.len(),
+                        "tcp read"
+                    );
+                    Some(t)
+                }
+                Err(e) => {
+                    self.failed(names::TCP, &e);
+                    None
+                }
+            },
+            None => Some(collect::tcp::TcpRead::default()),
+        };
         summary.processes = live.len();
         summary.exited_processes = dead.keys().filter(|k| !live.contains_key(k)).count();
 
@@ -239,10 +279,13 @@ impl Daemon {
             live: &live,
             dead,
             io: io.as_ref(),
+            tcp: tcp.as_ref().map(|t| &t.processes),
             elapsed_secs: elapsed,
             page_size: self.page_size,
         };
         let forget = self.accounts.apply(&round, &mut resolve);
+        let owners = self.port_owners(&live, &facts, &resolver);
+        self.apply_tcp_ports(tcp.as_ref().map(|t| &t.ports), &owners);
         self.last = Some(Instant::now());
         if let Some(map) = &mut self.kernel.dead_tasks {
             let kernel_keys = forget
@@ -251,10 +294,15 @@ impl Daemon {
                 .flatten();
             self.stats.dead_delete_failures += collect::cpu::forget_dead(map, kernel_keys) as u64;
         }
+        let is_live = |tgid, start_ns| live.contains_key(&ProcessKey { tgid, start_ns });
         if let Some(map) = &mut self.kernel.block_io {
-            let is_live = |tgid, start_ns| live.contains_key(&ProcessKey { tgid, start_ns });
             self.stats.io_delete_failures +=
                 self.io_reader.forget_idle(map, is_live, granularity) as u64;
+        }
+        if let Some(maps) = &mut self.kernel.tcp {
+            self.stats.tcp_map_failures +=
+                self.tcp_reader
+                    .forget_idle(&mut maps.traffic, is_live, granularity) as u64;
         }
         self.procinfo.retain(|k, _| live.contains_key(k));
         self.finish(t0, &mut summary);
@@ -292,6 +340,20 @@ impl Daemon {
                 Err(e) => self.failed(names::BLOCK, &e),
             }
         }
+        if let Some(maps) = &self.kernel.tcp {
+            match collect::tcp::lost(&maps.stats) {
+                Ok(lost) => {
+                    if lost > self.stats.tcp_lost {
+                        warn!(
+                            lost = lost - self.stats.tcp_lost,
+                            "TCP map full: events not counted (raise --tcp.map-size)"
+                        );
+                    }
+                    self.stats.tcp_lost = lost;
+                }
+                Err(e) => self.failed(names::TCP, &e),
+            }
+        }
         if let Some(ebpf) = &self.kernel.ebpf {
             self.stats.programs = collect::bpfstats::read(ebpf, &self.kernel.attached);
         }
@@ -309,9 +371,20 @@ impl Daemon {
         let stale = self
             .last_listen_walk
             .is_none_or(|t| t.elapsed() >= LISTEN_FULL_REFRESH);
-        if !changed && !stale {
+        // sock_diag sees the daemon's network namespace only; the TCP state program adds every
+        // new listening port, in any namespace, to the kernel's port set.
+        let kernel_ports: HashSet<u16> = self
+            .kernel
+            .tcp
+            .as_ref()
+            .map(|m| m.listen.keys().filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        let elsewhere = !kernel_ports.is_subset(&self.listen_ports_checked);
+        if !changed && !stale && !elsewhere {
             return;
         }
+        self.listen_ports_checked = kernel_ports;
+        let seen_at = monotonic_ns();
         let ports = match &self.kernel.listen_iter {
             Some(link) => collect::ports::from_iter(link, &mut self.buf),
             None => collect::ports::from_procfs(std::process::id()),
@@ -321,9 +394,74 @@ impl Daemon {
                 self.listeners = l;
                 self.listen_sockets = sockets;
                 self.last_listen_walk = Some(Instant::now());
+                self.listeners_seen_at = seen_at;
             }
             Err(e) => self.failed(names::PORTS, &e), // keep the previous view, retry next time
         }
+    }
+
+    /// The instance that owns each listening port now (the lowest pid among its listeners), and
+    /// the kernel's listening-port set brought in line with it.
+    fn port_owners(
+        &mut self,
+        live: &HashMap<ProcessKey, ProcessSample>,
+        facts: &HashMap<u32, Facts>,
+        resolver: &Resolver<'_>,
+    ) -> HashMap<u16, Arc<str>> {
+        let mut by_port: HashMap<u16, u32> = HashMap::new();
+        for (&tgid, ports) in &self.listeners {
+            for &port in ports {
+                let owner = by_port.entry(port).or_insert(tgid);
+                *owner = (*owner).min(tgid);
+            }
+        }
+        let live_tgids: HashSet<u32> = live.keys().map(|k| k.tgid).collect();
+        let owners = by_port
+            .into_iter()
+            .filter(|(_, tgid)| live_tgids.contains(tgid))
+            .filter_map(|(port, tgid)| Some((port, Arc::from(resolver.resolve(facts.get(&tgid)?)))))
+            .collect();
+        if let Some(maps) = &mut self.kernel.tcp {
+            let mut listening: HashSet<u16> = self.listeners.values().flatten().copied().collect();
+            listening.extend(self.listen_sockets.iter().flat_map(|s| s.values().copied()));
+            self.stats.tcp_map_failures += collect::tcp::sync_listen_ports(
+                &mut maps.listen,
+                &listening,
+                self.listeners_seen_at,
+            ) as u64;
+        }
+        owners
+    }
+
+    /// Per-port TCP totals (connections, RTT, established), charged to each port's owner.
+    fn apply_tcp_ports(
+        &mut self,
+        traffic: Option<&HashMap<TcpDim, TcpCounters>>,
+        owners: &HashMap<u16, Arc<str>>,
+    ) {
+        let Some(maps) = &self.kernel.tcp else {
+            return;
+        };
+        let rtt = match collect::tcp::read_rtt(&maps.rtt) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.failed(names::TCP_RTT, &e);
+                None
+            }
+        };
+        let established = match collect::sockdiag::established_by_port() {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.failed(names::TCP_STATE, &e);
+                None
+            }
+        };
+        self.accounts.apply_ports(&PortRound {
+            traffic,
+            rtt: rtt.as_ref(),
+            established: established.as_ref(),
+            owners,
+        });
     }
 
     /// /proc facts for processes seen for the first time (kernel threads have none).
@@ -389,6 +527,25 @@ impl Daemon {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             top_io: self.accounts.top_io_processes(self.opts.top_k),
+            tcp: self
+                .accounts
+                .tcp()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            rtt: self
+                .accounts
+                .rtt()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            established: self
+                .accounts
+                .established()
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            top_tcp: self.accounts.top_tcp_processes(self.opts.top_k),
             collectors: self
                 .kernel
                 .statuses

@@ -10,7 +10,10 @@ use std::{
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{BtfTracePoint, Iter, RawTracePoint},
+    programs::{
+        cgroup_skb::CgroupSkbAttachType, BtfTracePoint, CgroupAttachMode, CgroupSkb, Iter,
+        RawTracePoint, SockOps,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 use probe_common::{
@@ -25,6 +28,12 @@ use probe_common::{
         TASK_ITER_PROGRAM,
     },
     ports::LISTEN_ITER_PROGRAM,
+    tcp::{
+        RttTotals, TcpKey, TcpTotals, LISTEN_MAP, RECV_PROGRAM, REMOTE_PORTS_MAP,
+        RETRANSMIT_PROGRAM, RETRANSMIT_SYNACK_PROGRAM, RTT_MAP, SEND_PROGRAM, SKB_EGRESS_PROGRAM,
+        SKB_INGRESS_PROGRAM, SOCKOPS_PROGRAM, STATE_PROGRAM, STATS_MAP as TCP_STATS_MAP,
+        TRAFFIC_MAP,
+    },
 };
 use tracing::{info, warn};
 
@@ -50,6 +59,14 @@ pub mod names {
     pub const BLOCK: &str = "block";
     /// Page-cache bytes dirtied per process (the writer of buffered writes).
     pub const BLOCK_DIRTY: &str = "block_dirty";
+    /// TCP payload bytes per port and process.
+    pub const TCP: &str = "tcp";
+    /// TCP connections accepted and closed per listening port; listeners as they appear.
+    pub const TCP_STATE: &str = "tcp_state";
+    /// Retransmitted TCP segments.
+    pub const TCP_RETRANSMIT: &str = "tcp_retransmit";
+    /// RTT of connections to listening ports.
+    pub const TCP_RTT: &str = "tcp_rtt";
 }
 
 /// What one collector runs on, on this kernel.
@@ -85,6 +102,8 @@ pub struct Kernel {
     /// Block IO and dirtied bytes per (process, device, op), and the block programs' counters.
     pub block_io: Option<BpfHashMap<MapData, IoKey, IoTotals>>,
     pub block_stats: Option<PerCpuArray<MapData, u64>>,
+    /// TCP maps, when any TCP collector is up.
+    pub tcp: Option<TcpMaps>,
     /// Names of the programs that are attached (for BPF run-time statistics).
     pub attached: Vec<&'static str>,
     pub statuses: Vec<CollectorStatus>,
@@ -94,6 +113,14 @@ pub struct Kernel {
     pub environment: Vec<String>,
     /// Keeps BPF_ENABLE_STATS on while the daemon runs.
     _stats: Option<OwnedFd>,
+}
+
+/// The TCP programs' maps the daemon reads (and, for listening ports, writes).
+pub struct TcpMaps {
+    pub traffic: BpfHashMap<MapData, TcpKey, TcpTotals>,
+    pub listen: BpfHashMap<MapData, u16, u64>,
+    pub rtt: BpfHashMap<MapData, u16, RttTotals>,
+    pub stats: PerCpuArray<MapData, u64>,
 }
 
 impl Kernel {
@@ -109,6 +136,10 @@ pub struct LoadOptions {
     pub dead_map_entries: u32,
     /// Capacity of the block IO map: (process, device, op) combinations at once.
     pub block_map_entries: u32,
+    /// Capacity of the TCP map: (process, port, role) combinations at once.
+    pub tcp_map_entries: u32,
+    /// Remote ports kept as `remote_port` values on outgoing connections (else folded).
+    pub tcp_remote_ports: Vec<u16>,
     /// Hooks not to use even if they work (see [`hooks::ALL`]): the collector falls back.
     pub skip_hooks: Vec<String>,
 }
@@ -118,6 +149,8 @@ impl Default for LoadOptions {
         Self {
             dead_map_entries: probe_common::cpu::DEAD_MAP_ENTRIES,
             block_map_entries: probe_common::block::IO_MAP_ENTRIES,
+            tcp_map_entries: probe_common::tcp::TRAFFIC_MAP_ENTRIES,
+            tcp_remote_ports: Vec::new(),
             skip_hooks: Vec::new(),
         }
     }
@@ -149,6 +182,10 @@ pub fn load(opts: &LoadOptions) -> Kernel {
     let mut ports = CollectorStatus::new(names::PORTS);
     let mut block = CollectorStatus::new(names::BLOCK);
     let mut dirty = CollectorStatus::new(names::BLOCK_DIRTY);
+    let mut tcp = CollectorStatus::new(names::TCP);
+    let mut tcp_state = CollectorStatus::new(names::TCP_STATE);
+    let mut tcp_retransmit = CollectorStatus::new(names::TCP_RETRANSMIT);
+    let mut tcp_rtt = CollectorStatus::new(names::TCP_RTT);
     let mut kernel = Kernel {
         ebpf: None,
         task_iter: None,
@@ -157,6 +194,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         exit_stats: None,
         block_io: None,
         block_stats: None,
+        tcp: None,
         attached: Vec::new(),
         statuses: Vec::new(),
         logger: None,
@@ -245,6 +283,10 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                     }
                 }
             }
+            let tcp_sts = [&mut tcp, &mut tcp_state, &mut tcp_retransmit, &mut tcp_rtt];
+            let (progs, maps) = attach_tcp(&mut ebpf, &aya_btf, opts, tcp_sts);
+            kernel.attached.extend(progs);
+            kernel.tcp = maps;
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => kernel._stats = Some(fd),
                 // Without CAP_SYS_ADMIN; the host may have turned statistics on for everyone.
@@ -256,7 +298,17 @@ pub fn load(opts: &LoadOptions) -> Kernel {
             kernel.ebpf = Some(ebpf);
         }
         Err(reason) => {
-            for s in [&mut cpu, &mut cpu_exit, &mut ports, &mut block, &mut dirty] {
+            for s in [
+                &mut cpu,
+                &mut cpu_exit,
+                &mut ports,
+                &mut block,
+                &mut dirty,
+                &mut tcp,
+                &mut tcp_state,
+                &mut tcp_retransmit,
+                &mut tcp_rtt,
+            ] {
                 s.notes.push(reason.clone());
             }
         }
@@ -277,14 +329,36 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         Ok(_) => table.hook = Some(hooks::PROCFS),
         Err(e) => table.notes.push(format!("/proc is not readable: {e}")),
     }
-    for s in [&cpu, &cpu_exit, &ports, &block, &dirty, &table] {
+    for s in [
+        &cpu,
+        &cpu_exit,
+        &ports,
+        &block,
+        &dirty,
+        &tcp,
+        &tcp_state,
+        &tcp_retransmit,
+        &tcp_rtt,
+        &table,
+    ] {
         if s.up() {
             info!(collector = s.name, hook = s.hook, notes = ?s.notes, "collector up");
         } else {
             warn!(collector = s.name, reasons = ?s.notes, "collector down");
         }
     }
-    kernel.statuses = vec![cpu, cpu_exit, ports, block, dirty, table];
+    kernel.statuses = vec![
+        cpu,
+        cpu_exit,
+        ports,
+        block,
+        dirty,
+        tcp,
+        tcp_state,
+        tcp_retransmit,
+        tcp_rtt,
+        table,
+    ];
     kernel.environment = env;
     release_freed_memory();
     kernel
@@ -336,6 +410,7 @@ fn prepare(opts: &LoadOptions, env: &mut Vec<String>) -> Result<(Ebpf, Btf), Str
         .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
         .map_max_entries(DEAD_MAP, opts.dead_map_entries)
         .map_max_entries(IO_MAP, opts.block_map_entries)
+        .map_max_entries(TRAFFIC_MAP, opts.tcp_map_entries)
         .load(OBJECT)
         .map_err(|e| format!("cannot load the kernel object: {}", chain(&e)))?;
     Ok((ebpf, aya_btf))
@@ -379,6 +454,14 @@ pub mod hooks {
     /// Dirtied page-cache bytes: writeback_dirty_folio (5.18+), writeback_dirty_page before.
     pub const DIRTY_FOLIO: &str = "raw_tp/writeback_dirty_folio";
     pub const DIRTY_PAGE: &str = "raw_tp/writeback_dirty_page";
+    /// TCP bytes in the process's context: sock_send_length / sock_recv_length (6.3+).
+    pub const TCP_SOCK_LENGTH: &str = "raw_tp/sock_send_length";
+    /// TCP bytes fallback, per port only: cgroup_skb ingress/egress on the cgroup2 root.
+    pub const TCP_CGROUP_SKB: &str = "cgroup_skb";
+    pub const TCP_STATE: &str = "raw_tp/inet_sock_set_state";
+    pub const TCP_RETRANSMIT: &str = "raw_tp/tcp_retransmit_skb";
+    /// RTT callbacks of accepted connections: sock_ops on the cgroup2 root.
+    pub const TCP_SOCKOPS: &str = "sock_ops";
     pub const PROCFS: &str = "procfs";
     /// Every hook `--hooks.skip` accepts.
     pub const ALL: &[&str] = &[
@@ -390,6 +473,11 @@ pub mod hooks {
         BLOCK_RQ,
         DIRTY_FOLIO,
         DIRTY_PAGE,
+        TCP_SOCK_LENGTH,
+        TCP_CGROUP_SKB,
+        TCP_STATE,
+        TCP_RETRANSMIT,
+        TCP_SOCKOPS,
     ];
 }
 
@@ -530,6 +618,143 @@ impl Attacher<'_> {
             .push("buffered writes are charged to the kernel threads that write them back".into());
         None
     }
+}
+
+/// cgroup programs attach as BPF links (5.7+), which coexist with other programs on the same
+/// cgroup whatever the mode; the kernel rejects any mode flag on a link (EINVAL), so it is 0.
+const CGROUP_LINK: CgroupAttachMode = CgroupAttachMode::Single;
+
+/// Attaches the TCP collectors (bytes, connection states, retransmits, RTT) and takes their
+/// maps. Returns the programs attached and the maps (None if no TCP collector is up).
+fn attach_tcp(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    opts: &LoadOptions,
+    [bytes, state, retransmit, rtt]: [&mut CollectorStatus; 4],
+) -> (Vec<&'static str>, Option<TcpMaps>) {
+    let mut progs = Vec::new();
+    if let Err(e) = set_remote_ports(ebpf, &opts.tcp_remote_ports) {
+        for s in [&mut *bytes, &mut *retransmit] {
+            s.notes.push(format!("remote ports not set: {e}"));
+        }
+    }
+    let cgroup = crate::sys::cgroup2_root()
+        .ok_or_else(|| "no cgroup2 mount found".to_string())
+        .and_then(|p| {
+            std::fs::File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+        });
+    let mut a = Attacher {
+        ebpf,
+        btf,
+        skip: &opts.skip_hooks,
+    };
+    let sock_length = &[
+        (RECV_PROGRAM, "sock_recv_length"),
+        (SEND_PROGRAM, "sock_send_length"),
+    ];
+    if a.attempt(bytes, hooks::TCP_SOCK_LENGTH, |ebpf, _| {
+        attach_raw_set(ebpf, sock_length)
+    })
+    .is_some()
+    {
+        progs.extend([RECV_PROGRAM, SEND_PROGRAM]);
+    } else if a
+        .attempt(bytes, hooks::TCP_CGROUP_SKB, |ebpf, _| {
+            let cg = cgroup.as_ref().map_err(Clone::clone)?;
+            for (name, dir) in [
+                (SKB_INGRESS_PROGRAM, CgroupSkbAttachType::Ingress),
+                (SKB_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
+            ] {
+                let prog: &mut CgroupSkb = program(ebpf, name)?;
+                prog.load().map_err(|e| chain(&e))?;
+                prog.attach(cg, dir, CGROUP_LINK).map_err(|e| chain(&e))?;
+            }
+            Ok(())
+        })
+        .is_some()
+    {
+        progs.extend([SKB_INGRESS_PROGRAM, SKB_EGRESS_PROGRAM]);
+        bytes.notes.push(
+            "fallback (sock_send_length needs Linux 6.3+): bytes per port only, charged to the \
+             port's listener or to \"other\""
+                .into(),
+        );
+    }
+    if a.attempt(state, hooks::TCP_STATE, |ebpf, _| {
+        attach_raw_set(ebpf, &[(STATE_PROGRAM, "inet_sock_set_state")])
+    })
+    .is_some()
+    {
+        progs.push(STATE_PROGRAM);
+    } else {
+        state.notes.push(
+            "no connection counts; listeners count as server ports only once the daemon sees them"
+                .into(),
+        );
+    }
+    if a.attempt(retransmit, hooks::TCP_RETRANSMIT, |ebpf, _| {
+        attach_raw_set(ebpf, &[(RETRANSMIT_PROGRAM, "tcp_retransmit_skb")])
+    })
+    .is_some()
+    {
+        progs.push(RETRANSMIT_PROGRAM);
+        match attach_raw_set(
+            a.ebpf,
+            &[(RETRANSMIT_SYNACK_PROGRAM, "tcp_retransmit_synack")],
+        ) {
+            Ok(()) => progs.push(RETRANSMIT_SYNACK_PROGRAM),
+            Err(e) => retransmit
+                .notes
+                .push(format!("raw_tp/tcp_retransmit_synack: {e}")),
+        }
+    }
+    if a.attempt(rtt, hooks::TCP_SOCKOPS, |ebpf, _| {
+        let cg = cgroup.as_ref().map_err(Clone::clone)?;
+        let prog: &mut SockOps = program(ebpf, SOCKOPS_PROGRAM)?;
+        prog.load().map_err(|e| chain(&e))?;
+        prog.attach(cg, CGROUP_LINK).map_err(|e| chain(&e))
+    })
+    .is_some()
+    {
+        progs.push(SOCKOPS_PROGRAM);
+        rtt.notes
+            .push("connections accepted before probe started have no RTT samples".into());
+    }
+    if ![&*bytes, &*state, &*retransmit, &*rtt]
+        .iter()
+        .any(|s| s.up())
+    {
+        return (progs, None);
+    }
+    let maps = (|| {
+        Some(TcpMaps {
+            traffic: BpfHashMap::try_from(ebpf.take_map(TRAFFIC_MAP)?).ok()?,
+            listen: BpfHashMap::try_from(ebpf.take_map(LISTEN_MAP)?).ok()?,
+            rtt: BpfHashMap::try_from(ebpf.take_map(RTT_MAP)?).ok()?,
+            stats: PerCpuArray::try_from(ebpf.take_map(TCP_STATS_MAP)?).ok()?,
+        })
+    })();
+    if maps.is_none() {
+        for s in [bytes, state, retransmit, rtt] {
+            s.hook = None;
+            s.notes.push("TCP maps missing from the object".into());
+        }
+    }
+    (progs, maps)
+}
+
+/// Writes the user's well-known remote ports into the kernel map (before any program runs).
+fn set_remote_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), String> {
+    let map = ebpf
+        .map_mut(REMOTE_PORTS_MAP)
+        .ok_or_else(|| format!("map {REMOTE_PORTS_MAP} missing from the object"))?;
+    let mut map: BpfHashMap<&mut MapData, u16, u8> =
+        BpfHashMap::try_from(map).map_err(|e| chain(&e))?;
+    for &p in ports {
+        map.insert(p, 1, 0)
+            .map_err(|e| format!("port {p}: {}", chain(&e)))?;
+    }
+    Ok(())
 }
 
 /// Loads (once) and attaches raw tracepoint programs to tracepoints, all or nothing: if one

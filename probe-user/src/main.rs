@@ -41,6 +41,13 @@ fn init_logging(level: &str) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let max = probe_common::tcp::REMOTE_PORTS_MAX as usize;
+    if args.tcp_remote_ports.len() > max {
+        anyhow::bail!(
+            "--tcp.remote-ports names {} ports; at most {max} are kept apart",
+            args.tcp_remote_ports.len()
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
@@ -57,6 +64,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut kernel = loader::load(&loader::LoadOptions {
             dead_map_entries: args.exit_map_size,
             block_map_entries: args.block_map_size,
+            tcp_map_entries: args.tcp_map_size,
+            tcp_remote_ports: args.tcp_remote_ports,
             skip_hooks: args.hooks.skip,
         });
         if let Some(logger) = kernel.logger.take() {

@@ -130,6 +130,19 @@ fn unescape_mount_path(s: &str) -> String {
 }
 
 /// The cgroup v2 mount point (e.g. /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+/// The host's cgroup2 root for attaching cgroup programs that must see every socket: through
+/// /proc/1/root when pid 1 is the host's init (a container with the host's pid namespace has
+/// its own cgroup namespace, whose /sys/fs/cgroup is only its own cgroup), else this process's
+/// cgroup2 mount.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let host = std::fs::read_to_string("/proc/1/mountinfo")
+        .ok()
+        .and_then(|m| mount_point_of(&m, "cgroup2").into_iter().next())
+        .map(|p| Path::new("/proc/1/root").join(p.strip_prefix("/").unwrap_or(&p)))
+        .filter(|p| p.is_dir());
+    host.or_else(cgroup2_mount)
+}
+
 pub fn cgroup2_mount() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     mount_point_of(&mountinfo, "cgroup2").into_iter().next()

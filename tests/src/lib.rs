@@ -299,7 +299,21 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(workload_bin())
+        Self::start_wrapped(&[], args)
+    }
+
+    /// Starts the workload under a wrapper command, e.g. `ip netns exec NS`.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Self {
+        let bin = workload_bin();
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -7,7 +7,10 @@
 //!    per byte) and buffered 1 MiB writes with fsync (the dirty-page hook and writeback), without
 //!    and with probe, alternating rounds, medians, as a ratio; and the block programs' cost per
 //!    event. Goal: >= 0.98x.
-//! 4. Scrape cost with N extra sleeping processes: wall time and CPU per scrape, and daemon RSS,
+//! 4. TCP throughput over loopback: iperf3 with 128 KiB writes (bulk) and 128-byte writes (one
+//!    hook run per small send: the worst case per byte), without and with probe, alternating
+//!    rounds, medians, as a ratio; and the TCP programs' cost per event. Goal: >= 0.97x.
+//! 5. Scrape cost with N extra sleeping processes: wall time and CPU per scrape, and daemon RSS,
 //!    side by side with Debian's prometheus-process-exporter scraped on the same host.
 //!    Goal: probe >= 10x faster per scrape, RSS no larger.
 //!
@@ -30,7 +33,27 @@ const ROUNDS: usize = 5;
 const PIPE_LOOPS: &str = "60000";
 const SCRAPES: usize = 20;
 
-pub fn run(processes: usize) -> Result<()> {
+/// The benchmark sections, as `--only` names them.
+pub const SECTIONS: &[&str] = &["sched", "block", "tcp", "scrape"];
+
+pub fn run(processes: usize, only: Option<&str>) -> Result<()> {
+    let want = |s: &str| only.is_none_or(|o| o == s);
+    if want("sched") {
+        sched_overhead()?;
+    }
+    if want("block") {
+        block_io()?;
+    }
+    if want("tcp") {
+        tcp_throughput()?;
+    }
+    if want("scrape") {
+        scrape_cost(processes)?;
+    }
+    Ok(())
+}
+
+fn sched_overhead() -> Result<()> {
     println!("\n== scheduler overhead: perf bench sched pipe -l {PIPE_LOOPS} ({ROUNDS} rounds each, medians)");
     let mut without = Vec::new();
     let mut with = Vec::new();
@@ -72,8 +95,10 @@ pub fn run(processes: usize) -> Result<()> {
         in_kernel_ns / 1e9 / last_round_s * 100.0
     );
 
-    block_io()?;
+    Ok(())
+}
 
+fn scrape_cost(processes: usize) -> Result<()> {
     println!("\n== scrape cost with {processes} extra sleeping processes ({SCRAPES} scrapes each, medians)");
     let sleepers = Sleepers::spawn(processes)?;
     let config = std::env::temp_dir().join("probe-bench-process-exporter.yml");
@@ -132,27 +157,7 @@ fn block_io() -> Result<()> {
         .join("bench-block-io");
     for (name, args) in DD_RUNS {
         println!("\n== block IO: dd {name} ({ROUNDS} rounds each, medians)");
-        let mut without = Vec::new();
-        let mut with = Vec::new();
-        let mut costs = Vec::new();
-        for round in 0..ROUNDS {
-            without.push(dd_mb_per_s(&file, args)?);
-            let probe = Server::probe()?;
-            let before = probe.scrape_text()?;
-            with.push(dd_mb_per_s(&file, args)?);
-            costs = program_deltas(&before, &probe.scrape_text()?);
-            println!(
-                "  round {}: without {:.1} MB/s, with probe {:.1} MB/s",
-                round + 1,
-                without[round],
-                with[round]
-            );
-        }
-        let (off, on) = (median(&mut without), median(&mut with));
-        println!(
-            "  median: without {off:.1} MB/s, with {on:.1} MB/s  ->  ratio {:.3}x (goal >= 0.98x)",
-            on / off
-        );
+        let costs = without_and_with(ROUNDS, "MB/s", "0.98x", || dd_mb_per_s(&file, args))?;
         for (prog, runs, ns) in costs
             .iter()
             .filter(|(p, r, _)| p.contains("block") && *r > 0.0)
@@ -162,6 +167,128 @@ fn block_io() -> Result<()> {
     }
     let _ = std::fs::remove_file(&file);
     Ok(())
+}
+
+/// Measures a throughput (higher is better) without and with `probe serve` running, in
+/// alternating rounds; prints each round and the medians' ratio against `goal`. Returns the
+/// kernel programs' cost (name, runs, ns) during the last round with probe.
+fn without_and_with(
+    rounds: usize,
+    unit: &str,
+    goal: &str,
+    mut measure: impl FnMut() -> Result<f64>,
+) -> Result<Vec<(String, f64, f64)>> {
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut costs = Vec::new();
+    for round in 0..rounds {
+        without.push(measure()?);
+        let probe = Server::probe()?;
+        let before = probe.scrape_text()?;
+        with.push(measure()?);
+        costs = program_deltas(&before, &probe.scrape_text()?);
+        println!(
+            "  round {}: without {:.2} {unit}, with probe {:.2} {unit}",
+            round + 1,
+            without[round],
+            with[round]
+        );
+    }
+    let (off, on) = (median(&mut without), median(&mut with));
+    println!(
+        "  median: without {off:.2} {unit}, with {on:.2} {unit}  ->  ratio {:.3}x (goal >= {goal})",
+        on / off
+    );
+    Ok(costs)
+}
+
+/// Loopback throughput is noisy on a small VM; more rounds steady the medians.
+const TCP_ROUNDS: usize = 9;
+
+const IPERF_RUNS: &[(&str, &[&str])] = &[
+    ("128 KiB writes", &["-l", "128K"]),
+    ("128-byte writes", &["-l", "128"]),
+];
+
+fn tcp_throughput() -> Result<()> {
+    let port = free_port()?.to_string();
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-B", "127.0.0.1", "-p", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("iperf3 (Debian package iperf3)")?;
+    thread::sleep(Duration::from_millis(300));
+    let result = (|| -> Result<()> {
+        for (name, args) in IPERF_RUNS {
+            println!(
+                "\n== TCP over loopback: iperf3 {name}, 2 s ({TCP_ROUNDS} rounds each, medians)"
+            );
+            let costs = without_and_with(TCP_ROUNDS, "Gbit/s", "0.97x", || {
+                iperf_gbit_per_s(&port, args)
+            })?;
+            let tcp: Vec<_> = costs
+                .iter()
+                .filter(|(p, r, _)| p.contains("tcp") && *r > 0.0)
+                .collect();
+            for (prog, runs, ns) in &tcp {
+                println!("  {prog:<28} {runs:>10.0} runs {:>10.1} ns/run", ns / runs);
+            }
+            // The overhead measured directly, free of the run-to-run noise of throughput.
+            let in_kernel_ns: f64 = tcp.iter().map(|(_, _, ns)| ns).sum();
+            println!(
+                "  in-kernel time of the TCP programs in the last round: {:.1} ms of the 2 s the \
+                 transfer ran on its one CPU ({:.2}%)",
+                in_kernel_ns / 1e6,
+                in_kernel_ns / 1e9 / 2.0 * 100.0
+            );
+        }
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+/// Receiver throughput of one 2-second iperf3 run, from its summary line
+/// ("[  5]   0.00-2.00   sec  5.91 GBytes  25.4 Gbits/sec                  receiver").
+fn iperf_gbit_per_s(port: &str, args: &[&str]) -> Result<f64> {
+    let out = Command::new("iperf3")
+        // Client and server on CPU 0: loopback between two CPUs jumps between two throughput
+        // levels on a small VM (cache placement); on one CPU it is steady, and every
+        // nanosecond the programs add shows.
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-t",
+            "2",
+            "-f",
+            "g",
+            "-A",
+            "0,0",
+        ])
+        .args(args)
+        .output()
+        .context("iperf3")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "iperf3 failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = text
+        .lines()
+        .find(|l| l.trim_end().ends_with("receiver"))
+        .with_context(|| format!("unexpected iperf3 output: {text}"))?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let i = fields
+        .iter()
+        .position(|f| *f == "Gbits/sec")
+        .with_context(|| format!("no Gbits/sec in {line:?}"))?;
+    Ok(fields[i - 1].parse()?)
 }
 
 /// Throughput of one dd run writing `file`, from dd's own summary line.

@@ -40,6 +40,9 @@ enum Task {
         /// Extra sleeping processes for the scrape benchmark.
         #[arg(long, default_value_t = 5000)]
         processes: usize,
+        /// Run one section only: sched, block, tcp or scrape.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
+        only: Option<String>,
     },
 }
 
@@ -54,10 +57,10 @@ fn main() -> ExitCode {
         Task::Test { filter } => setup::toolchain()
             .and_then(|()| setup::packages(setup::TEST_PACKAGES))
             .and_then(|()| run::test(filter.as_deref())),
-        Task::Bench { processes } => setup::toolchain()
+        Task::Bench { processes, only } => setup::toolchain()
             .and_then(|()| setup::packages(setup::BENCH_PACKAGES))
             .and_then(|()| run::build())
-            .and_then(|()| bench::run(processes)),
+            .and_then(|()| bench::run(processes, only.as_deref())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

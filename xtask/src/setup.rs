@@ -18,11 +18,13 @@ use anyhow::{bail, Context as _, Result};
 pub const EBPF_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the kernel tests use (promtool checks the exposition).
-pub const TEST_PACKAGES: &[&str] = &["prometheus"];
+/// Debian packages the kernel tests use: promtool checks the exposition; iproute2 (ip, ss,
+/// nstat, tc) builds network namespaces and reads the kernel's TCP counters; nftables drops
+/// packets for the retransmit test where the kernel has no netem.
+pub const TEST_PACKAGES: &[&str] = &["prometheus", "iproute2", "nftables"];
 /// Debian packages the benchmark uses: perf for `perf bench sched pipe`, process-exporter as the
 /// baseline for scrape cost.
-pub const BENCH_PACKAGES: &[&str] = &["linux-perf", "prometheus-process-exporter"];
+pub const BENCH_PACKAGES: &[&str] = &["linux-perf", "prometheus-process-exporter", "iperf3"];
 
 pub fn toolchain() -> Result<()> {
     println!("xtask setup: checking the kernel-side toolchain");

@@ -1,12 +1,7 @@
 //! Block IO totals from the kernel's per-process map, block device names from sysfs, and the
 //! block programs' self-counters.
 
-use std::{
-    collections::HashMap,
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use probe_common::block::{
@@ -14,15 +9,11 @@ use probe_common::block::{
     STAT_WRITEBACK_KERNEL,
 };
 
+use super::idle::IdleTracker;
 use crate::model::{
     io::{IoCounters, Op, ProcessIo},
     process::ProcessKey,
 };
-
-/// Entries of processes that are gone are deleted once they have not changed for this long.
-/// Writeback of a file can charge its writer up to dirty_expire_centisecs (30 s by default)
-/// plus a writeback period after the writer exited; this leaves room for that.
-pub const IDLE_FORGET: Duration = Duration::from_secs(90);
 
 /// Self-counters of the block programs, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,7 +38,7 @@ pub fn stats(map: &PerCpuArray<MapData, u64>) -> Result<BlockStats, MapError> {
 /// entries of processes that are gone once they are idle.
 #[derive(Debug, Default)]
 pub struct IoReader {
-    last: HashMap<IoKey, (IoTotals, Instant)>,
+    tracker: IdleTracker<IoKey, IoTotals>,
     devices: DeviceNames,
 }
 
@@ -59,41 +50,29 @@ impl IoReader {
         map: &BpfHashMap<MapData, IoKey, IoTotals>,
         start_granularity_ns: u64,
     ) -> Result<HashMap<ProcessKey, ProcessIo>, MapError> {
-        let now = Instant::now();
         let g = start_granularity_ns.max(1);
         let mut out: HashMap<ProcessKey, ProcessIo> = HashMap::new();
-        let mut seen = HashMap::with_capacity(self.last.len());
-        for item in map.iter() {
-            let (k, v) = match item {
-                Ok(kv) => kv,
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e),
-            };
-            let changed = match self.last.get(&k) {
-                Some((prev, at)) if *prev == v => *at,
-                _ => now,
-            };
-            seen.insert(k, (v, changed));
+        let devices = &mut self.devices;
+        self.tracker.read(map, |k, v| {
             let Some(op) = Op::from_kernel(k.op) else {
-                continue;
+                return;
             };
             let key = ProcessKey {
                 tgid: k.tgid,
                 start_ns: k.start_ns / g * g,
             };
-            let dim = (self.devices.name(k.dev), op);
+            let dim = (devices.name(k.dev), op);
             out.entry(key)
                 .or_default()
                 .entry(dim)
                 .or_default()
-                .add(&IoCounters::from(&v));
-        }
-        self.last = seen;
+                .add(&IoCounters::from(v));
+        })?;
         Ok(out)
     }
 
     /// Deletes the entries of processes not in `live` that have not changed for
-    /// [`IDLE_FORGET`]. Returns how many deletions failed.
+    /// [`super::idle::IDLE_FORGET`]. Returns how many deletions failed.
     pub fn forget_idle(
         &mut self,
         map: &mut BpfHashMap<MapData, IoKey, IoTotals>,
@@ -101,24 +80,8 @@ impl IoReader {
         start_granularity_ns: u64,
     ) -> usize {
         let g = start_granularity_ns.max(1);
-        let idle: Vec<IoKey> = self
-            .last
-            .iter()
-            .filter(|(k, (_, at))| {
-                at.elapsed() >= IDLE_FORGET && !is_live(k.tgid, k.start_ns / g * g)
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        let mut failed = 0;
-        for k in idle {
-            match map.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {
-                    self.last.remove(&k);
-                }
-                Err(_) => failed += 1,
-            }
-        }
-        failed
+        self.tracker
+            .forget_idle(map, |k| !is_live(k.tgid, k.start_ns / g * g))
     }
 }
 

@@ -5,10 +5,12 @@ pub mod block;
 pub mod bpfstats;
 pub mod cgroups;
 pub mod cpu;
+pub mod idle;
 pub mod ports;
 pub mod procinfo;
 pub mod proctasks;
 pub mod sockdiag;
+pub mod tcp;
 
 /// Splits an iterator's output into fixed-size records.
 ///

@@ -1,4 +1,5 @@
-//! Listening TCP sockets from NETLINK_SOCK_DIAG (what `ss -ltn` uses).
+//! Listening TCP sockets, and established connections per local port, from NETLINK_SOCK_DIAG
+//! (what `ss` uses). Both cover the daemon's network namespace.
 //!
 //! Asking for TCP_LISTEN only makes the kernel walk just its listening hash, so this costs the
 //! same with ten or ten thousand connections open. It does not say which process holds a socket,
@@ -6,7 +7,7 @@
 //! (much more expensive) walk over every process's files needs to run again.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
@@ -19,6 +20,7 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
+const TCP_ESTABLISHED: u32 = 1;
 const TCP_LISTEN: u32 = 10;
 /// struct inet_diag_msg: family, state, timer, retrans, sockid (48), expires, rqueue, wqueue,
 /// uid, inode.
@@ -28,6 +30,29 @@ const INET_DIAG_MSG_LEN: usize = 72;
 pub type ListenSockets = BTreeMap<u64, u16>;
 
 pub fn listening() -> io::Result<ListenSockets> {
+    let mut out = ListenSockets::new();
+    dump(1 << TCP_LISTEN, |state, port, inode| {
+        if state == TCP_LISTEN {
+            out.insert(inode, port);
+        }
+    })?;
+    Ok(out)
+}
+
+/// Established connections by local port (IPv4 and IPv6 together).
+pub fn established_by_port() -> io::Result<HashMap<u16, u64>> {
+    let mut out = HashMap::new();
+    dump(1 << TCP_ESTABLISHED, |state, port, _| {
+        if state == TCP_ESTABLISHED {
+            *out.entry(port).or_default() += 1;
+        }
+    })?;
+    Ok(out)
+}
+
+/// Dumps the TCP sockets in `states` (a bit mask of TCP states), calling `each` with the state,
+/// local port and inode of every one.
+fn dump(states: u32, mut each: impl FnMut(u32, u16, u64)) -> io::Result<()> {
     // SAFETY: plain socket(2) call; the fd is owned right away.
     let raw = unsafe {
         libc::socket(
@@ -41,15 +66,14 @@ pub fn listening() -> io::Result<ListenSockets> {
     }
     // SAFETY: raw is a fresh fd nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut out = ListenSockets::new();
     for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        send_request(&sock, seq, family)?;
-        read_dump(&sock, &mut out)?;
+        send_request(&sock, seq, family, states)?;
+        read_dump(&sock, &mut each)?;
     }
-    Ok(out)
+    Ok(())
 }
 
-fn send_request(sock: &OwnedFd, seq: u32, family: u8) -> io::Result<()> {
+fn send_request(sock: &OwnedFd, seq: u32, family: u8, states: u32) -> io::Result<()> {
     let mut req = [0u8; NLMSG_HDRLEN + 56];
     let len = req.len() as u32;
     req[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -59,7 +83,7 @@ fn send_request(sock: &OwnedFd, seq: u32, family: u8) -> io::Result<()> {
     // struct inet_diag_req_v2 { family, protocol, ext, pad, states, id }
     req[16] = family;
     req[17] = libc::IPPROTO_TCP as u8;
-    req[20..24].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    req[20..24].copy_from_slice(&states.to_ne_bytes());
     // SAFETY: req is a valid buffer of the given length.
     let n = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if n < 0 {
@@ -68,7 +92,7 @@ fn send_request(sock: &OwnedFd, seq: u32, family: u8) -> io::Result<()> {
     Ok(())
 }
 
-fn read_dump(sock: &OwnedFd, out: &mut ListenSockets) -> io::Result<()> {
+fn read_dump(sock: &OwnedFd, each: &mut impl FnMut(u32, u16, u64)) -> io::Result<()> {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         // SAFETY: buf is valid for writes of its length.
@@ -80,14 +104,14 @@ fn read_dump(sock: &OwnedFd, out: &mut ListenSockets) -> io::Result<()> {
             }
             return Err(e);
         }
-        if parse_messages(&buf[..n as usize], out)? {
+        if parse_messages(&buf[..n as usize], each)? {
             return Ok(());
         }
     }
 }
 
 /// Parses one datagram of netlink messages; true once the dump is complete.
-fn parse_messages(mut data: &[u8], out: &mut ListenSockets) -> io::Result<bool> {
+fn parse_messages(mut data: &[u8], each: &mut impl FnMut(u32, u16, u64)) -> io::Result<bool> {
     let u32_at = |d: &[u8], i: usize| u32::from_ne_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
     while data.len() >= NLMSG_HDRLEN {
         let len = u32_at(data, 0) as usize;
@@ -104,12 +128,10 @@ fn parse_messages(mut data: &[u8], out: &mut ListenSockets) -> io::Result<bool> 
                     .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                 return Err(io::Error::from_raw_os_error(-errno));
             }
-            SOCK_DIAG_BY_FAMILY
-                if payload.len() >= INET_DIAG_MSG_LEN && u32::from(payload[1]) == TCP_LISTEN =>
-            {
+            SOCK_DIAG_BY_FAMILY if payload.len() >= INET_DIAG_MSG_LEN => {
                 let port = u16::from_be_bytes([payload[4], payload[5]]);
                 let inode = u64::from(u32_at(payload, 68));
-                out.insert(inode, port);
+                each(u32::from(payload[1]), port, inode);
             }
             _ => {}
         }
@@ -150,13 +172,26 @@ mod tests {
     }
 
     #[test]
+    fn counts_established_connections_by_local_port() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        let counts = established_by_port().expect("sock_diag dump");
+        // The three accepted (queued) connections have the listener's port locally.
+        assert_eq!(counts.get(&port), Some(&3), "{counts:?}");
+        drop(clients);
+    }
+
+    #[test]
     fn rejects_truncated_messages() {
         let mut msg = vec![0u8; 20];
         msg[0..4].copy_from_slice(&200u32.to_ne_bytes());
-        assert!(parse_messages(&msg, &mut ListenSockets::new()).is_err());
+        assert!(parse_messages(&msg, &mut |_, _, _| {}).is_err());
         let mut done = vec![0u8; 20];
         done[0..4].copy_from_slice(&20u32.to_ne_bytes());
         done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
-        assert!(parse_messages(&done, &mut ListenSockets::new()).expect("done"));
+        assert!(parse_messages(&done, &mut |_, _, _| {}).expect("done"));
     }
 }

@@ -17,8 +17,9 @@ use crate::{
     collect::bpfstats::ProgramStats,
     daemon::Snapshot,
     model::{
-        accounts::{InstanceTotals, IoProcessRow, ProcessRow},
+        accounts::{InstanceTotals, IoProcessRow, ProcessRow, TcpProcessRow},
         io::{IoCounters, Op},
+        tcp::{Role, TcpCounters, TcpDim},
     },
 };
 
@@ -155,6 +156,41 @@ fn io_labels<'a>(instance: &'a str, device: &'a str, op: Op) -> Labels<'a> {
     ]
 }
 
+/// `service_instance`, `port` and, on outgoing connections to a port the user named,
+/// `remote_port`.
+fn tcp_labels<'a>(instance: &'a str, dim: &TcpDim) -> Labels<'a> {
+    let mut labels = vec![
+        ("service_instance", esc(instance)),
+        ("port", owned(dim.port_label())),
+    ];
+    if let Some(r) = dim.remote_port_label() {
+        labels.push(("remote_port", owned(r)));
+    }
+    labels
+}
+
+fn port_labels(instance: &str, port: u16) -> Labels<'_> {
+    vec![
+        ("service_instance", esc(instance)),
+        ("port", owned(port.to_string())),
+    ]
+}
+
+fn with_direction<'a>(mut labels: Labels<'a>, dir: &'static str) -> Labels<'a> {
+    labels.push(("direction", esc(dir)));
+    labels
+}
+
+/// (labels, counter) rows for both directions of TCP payload bytes.
+fn tcp_byte_rows<'a>(
+    labels: Labels<'a>,
+    c: &TcpCounters,
+) -> impl Iterator<Item = (Labels<'a>, ConstCounter<u64>)> {
+    let rows = [("rx", c.rx_bytes), ("tx", c.tx_bytes)];
+    rows.into_iter()
+        .map(move |(dir, n)| (with_direction(labels.clone(), dir), ConstCounter::new(n)))
+}
+
 fn counter(v: f64) -> ConstCounter<f64> {
     ConstCounter::new(v)
 }
@@ -217,6 +253,30 @@ const PROC_DIRTIED: Desc = (
 );
 const BLOCK_EVENTS: Desc = ("probe_block_events", None, "Block completions not counted: result=unmatched: its start was not seen (in flight when probe started); result=lost: the block IO map was full.");
 const WRITEBACK: Desc = ("probe_block_writeback_requests", None, "Writes issued by kernel threads (writeback, journal): charged_to=writer: to the process that dirtied the file; charged_to=kernel: no writer known (metadata, journal).");
+const TCP_BYTES: Desc = ("probe_tcp", Some(Unit::Bytes), "TCP payload bytes the instance's processes received (direction=rx) and sent (tx), per listening port (port=\"ephemeral\": outgoing connections, with remote_port when --tcp.remote-ports names it).");
+const TCP_CONNECTIONS: Desc = (
+    "probe_tcp_connections",
+    None,
+    "TCP connections accepted on the instance's listening port (handshake completed).",
+);
+const TCP_CLOSED: Desc = (
+    "probe_tcp_connections_closed",
+    None,
+    "Accepted TCP connections on the instance's listening port that closed.",
+);
+const TCP_ESTABLISHED: Desc = ("probe_tcp_established", None, "TCP connections established on the instance's listening port now (the daemon's network namespace).");
+const TCP_RETRANSMITS: Desc = ("probe_tcp_retransmits", None, "TCP segments retransmitted by the instance's sockets (what TcpRetransSegs counts), per port as for probe_tcp_bytes_total.");
+const TCP_RTT: Desc = ("probe_tcp_rtt", Some(Unit::Seconds), "Smoothed RTT of connections accepted on the instance's listening port, sampled at every RTT measurement.");
+const PROC_TCP_BYTES: Desc = (
+    "probe_process_tcp",
+    Some(Unit::Bytes),
+    "TCP payload bytes of the top processes by recent TCP traffic (--process.top-k).",
+);
+const TCP_EVENTS: Desc = (
+    "probe_tcp_events",
+    None,
+    "TCP events not counted: result=lost: a TCP map was full (raise --tcp.map-size).",
+);
 const UP: Desc = (
     "probe_collector_up",
     None,
@@ -382,6 +442,66 @@ impl Collector for SnapshotCollector {
 
         family(
             e,
+            TCP_BYTES,
+            s.tcp
+                .iter()
+                .flat_map(|((i, d), c)| tcp_byte_rows(tcp_labels(i, d), c)),
+        )?;
+        let server = || s.tcp.iter().filter(|((_, d), _)| d.role == Role::Server);
+        family(
+            e,
+            TCP_CONNECTIONS,
+            server().map(|((i, d), c)| (tcp_labels(i, d), ConstCounter::new(c.accepted))),
+        )?;
+        family(
+            e,
+            TCP_CLOSED,
+            server().map(|((i, d), c)| (tcp_labels(i, d), ConstCounter::new(c.closed))),
+        )?;
+        family(
+            e,
+            TCP_ESTABLISHED,
+            s.established
+                .iter()
+                .map(|((i, p), n)| (port_labels(i, *p), gauge(clamp(*n)))),
+        )?;
+        family(
+            e,
+            TCP_RETRANSMITS,
+            s.tcp
+                .iter()
+                .map(|((i, d), c)| (tcp_labels(i, d), ConstCounter::new(c.retransmits))),
+        )?;
+        family(
+            e,
+            TCP_RTT,
+            s.rtt
+                .iter()
+                .map(|((i, p), c)| (port_labels(i, *p), ConstHistogram::latency(c))),
+        )?;
+        family(
+            e,
+            PROC_TCP_BYTES,
+            s.top_tcp.iter().flat_map(|p: &TcpProcessRow| {
+                p.tcp.iter().flat_map(move |(d, c)| {
+                    let mut labels = tcp_labels(&p.instance, d);
+                    labels.insert(1, ("pid", owned(p.pid.to_string())));
+                    labels.insert(2, ("comm", esc(&p.comm)));
+                    tcp_byte_rows(labels, c)
+                })
+            }),
+        )?;
+        family(
+            e,
+            TCP_EVENTS,
+            [(
+                vec![("result", esc("lost"))],
+                ConstCounter::new(s.stats.tcp_lost),
+            )],
+        )?;
+
+        family(
+            e,
             UP,
             s.collectors
                 .iter()
@@ -518,6 +638,63 @@ mod tests {
                 ],
                 score: 1.0,
             }],
+            tcp: vec![
+                (
+                    (
+                        "mariadbd:3307".into(),
+                        TcpDim {
+                            role: Role::Server,
+                            port: 3307,
+                        },
+                    ),
+                    TcpCounters {
+                        rx_bytes: 10,
+                        tx_bytes: 20,
+                        retransmits: 1,
+                        accepted: 2,
+                        closed: 1,
+                    },
+                ),
+                (
+                    (
+                        "mariadbd:3307".into(),
+                        TcpDim {
+                            role: Role::Client,
+                            port: 443,
+                        },
+                    ),
+                    TcpCounters {
+                        tx_bytes: 5,
+                        ..TcpCounters::default()
+                    },
+                ),
+            ],
+            rtt: vec![(("mariadbd:3307".into(), 3307), {
+                let mut c = IoCounters {
+                    ops: 2,
+                    latency_ns: 60_000,
+                    ..IoCounters::default()
+                };
+                c.buckets[5] = 2;
+                c
+            })],
+            established: vec![(("mariadbd:3307".into(), 3307), 1)],
+            top_tcp: vec![TcpProcessRow {
+                pid: 42,
+                comm: "mariadbd".into(),
+                instance: "mariadbd:3307".into(),
+                tcp: vec![(
+                    TcpDim {
+                        role: Role::Client,
+                        port: 0,
+                    },
+                    TcpCounters {
+                        rx_bytes: 7,
+                        ..TcpCounters::default()
+                    },
+                )],
+                score: 1.0,
+            }],
             collectors: vec![(
                 CollectorStatus {
                     name: "cpu",
@@ -563,6 +740,16 @@ mod tests {
             r#"probe_block_dirtied_bytes_total{service_instance="mariadbd:3307",device="vda"} 8192"#,
             r#"probe_process_block_bytes_total{service_instance="mariadbd:3307",pid="42",comm="mariadbd",device="vda",op="read"} 4096"#,
             r#"probe_process_block_dirtied_bytes_total{service_instance="mariadbd:3307",pid="42",comm="mariadbd",device="vda"} 8192"#,
+            r#"probe_tcp_bytes_total{service_instance="mariadbd:3307",port="3307",direction="rx"} 10"#,
+            r#"probe_tcp_bytes_total{service_instance="mariadbd:3307",port="3307",direction="tx"} 20"#,
+            r#"probe_tcp_bytes_total{service_instance="mariadbd:3307",port="ephemeral",remote_port="443",direction="tx"} 5"#,
+            r#"probe_tcp_connections_total{service_instance="mariadbd:3307",port="3307"} 2"#,
+            r#"probe_tcp_connections_closed_total{service_instance="mariadbd:3307",port="3307"} 1"#,
+            r#"probe_tcp_established{service_instance="mariadbd:3307",port="3307"} 1"#,
+            r#"probe_tcp_retransmits_total{service_instance="mariadbd:3307",port="3307"} 1"#,
+            r#"probe_tcp_rtt_seconds_bucket{le="0.000032",service_instance="mariadbd:3307",port="3307"} 2"#,
+            r#"probe_tcp_rtt_seconds_sum{service_instance="mariadbd:3307",port="3307"} 0.00006"#,
+            r#"probe_process_tcp_bytes_total{service_instance="mariadbd:3307",pid="42",comm="mariadbd",port="ephemeral",direction="rx"} 7"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -27,9 +27,12 @@ use std::{
 use probe_common::COMM_LEN;
 
 use super::{
+    cumulative::{credit as credit_dims, credit_by_dim},
+    instance::OTHER,
     io::{IoCounters, IoDim, ProcessIo},
     names::display_name,
     process::{DeadSample, ProcessKey, ProcessSample},
+    tcp::{ProcessTcp, Role, TcpCounters, TcpDim},
 };
 
 /// Cumulative totals of one instance.
@@ -67,6 +70,31 @@ pub struct IoProcessRow {
     pub score: f64,
 }
 
+/// What is exported for one of the top processes by TCP traffic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpProcessRow {
+    pub pid: u32,
+    pub comm: Arc<str>,
+    pub instance: Arc<str>,
+    /// Cumulative TCP counters of the process, by port and role.
+    pub tcp: Vec<(TcpDim, TcpCounters)>,
+    /// Recent TCP payload bytes (both directions), exponentially decayed (the ranking key).
+    pub score: f64,
+}
+
+/// TCP totals that belong to ports rather than processes, for one collection.
+pub struct PortRound<'a> {
+    /// Per-port kernel totals (connections; bytes on the per-port fallback; retransmits of
+    /// sockets without a known owner); None when they could not be read.
+    pub traffic: Option<&'a HashMap<TcpDim, TcpCounters>>,
+    /// RTT histograms per listening port (count in `ops`, sum in `latency_ns`).
+    pub rtt: Option<&'a HashMap<u16, IoCounters>>,
+    /// Established connections per local port (the daemon's network namespace).
+    pub established: Option<&'a HashMap<u16, u64>>,
+    /// Listening ports and the instance that owns each now.
+    pub owners: &'a HashMap<u16, Arc<str>>,
+}
+
 #[derive(Clone, Debug)]
 struct ProcState {
     instance: Arc<str>,
@@ -83,6 +111,9 @@ struct ProcState {
     /// IO credited to this process so far (monotonic, exported).
     io_total: ProcessIo,
     io_score: f64,
+    tcp_seen: ProcessTcp,
+    tcp_total: ProcessTcp,
+    tcp_score: f64,
 }
 
 /// One collection's input.
@@ -92,6 +123,8 @@ pub struct Round<'a> {
     /// Cumulative block IO per process, as the kernel reports it; None when it could not be
     /// read this time (nothing is concluded from its absence then).
     pub io: Option<&'a HashMap<ProcessKey, ProcessIo>>,
+    /// Cumulative TCP counters per process (same rules as `io`).
+    pub tcp: Option<&'a HashMap<ProcessKey, ProcessTcp>>,
     /// Seconds since the previous collection.
     pub elapsed_secs: f64,
     pub page_size: u64,
@@ -104,6 +137,14 @@ pub struct Accounts {
     instances: BTreeMap<Arc<str>, InstanceTotals>,
     /// Block IO per instance, device and op.
     io: BTreeMap<(Arc<str>, IoDim), IoCounters>,
+    /// TCP per instance, port and role.
+    tcp: BTreeMap<(Arc<str>, TcpDim), TcpCounters>,
+    /// RTT histograms per instance and listening port.
+    rtt: BTreeMap<(Arc<str>, u16), IoCounters>,
+    /// Established connections per instance and listening port (a gauge).
+    established: BTreeMap<(Arc<str>, u16), u64>,
+    port_seen: HashMap<TcpDim, TcpCounters>,
+    rtt_seen: HashMap<u16, IoCounters>,
     /// Time constant (s) of the decay that ranks processes by recent CPU use.
     tau_secs: f64,
     rounds: u64,
@@ -115,6 +156,11 @@ impl Accounts {
             procs: HashMap::new(),
             instances: BTreeMap::new(),
             io: BTreeMap::new(),
+            tcp: BTreeMap::new(),
+            rtt: BTreeMap::new(),
+            established: BTreeMap::new(),
+            port_seen: HashMap::new(),
+            rtt_seen: HashMap::new(),
             tau_secs,
             rounds: 0,
         }
@@ -186,6 +232,29 @@ impl Accounts {
             credit_io(st, &mut self.io, io, decay, first);
         }
 
+        for (key, tcp) in round.tcp.into_iter().flatten() {
+            let st = self.procs.entry(*key).or_insert_with(|| {
+                let comm = round
+                    .dead
+                    .get(key)
+                    .map(|d| d.identity.comm)
+                    .unwrap_or_default();
+                let mut st = ProcState::new(&resolve(key), &comm);
+                st.live = false;
+                st
+            });
+            let mut recent = 0u64;
+            credit_dims(
+                &mut st.tcp_seen,
+                Some(&mut st.tcp_total),
+                &mut self.tcp,
+                &st.instance,
+                tcp,
+                |_, d| recent = recent.saturating_add(d.bytes()),
+            );
+            st.tcp_score = st.tcp_score * decay + if first { 0.0 } else { recent as f64 };
+        }
+
         let mut forget = Vec::new();
         self.procs.retain(|key, st| {
             if round.live.contains_key(key) {
@@ -198,6 +267,14 @@ impl Accounts {
             if !has_io {
                 st.io_seen.clear();
             }
+            let has_tcp = match round.tcp {
+                Some(tcp) => tcp.contains_key(key),
+                None => !st.tcp_seen.is_empty(),
+            };
+            if !has_tcp {
+                st.tcp_seen.clear();
+            }
+            let has_io = has_io || has_tcp;
             st.live = false;
             st.gone_rounds = st.gone_rounds.saturating_add(1);
             // Keep an exited process while the kernel still has IO entries for it: writeback of
@@ -211,6 +288,82 @@ impl Accounts {
             false
         });
         forget
+    }
+
+    /// Applies one collection's per-port TCP totals: increases go to the instance that owns the
+    /// port now (server role) or to [`OTHER`] (client role: no process known).
+    pub fn apply_ports(&mut self, round: &PortRound<'_>) {
+        let owner = |port: u16| -> Arc<str> {
+            round
+                .owners
+                .get(&port)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(OTHER))
+        };
+        if let Some(traffic) = round.traffic {
+            credit_by_dim(&mut self.port_seen, &mut self.tcp, traffic, |d| {
+                match d.role {
+                    Role::Server => owner(d.port),
+                    Role::Client => Arc::from(OTHER),
+                }
+            });
+        }
+        if let Some(rtt) = round.rtt {
+            credit_by_dim(&mut self.rtt_seen, &mut self.rtt, rtt, |&p| owner(p));
+        }
+        if let Some(est) = round.established {
+            self.established = round
+                .owners
+                .iter()
+                .map(|(&port, inst)| ((inst.clone(), port), est.get(&port).copied().unwrap_or(0)))
+                .collect();
+        }
+    }
+
+    /// TCP per (instance, port and role).
+    pub fn tcp(&self) -> &BTreeMap<(Arc<str>, TcpDim), TcpCounters> {
+        &self.tcp
+    }
+
+    /// RTT histograms per (instance, listening port).
+    pub fn rtt(&self) -> &BTreeMap<(Arc<str>, u16), IoCounters> {
+        &self.rtt
+    }
+
+    /// Established connections per (instance, listening port).
+    pub fn established(&self) -> &BTreeMap<(Arc<str>, u16), u64> {
+        &self.established
+    }
+
+    /// The `k` live processes with the most recent TCP payload bytes; processes without TCP
+    /// traffic are not listed.
+    pub fn top_tcp_processes(&self, k: usize) -> Vec<TcpProcessRow> {
+        let mut rows: Vec<TcpProcessRow> = self
+            .procs
+            .iter()
+            .filter(|(_, st)| st.live && st.tcp_total.values().any(|c| c.bytes() != 0))
+            .map(|(key, st)| {
+                let mut tcp: Vec<(TcpDim, TcpCounters)> =
+                    st.tcp_total.iter().map(|(d, c)| (*d, c.clone())).collect();
+                tcp.sort_by_key(|a| a.0);
+                TcpProcessRow {
+                    pid: key.tgid,
+                    comm: st.comm.clone(),
+                    instance: st.instance.clone(),
+                    tcp,
+                    score: st.tcp_score,
+                }
+            })
+            .collect();
+        let bytes = |r: &TcpProcessRow| -> u64 { r.tcp.iter().map(|(_, c)| c.bytes()).sum() };
+        rows.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(bytes(b).cmp(&bytes(a)))
+                .then(a.pid.cmp(&b.pid))
+        });
+        rows.truncate(k);
+        rows
     }
 
     pub fn instances(&self) -> &BTreeMap<Arc<str>, InstanceTotals> {
@@ -301,6 +454,9 @@ impl ProcState {
             io_seen: ProcessIo::new(),
             io_total: ProcessIo::new(),
             io_score: 0.0,
+            tcp_seen: ProcessTcp::new(),
+            tcp_total: ProcessTcp::new(),
+            tcp_score: 0.0,
         }
     }
 
@@ -346,32 +502,18 @@ fn credit_io(
     first: bool,
 ) {
     let mut recent = 0u64;
-    for (dim, cur) in now {
-        let d = match st.io_seen.get(dim) {
-            Some(prev) => cur.since(prev),
-            None => cur.clone(),
-        };
-        if d.is_zero() && d.latency_ns == 0 {
-            continue;
-        }
-        if dim.1 != super::io::Op::Dirtied {
-            recent = recent.saturating_add(d.bytes);
-        }
-        st.io_total.entry(dim.clone()).or_default().add(&d);
-        instance_io
-            .entry((st.instance.clone(), dim.clone()))
-            .or_default()
-            .add(&d);
-    }
-    st.io_seen.retain(|dim, _| now.contains_key(dim));
-    for (dim, cur) in now {
-        match st.io_seen.get_mut(dim) {
-            Some(seen) => seen.clone_from(cur),
-            None => {
-                st.io_seen.insert(dim.clone(), cur.clone());
+    credit_dims(
+        &mut st.io_seen,
+        Some(&mut st.io_total),
+        instance_io,
+        &st.instance,
+        now,
+        |dim, d| {
+            if dim.1 != super::io::Op::Dirtied {
+                recent = recent.saturating_add(d.bytes);
             }
-        }
-    }
+        },
+    );
     st.io_score = st.io_score * decay + if first { 0.0 } else { recent as f64 };
 }
 
@@ -433,6 +575,27 @@ mod tests {
             d: &[(ProcessKey, DeadSample)],
             io: &[(ProcessKey, Op, u64)],
         ) -> Vec<ProcessKey> {
+            self.round_all(l, d, io, None)
+        }
+        /// A round with TCP rx bytes per process on server port 3306.
+        fn round_tcp(
+            &mut self,
+            l: &[(ProcessKey, ProcessSample)],
+            tcp: &[(ProcessKey, u64)],
+        ) -> Vec<ProcessKey> {
+            let map: HashMap<ProcessKey, ProcessTcp> = tcp
+                .iter()
+                .map(|(k, rx)| (*k, HashMap::from([(SERVER_3306, rx_bytes(*rx))])))
+                .collect();
+            self.round_all(l, &[], &[], Some(&map))
+        }
+        fn round_all(
+            &mut self,
+            l: &[(ProcessKey, ProcessSample)],
+            d: &[(ProcessKey, DeadSample)],
+            io: &[(ProcessKey, Op, u64)],
+            tcp: Option<&HashMap<ProcessKey, ProcessTcp>>,
+        ) -> Vec<ProcessKey> {
             let live: HashMap<_, _> = l.iter().cloned().collect();
             let dead: HashMap<_, _> = d.iter().cloned().collect();
             let mut io_map: HashMap<ProcessKey, ProcessIo> = HashMap::new();
@@ -454,6 +617,7 @@ mod tests {
                     live: &live,
                     dead: &dead,
                     io: Some(&io_map),
+                    tcp,
                     elapsed_secs: 1.0,
                     page_size: 4096,
                 },
@@ -472,6 +636,79 @@ mod tests {
                 .get(&(Arc::from(inst), (Arc::from("vda"), op)))
                 .map_or(0, |c| c.bytes)
         }
+    }
+
+    const SERVER_3306: TcpDim = TcpDim {
+        role: Role::Server,
+        port: 3306,
+    };
+
+    fn rx_bytes(n: u64) -> TcpCounters {
+        TcpCounters {
+            rx_bytes: n,
+            ..TcpCounters::default()
+        }
+    }
+
+    fn tcp_rx(h: &Harness, inst: &str) -> u64 {
+        h.acc
+            .tcp()
+            .get(&(Arc::from(inst), SERVER_3306))
+            .map_or(0, |c| c.rx_bytes)
+    }
+
+    #[test]
+    fn tcp_bytes_flow_to_the_process_instance_and_rank_processes() {
+        let mut h = Harness::new();
+        h.round_tcp(&[(A, live(1, 0)), (B, live(1, 0))], &[(A, 100), (B, 0)]);
+        h.round_tcp(&[(A, live(1, 0)), (B, live(1, 0))], &[(A, 150), (B, 5000)]);
+        assert_eq!((tcp_rx(&h, "a:1"), tcp_rx(&h, "b:2")), (150, 5000));
+        let top = h.acc.top_tcp_processes(1);
+        assert_eq!(top.len(), 1);
+        assert_eq!(top[0].pid, B.tgid, "ranked by recent bytes");
+        // A exits; its entry stays readable until the daemon deletes it; late bytes still count.
+        h.round_tcp(&[(B, live(1, 0))], &[(A, 170), (B, 5000)]);
+        assert_eq!(tcp_rx(&h, "a:1"), 170);
+        assert!(h.acc.top_tcp_processes(5).iter().all(|r| r.pid != A.tgid));
+    }
+
+    #[test]
+    fn per_port_totals_go_to_the_ports_listener_or_other() {
+        let mut acc = Accounts::new(30.0);
+        let conns = |accepted| TcpCounters {
+            accepted,
+            ..TcpCounters::default()
+        };
+        let client = TcpDim {
+            role: Role::Client,
+            port: 0,
+        };
+        let owners = HashMap::from([(3306, Arc::<str>::from("mariadbd:3306"))]);
+        let traffic = HashMap::from([(SERVER_3306, conns(4)), (client, rx_bytes(9))]);
+        let est = HashMap::from([(3306, 2), (40000, 1)]);
+        acc.apply_ports(&PortRound {
+            traffic: Some(&traffic),
+            rtt: None,
+            established: Some(&est),
+            owners: &owners,
+        });
+        let traffic = HashMap::from([(SERVER_3306, conns(10)), (client, rx_bytes(9))]);
+        // The listener went away: its port's increase goes to `other`.
+        acc.apply_ports(&PortRound {
+            traffic: Some(&traffic),
+            rtt: None,
+            established: None,
+            owners: &HashMap::new(),
+        });
+        let get = |i: &str, d: TcpDim| acc.tcp().get(&(Arc::from(i), d)).cloned();
+        assert_eq!(get("mariadbd:3306", SERVER_3306), Some(conns(4)));
+        assert_eq!(get(OTHER, SERVER_3306), Some(conns(6)));
+        assert_eq!(get(OTHER, client), Some(rx_bytes(9)));
+        // Established: listening ports only, the last reading kept when one fails.
+        assert_eq!(
+            acc.established().iter().collect::<Vec<_>>(),
+            vec![(&(Arc::from("mariadbd:3306"), 3306), &2)]
+        );
     }
 
     #[test]

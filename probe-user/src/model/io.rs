@@ -101,6 +101,18 @@ impl IoCounters {
     }
 }
 
+impl super::cumulative::Cumulative for IoCounters {
+    fn since(&self, prev: &Self) -> Self {
+        IoCounters::since(self, prev)
+    }
+    fn add(&mut self, d: &Self) {
+        IoCounters::add(self, d);
+    }
+    fn is_zero(&self) -> bool {
+        IoCounters::is_zero(self) && self.latency_ns == 0
+    }
+}
+
 /// A block device (its name in /sys/block) and an operation.
 pub type IoDim = (Arc<str>, Op);
 

@@ -11,6 +11,13 @@
 //!                                                              until S seconds passed; prints bytes=
 //!   run   -- CMD ARGS...                                       run CMD as a child (same instance by
 //!                                                              ancestry), print its exit status
+//!   tcp-serve  --conns K --recv N --send M                     on the ready listener, K connections one
+//!                                                              after another: read exactly N bytes, send
+//!                                                              M, wait for the peer to close
+//!   tcp-client --to ADDR:PORT --conns K --send N --recv M      K connections one after another: send N,
+//!                                                              read exactly M, close
+//!
+//! `--bind ADDR:PORT` (any command) sets the ready listener's address (default 127.0.0.1:0).
 
 use std::{
     io::{BufRead as _, Write as _},
@@ -39,7 +46,8 @@ fn main() {
     if let Some(cpu) = flag("--cpu") {
         pin_to(cpu.parse().unwrap_or_else(|_| usage("--cpu")));
     }
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| fail(&format!("bind: {e}")));
+    let bind = flag("--bind").unwrap_or_else(|| "127.0.0.1:0".into());
+    let listener = TcpListener::bind(&bind).unwrap_or_else(|e| fail(&format!("bind {bind}: {e}")));
     let port = listener
         .local_addr()
         .map(|a| a.port())
@@ -128,6 +136,39 @@ fn main() {
                 ru.ru_inblock as u64 * 512
             ));
         }
+        "tcp-serve" => {
+            let (rx, tx) = (num("--recv", 0.0) as u64, num("--send", 0.0) as u64);
+            let conns = num("--conns", 1.0) as u64;
+            for _ in 0..conns {
+                let (mut s, _) = listener
+                    .accept()
+                    .unwrap_or_else(|e| fail(&format!("accept: {e}")));
+                exchange(&mut s, tx, rx);
+                // Wait for the peer's close, so every connection ends the same way.
+                let mut sink = [0u8; 64];
+                while std::io::Read::read(&mut s, &mut sink).is_ok_and(|n| n > 0) {}
+            }
+            say(&format!(
+                "done conns={conns} rx={} tx={}",
+                conns * rx,
+                conns * tx
+            ));
+        }
+        "tcp-client" => {
+            let to = flag("--to").unwrap_or_else(|| usage("--to"));
+            let (tx, rx) = (num("--send", 0.0) as u64, num("--recv", 0.0) as u64);
+            let conns = num("--conns", 1.0) as u64;
+            for _ in 0..conns {
+                let mut s = std::net::TcpStream::connect(&to)
+                    .unwrap_or_else(|e| fail(&format!("connect {to}: {e}")));
+                exchange(&mut s, tx, rx);
+            }
+            say(&format!(
+                "done conns={conns} rx={} tx={}",
+                conns * rx,
+                conns * tx
+            ));
+        }
         other => usage(other),
     }
     // Stay alive (and idle) until the test is done with us.
@@ -185,6 +226,36 @@ fn write_file(path: &str, mb: usize, direct: bool, min_time: Duration) -> u64 {
     // SAFETY: allocated above with the same layout.
     unsafe { std::alloc::dealloc(buf, layout) };
     written
+}
+
+/// Sends `tx` bytes and receives exactly `rx` bytes on `s` (sending from another thread, so
+/// neither side blocks on a full buffer).
+fn exchange(s: &mut std::net::TcpStream, tx: u64, rx: u64) {
+    let mut w = s
+        .try_clone()
+        .unwrap_or_else(|e| fail(&format!("clone: {e}")));
+    let sender = std::thread::spawn(move || {
+        let chunk = [0x5au8; 64 * 1024];
+        let mut left = tx;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            std::io::Write::write_all(&mut w, &chunk[..n])
+                .unwrap_or_else(|e| fail(&format!("send: {e}")));
+            left -= n as u64;
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    while got < rx {
+        let want = (rx - got).min(buf.len() as u64) as usize;
+        match std::io::Read::read(s, &mut buf[..want]) {
+            Ok(0) => fail(&format!("peer closed after {got} of {rx} bytes")),
+            Ok(n) => got += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => fail(&format!("recv: {e}")),
+        }
+    }
+    let _ = sender.join();
 }
 
 fn say(s: &str) {

@@ -1,0 +1,503 @@
+//! TCP per port and per process (see probe_common::tcp for the roles and keys).
+//!
+//! Payload bytes come from sock:sock_send_length / sock_recv_length, which run in the context of
+//! the process that calls send/recv (exact per process, 6.3+); the fallback counts packets at
+//! cgroup_skb on the cgroup2 root, per port only. Connection events and retransmits run in
+//! softirq context: they are keyed by port, and retransmits by the socket's owner where
+//! [`TCP_SOCK_OWNERS`] knows it (learnt when the owner sent, received or connected).
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::{
+        BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
+        BPF_SOCK_OPS_RTT_CB_FLAG,
+    },
+    helpers::generated::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_tcp_sock,
+    },
+    macros::{cgroup_skb, map, raw_tracepoint, sock_ops},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::{RawTracePointContext, SkBuffContext, SockOpsContext},
+    EbpfContext,
+};
+use aya_log_ebpf::warn;
+use probe_common::{
+    block::{latency_bucket, LATENCY_BUCKETS},
+    ports::{AF_INET, AF_INET6, IPPROTO_TCP},
+    tcp::{
+        accepts, closes_established, tcp_header_len, Owner, RttTotals, TcpKey, TcpTotals,
+        LISTEN_MAP_ENTRIES, MSG_PEEK, OWNERS_MAP_ENTRIES, OWNER_KEYED, OWNER_PASSIVE,
+        REMOTE_PORTS_MAX, ROLE_CLIENT, ROLE_SERVER, STAT_LOST, STAT_SLOTS, TCP_CLOSE, TCP_LISTEN,
+        TCP_SYN_SENT, TRAFFIC_MAP_ENTRIES,
+    },
+};
+
+use crate::kernel::{bump, current_task, off, process_of, read, self_tgid};
+
+#[map]
+static TCP_TRAFFIC: HashMap<TcpKey, TcpTotals> = HashMap::with_max_entries(TRAFFIC_MAP_ENTRIES, 0);
+
+#[map]
+static TCP_LISTEN_PORTS: HashMap<u16, u64> = HashMap::with_max_entries(LISTEN_MAP_ENTRIES, 0);
+
+#[map]
+static TCP_REMOTE_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(REMOTE_PORTS_MAX, 0);
+
+#[map]
+static TCP_SOCK_OWNERS: LruHashMap<u64, Owner> =
+    LruHashMap::with_max_entries(OWNERS_MAP_ENTRIES, 0);
+
+#[map]
+static TCP_RTT: HashMap<u16, RttTotals> = HashMap::with_max_entries(LISTEN_MAP_ENTRIES, 0);
+
+#[map]
+static TCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
+
+const RX: u8 = 0;
+const TX: u8 = 1;
+const RETRANSMIT: u8 = 2;
+const ACCEPTED: u8 = 3;
+const CLOSED: u8 = 4;
+
+/// sock_send_length(struct sock *sk, int ret, int flags): after sock_sendmsg, in the sender's
+/// context; `ret` is the number of bytes queued (or an error).
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn probe_tcp_send(ctx: RawTracePointContext) -> i32 {
+    on_length(&ctx, TX);
+    0
+}
+
+/// sock_recv_length(struct sock *sk, int ret, int flags): after sock_recvmsg, in the
+/// receiver's context.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn probe_tcp_recv(ctx: RawTracePointContext) -> i32 {
+    on_length(&ctx, RX);
+    0
+}
+
+#[inline(always)]
+fn on_length(ctx: &RawTracePointContext, what: u8) {
+    let sk: *const u8 = ctx.arg(0);
+    let ret = ctx.arg::<u64>(1) as u32 as i32;
+    let flags = ctx.arg::<u64>(2) as u32;
+    if ret <= 0 || (what == RX && flags & MSG_PEEK != 0) {
+        return;
+    }
+    // One read turns away the many sends on UNIX and netlink sockets.
+    match read::<u16>(sk, off!(sk_family)) {
+        Some(AF_INET | AF_INET6) => {}
+        _ => return,
+    }
+    let tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
+    if tgid == self_tgid() {
+        return;
+    }
+    // Fast path: this process used this socket before; its key is cached in the owner entry.
+    if let Some(o) = TCP_SOCK_OWNERS.get_ptr(sk as u64) {
+        let o = unsafe { *o };
+        if o.tgid == tgid && o.flags & OWNER_KEYED != 0 {
+            let key = TcpKey {
+                tgid,
+                port: o.port,
+                role: o.role,
+                _pad: 0,
+                start_ns: o.start_ns,
+            };
+            account(ctx, &key, what, ret as u64);
+            return;
+        }
+    }
+    if read::<u16>(sk, off!(sk_protocol)) != Some(IPPROTO_TCP) {
+        return;
+    }
+    let Some(p) = process_of(current_task()) else {
+        return;
+    };
+    let Some((port, role)) = learn_owner(sk, p.tgid, p.start_ns) else {
+        return;
+    };
+    let key = TcpKey {
+        tgid: p.tgid,
+        port,
+        role,
+        _pad: 0,
+        start_ns: p.start_ns,
+    };
+    account(ctx, &key, what, ret as u64);
+}
+
+/// Records the process as the socket's owner, with the socket's key port and role (keeping
+/// what is known about its role), and returns the port and role.
+#[inline(always)]
+fn learn_owner(sk: *const u8, tgid: u32, start_ns: u64) -> Option<(u16, u8)> {
+    let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
+    let (port, role) = role_of(sk, known)?;
+    let owner = Owner {
+        tgid,
+        flags: known.map_or(0, |k| k.flags) | OWNER_KEYED,
+        start_ns,
+        port,
+        role,
+        _pad: [0; 5],
+    };
+    let _ = TCP_SOCK_OWNERS.insert(sk as u64, owner, u64::from(BPF_ANY));
+    Some((port, role))
+}
+
+/// The key port and role of a socket: a socket accepted from a listener (known from its owner
+/// entry), or whose local port is listened on, is a server; anything else is a client, keyed
+/// by its remote port when the user named that port, else by 0.
+#[inline(always)]
+fn role_of(sk: *const u8, known: Option<Owner>) -> Option<(u16, u8)> {
+    let lport: u16 = read(sk, off!(sk_num))?;
+    let passive = known.is_some_and(|o| o.flags & OWNER_PASSIVE != 0);
+    if passive || unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some() {
+        return Some((lport, ROLE_SERVER));
+    }
+    let rport = u16::from_be(read::<u16>(sk, off!(sk_dport)).unwrap_or(0));
+    let port = if unsafe { TCP_REMOTE_PORTS.get(&rport) }.is_some() {
+        rport
+    } else {
+        0
+    };
+    Some((port, ROLE_CLIENT))
+}
+
+#[inline(always)]
+fn is_tcp(sk: *const u8) -> bool {
+    let Some(family) = read::<u16>(sk, off!(sk_family)) else {
+        return false;
+    };
+    (family == AF_INET || family == AF_INET6)
+        && read::<u16>(sk, off!(sk_protocol)) == Some(IPPROTO_TCP)
+}
+
+/// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn probe_tcp_state(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as u32;
+    let new = ctx.arg::<u64>(2) as u32;
+    if !is_tcp(sk) {
+        return 0;
+    }
+    // skc_num is already 0 when a socket that released its port reaches TCP_CLOSE.
+    let Some(lport) = read::<u16>(sk, off!(inet_sport)).map(u16::from_be) else {
+        return 0;
+    };
+    if new == TCP_LISTEN {
+        // Counted as a server port from now on, before the daemon's next look at listeners.
+        // (A socket that listens without bind(2) gets its port just after: 0 here, and the
+        // daemon adds it.)
+        if lport == 0 {
+            return 0;
+        }
+        let now = unsafe { bpf_ktime_get_ns() };
+        let _ = TCP_LISTEN_PORTS.insert(&lport, &now, u64::from(BPF_ANY));
+    } else if new == TCP_SYN_SENT {
+        // connect(2), in the connecting process's context.
+        if let Some(p) = process_of(current_task()) {
+            if p.tgid != self_tgid() {
+                let owner = Owner {
+                    tgid: p.tgid,
+                    start_ns: p.start_ns,
+                    ..Owner::default()
+                };
+                let _ = TCP_SOCK_OWNERS.insert(sk as u64, owner, u64::from(BPF_ANY));
+            }
+        }
+    } else if accepts(old, new) {
+        let owner = Owner {
+            flags: OWNER_PASSIVE,
+            ..Owner::default()
+        };
+        let _ = TCP_SOCK_OWNERS.insert(sk as u64, owner, u64::from(BPF_ANY));
+        account(&ctx, &port_key(lport, ROLE_SERVER), ACCEPTED, 1);
+    } else if closes_established(old, new) {
+        let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
+        let server = match known {
+            Some(o) => o.flags & OWNER_PASSIVE != 0,
+            // Owner entry aged out (many connections): the port decides.
+            None => unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some(),
+        };
+        if server {
+            account(&ctx, &port_key(lport, ROLE_SERVER), CLOSED, 1);
+        }
+    }
+    if new == TCP_CLOSE {
+        let _ = TCP_SOCK_OWNERS.remove(sk as u64);
+    }
+    0
+}
+
+#[inline(always)]
+fn port_key(port: u16, role: u8) -> TcpKey {
+    TcpKey {
+        tgid: 0,
+        port,
+        role,
+        _pad: 0,
+        start_ns: 0,
+    }
+}
+
+/// tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb[, int err]): one call
+/// per retransmitted skb, which carries tcp_skb_pcount() segments (what TcpRetransSegs adds).
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn probe_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    if off!(retransmit_has_err) != 0 && ctx.arg::<u64>(2) as u32 != 0 {
+        return 0;
+    }
+    if !is_tcp(sk) {
+        return 0;
+    }
+    let segs = match (off!(skb_cb), off!(tcp_cb_gso_segs)) {
+        (cb, segs) if cb != u32::MAX && segs != u32::MAX => {
+            read::<u16>(skb, cb + segs).unwrap_or(1).max(1)
+        }
+        _ => 1,
+    };
+    let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
+    let Some((port, role)) = role_of(sk, known) else {
+        return 0;
+    };
+    let mut key = port_key(port, role);
+    if let Some(o) = known {
+        key.tgid = o.tgid;
+        key.start_ns = o.start_ns;
+    }
+    account(&ctx, &key, RETRANSMIT, u64::from(segs));
+    0
+}
+
+/// tcp_retransmit_synack(const struct sock *sk, const struct request_sock *req): a SYN-ACK sent
+/// again by a listener (one segment).
+#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
+pub fn probe_tcp_retransmit_synack(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if let Some(port) = read::<u16>(sk, off!(sk_num)) {
+        account(&ctx, &port_key(port, ROLE_SERVER), RETRANSMIT, 1);
+    }
+    0
+}
+
+/// Adds `n` to one counter of a key, creating the entry if needed.
+#[inline(always)]
+fn account<C: EbpfContext>(ctx: &C, key: &TcpKey, what: u8, n: u64) {
+    if let Some(t) = TCP_TRAFFIC.get_ptr_mut(key) {
+        add(t, what, n);
+        return;
+    }
+    let mut fresh = TcpTotals::default();
+    match what {
+        RX => fresh.rx_bytes = n,
+        TX => fresh.tx_bytes = n,
+        RETRANSMIT => fresh.retransmits = n,
+        ACCEPTED => fresh.accepted = n,
+        _ => fresh.closed = n,
+    }
+    if TCP_TRAFFIC
+        .insert(key, &fresh, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return;
+    }
+    // Another CPU created it between our lookup and insert.
+    if let Some(t) = TCP_TRAFFIC.get_ptr_mut(key) {
+        add(t, what, n);
+        return;
+    }
+    let lost = bump(&TCP_STATS, STAT_LOST);
+    if lost.is_power_of_two() {
+        warn!(
+            ctx,
+            "TCP map full: {} events lost on this CPU (latest: tgid {} port {})",
+            lost,
+            key.tgid,
+            key.port
+        );
+    }
+}
+
+#[inline(always)]
+fn add(t: *mut TcpTotals, what: u8, n: u64) {
+    unsafe {
+        let field = match what {
+            RX => &raw mut (*t).rx_bytes,
+            TX => &raw mut (*t).tx_bytes,
+            RETRANSMIT => &raw mut (*t).retransmits,
+            ACCEPTED => &raw mut (*t).accepted,
+            _ => &raw mut (*t).closed,
+        };
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n);
+    }
+}
+
+/// sock_ops on the cgroup2 root: asks for RTT callbacks on every accepted connection, then
+/// records the smoothed RTT at each RTT measurement, per listening port. Must return 1.
+#[sock_ops]
+pub fn probe_tcp_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
+        }
+        BPF_SOCK_OPS_RTT_CB => {
+            let port = ctx.local_port() as u16;
+            // tcp_sock.srtt_us holds 8 times the smoothed RTT in microseconds.
+            let srtt_us = u64::from(unsafe { (*ctx.ops).srtt_us } >> 3);
+            rtt_sample(&ctx, port, srtt_us);
+        }
+        _ => {}
+    }
+    1
+}
+
+#[inline(always)]
+fn rtt_sample(ctx: &SockOpsContext, port: u16, us: u64) {
+    let b = latency_bucket(us * 1000);
+    if let Some(t) = TCP_RTT.get_ptr_mut(&port) {
+        rtt_add(t, us, b);
+        return;
+    }
+    let mut fresh = RttTotals {
+        count: 1,
+        sum_us: us,
+        ..RttTotals::default()
+    };
+    if b < LATENCY_BUCKETS {
+        fresh.buckets[b] = 1;
+    }
+    if TCP_RTT
+        .insert(&port, &fresh, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return;
+    }
+    if let Some(t) = TCP_RTT.get_ptr_mut(&port) {
+        rtt_add(t, us, b);
+        return;
+    }
+    let lost = bump(&TCP_STATS, STAT_LOST);
+    if lost.is_power_of_two() {
+        warn!(ctx, "TCP RTT map full: {} samples lost on this CPU", lost);
+    }
+}
+
+#[inline(always)]
+fn rtt_add(t: *mut RttTotals, us: u64, b: usize) {
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).count, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).sum_us, us);
+        if b < LATENCY_BUCKETS {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).buckets[b], 1);
+        }
+    }
+}
+
+/// Fallback bytes: packets received by local sockets. Must return 1 (pass).
+#[cgroup_skb(ingress)]
+pub fn probe_tcp_skb_ingress(ctx: SkBuffContext) -> i32 {
+    on_packet(&ctx, RX);
+    1
+}
+
+/// Fallback bytes: packets sent by local sockets. Must return 1 (pass).
+#[cgroup_skb(egress)]
+pub fn probe_tcp_skb_egress(ctx: SkBuffContext) -> i32 {
+    on_packet(&ctx, TX);
+    1
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// Payload bytes of one packet (its length minus the IP and TCP headers; a GSO/GRO packet
+/// carries one set of headers), keyed by port and role, no process.
+#[inline(always)]
+fn on_packet(ctx: &SkBuffContext, what: u8) {
+    let skb = &ctx.skb;
+    let ip_len = match u16::from_be(skb.protocol() as u16) {
+        ETH_P_IP => {
+            let (Ok(vihl), Ok(proto)) = (ctx.load::<u8>(0), ctx.load::<u8>(9)) else {
+                return;
+            };
+            if u16::from(proto) != IPPROTO_TCP {
+                return;
+            }
+            u32::from(vihl & 0x0f) * 4
+        }
+        ETH_P_IPV6 => {
+            // Extension headers before TCP are rare; such packets are not counted.
+            match ctx.load::<u8>(6) {
+                Ok(next) if u16::from(next) == IPPROTO_TCP => 40,
+                _ => return,
+            }
+        }
+        _ => return,
+    };
+    let Ok(off12) = ctx.load::<u8>(ip_len as usize + 12) else {
+        return;
+    };
+    let headers = ip_len + tcp_header_len(off12);
+    let len = skb.len();
+    if len <= headers {
+        return;
+    }
+    let payload = new_payload(ctx, ip_len, len - headers, what);
+    if payload == 0 {
+        return;
+    }
+    let lport = skb.local_port() as u16;
+    let key = if unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some() {
+        port_key(lport, ROLE_SERVER)
+    } else {
+        // remote_port holds the network-order port in its upper 16 bits.
+        let rport = u16::from_be((skb.remote_port() >> 16) as u16);
+        let port = if unsafe { TCP_REMOTE_PORTS.get(&rport) }.is_some() {
+            rport
+        } else {
+            0
+        };
+        port_key(port, ROLE_CLIENT)
+    };
+    account(ctx, &key, what, u64::from(payload));
+}
+
+/// The part of a packet's payload not sent (or received) before: a retransmitted segment
+/// repeats bytes below the socket's snd_nxt (egress runs before snd_nxt moves past new data),
+/// a duplicate received segment bytes below rcv_nxt. All of it if the socket is not readable.
+#[inline(always)]
+fn new_payload(ctx: &SkBuffContext, ip_len: u32, payload: u32, what: u8) -> u32 {
+    let Ok(seq) = ctx.load::<u32>(ip_len as usize + 4).map(u32::from_be) else {
+        return payload;
+    };
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return payload;
+    }
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return payload;
+    }
+    let tp = unsafe { bpf_tcp_sock(full) };
+    if tp.is_null() {
+        return payload;
+    }
+    let next = unsafe {
+        if what == TX {
+            (*tp).snd_nxt
+        } else {
+            (*tp).rcv_nxt
+        }
+    };
+    // Bytes of [seq, seq + payload) at or after `next`, in wrapping sequence space.
+    let fresh = seq.wrapping_add(payload).wrapping_sub(next) as i32;
+    if fresh <= 0 {
+        0
+    } else {
+        (fresh as u32).min(payload)
+    }
+}

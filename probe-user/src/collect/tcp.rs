@@ -1,0 +1,140 @@
+//! TCP totals from the kernel's maps, the listening ports the kernel programs key by, and the
+//! TCP programs' self-counters.
+
+use std::collections::{HashMap, HashSet};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
+use probe_common::tcp::{RttTotals, TcpKey, TcpTotals, STAT_LOST};
+
+use super::idle::IdleTracker;
+use crate::model::{
+    io::IoCounters,
+    process::ProcessKey,
+    tcp::{ProcessTcp, TcpCounters, TcpDim},
+};
+
+/// One read of the TCP map.
+#[derive(Debug, Default)]
+pub struct TcpRead {
+    /// Per process (bytes, and retransmits of sockets whose owner is known).
+    pub processes: HashMap<ProcessKey, ProcessTcp>,
+    /// Per port, no process (connections; bytes on the fallback; other retransmits).
+    pub ports: HashMap<TcpDim, TcpCounters>,
+}
+
+/// Reads the TCP map and deletes the idle entries of processes that are gone.
+#[derive(Debug, Default)]
+pub struct TcpReader {
+    tracker: IdleTracker<TcpKey, TcpTotals>,
+}
+
+impl TcpReader {
+    /// Start times are rounded down to `start_granularity_ns` as for the dead-thread map.
+    pub fn read(
+        &mut self,
+        map: &BpfHashMap<MapData, TcpKey, TcpTotals>,
+        start_granularity_ns: u64,
+    ) -> Result<TcpRead, MapError> {
+        let g = start_granularity_ns.max(1);
+        let mut out = TcpRead::default();
+        self.tracker.read(map, |k, v| {
+            let dim = TcpDim::from_kernel(k.port, k.role);
+            let counters = TcpCounters::from(v);
+            let slot = if k.tgid == 0 {
+                out.ports.entry(dim).or_default()
+            } else {
+                let key = ProcessKey {
+                    tgid: k.tgid,
+                    start_ns: k.start_ns / g * g,
+                };
+                out.processes
+                    .entry(key)
+                    .or_default()
+                    .entry(dim)
+                    .or_default()
+            };
+            crate::model::cumulative::Cumulative::add(slot, &counters);
+        })?;
+        Ok(out)
+    }
+
+    /// Deletes entries of processes that are gone once idle (per-port entries stay: they are
+    /// bounded by the listening ports). Returns how many deletions failed.
+    pub fn forget_idle(
+        &mut self,
+        map: &mut BpfHashMap<MapData, TcpKey, TcpTotals>,
+        is_live: impl Fn(u32, u64) -> bool,
+        start_granularity_ns: u64,
+    ) -> usize {
+        let g = start_granularity_ns.max(1);
+        self.tracker
+            .forget_idle(map, |k| k.tgid != 0 && !is_live(k.tgid, k.start_ns / g * g))
+    }
+}
+
+/// RTT histograms per listening port, in the block latency layout (count in `ops`, sum in
+/// `latency_ns`).
+pub fn read_rtt(
+    map: &BpfHashMap<MapData, u16, RttTotals>,
+) -> Result<HashMap<u16, IoCounters>, MapError> {
+    let mut out = HashMap::new();
+    for item in map.iter() {
+        let (port, t) = match item {
+            Ok(kv) => kv,
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e),
+        };
+        out.insert(
+            port,
+            IoCounters {
+                bytes: 0,
+                ops: t.count,
+                latency_ns: t.sum_us.saturating_mul(1000),
+                buckets: t.buckets,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Events the TCP programs could not count (map full), summed over CPUs.
+pub fn lost(map: &PerCpuArray<MapData, u64>) -> Result<u64, MapError> {
+    Ok(map.get(&STAT_LOST, 0)?.iter().sum())
+}
+
+/// Brings the kernel's listening-port set in line with `listening` (every port a process listens
+/// on, in any network namespace). The kernel adds ports itself when a socket starts listening,
+/// stamped with CLOCK_MONOTONIC; an entry is removed only if it is older than `seen_at` (when
+/// `listening` was observed), so a listener that appeared since is kept. Returns the number of
+/// updates that failed.
+pub fn sync_listen_ports(
+    map: &mut BpfHashMap<MapData, u16, u64>,
+    listening: &HashSet<u16>,
+    seen_at_ns: u64,
+) -> usize {
+    let current: Vec<(u16, u64)> = map.iter().filter_map(Result::ok).collect();
+    let have: HashSet<u16> = current.iter().map(|(p, _)| *p).collect();
+    let mut failed = 0;
+    for &(port, added) in &current {
+        if !listening.contains(&port) && added < seen_at_ns && map.remove(&port).is_err() {
+            failed += 1;
+        }
+    }
+    for &port in listening.difference(&have) {
+        if map.insert(port, seen_at_ns, 0).is_err() {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}

@@ -1,0 +1,538 @@
+//! TCP per port and per instance against ground truth: the bytes the workloads moved (each
+//! side counts what it sent and received itself), the connections it made, and the kernel's own
+//! TcpRetransSegs (nstat) for retransmits. Run as root by `cargo xtask test`.
+
+use std::{process::Command, time::Duration};
+
+use probe_tests::{sh, Daemon, Metrics, Workload};
+
+const BYTES: &str = "probe_tcp_bytes_total";
+const PROC_BYTES: &str = "probe_process_tcp_bytes_total";
+const CONNS: &str = "probe_tcp_connections_total";
+const CLOSED: &str = "probe_tcp_connections_closed_total";
+const RETRANS: &str = "probe_tcp_retransmits_total";
+const RX: u64 = 10_000_000;
+const TX: u64 = 3_000_000;
+
+/// Waits past a collection (1 s interval in tests).
+fn settle() {
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
+fn bytes(m: &Metrics, instance: &str, port: &str, dir: &str) -> f64 {
+    m.sum(
+        BYTES,
+        &[
+            ("service_instance", instance),
+            ("port", port),
+            ("direction", dir),
+        ],
+    )
+}
+
+fn port_counter(m: &Metrics, name: &str, instance: &str, port: u16) -> f64 {
+    m.sum(
+        name,
+        &[("service_instance", instance), ("port", &port.to_string())],
+    )
+}
+
+/// A server that receives exactly RX bytes and sends TX on one connection, and a client
+/// (another instance) that does the opposite. Returns (server, client) once both are done.
+fn exchange(daemon_wrap: &[&str], bind: &str, connect_host: &str) -> (Workload, Workload) {
+    let (rx, tx) = (RX.to_string(), TX.to_string());
+    let mut server = Workload::start_wrapped(
+        daemon_wrap,
+        &[
+            "tcp-serve",
+            "--bind",
+            bind,
+            "--conns",
+            "1",
+            "--recv",
+            &rx,
+            "--send",
+            &tx,
+        ],
+    );
+    let to = format!("{connect_host}:{}", server.port);
+    let mut client = Workload::start(&[
+        "tcp-client",
+        "--to",
+        &to,
+        "--conns",
+        "1",
+        "--send",
+        &rx,
+        "--recv",
+        &tx,
+    ]);
+    client.wait_done();
+    server.wait_done();
+    settle();
+    (server, client)
+}
+
+/// Both directions exact on both sides, charged to the right instance and process.
+fn assert_exact(m: &Metrics, server: &Workload, client: &Workload, what: &str) {
+    let port = server.port.to_string();
+    let (s, c) = (server.instance(), client.instance());
+    let got = [
+        bytes(m, &s, &port, "rx"),
+        bytes(m, &s, &port, "tx"),
+        bytes(m, &c, "ephemeral", "tx"),
+        bytes(m, &c, "ephemeral", "rx"),
+    ];
+    println!(
+        "{what}: server {s} rx {} tx {}, client {c} tx {} rx {} (want {RX} / {TX} exactly)",
+        got[0], got[1], got[2], got[3]
+    );
+    assert_eq!(got, [RX, TX, RX, TX].map(|v| v as f64), "{}", m.text);
+    let pid = server.pid.to_string();
+    let proc_rx = m.sum(
+        PROC_BYTES,
+        &[("pid", &pid), ("port", &port), ("direction", "rx")],
+    );
+    assert_eq!(proc_rx, RX as f64, "per-process rx of the server");
+    assert_eq!(port_counter(m, CONNS, &s, server.port), 1.0, "accepted");
+    assert_eq!(port_counter(m, CLOSED, &s, server.port), 1.0, "closed");
+}
+
+#[test]
+fn ipv4_bytes_are_exact_and_charged_to_each_side() {
+    let daemon = Daemon::start(&[]);
+    let (server, client) = exchange(&[], "127.0.0.1:0", "127.0.0.1");
+    let m = daemon.scrape();
+    m.assert_hook("tcp", "raw_tp/sock_send_length");
+    assert_exact(&m, &server, &client, "IPv4");
+    // RTT samples of the accepted connection: a histogram whose count is its +Inf bucket, with
+    // a loopback-sized mean.
+    let port = server.port.to_string();
+    let want = [("service_instance", server.instance()), ("port", port)];
+    let want: Vec<(&str, &str)> = want.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let count = m.sum("probe_tcp_rtt_seconds_count", &want);
+    let sum = m.sum("probe_tcp_rtt_seconds_sum", &want);
+    let mut inf = want.clone();
+    inf.push(("le", "+Inf"));
+    println!("RTT: {count} samples, mean {:.1} us", sum / count * 1e6);
+    assert!(count > 0.0, "no RTT samples:\n{}", m.text);
+    assert_eq!(m.sum("probe_tcp_rtt_seconds_bucket", &inf), count);
+    assert!(sum / count < 0.01, "loopback mean RTT {sum}/{count} s");
+}
+
+#[test]
+fn ipv6_bytes_are_exact_and_charged_to_each_side() {
+    let daemon = Daemon::start(&[]);
+    let (server, client) = exchange(&[], "[::1]:0", "[::1]");
+    let m = daemon.scrape();
+    assert_exact(&m, &server, &client, "IPv6");
+}
+
+#[test]
+fn a_thousand_short_connections_are_counted_exactly() {
+    let daemon = Daemon::start(&[]);
+    let mut server = Workload::start(&[
+        "tcp-serve",
+        "--conns",
+        "1000",
+        "--recv",
+        "100",
+        "--send",
+        "100",
+    ]);
+    let before = daemon.scrape();
+    let port = server.port;
+    let to = format!("127.0.0.1:{port}");
+    let mut client = Workload::start(&[
+        "tcp-client",
+        "--to",
+        &to,
+        "--conns",
+        "1000",
+        "--send",
+        "100",
+        "--recv",
+        "100",
+    ]);
+    client.wait_done();
+    server.wait_done();
+    settle();
+    let m = daemon.scrape();
+    let s = server.instance();
+    let accepted = port_counter(&m, CONNS, &s, port) - port_counter(&before, CONNS, &s, port);
+    let closed = port_counter(&m, CLOSED, &s, port) - port_counter(&before, CLOSED, &s, port);
+    println!("1000 connections: accepted {accepted}, closed {closed}");
+    assert_eq!((accepted, closed), (1000.0, 1000.0), "{}", m.text);
+    assert_eq!(bytes(&m, &s, &port.to_string(), "rx"), 100_000.0);
+    assert_eq!(bytes(&m, &client.instance(), "ephemeral", "tx"), 100_000.0);
+}
+
+/// A network namespace with a veth pair to the host (deleted on drop).
+struct Netns {
+    name: String,
+    host_if: String,
+}
+
+impl Netns {
+    /// `10.<net>.0.1` on the host side, `10.<net>.0.2` inside.
+    fn new(tag: &str, net: u8) -> Self {
+        let name = format!("probe-{tag}-{}", std::process::id());
+        let host_if = format!("pv{tag}{}", std::process::id() % 10_000);
+        let peer = format!("{host_if}p");
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        sh("ip", &["netns", "add", &name]);
+        let ns = Self { name, host_if };
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+            ],
+        );
+        sh("ip", &["link", "set", &peer, "netns", &ns.name]);
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("10.{net}.0.1/24"),
+                "dev",
+                &ns.host_if,
+            ],
+        );
+        sh("ip", &["link", "set", &ns.host_if, "up"]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.{net}.0.2/24"),
+            "dev",
+            &peer,
+        ]);
+        ns.exec(&["ip", "link", "set", &peer, "up"]);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+    /// Two namespaces joined by a veth pair: `10.<net>.0.1` in the first, `.2` in the second.
+    fn pair(tag: &str, net: u8) -> (Self, Self) {
+        let id = std::process::id() % 10_000;
+        let mk = |side: &str| -> Self {
+            let name = format!("probe-{tag}{side}-{}", std::process::id());
+            let _ = Command::new("ip")
+                .args(["netns", "del", &name])
+                .stderr(std::process::Stdio::null())
+                .status();
+            sh("ip", &["netns", "add", &name]);
+            Self {
+                name,
+                host_if: format!("pv{tag}{side}{id}"),
+            }
+        };
+        let (a, b) = (mk("a"), mk("b"));
+        sh(
+            "ip",
+            &[
+                "link", "add", &a.host_if, "netns", &a.name, "type", "veth", "peer", "name",
+                &b.host_if, "netns", &b.name,
+            ],
+        );
+        for (ns, host) in [(&a, 1), (&b, 2)] {
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.{net}.0.{host}/24"),
+                "dev",
+                &ns.host_if,
+            ]);
+            ns.exec(&["ip", "link", "set", &ns.host_if, "up"]);
+            ns.exec(&["ip", "link", "set", "lo", "up"]);
+        }
+        (a, b)
+    }
+    fn exec(&self, cmd: &[&str]) -> String {
+        let mut args = vec!["netns", "exec", self.name.as_str()];
+        args.extend_from_slice(cmd);
+        sh("ip", &args)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn traffic_in_another_network_namespace_is_counted_the_same() {
+    let ns = Netns::new("n", 201);
+    let daemon = Daemon::start(&[]);
+    let wrap = ["ip", "netns", "exec", ns.name.as_str()];
+    let (server, client) = exchange(&wrap, "10.201.0.2:0", "10.201.0.2");
+    let m = daemon.scrape();
+    assert_exact(&m, &server, &client, "netns over veth");
+}
+
+/// TcpRetransSegs of a network namespace, from the kernel (nstat, absolute, history untouched).
+fn retrans_segs(ns: &Netns) -> u64 {
+    let out = ns.exec(&["nstat", "-asz", "TcpRetransSegs"]);
+    out.lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "TcpRetransSegs").then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no TcpRetransSegs in nstat output: {out}"))
+}
+
+/// Packet loss on the link: netem where the kernel has it (sch_netem), else nftables dropping
+/// a random share of TCP packets arriving in the receiver's namespace.
+fn add_loss(sender: &Netns, receiver: &Netns, percent: u32) -> &'static str {
+    let p = percent.to_string();
+    let netem = Command::new("ip")
+        .args(["netns", "exec", &sender.name, "tc", "qdisc", "add", "dev"])
+        .arg(&sender.host_if)
+        .args(["root", "netem", "loss", &format!("{p}%")])
+        .output()
+        .expect("tc");
+    if netem.status.success() {
+        return "netem";
+    }
+    println!(
+        "netem is not available here ({}): dropping {p}% of TCP packets with nftables instead",
+        String::from_utf8_lossy(&netem.stderr).trim()
+    );
+    receiver.exec(&["nft", "add", "table", "inet", "probe_loss"]);
+    receiver.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "probe_loss",
+        "pre",
+        "{ type filter hook prerouting priority 0; }",
+    ]);
+    receiver.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "probe_loss",
+        "pre",
+        "meta",
+        "l4proto",
+        "tcp",
+        "numgen",
+        "random",
+        "mod",
+        "100",
+        "<",
+        &p,
+        "drop",
+    ]);
+    "nftables"
+}
+
+#[test]
+fn retransmits_match_the_kernels_tcp_retrans_segs() {
+    // Sender and receiver each in a namespace of their own, so the sender's namespace counts
+    // only this transfer.
+    let (a, b) = Netns::pair("r", 202);
+    let how = add_loss(&a, &b, 2);
+    let daemon = Daemon::start(&[]);
+    // The per-port fallback, side by side: retransmitted bytes must not count twice there.
+    let fallback = Daemon::start(&["--hooks.skip", "raw_tp/sock_send_length"]);
+    let wrap_b = ["ip", "netns", "exec", b.name.as_str()];
+    let wrap_a = ["ip", "netns", "exec", a.name.as_str()];
+    let mut server = Workload::start_wrapped(
+        &wrap_b,
+        &[
+            "tcp-serve",
+            "--bind",
+            "10.202.0.2:0",
+            "--conns",
+            "1",
+            "--recv",
+            "30000000",
+        ],
+    );
+    let before_kernel = retrans_segs(&a);
+    let before = daemon.scrape();
+    let to = format!("10.202.0.2:{}", server.port);
+    let mut client = Workload::start_wrapped(
+        &wrap_a,
+        &[
+            "tcp-client",
+            "--to",
+            &to,
+            "--conns",
+            "1",
+            "--send",
+            "30000000",
+        ],
+    );
+    client.wait_done();
+    server.wait_done();
+    settle();
+    let kernel = retrans_segs(&a) - before_kernel;
+    let m = daemon.scrape();
+    let c = client.instance();
+    let got = m.sum(RETRANS, &[("service_instance", &c)])
+        - before.sum(RETRANS, &[("service_instance", &c)]);
+    println!("30 MB with {how} 2% loss: probe {got} retransmitted segments, kernel TcpRetransSegs {kernel}");
+    for s in m.find(RETRANS, &[]).iter().filter(|s| s.value > 0.0) {
+        println!("  {s:?}");
+    }
+    assert!(kernel > 0, "the lossy link caused no retransmits");
+    probe_tests::check_close("retransmitted segments", got, kernel as f64, 0.05);
+    let port = server.port.to_string();
+    assert_eq!(bytes(&m, &server.instance(), &port, "rx"), 30_000_000.0);
+    // The fallback sees the client's retransmissions on the wire: they must not count twice.
+    let f = fallback.scrape();
+    f.assert_hook("tcp", "cgroup_skb");
+    assert_fallback_bytes(&f, &server.instance(), &port, 30_000_000, None);
+}
+
+/// The fallback's per-port bytes: sent bytes exact (a segment's bytes below the socket's
+/// snd_nxt are a retransmission and not counted); received bytes at least exact and within 5%:
+/// a segment the receiver drops after the packet hook (full backlog under load) and gets again
+/// is counted twice, which the hook cannot tell (measured: 0 to 3% on loopback here).
+fn assert_fallback_bytes(m: &Metrics, instance: &str, port: &str, rx: u64, tx: Option<u64>) {
+    let got_rx = bytes(m, instance, port, "rx");
+    let got_tx = bytes(m, instance, port, "tx");
+    println!("cgroup_skb fallback, {instance} port {port}: rx {got_rx} (want {rx}, up to +5%), tx {got_tx} (want {tx:?})");
+    assert!(
+        got_rx >= rx as f64 && got_rx <= rx as f64 * 1.05,
+        "fallback rx {got_rx} vs {rx}:\n{}",
+        m.text
+    );
+    if let Some(tx) = tx {
+        assert_eq!(got_tx, tx as f64, "fallback tx:\n{}", m.text);
+    }
+}
+
+#[test]
+fn cgroup_skb_fallback_counts_bytes_per_port() {
+    let daemon = Daemon::start(&["--hooks.skip", "raw_tp/sock_send_length"]);
+    let (server, _client) = exchange(&[], "127.0.0.1:0", "127.0.0.1");
+    let m = daemon.scrape();
+    m.assert_hook("tcp", "cgroup_skb");
+    let port = server.port.to_string();
+    assert_fallback_bytes(&m, &server.instance(), &port, RX, Some(TX));
+}
+
+/// A listener that appears after the probe started, a storm of 10,000 connections, then the
+/// port taken over by another process: counts exact, nothing lost, and the new owner charged.
+#[test]
+fn connection_storm_and_port_reuse() {
+    let daemon = Daemon::start(&[]);
+    let mut first = Workload::start(&["tcp-serve", "--conns", "10000"]);
+    let port = first.port;
+    let to = format!("127.0.0.1:{port}");
+    let t0 = std::time::Instant::now();
+    let mut storm = Workload::start(&["tcp-client", "--to", &to, "--conns", "10000"]);
+    storm.wait_done();
+    first.wait_done();
+    let secs = t0.elapsed().as_secs_f64();
+    settle();
+    let m = daemon.scrape();
+    let s = first.instance();
+    let accepted = port_counter(&m, CONNS, &s, port);
+    println!(
+        "storm: 10000 connections in {secs:.1} s, accepted {accepted}, lost events {}",
+        m.sum("probe_tcp_events_total", &[("result", "lost")])
+    );
+    assert_eq!(accepted, 10_000.0, "{}", m.text);
+    assert_eq!(port_counter(&m, CLOSED, &s, port), 10_000.0);
+    assert_eq!(m.sum("probe_tcp_events_total", &[("result", "lost")]), 0.0);
+    // Cardinality: the storm adds no series beyond the port's own.
+    let series = m.find(BYTES, &[("service_instance", &s)]).len();
+    assert!(series <= 2, "{series} byte series for {s}");
+    drop(first);
+
+    // Another process (another comm, so another instance name) takes the port over.
+    let bind = format!("127.0.0.1:{port}");
+    let mut second = Workload::start(&[
+        "tcp-serve",
+        "--hex",
+        "72657573657200",
+        "--bind",
+        &bind,
+        "--recv",
+        "1000000",
+    ]);
+    assert_eq!(second.port, port);
+    settle();
+    let mut client = Workload::start(&["tcp-client", "--to", &to, "--send", "1000000"]);
+    client.wait_done();
+    second.wait_done();
+    settle();
+    let m2 = daemon.scrape();
+    let reuser = format!("reuser:{port}");
+    let p = port.to_string();
+    println!(
+        "port {port} reused: {reuser} rx {}, first owner rx {} -> {}",
+        bytes(&m2, &reuser, &p, "rx"),
+        bytes(&m, &s, &p, "rx"),
+        bytes(&m2, &s, &p, "rx")
+    );
+    assert_eq!(bytes(&m2, &reuser, &p, "rx"), 1_000_000.0, "{}", m2.text);
+    assert_eq!(port_counter(&m2, CONNS, &reuser, port), 1.0);
+    assert_eq!(
+        bytes(&m2, &s, &p, "rx"),
+        bytes(&m, &s, &p, "rx"),
+        "old owner charged"
+    );
+}
+
+/// A remote port named with --tcp.remote-ports keeps its own client-side series; without it the
+/// same traffic is folded into `port="ephemeral"` alone.
+#[test]
+fn named_remote_ports_get_their_own_client_series() {
+    let mut server = Workload::start(&["tcp-serve", "--recv", "2000000"]);
+    let named = server.port.to_string();
+    let daemon = Daemon::start(&["--tcp.remote-ports", &named]);
+    let to = format!("127.0.0.1:{}", server.port);
+    let mut client = Workload::start(&["tcp-client", "--to", &to, "--send", "2000000"]);
+    client.wait_done();
+    server.wait_done();
+    settle();
+    let m = daemon.scrape();
+    let want = [
+        ("service_instance", client.instance()),
+        ("port", "ephemeral".into()),
+        ("remote_port", named.clone()),
+        ("direction", "tx".into()),
+    ];
+    let want: Vec<(&str, &str)> = want.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let got = m.sum(BYTES, &want);
+    println!("client tx to named remote port {named}: {got} (want 2000000)");
+    assert_eq!(got, 2_000_000.0, "{}", m.text);
+    let unnamed = m
+        .find(
+            BYTES,
+            &[
+                ("service_instance", &client.instance()),
+                ("port", "ephemeral"),
+            ],
+        )
+        .iter()
+        .filter(|s| s.label("remote_port").is_none())
+        .map(|s| s.value)
+        .sum::<f64>();
+    assert_eq!(unnamed, 0.0, "named traffic also counted as folded");
+}
