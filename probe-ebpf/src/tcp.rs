@@ -94,8 +94,8 @@ fn on_length(ctx: &RawTracePointContext, what: u8) {
         return;
     }
     // Fast path: this process used this socket before; its key is cached in the owner entry.
-    if let Some(o) = TCP_SOCK_OWNERS.get_ptr(sk as u64) {
-        let o = unsafe { *o };
+    let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
+    if let Some(o) = known {
         if o.tgid == tgid && o.flags & OWNER_KEYED != 0 {
             let key = TcpKey {
                 tgid,
@@ -114,7 +114,7 @@ fn on_length(ctx: &RawTracePointContext, what: u8) {
     let Some(p) = process_of(current_task()) else {
         return;
     };
-    let Some((port, role)) = learn_owner(sk, p.tgid, p.start_ns) else {
+    let Some((port, role)) = learn_owner(sk, known, p.tgid, p.start_ns) else {
         return;
     };
     let key = TcpKey {
@@ -128,10 +128,9 @@ fn on_length(ctx: &RawTracePointContext, what: u8) {
 }
 
 /// Records the process as the socket's owner, with the socket's key port and role (keeping
-/// what is known about its role), and returns the port and role.
+/// what `known`, the socket's current entry, says about its role), and returns the port and role.
 #[inline(always)]
-fn learn_owner(sk: *const u8, tgid: u32, start_ns: u64) -> Option<(u16, u8)> {
-    let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
+fn learn_owner(sk: *const u8, known: Option<Owner>, tgid: u32, start_ns: u64) -> Option<(u16, u8)> {
     let (port, role) = role_of(sk, known)?;
     let owner = Owner {
         tgid,
