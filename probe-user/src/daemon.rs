@@ -449,7 +449,14 @@ impl Daemon {
                 None
             }
         };
-        let established = match collect::sockdiag::established_by_port() {
+        // The dump lists every established connection on the host: skip it when no listening
+        // port has an owner to show it for.
+        let dump = if owners.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            collect::sockdiag::established_by_port()
+        };
+        let established = match dump {
             Ok(e) => Some(e),
             Err(e) => {
                 self.failed(names::TCP_STATE, &e);

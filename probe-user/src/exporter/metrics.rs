@@ -392,7 +392,8 @@ impl Collector for SnapshotCollector {
         )?;
         let proc_io = |dirtied: bool| {
             s.top_io.iter().flat_map(move |p: &IoProcessRow| {
-                p.io.iter()
+                p.counters
+                    .iter()
                     .filter(move |((_, op), _)| (*op == Op::Dirtied) == dirtied)
                     .map(move |((d, op), c)| {
                         let mut labels = vec![
@@ -483,7 +484,7 @@ impl Collector for SnapshotCollector {
             e,
             PROC_TCP_BYTES,
             s.top_tcp.iter().flat_map(|p: &TcpProcessRow| {
-                p.tcp.iter().flat_map(move |(d, c)| {
+                p.counters.iter().flat_map(move |(d, c)| {
                     let mut labels = tcp_labels(&p.instance, d);
                     labels.insert(1, ("pid", owned(p.pid.to_string())));
                     labels.insert(2, ("comm", esc(&p.comm)));
@@ -619,7 +620,7 @@ mod tests {
                 pid: 42,
                 comm: "mariadbd".into(),
                 instance: "mariadbd:3307".into(),
-                io: vec![
+                counters: vec![
                     (
                         ("vda".into(), Op::Read),
                         IoCounters {
@@ -683,7 +684,7 @@ mod tests {
                 pid: 42,
                 comm: "mariadbd".into(),
                 instance: "mariadbd:3307".into(),
-                tcp: vec![(
+                counters: vec![(
                     TcpDim {
                         role: Role::Client,
                         port: 0,

@@ -58,29 +58,23 @@ pub struct ProcessRow {
     pub score: f64,
 }
 
-/// What is exported for one of the top processes by block IO.
+/// What is exported for one of the top processes by a resource counted per dimension (block IO
+/// per device and op, TCP per port and role).
 #[derive(Clone, Debug, PartialEq)]
-pub struct IoProcessRow {
+pub struct TopRow<D, C> {
     pub pid: u32,
     pub comm: Arc<str>,
     pub instance: Arc<str>,
-    /// Cumulative IO of the process, by device and operation (no latency histograms).
-    pub io: Vec<(IoDim, IoCounters)>,
-    /// Recent block bytes (read, write, discard), exponentially decayed (the ranking key).
+    /// Cumulative counters of the process, by dimension, sorted.
+    pub counters: Vec<(D, C)>,
+    /// Recent bytes, exponentially decayed (the ranking key).
     pub score: f64,
 }
 
-/// What is exported for one of the top processes by TCP traffic.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TcpProcessRow {
-    pub pid: u32,
-    pub comm: Arc<str>,
-    pub instance: Arc<str>,
-    /// Cumulative TCP counters of the process, by port and role.
-    pub tcp: Vec<(TcpDim, TcpCounters)>,
-    /// Recent TCP payload bytes (both directions), exponentially decayed (the ranking key).
-    pub score: f64,
-}
+/// Top processes by recent block bytes (read, write, discard; no latency histograms).
+pub type IoProcessRow = TopRow<IoDim, IoCounters>;
+/// Top processes by recent TCP payload bytes (both directions).
+pub type TcpProcessRow = TopRow<TcpDim, TcpCounters>;
 
 /// TCP totals that belong to ports rather than processes, for one collection.
 pub struct PortRound<'a> {
@@ -338,32 +332,7 @@ impl Accounts {
     /// The `k` live processes with the most recent TCP payload bytes; processes without TCP
     /// traffic are not listed.
     pub fn top_tcp_processes(&self, k: usize) -> Vec<TcpProcessRow> {
-        let mut rows: Vec<TcpProcessRow> = self
-            .procs
-            .iter()
-            .filter(|(_, st)| st.live && st.tcp_total.values().any(|c| c.bytes() != 0))
-            .map(|(key, st)| {
-                let mut tcp: Vec<(TcpDim, TcpCounters)> =
-                    st.tcp_total.iter().map(|(d, c)| (*d, c.clone())).collect();
-                tcp.sort_by_key(|a| a.0);
-                TcpProcessRow {
-                    pid: key.tgid,
-                    comm: st.comm.clone(),
-                    instance: st.instance.clone(),
-                    tcp,
-                    score: st.tcp_score,
-                }
-            })
-            .collect();
-        let bytes = |r: &TcpProcessRow| -> u64 { r.tcp.iter().map(|(_, c)| c.bytes()).sum() };
-        rows.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then(bytes(b).cmp(&bytes(a)))
-                .then(a.pid.cmp(&b.pid))
-        });
-        rows.truncate(k);
-        rows
+        self.top_rows(k, |st| (&st.tcp_total, st.tcp_score), TcpCounters::bytes)
     }
 
     pub fn instances(&self) -> &BTreeMap<Arc<str>, InstanceTotals> {
@@ -376,37 +345,51 @@ impl Accounts {
     }
 
     /// The `k` live processes with the most recent block IO (bytes read, written, discarded);
-    /// processes without any block IO or dirtied bytes are not listed.
+    /// processes without block or dirtied bytes are not listed.
     pub fn top_io_processes(&self, k: usize) -> Vec<IoProcessRow> {
-        let mut rows: Vec<IoProcessRow> = self
+        self.top_rows(k, |st| (&st.io_total, st.io_score), |c| c.bytes)
+    }
+
+    /// The `k` live processes with the most recent `select`ed score; processes whose counters
+    /// are all zero by `bytes` are not listed (ties: most bytes in total, then pid).
+    fn top_rows<D: Clone + Ord, C: Clone>(
+        &self,
+        k: usize,
+        select: impl Fn(&ProcState) -> (&HashMap<D, C>, f64),
+        bytes: impl Fn(&C) -> u64,
+    ) -> Vec<TopRow<D, C>> {
+        let mut rows: Vec<(u64, TopRow<D, C>)> = self
             .procs
             .iter()
-            .filter(|(_, st)| st.live && st.io_total.values().any(|c| !c.is_zero()))
-            .map(|(key, st)| {
-                let mut io: Vec<(IoDim, IoCounters)> = st
-                    .io_total
+            .filter(|(_, st)| st.live)
+            .filter_map(|(key, st)| {
+                let (counters, score) = select(st);
+                let total: u64 = counters.values().map(&bytes).sum();
+                if total == 0 {
+                    return None;
+                }
+                let mut counters: Vec<(D, C)> = counters
                     .iter()
                     .map(|(d, c)| (d.clone(), c.clone()))
                     .collect();
-                io.sort_by(|a, b| a.0.cmp(&b.0));
-                IoProcessRow {
+                counters.sort_by(|a, b| a.0.cmp(&b.0));
+                let row = TopRow {
                     pid: key.tgid,
                     comm: st.comm.clone(),
                     instance: st.instance.clone(),
-                    io,
-                    score: st.io_score,
-                }
+                    counters,
+                    score,
+                };
+                Some((total, row))
             })
             .collect();
-        let bytes = |r: &IoProcessRow| -> u64 { r.io.iter().map(|(_, c)| c.bytes).sum() };
-        rows.sort_by(|a, b| {
+        rows.sort_by(|(ta, a), (tb, b)| {
             b.score
                 .total_cmp(&a.score)
-                .then(bytes(b).cmp(&bytes(a)))
+                .then(tb.cmp(ta))
                 .then(a.pid.cmp(&b.pid))
         });
-        rows.truncate(k);
-        rows
+        rows.into_iter().take(k).map(|(_, r)| r).collect()
     }
 
     /// Live processes tracked.
@@ -737,7 +720,7 @@ mod tests {
         let top = h.acc.top_io_processes(5);
         assert_eq!(top.len(), 1);
         let written: u64 = top[0]
-            .io
+            .counters
             .iter()
             .filter(|((_, op), _)| *op == Op::Write)
             .map(|(_, c)| c.bytes)
