@@ -8,6 +8,7 @@ pub mod block;
 pub mod config;
 pub mod cpu;
 pub mod ports;
+pub mod runq;
 pub mod tcp;
 
 /// Length of `task_struct.comm` (TASK_COMM_LEN).
@@ -30,6 +31,7 @@ pod!(
     cpu::DeadKey,
     cpu::DeadTotals,
     ports::ListenRecord,
+    runq::RunqTotals,
     tcp::TcpKey,
     tcp::TcpTotals,
     tcp::Owner,

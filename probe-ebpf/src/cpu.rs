@@ -27,7 +27,7 @@ use probe_common::{
     COMM_LEN,
 };
 
-use crate::kernel::{bump, off, read, read_ptr, self_tgid, seq_write, IterMeta};
+use crate::kernel::{bump, off, read, read_ptr, self_tgid, seq_write, task_state, IterMeta};
 
 #[map]
 static DEAD_TASKS: HashMap<DeadKey, DeadTotals> = HashMap::with_max_entries(DEAD_MAP_ENTRIES, 0);
@@ -120,16 +120,6 @@ pub fn probe_task_exit_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn probe_task_exit_raw(ctx: RawTracePointContext) -> i32 {
     on_switch(&ctx, ctx.arg(1), || ctx.arg(3));
     0
-}
-
-/// task->__state (5.14+, 4 bytes) or task->state (before, 8 bytes).
-#[inline(always)]
-fn task_state(task: *const u8) -> u64 {
-    if off!(task_state_size) == 4 {
-        u64::from(read::<u32>(task, off!(task_state)).unwrap_or(0))
-    } else {
-        read::<u64>(task, off!(task_state)).unwrap_or(0)
-    }
 }
 
 /// `prev_state_arg` reads sched_switch's 4th argument, prev's state (5.18+); older kernels have

@@ -51,6 +51,16 @@ pub(crate) fn current_task() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
+/// task->__state (5.14+, 4 bytes) or task->state (before, 8 bytes).
+#[inline(always)]
+pub(crate) fn task_state(task: *const u8) -> u64 {
+    if off!(task_state_size) == 4 {
+        u64::from(read::<u32>(task, off!(task_state)).unwrap_or(0))
+    } else {
+        read::<u64>(task, off!(task_state)).unwrap_or(0)
+    }
+}
+
 /// A process as the kernel programs key it: tgid and the leader's start time (tells a reused
 /// pid apart), and whether it is a kernel thread.
 #[derive(Clone, Copy)]

@@ -9,6 +9,7 @@ mod block;
 mod cpu;
 mod kernel;
 mod ports;
+mod runq;
 mod tcp;
 
 #[cfg(not(test))]

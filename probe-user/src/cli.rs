@@ -40,6 +40,24 @@ pub enum Command {
     /// Show which hook each collector uses on this kernel and why others were skipped; exits
     /// non-zero if no kernel collector can run.
     Check(HookArgs),
+    /// Live view of the noisiest instances and processes (or one snapshot with --once), from a
+    /// running daemon (--from) or standalone.
+    Top(crate::top::TopArgs),
+    /// Instance rule files: validate one, or print the built-in rules.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a rule file: prints the rules in the order they are tried, or every error with
+    /// its line and column (exit code 1).
+    Check {
+        /// The TOML rule file.
+        file: std::path::PathBuf,
+    },
+    /// Print the built-in rules (a starting point for a file of your own).
+    Defaults,
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -97,6 +115,12 @@ pub struct ServeArgs {
     /// into one series. Default: none. At most 64.
     #[arg(long = "tcp.remote-ports", value_delimiter = ',', value_parser = parse_remote_port)]
     pub tcp_remote_ports: Vec<u16>,
+
+    /// Instance rules (TOML): which service_instance each process belongs to, the instance cap
+    /// and expiry. Reloaded on SIGHUP (a file with errors is rejected and the rules in use stay).
+    /// Default: the built-in rules (`probe config defaults` prints them).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     pub hooks: HookArgs,

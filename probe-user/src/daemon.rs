@@ -18,19 +18,21 @@ use crate::{
         cgroups::CgroupPaths,
         cpu::DeadRead,
         ports::Listeners,
-        procinfo::ProcInfo,
         proctasks::ProcTasks,
+        runq::{RunqReader, RunqStats},
         sockdiag::ListenSockets,
         tcp::{monotonic_ns, TcpReader},
     },
     loader::{names, CollectorStatus, Kernel},
     model::{
         accounts::{
-            Accounts, InstanceTotals, IoProcessRow, PortRound, ProcessRow, Round, TcpProcessRow,
+            Accounts, InstanceTotals, IoProcessRow, Limits, PortRound, ProcessRow, Round,
+            TcpProcessRow,
         },
         instance::{Facts, Resolver},
         io::{IoCounters, IoDim},
         process::{self, DeadSample, ProcessKey, ProcessSample},
+        rules::{CgroupMeta, Rules},
         tcp::{TcpCounters, TcpDim},
     },
 };
@@ -46,6 +48,8 @@ pub struct Options {
     pub top_k: usize,
     /// Time constant (s) of the recent-CPU ranking of processes.
     pub rank_tau_secs: f64,
+    /// Instance rules (and the instance cap and expiry they set).
+    pub rules: Arc<Rules>,
 }
 
 impl Default for Options {
@@ -53,8 +57,25 @@ impl Default for Options {
         Self {
             top_k: 20,
             rank_tau_secs: 30.0,
+            rules: Arc::new(Rules::defaults()),
         }
     }
+}
+
+/// How an instance was named, and what its cgroup path says (labels of probe_instance_info).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceMeta {
+    /// The rule that named it.
+    pub rule: Arc<str>,
+    pub container: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+/// What /proc told about a process, in the form rules read it.
+#[derive(Clone, Debug, Default)]
+struct Known {
+    cmdline: Option<Arc<str>>,
+    exe: Option<Arc<str>>,
 }
 
 /// Counters about the daemon itself.
@@ -79,6 +100,13 @@ pub struct SelfStats {
     pub tcp_lost: u64,
     /// TCP map entries that could not be deleted, listening-port updates that failed.
     pub tcp_map_failures: u64,
+    /// Run-queue programs' self-counters (kernel), and latency-map entries not deleted.
+    pub runq: RunqStats,
+    pub runq_delete_failures: u64,
+    /// Rule reloads (SIGHUP) that took effect / were rejected (the previous rules stay).
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_reload_ok: bool,
     pub programs: Vec<ProgramStats>,
 }
 
@@ -107,6 +135,16 @@ pub struct Snapshot {
     /// Established connections per (instance, listening port).
     pub established: Vec<((Arc<str>, u16), u64)>,
     pub top_tcp: Vec<TcpProcessRow>,
+    /// Run-queue latency histogram per instance (count in ops, sum in latency_ns).
+    pub runq: Vec<(Arc<str>, IoCounters)>,
+    /// What processes outside the top-K used, per instance (the `other` rows).
+    pub other_cpu: Vec<(Arc<str>, (u64, u64))>,
+    pub other_io: Vec<((Arc<str>, IoDim), IoCounters)>,
+    pub other_tcp: Vec<((Arc<str>, TcpDim), TcpCounters)>,
+    /// Rule, container and pod of each exported instance.
+    pub meta: Vec<(Arc<str>, InstanceMeta)>,
+    /// Instance names folded into `other` by the cap.
+    pub folded_instances: usize,
     pub collectors: Vec<(CollectorStatus, bool)>,
     pub stats: SelfStats,
     pub processes: usize,
@@ -116,7 +154,11 @@ pub struct Daemon {
     kernel: Kernel,
     opts: Options,
     accounts: Accounts,
-    procinfo: HashMap<ProcessKey, Option<ProcInfo>>,
+    procinfo: HashMap<ProcessKey, Option<Known>>,
+    rules: Arc<Rules>,
+    meta: HashMap<Arc<str>, InstanceMeta>,
+    runq_reader: RunqReader,
+    started: Instant,
     cgroups: CgroupPaths,
     listeners: Listeners,
     io_reader: IoReader,
@@ -143,10 +185,16 @@ impl Daemon {
             .task_iter
             .is_none()
             .then(|| ProcTasks::new(procfs::ticks_per_second(), crate::sys::cgroup2_mount()));
+        let mut accounts = Accounts::new(opts.rank_tau_secs);
+        accounts.set_limits(limits(&opts, &opts.rules));
         Self {
             kernel,
-            accounts: Accounts::new(opts.rank_tau_secs),
+            accounts,
+            rules: opts.rules.clone(),
             opts,
+            meta: HashMap::new(),
+            runq_reader: RunqReader::default(),
+            started: Instant::now(),
             procinfo: HashMap::new(),
             cgroups: CgroupPaths::new(crate::sys::cgroup2_mount()),
             listeners: HashMap::new(),
@@ -167,6 +215,28 @@ impl Daemon {
 
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
+    }
+
+    /// Seconds since the daemon started (a monotonic clock for samples).
+    pub fn uptime_secs(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Replaces the instance rules (SIGHUP). Counts are kept: processes whose instance changes
+    /// carry on in the new one from the next collection.
+    pub fn set_rules(&mut self, rules: Arc<Rules>) {
+        self.accounts.set_limits(limits(&self.opts, &rules));
+        self.rules = rules;
+    }
+
+    /// Records the outcome of a rule reload (for the self-metrics).
+    pub fn reloaded(&mut self, ok: bool) {
+        if ok {
+            self.stats.reloads_ok += 1;
+        } else {
+            self.stats.reloads_failed += 1;
+        }
+        self.stats.last_reload_ok = ok;
     }
 
     fn failed(&mut self, collector: &'static str, err: &dyn std::fmt::Display) {
@@ -248,6 +318,16 @@ impl Daemon {
             },
             None => Some(collect::tcp::TcpRead::default()),
         };
+        let runq = match &self.kernel.runq {
+            Some(maps) => match self.runq_reader.read(&maps.latency, granularity) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.failed(names::RUNQ, &e);
+                    None
+                }
+            },
+            None => Some(HashMap::new()),
+        };
         summary.processes = live.len();
         summary.exited_processes = dead.keys().filter(|k| !live.contains_key(k)).count();
 
@@ -258,34 +338,67 @@ impl Daemon {
         let facts = self.facts(&live);
         let cgroup_paths = self.cgroup_paths(&live, dead);
         let lookup = |id: u64| cgroup_paths.get(&id).cloned();
+        let rules = self.rules.clone();
         let resolver = Resolver {
+            rules: &rules,
             live: &facts,
             cgroup_paths: &lookup,
         };
+        let mut metas: HashMap<String, InstanceMeta> = HashMap::new();
         let mut resolve = |key: &ProcessKey| -> String {
-            match (live.contains_key(key), facts.get(&key.tgid)) {
-                (true, Some(f)) => resolver.resolve(f),
-                _ => resolver.resolve(&Facts {
-                    identity: dead
+            let (named, cgroup_id) = match (live.contains_key(key), facts.get(&key.tgid)) {
+                (true, Some(f)) => (resolver.resolve(f), f.identity.cgroup_id),
+                _ => {
+                    let identity = dead
                         .get(key)
                         .map(|d| d.identity.clone())
-                        .unwrap_or_default(),
-                    ..Facts::default()
-                }),
+                        .unwrap_or_default();
+                    let id = identity.cgroup_id;
+                    (
+                        resolver.resolve(&Facts {
+                            identity,
+                            ..Facts::default()
+                        }),
+                        id,
+                    )
+                }
+            };
+            if !metas.contains_key(&named.instance) {
+                let cg = lookup(cgroup_id)
+                    .map(|p| CgroupMeta::parse(&p))
+                    .unwrap_or_default();
+                metas.insert(
+                    named.instance.clone(),
+                    InstanceMeta {
+                        rule: named.rule,
+                        container: cg.container,
+                        pod_uid: cg.pod_uid,
+                    },
+                );
             }
+            named.instance
         };
         let elapsed = self.last.map_or(0.0, |l| l.elapsed().as_secs_f64());
+        let now = self.started.elapsed().as_secs_f64();
         let round = Round {
             live: &live,
             dead,
             io: io.as_ref(),
             tcp: tcp.as_ref().map(|t| &t.processes),
+            runq: runq.as_ref(),
             elapsed_secs: elapsed,
+            now_secs: now,
             page_size: self.page_size,
         };
         let forget = self.accounts.apply(&round, &mut resolve);
-        let owners = self.port_owners(&live, &facts, &resolver);
+        let owners = self.port_owners(&live, &facts, &resolver, now);
         self.apply_tcp_ports(tcp.as_ref().map(|t| &t.ports), &owners);
+        self.accounts.end_round(now);
+        for (name, m) in metas {
+            self.meta.insert(Arc::from(name), m);
+        }
+        let exported = self.accounts.instances();
+        self.meta.retain(|k, _| exported.contains_key(k));
         self.last = Some(Instant::now());
         if let Some(map) = &mut self.kernel.dead_tasks {
             let kernel_keys = forget
@@ -303,6 +416,11 @@ impl Daemon {
             self.stats.tcp_map_failures +=
                 self.tcp_reader
                     .forget_idle(&mut maps.traffic, is_live, granularity) as u64;
+        }
+        if let Some(maps) = &mut self.kernel.runq {
+            self.stats.runq_delete_failures +=
+                self.runq_reader
+                    .forget_idle(&mut maps.latency, is_live, granularity) as u64;
         }
         self.procinfo.retain(|k, _| live.contains_key(k));
         self.finish(t0, &mut summary);
@@ -352,6 +470,22 @@ impl Daemon {
                     self.stats.tcp_lost = lost;
                 }
                 Err(e) => self.failed(names::TCP, &e),
+            }
+        }
+        if let Some(maps) = &self.kernel.runq {
+            match collect::runq::stats(&maps.stats) {
+                Ok(s) => {
+                    let lost = s.queued_lost + s.latency_lost;
+                    let before = self.stats.runq.queued_lost + self.stats.runq.latency_lost;
+                    if lost > before {
+                        warn!(
+                            lost = lost - before,
+                            "run-queue map full: waits not counted"
+                        );
+                    }
+                    self.stats.runq = s;
+                }
+                Err(e) => self.failed(names::RUNQ, &e),
             }
         }
         if let Some(ebpf) = &self.kernel.ebpf {
@@ -407,6 +541,7 @@ impl Daemon {
         live: &HashMap<ProcessKey, ProcessSample>,
         facts: &HashMap<u32, Facts>,
         resolver: &Resolver<'_>,
+        now: f64,
     ) -> HashMap<u16, Arc<str>> {
         let mut by_port: HashMap<u16, u32> = HashMap::new();
         for (&tgid, ports) in &self.listeners {
@@ -419,7 +554,10 @@ impl Daemon {
         let owners = by_port
             .into_iter()
             .filter(|(_, tgid)| live_tgids.contains(tgid))
-            .filter_map(|(port, tgid)| Some((port, Arc::from(resolver.resolve(facts.get(&tgid)?)))))
+            .filter_map(|(port, tgid)| Some((port, resolver.resolve(facts.get(&tgid)?).instance)))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(port, name)| (port, self.accounts.admit(name, now)))
             .collect();
         if let Some(maps) = &mut self.kernel.tcp {
             let mut listening: HashSet<u16> = self.listeners.values().flatten().copied().collect();
@@ -485,7 +623,13 @@ impl Daemon {
             if let Some(path) = info.as_ref().and_then(|i| i.cgroup.as_deref()) {
                 self.cgroups.learn(sample.identity.cgroup_id, path);
             }
-            self.procinfo.insert(*key, info);
+            let known = info.map(|i| Known {
+                cmdline: i.cmdline.as_deref().map(Facts::cmdline_from_raw),
+                exe: i
+                    .exe
+                    .map(|e| Arc::from(crate::model::names::display_name(e.as_bytes()))),
+            });
+            self.procinfo.insert(*key, known);
         }
     }
 
@@ -497,6 +641,7 @@ impl Daemon {
                     identity: s.identity.clone(),
                     ports: self.listeners.get(&key.tgid).cloned().unwrap_or_default(),
                     cmdline: info.and_then(|i| i.cmdline.clone()),
+                    exe: info.and_then(|i| i.exe.clone()),
                 };
                 (key.tgid, facts)
             })
@@ -526,14 +671,14 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            top: self.accounts.top_processes(self.opts.top_k),
+            top: self.accounts.tops().cpu.clone(),
             io: self
                 .accounts
                 .io()
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            top_io: self.accounts.top_io_processes(self.opts.top_k),
+            top_io: self.accounts.tops().io.clone(),
             tcp: self
                 .accounts
                 .tcp()
@@ -552,7 +697,40 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
-            top_tcp: self.accounts.top_tcp_processes(self.opts.top_k),
+            top_tcp: self.accounts.tops().tcp.clone(),
+            runq: self
+                .accounts
+                .runq()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            other_cpu: self
+                .accounts
+                .other_cpu()
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            other_io: self
+                .accounts
+                .other_io()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            other_tcp: self
+                .accounts
+                .other_tcp()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            meta: {
+                let mut m: Vec<_> = self
+                    .meta
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                m.sort_by(|a, b| a.0.cmp(&b.0));
+                m
+            },
+            folded_instances: self.accounts.folded_instances(),
             collectors: self
                 .kernel
                 .statuses
@@ -562,5 +740,13 @@ impl Daemon {
             stats: self.stats.clone(),
             processes: self.accounts.live_processes(),
         }
+    }
+}
+
+fn limits(opts: &Options, rules: &Rules) -> Limits {
+    Limits {
+        top_k: opts.top_k,
+        max_instances: rules.max_instances,
+        expire_after_secs: rules.expire_after.as_secs_f64(),
     }
 }

@@ -28,6 +28,11 @@ use probe_common::{
         TASK_ITER_PROGRAM,
     },
     ports::LISTEN_ITER_PROGRAM,
+    runq::{
+        RunqTotals, LATENCY_MAP as RUNQ_LATENCY_MAP, STATS_MAP as RUNQ_STATS_MAP,
+        SWITCH_BTF_PROGRAM, SWITCH_RAW_PROGRAM, WAKEUP_BTF_PROGRAM, WAKEUP_NEW_BTF_PROGRAM,
+        WAKEUP_NEW_RAW_PROGRAM, WAKEUP_RAW_PROGRAM,
+    },
     tcp::{
         RttTotals, TcpKey, TcpTotals, LISTEN_MAP, RECV_PROGRAM, REMOTE_PORTS_MAP,
         RETRANSMIT_PROGRAM, RETRANSMIT_SYNACK_PROGRAM, RTT_MAP, SEND_PROGRAM, SKB_EGRESS_PROGRAM,
@@ -67,6 +72,8 @@ pub mod names {
     pub const TCP_RETRANSMIT: &str = "tcp_retransmit";
     /// RTT of connections to listening ports.
     pub const TCP_RTT: &str = "tcp_rtt";
+    /// Run-queue latency histograms per process (wakeup to switch-in).
+    pub const RUNQ: &str = "runq";
 }
 
 /// What one collector runs on, on this kernel.
@@ -104,6 +111,8 @@ pub struct Kernel {
     pub block_stats: Option<PerCpuArray<MapData, u64>>,
     /// TCP maps, when any TCP collector is up.
     pub tcp: Option<TcpMaps>,
+    /// Run-queue latency per process, and the run-queue programs' counters.
+    pub runq: Option<RunqMaps>,
     /// Names of the programs that are attached (for BPF run-time statistics).
     pub attached: Vec<&'static str>,
     pub statuses: Vec<CollectorStatus>,
@@ -120,6 +129,12 @@ pub struct TcpMaps {
     pub traffic: BpfHashMap<MapData, TcpKey, TcpTotals>,
     pub listen: BpfHashMap<MapData, u16, u64>,
     pub rtt: BpfHashMap<MapData, u16, RttTotals>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+/// The run-queue latency programs' maps.
+pub struct RunqMaps {
+    pub latency: BpfHashMap<MapData, DeadKey, RunqTotals>,
     pub stats: PerCpuArray<MapData, u64>,
 }
 
@@ -186,6 +201,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
     let mut tcp_state = CollectorStatus::new(names::TCP_STATE);
     let mut tcp_retransmit = CollectorStatus::new(names::TCP_RETRANSMIT);
     let mut tcp_rtt = CollectorStatus::new(names::TCP_RTT);
+    let mut runq = CollectorStatus::new(names::RUNQ);
     let mut kernel = Kernel {
         ebpf: None,
         task_iter: None,
@@ -195,6 +211,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         block_io: None,
         block_stats: None,
         tcp: None,
+        runq: None,
         attached: Vec::new(),
         statuses: Vec::new(),
         logger: None,
@@ -283,6 +300,29 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                     }
                 }
             }
+            let mut a = Attacher {
+                ebpf: &mut ebpf,
+                btf: &aya_btf,
+                skip: &opts.skip_hooks,
+            };
+            if let Some(progs) = a.runq(&mut runq) {
+                kernel.attached.extend(progs);
+                let latency = ebpf
+                    .take_map(RUNQ_LATENCY_MAP)
+                    .and_then(|m| BpfHashMap::try_from(m).ok());
+                let stats = ebpf
+                    .take_map(RUNQ_STATS_MAP)
+                    .and_then(|m| PerCpuArray::try_from(m).ok());
+                match (latency, stats) {
+                    (Some(latency), Some(stats)) => kernel.runq = Some(RunqMaps { latency, stats }),
+                    _ => {
+                        runq.hook = None;
+                        runq.notes.push(format!(
+                            "map {RUNQ_LATENCY_MAP} or {RUNQ_STATS_MAP} missing from the object"
+                        ));
+                    }
+                }
+            }
             let tcp_sts = [&mut tcp, &mut tcp_state, &mut tcp_retransmit, &mut tcp_rtt];
             let (progs, maps) = attach_tcp(&mut ebpf, &aya_btf, opts, tcp_sts);
             kernel.attached.extend(progs);
@@ -308,6 +348,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                 &mut tcp_state,
                 &mut tcp_retransmit,
                 &mut tcp_rtt,
+                &mut runq,
             ] {
                 s.notes.push(reason.clone());
             }
@@ -339,6 +380,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         &tcp_state,
         &tcp_retransmit,
         &tcp_rtt,
+        &runq,
         &table,
     ] {
         if s.up() {
@@ -357,6 +399,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         tcp_state,
         tcp_retransmit,
         tcp_rtt,
+        runq,
         table,
     ];
     kernel.environment = env;
@@ -462,6 +505,9 @@ pub mod hooks {
     pub const TCP_RETRANSMIT: &str = "raw_tp/tcp_retransmit_skb";
     /// RTT callbacks of accepted connections: sock_ops on the cgroup2 root.
     pub const TCP_SOCKOPS: &str = "sock_ops";
+    /// Run-queue latency: sched_wakeup, sched_wakeup_new and sched_switch, BTF-typed or raw.
+    pub const RUNQ_BTF: &str = "tp_btf/sched_wakeup";
+    pub const RUNQ_RAW: &str = "raw_tp/sched_wakeup";
     pub const PROCFS: &str = "procfs";
     /// Every hook `--hooks.skip` accepts.
     pub const ALL: &[&str] = &[
@@ -478,6 +524,8 @@ pub mod hooks {
         TCP_STATE,
         TCP_RETRANSMIT,
         TCP_SOCKOPS,
+        RUNQ_BTF,
+        RUNQ_RAW,
     ];
 }
 
@@ -559,6 +607,31 @@ impl Attacher<'_> {
             return None;
         }
         Some(EXIT_RAW_PROGRAM)
+    }
+
+    /// Run-queue latency: the switch program first (so no wait is recorded without a program
+    /// to end it), then the wakeups; BTF tracepoints, else raw tracepoints.
+    fn runq(&mut self, st: &mut CollectorStatus) -> Option<Vec<&'static str>> {
+        const BTF: &[(&str, &str)] = &[
+            (SWITCH_BTF_PROGRAM, "sched_switch"),
+            (WAKEUP_BTF_PROGRAM, "sched_wakeup"),
+            (WAKEUP_NEW_BTF_PROGRAM, "sched_wakeup_new"),
+        ];
+        const RAW: &[(&str, &str)] = &[
+            (SWITCH_RAW_PROGRAM, "sched_switch"),
+            (WAKEUP_RAW_PROGRAM, "sched_wakeup"),
+            (WAKEUP_NEW_RAW_PROGRAM, "sched_wakeup_new"),
+        ];
+        if self
+            .attempt(st, hooks::RUNQ_BTF, |ebpf, btf| {
+                attach_btf_set(ebpf, btf, BTF)
+            })
+            .is_some()
+        {
+            return Some(BTF.iter().map(|(p, _)| *p).collect());
+        }
+        self.attempt(st, hooks::RUNQ_RAW, |ebpf, _| attach_raw_set(ebpf, RAW))?;
+        Some(RAW.iter().map(|(p, _)| *p).collect())
     }
 
     /// Block IO: block_io_start/done where the kernel has them (6.5+), else the block_rq_*
@@ -759,6 +832,35 @@ fn set_remote_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), String> {
 
 /// Loads (once) and attaches raw tracepoint programs to tracepoints, all or nothing: if one
 /// fails, the ones attached by this call are detached again.
+/// Attaches BTF tracepoint programs in order; all or none (those attached are detached again
+/// if one fails).
+fn attach_btf_set(ebpf: &mut Ebpf, btf: &Btf, set: &[(&str, &str)]) -> Result<(), String> {
+    let mut done: Vec<(&str, aya::programs::tp_btf::BtfTracePointLinkId)> = Vec::new();
+    let mut result = Ok(());
+    for &(name, tp) in set {
+        let attached = program::<BtfTracePoint>(ebpf, name).and_then(|prog| {
+            prog.load(tp, btf)
+                .map_err(|e| format!("{tp}: {}", chain(&e)))?;
+            prog.attach().map_err(|e| format!("{tp}: {}", chain(&e)))
+        });
+        match attached {
+            Ok(id) => done.push((name, id)),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_err() {
+        for (name, id) in done {
+            if let Ok(prog) = program::<BtfTracePoint>(ebpf, name) {
+                let _ = prog.detach(id);
+            }
+        }
+    }
+    result
+}
+
 fn attach_raw_set(ebpf: &mut Ebpf, set: &[(&str, &str)]) -> Result<(), String> {
     let mut done: Vec<(&str, aya::programs::raw_trace_point::RawTracePointLinkId)> = Vec::new();
     let mut result = Ok(());

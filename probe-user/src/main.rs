@@ -4,7 +4,8 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use probe_user::{
     check,
-    cli::{Cli, Command, ServeArgs},
+    cli::{Cli, Command, ConfigCommand, ServeArgs},
+    config,
     daemon::{Daemon, Options},
     exporter::http::{self, App},
     loader,
@@ -13,9 +14,26 @@ use tracing::{error, info};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    // probe top draws on the terminal: only warnings and errors go to stderr unless asked.
+    let level = match (&cli.command, cli.log_level.as_str()) {
+        (Command::Top(_), "info") => "warn",
+        (_, l) => l,
+    };
+    init_logging(level);
     match cli.command {
         Command::Check(hooks) => check::run(hooks.skip),
+        Command::Config(ConfigCommand::Check { file }) => config::check(&file),
+        Command::Config(ConfigCommand::Defaults) => {
+            print!("{}", probe_user::model::rules::DEFAULT_RULES);
+            ExitCode::SUCCESS
+        }
+        Command::Top(args) => match probe_user::top::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("probe top: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -48,6 +66,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.tcp_remote_ports.len()
         );
     }
+    // A rule file with errors is a reason not to start (unlike on reload, there is nothing to
+    // keep).
+    let rules = match &args.config {
+        Some(path) => config::load(path)?,
+        None => probe_user::model::rules::Rules::defaults(),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
@@ -71,7 +95,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(logger) = kernel.logger.take() {
             loader::spawn_log_drain(logger);
         }
-        let opts = Options { top_k: usize::from(args.top_k), ..Options::default() };
+        let opts = Options {
+            top_k: usize::from(args.top_k),
+            rules: Arc::new(rules),
+            ..Options::default()
+        };
         let app = Arc::new(App::new(Daemon::new(kernel, opts)));
         {
             let app = app.clone();
@@ -79,6 +107,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         info!(address = %args.listen_address, "serving /metrics");
         tokio::spawn(collect_periodically(app.clone(), args.collect_interval));
+        tokio::spawn(reload_on_sighup(app.clone(), args.config.clone()));
         tokio::select! {
             () = http::serve(listener, app) => {}
             () = shutdown_signal() => info!("shutting down; kernel programs are detached on exit"),
@@ -95,6 +124,41 @@ async fn collect_periodically(app: Arc<App>, every: Duration) {
         let app = app.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || app.collect()).await {
             error!(error = %e, "collection task failed");
+        }
+    }
+}
+
+/// SIGHUP: reads the rule file again. A file with errors is rejected (logged, counted in
+/// probe_config_reloads_total{result="failure"}); the rules in use stay.
+async fn reload_on_sighup(app: Arc<App>, path: Option<std::path::PathBuf>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(path) = &path else {
+            info!("SIGHUP: no --config file; the built-in rules stay");
+            continue;
+        };
+        let loaded = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || config::load(&path)).await
+        };
+        let mut daemon = app.daemon();
+        match loaded {
+            Ok(Ok(rules)) => {
+                info!(file = %path.display(), rules = rules.names().count(), "SIGHUP: rules reloaded");
+                daemon.set_rules(Arc::new(rules));
+                daemon.reloaded(true);
+            }
+            Ok(Err(e)) => {
+                error!(file = %path.display(), "SIGHUP: rules not reloaded, the previous rules stay: {e:#}");
+                daemon.reloaded(false);
+            }
+            Err(e) => {
+                error!(error = %e, "SIGHUP: reload task failed; the previous rules stay");
+                daemon.reloaded(false);
+            }
         }
     }
 }

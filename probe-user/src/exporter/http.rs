@@ -71,6 +71,17 @@ impl App {
         })
     }
 
+    /// Collects and returns the sample `probe top --from` reads.
+    pub fn top_sample(&self) -> Result<String, serde_json::Error> {
+        let sample = {
+            let mut d = self.daemon();
+            d.collect();
+            crate::top::sample::Sample::from_snapshot(&d.snapshot(), d.uptime_secs())
+        };
+        self.ready.store(true, Ordering::Relaxed);
+        serde_json::to_string(&sample)
+    }
+
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
@@ -125,7 +136,8 @@ fn text(
 const LANDING: &str = "<html><head><title>probe</title></head><body><h1>probe</h1>\
 <p>Per-instance CPU attribution from eBPF.</p><ul>\
 <li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li>\
-<li><a href=\"/readyz\">/readyz</a></li></ul></body></html>\n";
+<li><a href=\"/readyz\">/readyz</a></li>\
+<li><a href=\"/api/v1/top\">/api/v1/top</a> (what <code>probe top --from</code> reads)</li></ul></body></html>\n";
 
 async fn handle(
     req: Request<Incoming>,
@@ -156,6 +168,21 @@ async fn handle(
                     };
                     text(StatusCode::OK, ct, body)
                 }
+                Ok(Err(e)) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN,
+                    format!("encoding failed: {e}\n"),
+                ),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN,
+                    format!("collection failed: {e}\n"),
+                ),
+            }
+        }
+        crate::top::source::API_PATH => {
+            match tokio::task::spawn_blocking(move || app.top_sample()).await {
+                Ok(Ok(body)) => text(StatusCode::OK, "application/json", body),
                 Ok(Err(e)) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     PLAIN,

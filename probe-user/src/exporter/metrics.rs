@@ -102,6 +102,25 @@ fn inst(name: &str) -> Labels<'_> {
     vec![("service_instance", esc(name))]
 }
 
+/// Labels of the `other` row of an instance in probe_process_* families: what its processes
+/// outside the top-K used.
+fn other_labels(instance: &str) -> Labels<'_> {
+    vec![
+        ("service_instance", esc(instance)),
+        ("pid", esc("other")),
+        ("comm", esc("other")),
+    ]
+}
+
+/// Adds `device` and (except for dirtied bytes) `op` to a process row's labels.
+fn io_row<'a>(mut labels: Labels<'a>, device: &'a str, op: Op, dirtied: bool) -> Labels<'a> {
+    labels.push(("device", esc(device)));
+    if !dirtied {
+        labels.push(("op", esc(op.label())));
+    }
+    labels
+}
+
 fn proc_labels(p: &ProcessRow) -> Labels<'_> {
     vec![
         ("service_instance", esc(&p.instance)),
@@ -222,7 +241,25 @@ const INSTANCE_PROCS: Desc = (
     None,
     "Live processes in the instance.",
 );
-const PROC_CPU: Desc = ("probe_process_cpu", Some(Unit::Seconds), "On-CPU time of the top processes by recent CPU use (--process.top-k); every process counts in its instance.");
+const PROC_CPU: Desc = ("probe_process_cpu", Some(Unit::Seconds), "On-CPU time of the top processes by recent CPU use (--process.top-k); pid=\"other\": the instance's other processes, while they were not listed.");
+const RUNQ_LATENCY: Desc = ("probe_runqueue_latency", Some(Unit::Seconds), "How long the instance's threads waited for a CPU each time they became runnable (woken or preempted), to when they ran.");
+const INSTANCE_INFO: Desc = ("probe_instance_info", None, "Each exported instance, the rule that named it, and the container and Kubernetes pod its cgroup path names (empty if none); the value is always 1.");
+const FOLDED: Desc = ("probe_instances_folded", None, "Instance names counted in service_instance=\"other\" because the number of instances reached its cap (max in [instances]).");
+const RELOADS: Desc = (
+    "probe_config_reloads",
+    None,
+    "Rule file reloads (SIGHUP): result=success, or failure (the previous rules stay).",
+);
+const RELOAD_OK: Desc = (
+    "probe_config_last_reload_successful",
+    None,
+    "1 if the last rule reload succeeded (or none was asked for).",
+);
+const RUNQ_EVENTS: Desc = (
+    "probe_runqueue_events",
+    None,
+    "Run-queue waits not counted: result=lost: a run-queue map was full.",
+);
 const PROC_RUNQ: Desc = (
     "probe_process_cpu_runqueue_wait",
     Some(Unit::Seconds),
@@ -347,17 +384,48 @@ impl Collector for SnapshotCollector {
 
         family(
             e,
+            RUNQ_LATENCY,
+            s.runq
+                .iter()
+                .map(|(i, c)| (inst(i), ConstHistogram::latency(c))),
+        )?;
+        family(
+            e,
+            INSTANCE_INFO,
+            s.meta.iter().map(|(i, m)| {
+                let labels = vec![
+                    ("service_instance", esc(i)),
+                    ("rule", esc(&m.rule)),
+                    ("container", esc(m.container.as_deref().unwrap_or(""))),
+                    ("pod_uid", esc(m.pod_uid.as_deref().unwrap_or(""))),
+                ];
+                (labels, gauge(1))
+            }),
+        )?;
+
+        family(
+            e,
             PROC_CPU,
             s.top
                 .iter()
-                .map(|p| (proc_labels(p), counter(secs(p.cpu_ns)))),
+                .map(|p| (proc_labels(p), counter(secs(p.cpu_ns))))
+                .chain(
+                    s.other_cpu
+                        .iter()
+                        .map(|(i, (cpu, _))| (other_labels(i), counter(secs(*cpu)))),
+                ),
         )?;
         family(
             e,
             PROC_RUNQ,
             s.top
                 .iter()
-                .map(|p| (proc_labels(p), counter(secs(p.run_delay_ns)))),
+                .map(|p| (proc_labels(p), counter(secs(p.run_delay_ns))))
+                .chain(
+                    s.other_cpu
+                        .iter()
+                        .map(|(i, (_, delay))| (other_labels(i), counter(secs(*delay)))),
+                ),
         )?;
 
         let block = s.io.iter().filter(|((_, (_, op)), _)| *op != Op::Dirtied);
@@ -391,23 +459,25 @@ impl Collector for SnapshotCollector {
                 }),
         )?;
         let proc_io = |dirtied: bool| {
-            s.top_io.iter().flat_map(move |p: &IoProcessRow| {
+            let listed = s.top_io.iter().flat_map(move |p: &IoProcessRow| {
                 p.counters
                     .iter()
                     .filter(move |((_, op), _)| (*op == Op::Dirtied) == dirtied)
                     .map(move |((d, op), c)| {
-                        let mut labels = vec![
+                        let labels = vec![
                             ("service_instance", esc(&p.instance)),
                             ("pid", owned(p.pid.to_string())),
                             ("comm", esc(&p.comm)),
-                            ("device", esc(d)),
                         ];
-                        if !dirtied {
-                            labels.push(("op", esc(op.label())));
-                        }
-                        (labels, c)
+                        (io_row(labels, d, *op, dirtied), c)
                     })
-            })
+            });
+            let other = s
+                .other_io
+                .iter()
+                .filter(move |((_, (_, op)), _)| (*op == Op::Dirtied) == dirtied)
+                .map(move |((i, (d, op)), c)| (io_row(other_labels(i), d, *op, dirtied), c));
+            listed.chain(other)
         };
         family(
             e,
@@ -483,14 +553,30 @@ impl Collector for SnapshotCollector {
         family(
             e,
             PROC_TCP_BYTES,
-            s.top_tcp.iter().flat_map(|p: &TcpProcessRow| {
-                p.counters.iter().flat_map(move |(d, c)| {
-                    let mut labels = tcp_labels(&p.instance, d);
-                    labels.insert(1, ("pid", owned(p.pid.to_string())));
-                    labels.insert(2, ("comm", esc(&p.comm)));
-                    tcp_byte_rows(labels, c)
+            s.top_tcp
+                .iter()
+                .flat_map(|p: &TcpProcessRow| {
+                    p.counters.iter().flat_map(move |(d, c)| {
+                        let mut labels = tcp_labels(&p.instance, d);
+                        labels.insert(1, ("pid", owned(p.pid.to_string())));
+                        labels.insert(2, ("comm", esc(&p.comm)));
+                        tcp_byte_rows(labels, c)
+                    })
                 })
-            }),
+                .chain(s.other_tcp.iter().flat_map(|((i, d), c)| {
+                    let mut labels = tcp_labels(i, d);
+                    labels.insert(1, ("pid", esc("other")));
+                    labels.insert(2, ("comm", esc("other")));
+                    tcp_byte_rows(labels, c)
+                })),
+        )?;
+        family(
+            e,
+            RUNQ_EVENTS,
+            [(
+                vec![("result", esc("lost"))],
+                ConstCounter::new(s.stats.runq.queued_lost + s.stats.runq.latency_lost),
+            )],
         )?;
         family(
             e,
@@ -553,6 +639,23 @@ impl Collector for SnapshotCollector {
 
         single(e, PROCESSES, gauge(clamp(s.processes as u64)))?;
         single(e, INSTANCES, gauge(clamp(s.instances.len() as u64)))?;
+        single(e, FOLDED, gauge(clamp(s.folded_instances as u64)))?;
+        family(
+            e,
+            RELOADS,
+            [
+                ("success", s.stats.reloads_ok),
+                ("failure", s.stats.reloads_failed),
+            ]
+            .map(|(r, n)| (vec![("result", esc(r))], ConstCounter::new(n))),
+        )?;
+        single(
+            e,
+            RELOAD_OK,
+            gauge(i64::from(
+                s.stats.last_reload_ok || s.stats.reloads_failed == 0,
+            )),
+        )?;
         single(
             e,
             COLLECT,
@@ -696,6 +799,46 @@ mod tests {
                 )],
                 score: 1.0,
             }],
+            runq: vec![("mariadbd:3307".into(), {
+                let mut c = IoCounters {
+                    ops: 4,
+                    latency_ns: 40_000,
+                    ..IoCounters::default()
+                };
+                c.buckets[4] = 4;
+                c
+            })],
+            other_cpu: vec![("mariadbd:3307".into(), (500_000_000, 0))],
+            other_io: vec![(
+                ("mariadbd:3307".into(), ("vda".into(), Op::Write)),
+                IoCounters {
+                    bytes: 512,
+                    ops: 1,
+                    ..IoCounters::default()
+                },
+            )],
+            other_tcp: vec![(
+                (
+                    "mariadbd:3307".into(),
+                    TcpDim {
+                        role: Role::Server,
+                        port: 3307,
+                    },
+                ),
+                TcpCounters {
+                    rx_bytes: 3,
+                    ..TcpCounters::default()
+                },
+            )],
+            meta: vec![(
+                "mariadbd:3307".into(),
+                crate::daemon::InstanceMeta {
+                    rule: "listener".into(),
+                    container: Some("0123456789ab".into()),
+                    pod_uid: None,
+                },
+            )],
+            folded_instances: 2,
             collectors: vec![(
                 CollectorStatus {
                     name: "cpu",
@@ -751,6 +894,16 @@ mod tests {
             r#"probe_tcp_rtt_seconds_bucket{le="0.000032",service_instance="mariadbd:3307",port="3307"} 2"#,
             r#"probe_tcp_rtt_seconds_sum{service_instance="mariadbd:3307",port="3307"} 0.00006"#,
             r#"probe_process_tcp_bytes_total{service_instance="mariadbd:3307",pid="42",comm="mariadbd",port="ephemeral",direction="rx"} 7"#,
+            r#"probe_runqueue_latency_seconds_bucket{le="0.000016",service_instance="mariadbd:3307"} 4"#,
+            r#"probe_runqueue_latency_seconds_sum{service_instance="mariadbd:3307"} 0.00004"#,
+            r#"probe_runqueue_latency_seconds_count{service_instance="mariadbd:3307"} 4"#,
+            r#"probe_instance_info{service_instance="mariadbd:3307",rule="listener",container="0123456789ab",pod_uid=""} 1"#,
+            r#"probe_process_cpu_seconds_total{service_instance="mariadbd:3307",pid="other",comm="other"} 0.5"#,
+            r#"probe_process_block_bytes_total{service_instance="mariadbd:3307",pid="other",comm="other",device="vda",op="write"} 512"#,
+            r#"probe_process_tcp_bytes_total{service_instance="mariadbd:3307",pid="other",comm="other",port="3307",direction="rx"} 3"#,
+            "probe_instances_folded 2",
+            r#"probe_config_reloads_total{result="failure"} 0"#,
+            "probe_config_last_reload_successful 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

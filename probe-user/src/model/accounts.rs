@@ -20,20 +20,74 @@
 //! after it exited).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
 use probe_common::COMM_LEN;
 
 use super::{
-    cumulative::{credit as credit_dims, credit_by_dim},
+    cumulative::{credit as credit_dims, credit_by_dim, Cumulative as _},
     instance::OTHER,
     io::{IoCounters, IoDim, ProcessIo},
     names::display_name,
     process::{DeadSample, ProcessKey, ProcessSample},
     tcp::{ProcessTcp, Role, TcpCounters, TcpDim},
 };
+
+/// Cumulative run-queue waits of one process or instance: count in `ops`, sum in `latency_ns`,
+/// histogram in `buckets`, under the single dimension `()`.
+pub type ProcessRunq = HashMap<(), IoCounters>;
+
+/// Bounds on what is exported.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Processes exported one by one per resource (CPU, block IO, TCP).
+    pub top_k: usize,
+    /// Instances exported; names beyond are counted in [`OTHER`].
+    pub max_instances: usize,
+    /// An instance with no live process and no activity for this long (s) is dropped.
+    pub expire_after_secs: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            top_k: 20,
+            max_instances: super::rules::DEFAULT_MAX_INSTANCES,
+            expire_after_secs: super::rules::DEFAULT_EXPIRE_AFTER.as_secs_f64(),
+        }
+    }
+}
+
+/// Which instance names are exported: at most `max`, the rest folded into [`OTHER`].
+#[derive(Debug, Default)]
+struct Registry {
+    /// Admitted instances and when each was last active (s).
+    known: HashMap<Arc<str>, f64>,
+    /// Names folded into [`OTHER`] because of the cap, and when each was last seen (s).
+    folded: HashMap<String, f64>,
+    /// Activity signature of each instance at the last round (see [`Accounts::end_round`]).
+    signature: HashMap<Arc<str>, u64>,
+}
+
+impl Registry {
+    fn admit(&mut self, name: String, limits: &Limits, now: f64) -> Arc<str> {
+        if name == OTHER {
+            return Arc::from(OTHER);
+        }
+        if let Some((k, _)) = self.known.get_key_value(name.as_str()) {
+            return k.clone();
+        }
+        if self.known.len() < limits.max_instances {
+            let k: Arc<str> = Arc::from(name);
+            self.known.insert(k.clone(), now);
+            return k;
+        }
+        self.folded.insert(name, now);
+        Arc::from(OTHER)
+    }
+}
 
 /// Cumulative totals of one instance.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -108,6 +162,7 @@ struct ProcState {
     tcp_seen: ProcessTcp,
     tcp_total: ProcessTcp,
     tcp_score: f64,
+    runq_seen: ProcessRunq,
 }
 
 /// One collection's input.
@@ -119,8 +174,12 @@ pub struct Round<'a> {
     pub io: Option<&'a HashMap<ProcessKey, ProcessIo>>,
     /// Cumulative TCP counters per process (same rules as `io`).
     pub tcp: Option<&'a HashMap<ProcessKey, ProcessTcp>>,
+    /// Cumulative run-queue waits per process (same rules as `io`).
+    pub runq: Option<&'a HashMap<ProcessKey, ProcessRunq>>,
     /// Seconds since the previous collection.
     pub elapsed_secs: f64,
+    /// A monotonic clock (s), for instance expiry.
+    pub now_secs: f64,
     pub page_size: u64,
 }
 
@@ -137,11 +196,33 @@ pub struct Accounts {
     rtt: BTreeMap<(Arc<str>, u16), IoCounters>,
     /// Established connections per instance and listening port (a gauge).
     established: BTreeMap<(Arc<str>, u16), u64>,
+    /// Run-queue latency per instance.
+    runq: BTreeMap<(Arc<str>, ()), IoCounters>,
     port_seen: HashMap<TcpDim, TcpCounters>,
     rtt_seen: HashMap<u16, IoCounters>,
+    /// What processes outside the exported top-K used, per instance: increases credited while
+    /// a process was not listed (so the listed processes plus `other` add up, as rates).
+    other_cpu: BTreeMap<Arc<str>, (u64, u64)>,
+    other_io: BTreeMap<(Arc<str>, IoDim), IoCounters>,
+    other_tcp: BTreeMap<(Arc<str>, TcpDim), TcpCounters>,
+    /// The exported top-K lists, fixed at the end of each round.
+    top: Tops,
+    registry: Registry,
+    limits: Limits,
     /// Time constant (s) of the decay that ranks processes by recent CPU use.
     tau_secs: f64,
     rounds: u64,
+}
+
+/// The processes exported one by one, per resource (see [`Accounts::end_round`]).
+#[derive(Clone, Debug, Default)]
+pub struct Tops {
+    pub cpu: Vec<ProcessRow>,
+    pub io: Vec<IoProcessRow>,
+    pub tcp: Vec<TcpProcessRow>,
+    cpu_pids: HashSet<u32>,
+    io_pids: HashSet<u32>,
+    tcp_pids: HashSet<u32>,
 }
 
 impl Accounts {
@@ -153,11 +234,28 @@ impl Accounts {
             tcp: BTreeMap::new(),
             rtt: BTreeMap::new(),
             established: BTreeMap::new(),
+            runq: BTreeMap::new(),
             port_seen: HashMap::new(),
             rtt_seen: HashMap::new(),
+            other_cpu: BTreeMap::new(),
+            other_io: BTreeMap::new(),
+            other_tcp: BTreeMap::new(),
+            top: Tops::default(),
+            registry: Registry::default(),
+            limits: Limits::default(),
             tau_secs,
             rounds: 0,
         }
+    }
+
+    /// The exported name for an instance name a rule gave (see [`Limits::max_instances`]).
+    pub fn admit(&mut self, name: String, now: f64) -> Arc<str> {
+        self.registry.admit(name, &self.limits, now)
+    }
+
+    /// Sets the bounds (at start, and when the rules are reloaded).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Applies one collection. `resolve` names the instance of a key: it is called for every
@@ -172,6 +270,11 @@ impl Accounts {
         let decay = (-round.elapsed_secs.max(0.0) / self.tau_secs).exp();
         let first = self.rounds == 0;
         self.rounds += 1;
+        let now = round.now_secs;
+        let limits = &self.limits;
+        let registry = &mut self.registry;
+        let mut resolve = |key: &ProcessKey| registry.admit(resolve(key), limits, now);
+        let top = &self.top;
         for t in self.instances.values_mut() {
             t.rss_bytes = 0;
             t.processes = 0;
@@ -187,12 +290,15 @@ impl Accounts {
             let st = self
                 .procs
                 .entry(*key)
-                .or_insert_with(|| ProcState::new(&instance, &sample.identity.comm));
-            st.update(&instance, &sample.identity.comm);
+                .or_insert_with(|| ProcState::new(instance.clone(), &sample.identity.comm));
+            st.update(instance, &sample.identity.comm);
             st.live = true;
             st.gone_rounds = 0;
             let totals = self.instances.entry(st.instance.clone()).or_default();
-            credit(st, totals, cpu, delay, decay, first);
+            let d = credit(st, totals, cpu, delay, decay, first);
+            if !top.cpu_pids.contains(&key.tgid) {
+                add_other_cpu(&mut self.other_cpu, &st.instance, d);
+            }
             totals.rss_bytes = totals
                 .rss_bytes
                 .saturating_add(sample.rss_pages.saturating_mul(round.page_size));
@@ -204,12 +310,13 @@ impl Accounts {
                 continue;
             }
             let st = self.procs.entry(*key).or_insert_with(|| {
-                let mut st = ProcState::new(&resolve(key), &dead.identity.comm);
+                let mut st = ProcState::new(resolve(key), &dead.identity.comm);
                 st.live = false;
                 st
             });
             let totals = self.instances.entry(st.instance.clone()).or_default();
-            credit(st, totals, dead.cpu_ns, dead.run_delay_ns, decay, first);
+            let d = credit(st, totals, dead.cpu_ns, dead.run_delay_ns, decay, first);
+            add_other_cpu(&mut self.other_cpu, &st.instance, d);
         }
 
         for (key, io) in round.io.into_iter().flatten() {
@@ -219,11 +326,13 @@ impl Accounts {
                     .get(key)
                     .map(|d| d.identity.comm)
                     .unwrap_or_default();
-                let mut st = ProcState::new(&resolve(key), &comm);
+                let mut st = ProcState::new(resolve(key), &comm);
                 st.live = false;
                 st
             });
-            credit_io(st, &mut self.io, io, decay, first);
+            let other =
+                (!top.io_pids.contains(&key.tgid) || !st.live).then_some(&mut self.other_io);
+            credit_io(st, &mut self.io, other, io, decay, first);
         }
 
         for (key, tcp) in round.tcp.into_iter().flatten() {
@@ -233,20 +342,47 @@ impl Accounts {
                     .get(key)
                     .map(|d| d.identity.comm)
                     .unwrap_or_default();
-                let mut st = ProcState::new(&resolve(key), &comm);
+                let mut st = ProcState::new(resolve(key), &comm);
                 st.live = false;
                 st
             });
             let mut recent = 0u64;
+            let listed = top.tcp_pids.contains(&key.tgid) && st.live;
+            let other_tcp = &mut self.other_tcp;
+            let instance = st.instance.clone();
             credit_dims(
                 &mut st.tcp_seen,
                 Some(&mut st.tcp_total),
                 &mut self.tcp,
                 &st.instance,
                 tcp,
-                |_, d| recent = recent.saturating_add(d.bytes()),
+                |dim, d| {
+                    recent = recent.saturating_add(d.bytes());
+                    if !listed {
+                        other_tcp
+                            .entry((instance.clone(), *dim))
+                            .or_default()
+                            .add(d);
+                    }
+                },
             );
             st.tcp_score = st.tcp_score * decay + if first { 0.0 } else { recent as f64 };
+        }
+
+        for (key, runq) in round.runq.into_iter().flatten() {
+            // Waits of a process not seen otherwise (it exited before the first look) are
+            // not worth a process entry: they need one to be charged, so keep it short.
+            let Some(st) = self.procs.get_mut(key) else {
+                continue;
+            };
+            credit_dims(
+                &mut st.runq_seen,
+                None,
+                &mut self.runq,
+                &st.instance,
+                runq,
+                |_, _| {},
+            );
         }
 
         let mut forget = Vec::new();
@@ -267,6 +403,11 @@ impl Accounts {
             };
             if !has_tcp {
                 st.tcp_seen.clear();
+            }
+            if let Some(runq) = round.runq {
+                if !runq.contains_key(key) {
+                    st.runq_seen.clear();
+                }
             }
             let has_io = has_io || has_tcp;
             st.live = false;
@@ -392,6 +533,100 @@ impl Accounts {
         rows.into_iter().take(k).map(|(_, r)| r).collect()
     }
 
+    /// Ends a round (after [`Accounts::apply`] and [`Accounts::apply_ports`]): fixes the
+    /// exported top-K lists, and drops instances that have had no live process and no activity
+    /// for `expire_after` (their series disappear; if one comes back it starts from zero).
+    pub fn end_round(&mut self, now: f64) {
+        let k = self.limits.top_k;
+        let cpu = self.top_processes(k);
+        let io = self.top_io_processes(k);
+        let tcp = self.top_tcp_processes(k);
+        self.top = Tops {
+            cpu_pids: cpu.iter().map(|r| r.pid).collect(),
+            io_pids: io.iter().map(|r| r.pid).collect(),
+            tcp_pids: tcp.iter().map(|r| r.pid).collect(),
+            cpu,
+            io,
+            tcp,
+        };
+
+        // Activity: any counter of the instance moved, or it has live processes.
+        let mut sig: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut mix = |inst: &Arc<str>, v: u64| {
+            let e = sig.entry(inst.clone()).or_default();
+            *e = e.wrapping_mul(31).wrapping_add(v);
+        };
+        for (inst, t) in &self.instances {
+            mix(inst, t.cpu_ns ^ t.run_delay_ns.rotate_left(17));
+        }
+        for ((inst, _), c) in &self.io {
+            mix(inst, c.bytes ^ c.ops.rotate_left(17));
+        }
+        for ((inst, _), c) in &self.tcp {
+            mix(
+                inst,
+                c.bytes() ^ (c.accepted + c.closed + c.retransmits).rotate_left(17),
+            );
+        }
+        let expire = self.limits.expire_after_secs;
+        let mut dead: HashSet<Arc<str>> = HashSet::new();
+        for (inst, last) in self.registry.known.iter_mut() {
+            let s = sig.get(inst).copied().unwrap_or(0);
+            let busy = self.instances.get(inst).is_some_and(|t| t.processes > 0);
+            if busy || self.registry.signature.get(inst) != Some(&s) {
+                *last = now;
+            } else if now - *last >= expire {
+                dead.insert(inst.clone());
+            }
+        }
+        self.registry.signature = sig;
+        self.registry.folded.retain(|_, seen| now - *seen < expire);
+        if dead.is_empty() {
+            return;
+        }
+        self.registry.known.retain(|k, _| !dead.contains(k));
+        self.registry.signature.retain(|k, _| !dead.contains(k));
+        self.instances.retain(|k, _| !dead.contains(k));
+        self.other_cpu.retain(|k, _| !dead.contains(k));
+        self.io.retain(|(k, _), _| !dead.contains(k));
+        self.tcp.retain(|(k, _), _| !dead.contains(k));
+        self.rtt.retain(|(k, _), _| !dead.contains(k));
+        self.established.retain(|(k, _), _| !dead.contains(k));
+        self.runq.retain(|(k, _), _| !dead.contains(k));
+        self.other_io.retain(|(k, _), _| !dead.contains(k));
+        self.other_tcp.retain(|(k, _), _| !dead.contains(k));
+    }
+
+    /// The top-K lists fixed by the last [`Accounts::end_round`].
+    pub fn tops(&self) -> &Tops {
+        &self.top
+    }
+
+    /// CPU and run-queue wait (ns) of processes not in the CPU top-K, per instance.
+    pub fn other_cpu(&self) -> &BTreeMap<Arc<str>, (u64, u64)> {
+        &self.other_cpu
+    }
+
+    /// Block IO of processes not in the block IO top-K, per instance.
+    pub fn other_io(&self) -> &BTreeMap<(Arc<str>, IoDim), IoCounters> {
+        &self.other_io
+    }
+
+    /// TCP traffic of processes not in the TCP top-K, per instance.
+    pub fn other_tcp(&self) -> &BTreeMap<(Arc<str>, TcpDim), TcpCounters> {
+        &self.other_tcp
+    }
+
+    /// Run-queue latency per instance.
+    pub fn runq(&self) -> impl Iterator<Item = (&Arc<str>, &IoCounters)> {
+        self.runq.iter().map(|((k, ()), v)| (k, v))
+    }
+
+    /// Instance names currently folded into [`OTHER`] by the cap.
+    pub fn folded_instances(&self) -> usize {
+        self.registry.folded.len()
+    }
+
     /// Live processes tracked.
     pub fn live_processes(&self) -> usize {
         self.procs.values().filter(|p| p.live).count()
@@ -424,9 +659,9 @@ impl Accounts {
 }
 
 impl ProcState {
-    fn new(instance: &str, comm: &[u8; COMM_LEN]) -> Self {
+    fn new(instance: Arc<str>, comm: &[u8; COMM_LEN]) -> Self {
         Self {
-            instance: Arc::from(instance),
+            instance,
             comm_raw: *comm,
             comm: Arc::from(display_name(comm)),
             cpu_ns: 0,
@@ -440,13 +675,14 @@ impl ProcState {
             tcp_seen: ProcessTcp::new(),
             tcp_total: ProcessTcp::new(),
             tcp_score: 0.0,
+            runq_seen: ProcessRunq::new(),
         }
     }
 
     /// Follows a change of instance or name (exec changes comm) without allocating otherwise.
-    fn update(&mut self, instance: &str, comm: &[u8; COMM_LEN]) {
-        if &*self.instance != instance {
-            self.instance = Arc::from(instance);
+    fn update(&mut self, instance: Arc<str>, comm: &[u8; COMM_LEN]) {
+        if self.instance != instance {
+            self.instance = instance;
         }
         if &self.comm_raw != comm {
             self.comm_raw = *comm;
@@ -455,7 +691,8 @@ impl ProcState {
     }
 }
 
-/// Adds a process's increase to its instance and to its recent-use score.
+/// Adds a process's increase to its instance and to its recent-use score; returns the increase
+/// (CPU, run-queue wait).
 fn credit(
     st: &mut ProcState,
     totals: &mut InstanceTotals,
@@ -463,7 +700,7 @@ fn credit(
     delay: u64,
     decay: f64,
     first: bool,
-) {
+) -> (u64, u64) {
     let d_cpu = cpu.saturating_sub(st.cpu_ns);
     let d_delay = delay.saturating_sub(st.run_delay_ns);
     st.cpu_ns += d_cpu;
@@ -473,6 +710,16 @@ fn credit(
     // On the very first collection every process brings its whole lifetime: that is not
     // recent use, so it does not rank anyone.
     st.score = st.score * decay + if first { 0.0 } else { d_cpu as f64 / 1e9 };
+    (d_cpu, d_delay)
+}
+
+fn add_other_cpu(other: &mut BTreeMap<Arc<str>, (u64, u64)>, instance: &Arc<str>, d: (u64, u64)) {
+    if d == (0, 0) {
+        return;
+    }
+    let o = other.entry(instance.clone()).or_default();
+    o.0 = o.0.saturating_add(d.0);
+    o.1 = o.1.saturating_add(d.1);
 }
 
 /// Adds the increase of a process's IO totals to the process and to its current instance.
@@ -480,11 +727,13 @@ fn credit(
 fn credit_io(
     st: &mut ProcState,
     instance_io: &mut BTreeMap<(Arc<str>, IoDim), IoCounters>,
+    mut other: Option<&mut BTreeMap<(Arc<str>, IoDim), IoCounters>>,
     now: &ProcessIo,
     decay: f64,
     first: bool,
 ) {
     let mut recent = 0u64;
+    let instance = st.instance.clone();
     credit_dims(
         &mut st.io_seen,
         Some(&mut st.io_total),
@@ -494,6 +743,9 @@ fn credit_io(
         |dim, d| {
             if dim.1 != super::io::Op::Dirtied {
                 recent = recent.saturating_add(d.bytes);
+            }
+            if let Some(o) = other.as_deref_mut() {
+                o.entry((instance.clone(), dim.clone())).or_default().add(d);
             }
         },
     );
@@ -536,6 +788,7 @@ mod tests {
     struct Harness {
         acc: Accounts,
         names: HashMap<ProcessKey, &'static str>,
+        now: f64,
     }
 
     impl Harness {
@@ -543,6 +796,7 @@ mod tests {
             Self {
                 acc: Accounts::new(30.0),
                 names: HashMap::from([(A, "a:1"), (B, "b:2")]),
+                now: 0.0,
             }
         }
         fn round(
@@ -601,7 +855,9 @@ mod tests {
                     dead: &dead,
                     io: Some(&io_map),
                     tcp,
+                    runq: None,
                     elapsed_secs: 1.0,
+                    now_secs: self.now,
                     page_size: 4096,
                 },
                 &mut resolve,
@@ -859,5 +1115,120 @@ mod tests {
         assert_eq!(h.inst("a:1").rss_bytes, 0);
         assert_eq!(h.inst("a:1").processes, 0);
         assert_eq!(h.inst("a:1").cpu_ns, 1);
+    }
+
+    #[test]
+    fn instances_beyond_the_cap_are_folded_into_other_and_counted() {
+        let mut h = Harness::new();
+        h.acc.set_limits(Limits {
+            top_k: 5,
+            max_instances: 1,
+            expire_after_secs: 600.0,
+        });
+        h.round(&[(A, live(100, 0)), (B, live(50, 0))], &[]);
+        h.acc.end_round(h.now);
+        let names: Vec<&str> = h.acc.instances().keys().map(|k| &**k).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&OTHER));
+        assert_eq!(h.acc.folded_instances(), 1);
+        // Whatever was admitted first keeps its name; the other one is in `other`.
+        assert_eq!(h.cpu("a:1") + h.cpu("b:2") + h.cpu(OTHER), 150);
+    }
+
+    #[test]
+    fn idle_instances_without_processes_expire_and_busy_ones_stay() {
+        let mut h = Harness::new();
+        h.acc.set_limits(Limits {
+            top_k: 5,
+            max_instances: 10,
+            expire_after_secs: 60.0,
+        });
+        h.round(&[(A, live(100, 0)), (B, live(50, 0))], &[]);
+        h.acc.end_round(h.now);
+        // B exits; A keeps running.
+        h.now = 10.0;
+        h.round(&[(A, live(150, 0))], &[(B, dead(60, 0))]);
+        h.acc.end_round(h.now);
+        for t in [20.0, 40.0, 60.0] {
+            h.now = t;
+            h.round(&[(A, live(150, 0))], &[]);
+            h.acc.end_round(h.now);
+        }
+        assert!(
+            h.acc.instances().contains_key("b:2"),
+            "not idle long enough"
+        );
+        h.now = 80.0;
+        h.round(&[(A, live(150, 0))], &[]);
+        h.acc.end_round(h.now);
+        assert!(!h.acc.instances().contains_key("b:2"), "expired");
+        assert_eq!(h.cpu("a:1"), 150, "idle but alive: stays");
+    }
+
+    #[test]
+    fn processes_outside_the_top_k_add_up_in_other_rows() {
+        let mut h = Harness::new();
+        h.names.insert(B, "a:1");
+        h.acc.set_limits(Limits {
+            top_k: 1,
+            max_instances: 10,
+            expire_after_secs: 600.0,
+        });
+        h.round(&[(A, live(0, 0)), (B, live(0, 0))], &[]);
+        h.acc.end_round(h.now);
+        h.round(&[(A, live(1000, 0)), (B, live(10, 0))], &[]);
+        h.acc.end_round(h.now);
+        // A was listed (a tie, broken by pid): only B's increase is in `other`.
+        assert_eq!(h.acc.other_cpu()["a:1"], (10, 0));
+        assert_eq!(h.acc.tops().cpu.len(), 1);
+        assert_eq!(h.acc.tops().cpu[0].pid, A.tgid);
+        // B becomes the busiest: listed from the next round on; A's increase meanwhile is
+        // still its own, B's goes to `other` one last time.
+        h.round(&[(A, live(1010, 0)), (B, live(5000, 0))], &[]);
+        h.acc.end_round(h.now);
+        assert_eq!(h.acc.tops().cpu[0].pid, B.tgid);
+        assert_eq!(h.acc.other_cpu()["a:1"], (5000, 0));
+        h.round(&[(A, live(1500, 0)), (B, live(5100, 0))], &[]);
+        h.acc.end_round(h.now);
+        assert_eq!(h.acc.other_cpu()["a:1"], (5490, 0));
+    }
+
+    #[test]
+    fn run_queue_waits_flow_into_the_instance() {
+        let mut h = Harness::new();
+        let waits = |n: u64| {
+            let c = IoCounters {
+                ops: n,
+                latency_ns: n * 1000,
+                ..IoCounters::default()
+            };
+            HashMap::from([(A, HashMap::from([((), c)]))])
+        };
+        let live_a = HashMap::from([(A, live(1, 0))]);
+        let dead = HashMap::new();
+        for n in [3, 10] {
+            let runq = waits(n);
+            let names = h.names.clone();
+            let mut resolve = |k: &ProcessKey| names[k].to_string();
+            h.acc.apply(
+                &Round {
+                    live: &live_a,
+                    dead: &dead,
+                    io: None,
+                    tcp: None,
+                    runq: Some(&runq),
+                    elapsed_secs: 1.0,
+                    now_secs: 0.0,
+                    page_size: 4096,
+                },
+                &mut resolve,
+            );
+        }
+        let got: Vec<(String, u64, u64)> = h
+            .acc
+            .runq()
+            .map(|(k, c)| (k.to_string(), c.ops, c.latency_ns))
+            .collect();
+        assert_eq!(got, vec![("a:1".to_string(), 10, 10_000)]);
     }
 }

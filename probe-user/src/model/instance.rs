@@ -1,18 +1,17 @@
-//! Which service instance a process belongs to (zero-config rules).
+//! Which service instance a process belongs to, by the instance rules ([`super::rules`]):
 //!
-//! 1. A process that listens on TCP is the instance `<comm>:<lowest listening port>`
-//!    (`mariadbd:3307`). mysqld and mariadbd are recognised this way even before their socket
-//!    is open, from `--port` on their command line.
-//! 2. Otherwise, a process belongs to the instance of its nearest ancestor that is one, as long
-//!    as every process on the way stays in the same cgroup: a worker forked by a server belongs
-//!    to it, a login session that sshd starts in its own session scope does not.
-//! 3. Otherwise, its systemd unit (the first `*.service` or `*.scope` in its cgroup path), or
-//!    its top-level cgroup.
+//! 1. The first process rule that matches the process itself (built-in: a process that listens
+//!    on TCP is `<comm>:<lowest listening port>`; mysqld/mariadbd also by `--port`).
+//! 2. Otherwise, the instance of its nearest ancestor a process rule matches, as long as every
+//!    process on the way stays in the same cgroup: a worker forked by a server belongs to it, a
+//!    login session that sshd starts in its own session scope does not.
+//! 3. Otherwise, the first cgroup rule that matches its cgroup path (built-in: its systemd
+//!    unit, else its top-level cgroup).
 //! 4. Otherwise (root cgroup, kernel threads): [`OTHER`].
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::names::display_name;
+use super::rules::{clean_cgroup, cmdline_text, Named, Rules, Subject};
 use crate::model::process::Identity;
 
 /// The instance of everything no rule claims.
@@ -27,12 +26,22 @@ pub struct Facts {
     pub identity: Identity,
     /// TCP ports the process listens on (any order, duplicates allowed).
     pub ports: Vec<u16>,
-    /// The process's command line, NUL-separated as in /proc/<pid>/cmdline, if known.
-    pub cmdline: Option<Arc<[u8]>>,
+    /// The process's command line as rules see it (arguments joined by spaces), if known.
+    pub cmdline: Option<Arc<str>>,
+    /// Path of the executable, if known.
+    pub exe: Option<Arc<str>>,
+}
+
+impl Facts {
+    /// The command line as rules see it, from /proc/<pid>/cmdline's NUL-separated bytes.
+    pub fn cmdline_from_raw(raw: &[u8]) -> Arc<str> {
+        Arc::from(cmdline_text(raw))
+    }
 }
 
 /// Resolves instances against one collection's view of the live processes.
 pub struct Resolver<'a> {
+    pub rules: &'a Rules,
     /// Live processes by tgid.
     pub live: &'a HashMap<u32, Facts>,
     /// cgroup v2 paths (relative to the cgroup2 mount, starting with `/`) by cgroup id.
@@ -40,12 +49,18 @@ pub struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    pub fn resolve(&self, p: &Facts) -> String {
+    /// The instance of `p` and the rule that named it (None for [`OTHER`]).
+    pub fn resolve(&self, p: &Facts) -> Named {
+        let other = || Named {
+            instance: OTHER.to_string(),
+            rule: Arc::from(""),
+        };
         if p.identity.kthread {
-            return OTHER.to_string();
+            return other();
         }
-        if let Some(name) = own_instance(p) {
-            return name;
+        let path = (self.cgroup_paths)(p.identity.cgroup_id).map(|c| clean_cgroup(&c));
+        if let Some(n) = self.own(p, path.as_deref()) {
+            return n;
         }
         let mut cur = p;
         for _ in 0..MAX_ANCESTORS {
@@ -58,72 +73,31 @@ impl Resolver<'_> {
             {
                 break;
             }
-            if let Some(name) = own_instance(parent) {
-                return name;
+            if let Some(n) = self.own(parent, path.as_deref()) {
+                return n;
             }
             cur = parent;
         }
-        (self.cgroup_paths)(p.identity.cgroup_id)
-            .and_then(|path| cgroup_instance(&path))
-            .unwrap_or_else(|| OTHER.to_string())
+        let by_cgroup = path.as_deref().and_then(|c| {
+            self.rules.name_by_cgroup(&Subject {
+                cgroup: Some(c),
+                ..Subject::default()
+            })
+        });
+        by_cgroup.unwrap_or_else(other)
     }
-}
 
-/// Rule 1: the instance a process is by itself, if it is one. Allocates only when it is (this
-/// runs for every ancestor of every process on every collection).
-fn own_instance(p: &Facts) -> Option<String> {
-    let port = p.ports.iter().copied().min().or_else(|| {
-        if is_mysql(&p.identity.comm) {
-            p.cmdline.as_deref().and_then(mysql_port_arg)
-        } else {
-            None
-        }
-    })?;
-    Some(format!("{}:{port}", display_name(&p.identity.comm)))
-}
-
-fn is_mysql(comm: &[u8]) -> bool {
-    let name = comm.split(|&b| b == 0).next().unwrap_or_default();
-    name == b"mysqld" || name == b"mariadbd"
-}
-
-/// `--port=N` or `--port N` (also `-P N` / `-PN`) from a NUL-separated command line.
-fn mysql_port_arg(cmdline: &[u8]) -> Option<u16> {
-    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-    let parse = |v: &[u8]| {
-        std::str::from_utf8(v)
-            .ok()?
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-    };
-    let mut found = None;
-    for (i, a) in args.iter().enumerate() {
-        let next = args.get(i + 1).copied();
-        if let Some(v) = a.strip_prefix(b"--port=") {
-            found = parse(v).or(found);
-        } else if *a == b"--port" || *a == b"-P" {
-            found = next.and_then(parse).or(found);
-        } else if let Some(v) = a.strip_prefix(b"-P").filter(|v| !v.is_empty()) {
-            found = parse(v).or(found);
-        }
+    /// Rule 1: the instance a process is by itself, if a process rule names it.
+    fn own(&self, p: &Facts, cgroup: Option<&str>) -> Option<Named> {
+        let comm = super::names::display_name(&p.identity.comm);
+        self.rules.name_process(&Subject {
+            comm: &comm,
+            ports: &p.ports,
+            cmdline: p.cmdline.as_deref(),
+            exe: p.exe.as_deref(),
+            cgroup,
+        })
     }
-    found
-}
-
-/// Rule 3: the systemd unit or top-level cgroup of a cgroup path.
-pub fn cgroup_instance(path: &str) -> Option<String> {
-    // Inside a cgroup namespace (a container with hostPID), other processes' paths start with
-    // "/../..": those components are not names.
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != "..")
-        .collect();
-    let unit = parts
-        .iter()
-        .find(|c| c.ends_with(".service") || c.ends_with(".scope"));
-    let name = unit.or(parts.first())?;
-    Some(display_name(name.as_bytes()))
 }
 
 #[cfg(test)]
@@ -146,6 +120,7 @@ mod tests {
             },
             ports: ports.to_vec(),
             cmdline: None,
+            exe: None,
         }
     }
 
@@ -160,36 +135,41 @@ mod tests {
         }
     }
 
-    fn resolver(live: &HashMap<u32, Facts>) -> Resolver<'_> {
+    fn resolver<'a>(live: &'a HashMap<u32, Facts>, rules: &'a Rules) -> Resolver<'a> {
         Resolver {
+            rules,
             live,
             cgroup_paths: &paths,
         }
+    }
+
+    fn name(live: &HashMap<u32, Facts>, p: &Facts) -> String {
+        resolver(live, &Rules::defaults()).resolve(p).instance
     }
 
     #[test]
     fn a_listener_is_named_by_comm_and_lowest_port() {
         let live = HashMap::new();
         let p = facts("mariadbd", 1, 1, &[33060, 3307, 3307]);
-        assert_eq!(resolver(&live).resolve(&p), "mariadbd:3307");
+        assert_eq!(name(&live, &p), "mariadbd:3307");
     }
 
     #[test]
     fn mysql_without_a_socket_yet_is_named_from_its_command_line() {
         let live = HashMap::new();
         let mut p = facts("mysqld", 1, 1, &[]);
-        p.cmdline = Some(Arc::from(
-            &b"/usr/sbin/mysqld\0--datadir=/d\0--port=3308\0"[..],
+        p.cmdline = Some(Facts::cmdline_from_raw(
+            b"/usr/sbin/mysqld\0--datadir=/d\0--port=3308\0",
         ));
-        assert_eq!(resolver(&live).resolve(&p), "mysqld:3308");
-        p.cmdline = Some(Arc::from(&b"mysqld\0--port\x003309\0"[..]));
-        assert_eq!(resolver(&live).resolve(&p), "mysqld:3309");
-        p.cmdline = Some(Arc::from(&b"mysqld\0-P3310\0"[..]));
-        assert_eq!(resolver(&live).resolve(&p), "mysqld:3310");
+        assert_eq!(name(&live, &p), "mysqld:3308");
+        p.cmdline = Some(Facts::cmdline_from_raw(b"mysqld\0--port\x003309\0"));
+        assert_eq!(name(&live, &p), "mysqld:3309");
+        p.cmdline = Some(Facts::cmdline_from_raw(b"mysqld\0-P3310\0"));
+        assert_eq!(name(&live, &p), "mysqld:3310");
         // Not MySQL: a --port argument alone makes no instance.
         let mut q = facts("nginx", 1, 1, &[]);
-        q.cmdline = Some(Arc::from(&b"nginx\0--port=80\0"[..]));
-        assert_eq!(resolver(&live).resolve(&q), OTHER);
+        q.cmdline = Some(Facts::cmdline_from_raw(b"nginx\0--port=80\0"));
+        assert_eq!(name(&live, &q), OTHER);
     }
 
     #[test]
@@ -198,8 +178,8 @@ mod tests {
         live.insert(100, facts("postgres", 1, 2, &[5432]));
         live.insert(101, facts("postgres", 100, 2, &[]));
         let grandchild = facts("sh", 101, 2, &[]);
-        assert_eq!(resolver(&live).resolve(&live[&101]), "postgres:5432");
-        assert_eq!(resolver(&live).resolve(&grandchild), "postgres:5432");
+        assert_eq!(name(&live, &live[&101]), "postgres:5432");
+        assert_eq!(name(&live, &grandchild), "postgres:5432");
     }
 
     #[test]
@@ -207,26 +187,20 @@ mod tests {
         let mut live = HashMap::new();
         live.insert(200, facts("sshd", 1, 2, &[22]));
         let session = facts("bash", 200, 3, &[]);
-        assert_eq!(resolver(&live).resolve(&session), "session-4.scope");
+        assert_eq!(name(&live, &session), "session-4.scope");
     }
 
     #[test]
     fn falls_back_to_unit_then_top_level_cgroup_then_other() {
         let live = HashMap::new();
         assert_eq!(
-            resolver(&live).resolve(&facts("cron", 1, 2, &[])),
+            name(&live, &facts("cron", 1, 2, &[])),
             "mariadb@3307.service"
         );
-        assert_eq!(
-            resolver(&live).resolve(&facts("qemu", 1, 4, &[])),
-            "machine"
-        );
-        assert_eq!(
-            resolver(&live).resolve(&facts("cron", 1, 5, &[])),
-            "cron.service"
-        );
-        assert_eq!(resolver(&live).resolve(&facts("init", 0, 1, &[])), OTHER);
-        assert_eq!(resolver(&live).resolve(&facts("ghost", 0, 99, &[])), OTHER);
+        assert_eq!(name(&live, &facts("qemu", 1, 4, &[])), "machine");
+        assert_eq!(name(&live, &facts("cron", 1, 5, &[])), "cron.service");
+        assert_eq!(name(&live, &facts("init", 0, 1, &[])), OTHER);
+        assert_eq!(name(&live, &facts("ghost", 0, 99, &[])), OTHER);
     }
 
     #[test]
@@ -235,7 +209,7 @@ mod tests {
         live.insert(2, facts("kthreadd", 0, 1, &[]));
         let mut k = facts("kworker/0:1", 2, 1, &[]);
         k.identity.kthread = true;
-        assert_eq!(resolver(&live).resolve(&k), OTHER);
+        assert_eq!(name(&live, &k), OTHER);
     }
 
     #[test]
@@ -243,7 +217,7 @@ mod tests {
         let mut live = HashMap::new();
         live.insert(5, facts("a", 6, 1, &[]));
         live.insert(6, facts("b", 5, 1, &[]));
-        assert_eq!(resolver(&live).resolve(&live[&5]), OTHER);
+        assert_eq!(name(&live, &live[&5]), OTHER);
     }
 
     #[test]
@@ -251,6 +225,6 @@ mod tests {
         let live = HashMap::new();
         let mut p = facts("x", 1, 1, &[9999]);
         p.identity.comm = *b"a\"b\\c\nd\xff\0\0\0\0\0\0\0\0";
-        assert_eq!(resolver(&live).resolve(&p), "a\"b\\\\c\\x0ad\\xff:9999");
+        assert_eq!(name(&live, &p), "a\"b\\\\c\\x0ad\\xff:9999");
     }
 }

@@ -6,4 +6,5 @@ pub mod instance;
 pub mod io;
 pub mod names;
 pub mod process;
+pub mod rules;
 pub mod tcp;

@@ -1,0 +1,366 @@
+//! Instance rules (config file, SIGHUP), the run-queue latency histogram, and `probe top`, against
+//! the real daemon and kernel.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use probe_tests::{check_close, probe_bin, Daemon, Workload};
+
+fn write_rules(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).expect("write rule file");
+}
+
+fn temp_file(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("probe-test-{}-{name}", std::process::id()))
+}
+
+/// The sum of a metric for one instance, polled until `ok` holds or 10 s pass.
+fn wait_for(
+    d: &Daemon,
+    what: &str,
+    ok: impl Fn(&probe_tests::Metrics) -> bool,
+) -> probe_tests::Metrics {
+    let t0 = Instant::now();
+    loop {
+        let m = d.scrape();
+        if ok(&m) {
+            return m;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{what}: not seen within 10 s; daemon log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn config_check_reports_every_error_with_line_and_column() {
+    let bad = temp_file("bad.toml");
+    write_rules(
+        &bad,
+        "[[rule]]\nname = \"a\"\ncmdline = '--port=(\\d+'\ninstance = \"x-{1}\"\n\n[[rule]]\nname = \"a\"\ncomm = 'x'\ninstance = \"y\"\ncolor = 1\n",
+    );
+    let out = Command::new(probe_bin())
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run probe config check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert_eq!(out.status.code(), Some(1), "a bad file fails: {err}");
+    // Unknown keys stop parsing before the rules are compiled (TOML error, with position).
+    assert!(
+        err.contains("line 10, column 1: unknown field `color`"),
+        "{err}"
+    );
+    write_rules(
+        &bad,
+        "[[rule]]\nname = \"a\"\ncmdline = '--port=(\\d+'\ninstance = \"x-{1}\"\n\n[[rule]]\nname = \"a\"\ncomm = 'x'\ninstance = \"y\"\n",
+    );
+    let out = Command::new(probe_bin())
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run probe config check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("line 3, column 11: rule \"a\": cmdline is not a valid regular expression"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 7, column 8: duplicate rule name \"a\""),
+        "{err}"
+    );
+
+    let good = temp_file("good.toml");
+    let defaults = Command::new(probe_bin())
+        .args(["config", "defaults"])
+        .output()
+        .expect("probe config defaults");
+    std::fs::write(&good, &defaults.stdout).expect("write defaults");
+    let out = Command::new(probe_bin())
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .expect("run probe config check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("process rules, in order: listener, mysql"),
+        "{text}"
+    );
+    // The daemon refuses to start with a bad file.
+    let out = Command::new(probe_bin())
+        .args(["serve", "--web.listen-address", "127.0.0.1:1", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run probe serve");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("duplicate rule name"));
+    let _ = std::fs::remove_file(bad);
+    let _ = std::fs::remove_file(good);
+}
+
+#[test]
+fn sighup_applies_good_rules_keeps_counts_and_rejects_bad_ones() {
+    let rules = temp_file("rules.toml");
+    let rule = |template: &str| {
+        format!(
+            "[[rule]]\nname = \"tagged\"\ncmdline = '--tag (\\w+)'\ninstance = \"{template}\"\n"
+        )
+    };
+    write_rules(&rules, &rule("first-{1}"));
+    let path = rules.to_str().expect("utf-8 path").to_string();
+    let d = Daemon::start(&["--config", &path]);
+    let _w = Workload::start(&["spin", "--secs", "30", "--tag", "alpha"]);
+    let cpu = |m: &probe_tests::Metrics, inst: &str| {
+        m.sum("probe_cpu_seconds_total", &[("service_instance", inst)])
+    };
+    let m = wait_for(&d, "first-alpha", |m| cpu(m, "first-alpha") > 0.3);
+    assert_eq!(
+        m.value(
+            "probe_instance_info",
+            &[("service_instance", "first-alpha"), ("rule", "tagged")]
+        ),
+        Some(1.0)
+    );
+    let before = cpu(&m, "first-alpha");
+
+    write_rules(&rules, &rule("second-{1}"));
+    unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+    let m = wait_for(&d, "second-alpha after SIGHUP", |m| {
+        cpu(m, "second-alpha") > 0.3
+    });
+    // The old instance keeps what it had (it expires later), the new one counts from now.
+    assert!(cpu(&m, "first-alpha") >= before);
+    assert_eq!(
+        m.value("probe_config_reloads_total", &[("result", "success")]),
+        Some(1.0)
+    );
+
+    // A bad file is rejected; the rules in use stay.
+    write_rules(
+        &rules,
+        "[[rule]]\nname = \"tagged\"\ncmdline = '(('\ninstance = \"third\"\n",
+    );
+    unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+    let m = wait_for(&d, "failed reload", |m| {
+        m.value("probe_config_reloads_total", &[("result", "failure")]) == Some(1.0)
+    });
+    assert_eq!(
+        m.value("probe_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
+    let s1 = cpu(&m, "second-alpha");
+    std::thread::sleep(Duration::from_secs(2));
+    let m = d.scrape();
+    assert!(
+        cpu(&m, "second-alpha") > s1 + 1.0,
+        "still named by the previous rules"
+    );
+    assert!(d.log().contains("rules not reloaded"), "{}", d.log());
+    let _ = std::fs::remove_file(rules);
+}
+
+#[test]
+fn instances_beyond_the_cap_are_folded_into_other() {
+    let rules = temp_file("cap.toml");
+    write_rules(&rules, "[instances]\nmax = 2\n");
+    let path = rules.to_str().expect("utf-8 path").to_string();
+    let d = Daemon::start(&["--config", &path]);
+    let workloads: Vec<Workload> = (0..4)
+        .map(|_| Workload::start(&["spin", "--secs", "5"]))
+        .collect();
+    let m = wait_for(&d, "folded instances", |m| {
+        m.value("probe_instances_folded", &[])
+            .is_some_and(|v| v >= 1.0)
+    });
+    let exported = m.find("probe_cpu_seconds_total", &[]).len();
+    assert!(exported <= 3, "2 instances + other, got {exported}");
+    assert!(m
+        .value("probe_cpu_seconds_total", &[("service_instance", "other")])
+        .is_some());
+    drop(workloads);
+    let _ = std::fs::remove_file(rules);
+}
+
+/// Run-queue wait of all the process's threads (their /proc/<pid>/task/*/schedstat): (ns, waits).
+fn threads_run_delay(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let t = t.expect("task entry").path();
+        let Ok(s) = std::fs::read_to_string(t.join("schedstat")) else {
+            continue;
+        };
+        let f: Vec<u64> = s
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        total.0 += f[1];
+        total.1 += f[2];
+    }
+    total
+}
+
+#[test]
+fn run_queue_latency_histogram_matches_schedstat() {
+    let d = Daemon::start(&[]);
+    // Three threads pinned to one CPU: each waits for the other two.
+    let w = Workload::start(&[
+        "spin",
+        "--secs",
+        "8",
+        "--threads",
+        "2",
+        "--thread-secs",
+        "8",
+        "--cpu",
+        "0",
+    ]);
+    let inst = w.instance();
+    std::thread::sleep(Duration::from_secs(1));
+    let hist = |m: &probe_tests::Metrics, suffix: &str| {
+        m.sum(
+            &format!("probe_runqueue_latency_seconds_{suffix}"),
+            &[("service_instance", &inst)],
+        )
+    };
+    let m0 = d.scrape();
+    let (delay0, waits0) = threads_run_delay(w.pid);
+    std::thread::sleep(Duration::from_secs(4));
+    let (delay1, waits1) = threads_run_delay(w.pid);
+    let m1 = d.scrape();
+    let got = hist(&m1, "sum") - hist(&m0, "sum");
+    let want = (delay1 - delay0) as f64 / 1e9;
+    assert!(want > 2.0, "the threads did not compete: {want} s waited");
+    check_close(
+        "run-queue wait (s), histogram sum vs schedstat run_delay",
+        got,
+        want,
+        0.03,
+    );
+    let got_n = hist(&m1, "count") - hist(&m0, "count");
+    check_close(
+        "run-queue waits, histogram count vs schedstat pcount",
+        got_n,
+        (waits1 - waits0) as f64,
+        0.05,
+    );
+    // Every wait is in a bucket, and the buckets are cumulative.
+    let inf = m1.sum(
+        "probe_runqueue_latency_seconds_bucket",
+        &[("service_instance", &inst), ("le", "+Inf")],
+    );
+    assert_eq!(inf, hist(&m1, "count"));
+    // The same wait, from the kernel's per-task total, is in probe_cpu_runqueue_wait.
+    let total = |m: &probe_tests::Metrics| {
+        m.sum(
+            "probe_cpu_runqueue_wait_seconds_total",
+            &[("service_instance", &inst)],
+        )
+    };
+    check_close(
+        "run-queue wait (s), histogram vs run_delay counter",
+        got,
+        total(&m1) - total(&m0),
+        0.03,
+    );
+}
+
+fn top_json(d: &Daemon, interval: &str) -> serde_json::Value {
+    let out = Command::new(probe_bin())
+        .args([
+            "top",
+            "--once",
+            "--format",
+            "json",
+            "--interval",
+            interval,
+            "--from",
+        ])
+        .arg(format!("http://127.0.0.1:{}", d.port))
+        .output()
+        .expect("run probe top");
+    assert!(
+        out.status.success(),
+        "probe top failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn top_once_ranks_the_busy_instance_first_with_its_cpu() {
+    let d = Daemon::start(&[]);
+    let w = Workload::start(&["spin", "--secs", "20"]);
+    let inst = w.instance();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu0 = probe_tests::process_cpu_ns(w.pid);
+    let t0 = Instant::now();
+    let v = top_json(&d, "3s");
+    let truth =
+        (probe_tests::process_cpu_ns(w.pid) - cpu0) as f64 / 1e9 / t0.elapsed().as_secs_f64();
+    assert_eq!(v["version"], 1);
+    let instances = v["instances"].as_array().expect("instances");
+    let busiest = instances
+        .iter()
+        .max_by(|a, b| {
+            a["cpu_percent"]
+                .as_f64()
+                .unwrap_or(0.0)
+                .total_cmp(&b["cpu_percent"].as_f64().unwrap_or(0.0))
+        })
+        .expect("some instance");
+    assert_eq!(busiest["name"], inst.as_str(), "{v:#}");
+    // The window of probe top and this measurement differ by the time to start and connect.
+    check_close(
+        "CPU share of the spinning workload (1 = one CPU)",
+        busiest["cpu_percent"].as_f64().expect("cpu") / 100.0,
+        truth,
+        0.05,
+    );
+    for key in [
+        "runqueue_wait_percent",
+        "disk_read_bytes_per_second",
+        "disk_write_bytes_per_second",
+        "tcp_rx_bytes_per_second",
+        "tcp_tx_bytes_per_second",
+        "noisy",
+        "suffering",
+    ] {
+        assert!(busiest.get(key).is_some(), "no {key} in {busiest:#}");
+    }
+
+    // Not a terminal (stdout is a pipe): probe top says so and prints one table.
+    let out = Command::new(probe_bin())
+        .args(["top", "--interval", "1s", "--from"])
+        .arg(format!("http://127.0.0.1:{}", d.port))
+        .output()
+        .expect("run probe top");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a terminal"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("INSTANCE") && table.contains(&inst),
+        "{table}"
+    );
+
+    // A daemon that is not there: a clear error, not a hang.
+    let out = Command::new(probe_bin())
+        .args(["top", "--once", "--from", "http://127.0.0.1:1"])
+        .output()
+        .expect("run probe top");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `probe serve` running there?"));
+}
