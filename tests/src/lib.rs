@@ -12,6 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod mariadb;
+pub mod top;
+
 /// The daemon binary under test.
 pub fn probe_bin() -> PathBuf {
     let bin = std::env::var_os("PROBE_BIN")

@@ -20,8 +20,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the kernel tests use: promtool checks the exposition; iproute2 (ip, ss,
 /// nstat, tc) builds network namespaces and reads the kernel's TCP counters; nftables drops
-/// packets for the retransmit test where the kernel has no netem.
-pub const TEST_PACKAGES: &[&str] = &["prometheus", "iproute2", "nftables"];
+/// packets for the retransmit test where the kernel has no netem; mariadb-server,
+/// mariadb-client and sysbench run the multi-instance MariaDB test (which starts servers of its
+/// own on free ports, never the system's).
+pub const TEST_PACKAGES: &[&str] = &[
+    "prometheus",
+    "iproute2",
+    "nftables",
+    "mariadb-server",
+    "mariadb-client",
+    "sysbench",
+];
 /// Debian packages the benchmark uses: perf for `perf bench sched pipe`, process-exporter as the
 /// baseline for scrape cost.
 pub const BENCH_PACKAGES: &[&str] = &["linux-perf", "prometheus-process-exporter", "iperf3"];
@@ -111,7 +120,7 @@ pub fn packages(names: &[&str]) -> Result<()> {
     // `apt-get update` fails while another apt holds the lists lock; DPkg::Lock::Timeout does
     // not cover that lock, so retry.
     let mut tries = 0;
-    while let Err(e) = sh_env("apt-get", &["-q", "update"], &[]) {
+    while let Err(e) = apt_get(&["-q", "update"]) {
         tries += 1;
         if tries >= 10 {
             return Err(e.context("apt-get update kept failing"));
@@ -128,8 +137,75 @@ pub fn packages(names: &[&str]) -> Result<()> {
         "--no-install-recommends",
     ];
     args.extend(&missing);
-    sh_env("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
+    let _no_service_starts = NoServiceStarts::new();
+    apt_get(&args)
         .with_context(|| format!("cannot install {}; install them by hand", missing.join(" ")))
+}
+
+/// apt-get without questions (debconf non-interactive) and without input, so nothing can wait
+/// for an answer from a terminal.
+fn apt_get(args: &[&str]) -> Result<()> {
+    println!("  $ apt-get {}", args.join(" "));
+    let status = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run apt-get")?;
+    if !status.success() {
+        bail!("apt-get {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// While it lives, maintainer scripts may not start services, on hosts where systemd is not
+/// running and no policy-rc.d exists (containers, chroots, machines booted without systemd).
+/// There invoke-rc.d runs a package's SysV init script when it can tell the runlevel:
+/// mariadb-server's then starts a system server, waits up to 30 s for it to answer, and if it
+/// does not, fails the package's configuration (its postinst runs `invoke-rc.d ... || exit 1`),
+/// which leaves dpkg half-done and the install failed. The tests never use system services
+/// (they start servers of their own), so none is started: invoke-rc.d obeys a policy-rc.d that
+/// exits 101 ("action forbidden"). With systemd running, or a policy-rc.d already in place,
+/// nothing changes.
+struct NoServiceStarts(bool);
+
+impl NoServiceStarts {
+    fn new() -> Self {
+        let path = std::path::Path::new(POLICY_RC_D);
+        if std::path::Path::new("/run/systemd/system").exists() || path.exists() {
+            return Self(false);
+        }
+        let created = std::fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask: no services start during its apt-get install\nexit 101\n",
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        });
+        match created {
+            Ok(()) => {
+                println!(
+                    "  (no systemd: {POLICY_RC_D} keeps services from starting during the install)"
+                );
+                Self(true)
+            }
+            Err(e) => {
+                println!("  warning: cannot write {POLICY_RC_D} ({e}); services may start during the install");
+                Self(false)
+            }
+        }
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
 }
 
 fn deb_installed(pkg: &str) -> bool {
