@@ -30,6 +30,8 @@ pub struct Offsets {
     pub task_sum_exec_runtime: u32,
     /// task_struct.sched_info.run_delay: nanoseconds this thread waited on a run queue.
     pub task_run_delay: u32,
+    /// task_struct.sched_info.pcount: times this thread was switched in after waiting.
+    pub task_pcount: u32,
     /// task_struct.start_boottime (ns since boot, what /proc/<pid>/stat field 22 is made from).
     pub task_start_boottime: u32,
     /// task_struct.group_leader
@@ -132,6 +134,7 @@ impl Offsets {
         task_state_size: 0,
         task_sum_exec_runtime: OFFSET_MISSING,
         task_run_delay: OFFSET_MISSING,
+        task_pcount: OFFSET_MISSING,
         task_start_boottime: OFFSET_MISSING,
         task_group_leader: OFFSET_MISSING,
         task_real_parent: OFFSET_MISSING,

@@ -3,9 +3,10 @@
 
 /// Program name of the task iterator (section `iter/task`).
 pub const TASK_ITER_PROGRAM: &str = "probe_tasks";
-/// Program names of the exit hook, in order of preference: BTF-typed tracepoint, raw tracepoint.
-pub const EXIT_BTF_PROGRAM: &str = "probe_task_exit_btf";
-pub const EXIT_RAW_PROGRAM: &str = "probe_task_exit_raw";
+/// Program names of the sched_switch program (the exit hook, and run-queue latency: see
+/// [`crate::runq`]), in order of preference: BTF-typed tracepoint, raw tracepoint.
+pub const SWITCH_BTF_PROGRAM: &str = "probe_sched_switch_btf";
+pub const SWITCH_RAW_PROGRAM: &str = "probe_sched_switch_raw";
 /// Map of final totals of threads that died, keyed by process ([`DeadKey`]).
 pub const DEAD_MAP: &str = "DEAD_TASKS";
 /// Capacity of [`DEAD_MAP`]. The daemon drains it on every collection (every few seconds), so this

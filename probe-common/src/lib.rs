@@ -31,7 +31,7 @@ pod!(
     cpu::DeadKey,
     cpu::DeadTotals,
     ports::ListenRecord,
-    runq::RunqTotals,
+    runq::ThreadRunq,
     tcp::TcpKey,
     tcp::TcpTotals,
     tcp::Owner,

@@ -1,54 +1,64 @@
 //! Run-queue latency: how long a thread that became runnable waited for a CPU, per process, as
-//! a histogram. The kernel already sums this wait per task (sched_info.run_delay, read by the
-//! task iterator); the histogram tells a few long waits from many short ones.
+//! a histogram.
 //!
-//! A thread becomes runnable when it is woken (`sched_wakeup`), when it is new
-//! (`sched_wakeup_new`), or when it is preempted and stays runnable (`sched_switch` with prev in
-//! TASK_RUNNING); its wait ends when `sched_switch` switches it in.
+//! The scheduler already times every wait: it stamps a thread when it is enqueued (woken by
+//! `sched_wakeup`, new by `sched_wakeup_new`, or preempted while runnable) and, when it switches
+//! the thread in, adds the wait to `sched_info.run_delay` and counts it in `sched_info.pcount`.
+//! The sched_switch program (shared with the exit hook, [`crate::cpu::SWITCH_BTF_PROGRAM`]) reads
+//! both when a thread is switched *out*: the increase since the thread's previous switch-out is
+//! the wait that preceded its current slice, which goes into the thread's histogram. No
+//! timestamps of its own, no wakeup programs, and the sum is exactly what /proc/<pid>/schedstat
+//! reports.
 
 use crate::block::LATENCY_BUCKETS;
 
-/// Programs, in order of preference: BTF-typed tracepoints, raw tracepoints. Each set is a
-/// wakeup, a wakeup_new and a switch program.
-pub const WAKEUP_BTF_PROGRAM: &str = "probe_runq_wakeup_btf";
-pub const WAKEUP_NEW_BTF_PROGRAM: &str = "probe_runq_wakeup_new_btf";
-pub const SWITCH_BTF_PROGRAM: &str = "probe_runq_switch_btf";
-pub const WAKEUP_RAW_PROGRAM: &str = "probe_runq_wakeup_raw";
-pub const WAKEUP_NEW_RAW_PROGRAM: &str = "probe_runq_wakeup_new_raw";
-pub const SWITCH_RAW_PROGRAM: &str = "probe_runq_switch_raw";
-
-/// Threads waiting for a CPU: thread id -> when it became runnable (bpf_ktime_get_ns).
-pub const QUEUED_MAP: &str = "RUNQ_QUEUED";
-/// Capacity of [`QUEUED_MAP`]: threads runnable at once (entries are deleted at switch-in).
-pub const QUEUED_MAP_ENTRIES: u32 = 65_536;
-/// Latency histogram per process ([`crate::cpu::DeadKey`] -> [`RunqTotals`]).
-pub const LATENCY_MAP: &str = "RUNQ_LATENCY";
-/// Capacity of [`LATENCY_MAP`]: processes; entries of exited processes are deleted once idle.
-pub const LATENCY_MAP_ENTRIES: u32 = 16_384;
+/// Per thread (thread id -> [`ThreadRunq`]), created at the thread's first switch-out, marked
+/// dead at its last; the daemon deletes dead entries once it has read them.
+pub const THREADS_MAP: &str = "RUNQ_THREADS";
+/// Capacity of [`THREADS_MAP`]: threads at once (not preallocated: memory follows use).
+pub const THREADS_MAP_ENTRIES: u32 = 65_536;
 /// Per-CPU array of self-counters; slots below.
 pub const STATS_MAP: &str = "RUNQ_STATS";
-/// Slot: runnable threads not recorded because [`QUEUED_MAP`] was full.
-pub const STAT_QUEUED_LOST: u32 = 0;
-/// Slot: waits not counted because [`LATENCY_MAP`] was full.
-pub const STAT_LATENCY_LOST: u32 = 1;
-pub const STAT_SLOTS: u32 = 2;
+/// Slot: threads whose waits were not counted because [`THREADS_MAP`] was full.
+pub const STAT_LOST: u32 = 0;
+pub const STAT_SLOTS: u32 = 1;
 
-/// Value of [`LATENCY_MAP`]: cumulative, written only by the kernel (atomic adds).
+/// Name of the read-only global that turns the histograms on (1, default) or off (0: the
+/// sched_switch program then only watches for exits; `--hooks.skip runq`).
+pub const ENABLED_GLOBAL: &str = "RUNQ_ENABLED";
+
+/// Name of the read-only global with the boot-time clock (ns) when the daemon loaded the
+/// programs: threads started later are counted from their first wait.
+pub const LOADED_AT_GLOBAL: &str = "LOADED_AT_BOOTTIME_NS";
+
+/// Value of [`THREADS_MAP`]. Written only by the CPU that switches the thread out (a thread is
+/// switched out on one CPU at a time), so without atomics.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RunqTotals {
-    /// Waits that ended (switch-ins after a wait was recorded).
-    pub waits: u64,
-    /// Sum of their lengths (ns).
+pub struct ThreadRunq {
+    /// The thread's process: tgid and the leader's start time, as everywhere.
+    pub tgid: u32,
+    /// 1 once the thread did its final switch: the entry will not change any more.
+    pub dead: u32,
+    pub start_ns: u64,
+    /// sched_info.run_delay and pcount at the last switch-out (the baseline of the next).
+    pub seen_run_delay: u64,
+    pub seen_pcount: u64,
+    /// Sum of the waits counted (ns).
     pub wait_ns: u64,
-    /// Histogram, see [`crate::block::latency_bucket`] (not cumulative).
+    /// Histogram of the waits, see [`crate::block::latency_bucket`] (not cumulative); the
+    /// number of waits is its sum.
     pub buckets: [u64; LATENCY_BUCKETS],
 }
 
-impl Default for RunqTotals {
+impl Default for ThreadRunq {
     fn default() -> Self {
         Self {
-            waits: 0,
+            tgid: 0,
+            dead: 0,
+            start_ns: 0,
+            seen_run_delay: 0,
+            seen_pcount: 0,
             wait_ns: 0,
             buckets: [0; LATENCY_BUCKETS],
         }

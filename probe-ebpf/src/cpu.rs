@@ -3,10 +3,10 @@
 //!
 //! - `probe_tasks` (iter/task) runs only when the daemon collects, and writes one
 //!   [`TaskRecord`] per live thread. The scheduler pays nothing for it.
-//! - `probe_task_exit_*` (sched_switch) catches each thread's final context switch (prev is
-//!   TASK_DEAD), when its totals include the last slice, and adds them to [`DEAD_TASKS`] so a
-//!   process that dies between two collections is not lost. Every other switch returns after
-//!   one comparison.
+//! - `probe_sched_switch_*` catches each thread's final context switch (prev is TASK_DEAD),
+//!   when its totals include the last slice, and adds them to [`DEAD_TASKS`] so a process that
+//!   dies between two collections is not lost. The same program keeps the run-queue latency
+//!   histograms (`runq.rs`): one program per context switch, not two.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -27,7 +27,9 @@ use probe_common::{
     COMM_LEN,
 };
 
-use crate::kernel::{bump, off, read, read_ptr, self_tgid, seq_write, task_state, IterMeta};
+use crate::kernel::{
+    bump, off, read, read_ptr, self_tgid, seq_write, task_state, Direct, IterMeta, Mem, Probe,
+};
 
 #[map]
 static DEAD_TASKS: HashMap<DeadKey, DeadTotals> = HashMap::with_max_entries(DEAD_MAP_ENTRIES, 0);
@@ -71,7 +73,7 @@ fn task_record(task: *const u8) -> Option<TaskRecord> {
         ..TaskRecord::default()
     };
     // A dying or dead thread's final totals go to DEAD_TASKS (see the exit hook below).
-    if task_state(task) & TASK_DEAD == 0 {
+    if task_state::<Probe>(task) & TASK_DEAD == 0 {
         rec.cpu_ns = read(task, off!(task_sum_exec_runtime)).unwrap_or(0);
         rec.run_delay_ns = read(task, off!(task_run_delay)).unwrap_or(0);
     }
@@ -111,31 +113,36 @@ fn rss_pages(mm: *const u8) -> u64 {
 }
 
 #[btf_tracepoint(function = "sched_switch")]
-pub fn probe_task_exit_btf(ctx: BtfTracePointContext) -> i32 {
-    on_switch(&ctx, ctx.arg(1), || ctx.arg(3));
+pub fn probe_sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
+    let prev: *const u8 = ctx.arg(1);
+    let state = prev_state::<Direct>(prev, || ctx.arg(3));
+    crate::runq::switched_out::<Direct>(prev, state);
+    if state & TASK_DEAD != 0 {
+        record_death(&ctx, prev);
+    }
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn probe_task_exit_raw(ctx: RawTracePointContext) -> i32 {
-    on_switch(&ctx, ctx.arg(1), || ctx.arg(3));
+pub fn probe_sched_switch_raw(ctx: RawTracePointContext) -> i32 {
+    let prev: *const u8 = ctx.arg(1);
+    let state = prev_state::<Probe>(prev, || ctx.arg(3));
+    crate::runq::switched_out::<Probe>(prev, state);
+    if state & TASK_DEAD != 0 {
+        record_death(&ctx, prev);
+    }
     0
 }
 
-/// `prev_state_arg` reads sched_switch's 4th argument, prev's state (5.18+); older kernels have
-/// no such argument and the state is read from the task.
+/// prev's state: sched_switch's 4th argument (5.18+); older kernels have no such argument and
+/// the state is read from the task.
 #[inline(always)]
-fn on_switch<C: EbpfContext>(ctx: &C, prev: *const u8, prev_state_arg: impl FnOnce() -> u64) {
-    let state = if off!(sched_switch_has_prev_state) != 0 {
+fn prev_state<M: Mem>(prev: *const u8, prev_state_arg: impl FnOnce() -> u64) -> u64 {
+    if off!(sched_switch_has_prev_state) != 0 {
         prev_state_arg()
     } else {
-        task_state(prev)
-    };
-    // The hot path: every context switch of every CPU ends here unless prev is dying.
-    if state & TASK_DEAD == 0 {
-        return;
+        task_state::<M>(prev)
     }
-    record_death(ctx, prev);
 }
 
 #[inline(never)]

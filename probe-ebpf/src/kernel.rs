@@ -40,6 +40,40 @@ pub(crate) fn read<T: Copy>(base: *const u8, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).ok() }
 }
 
+/// How a program reads kernel memory: BTF-typed programs (tp_btf) may load through their
+/// pointer arguments directly (the verifier checks each load against BTF; read-only globals are
+/// constants to it), which costs a few instructions instead of a helper call; others must use
+/// bpf_probe_read_kernel.
+pub(crate) trait Mem {
+    fn get<T: Copy>(base: *const u8, off: u32) -> Option<T>;
+}
+
+/// bpf_probe_read_kernel: works from any program.
+pub(crate) struct Probe;
+
+impl Mem for Probe {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, off: u32) -> Option<T> {
+        read(base, off)
+    }
+}
+
+/// Direct loads: only from pointers the verifier knows by BTF type (tp_btf arguments and what
+/// they point to).
+pub(crate) struct Direct;
+
+impl Mem for Direct {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, off: u32) -> Option<T> {
+        if base.is_null() || off == OFFSET_MISSING {
+            return None;
+        }
+        // SAFETY: the verifier turns this into a fault-tolerant load (PROBE_MEM) checked
+        // against the kernel's BTF for the pointer's type.
+        Some(unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize) as *const T) })
+    }
+}
+
 /// Reads a kernel pointer at `base + off`; NULL becomes None.
 #[inline(always)]
 pub(crate) fn read_ptr(base: *const u8, off: u32) -> Option<*const u8> {
@@ -53,11 +87,11 @@ pub(crate) fn current_task() -> *const u8 {
 
 /// task->__state (5.14+, 4 bytes) or task->state (before, 8 bytes).
 #[inline(always)]
-pub(crate) fn task_state(task: *const u8) -> u64 {
+pub(crate) fn task_state<M: Mem>(task: *const u8) -> u64 {
     if off!(task_state_size) == 4 {
-        u64::from(read::<u32>(task, off!(task_state)).unwrap_or(0))
+        u64::from(M::get::<u32>(task, off!(task_state)).unwrap_or(0))
     } else {
-        read::<u64>(task, off!(task_state)).unwrap_or(0)
+        M::get::<u64>(task, off!(task_state)).unwrap_or(0)
     }
 }
 

@@ -1,165 +1,115 @@
-//! Run-queue latency per process (see probe_common::runq): a thread's wait starts when it
-//! becomes runnable (woken, new, or preempted while runnable) and ends when it is switched in.
-//! The switch program runs on every context switch: one lookup when the incoming thread has no
-//! recorded wait (the idle task, a thread whose wakeup was before probe started), a lookup, a
-//! delete and the histogram's atomic adds when it has one.
-
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+//! Run-queue latency per thread, from the scheduler's own accounting (see probe_common::runq):
+//! at each switch-out, the increase of the thread's sched_info.run_delay and pcount since its
+//! previous switch-out is the wait before its current slice.
+//!
+//! This runs on every context switch, inside the sched_switch program of `cpu.rs`: one hash
+//! lookup and a few loads and stores in the common case. The BTF-typed program reads task fields
+//! with direct loads, the raw-tracepoint fallback with bpf_probe_read_kernel.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, map, raw_tracepoint},
+    macros::map,
     maps::{HashMap, PerCpuArray},
-    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use probe_common::{
-    block::latency_bucket,
-    cpu::DeadKey,
-    runq::{
-        RunqTotals, LATENCY_MAP_ENTRIES, QUEUED_MAP_ENTRIES, STAT_LATENCY_LOST, STAT_QUEUED_LOST,
-        STAT_SLOTS,
-    },
+    block::{latency_bucket, LATENCY_BUCKETS},
+    cpu::TASK_DEAD,
+    runq::{ThreadRunq, STAT_LOST, STAT_SLOTS, THREADS_MAP_ENTRIES},
 };
 
-use crate::kernel::{bump, off, read, read_ptr, task_state};
+use crate::kernel::{bump, off, Mem};
+
+/// BPF_F_NO_PREALLOC: entries are allocated when threads first switch out.
+const NO_PREALLOC: u32 = 1;
 
 #[map]
-static RUNQ_QUEUED: HashMap<u32, u64> = HashMap::with_max_entries(QUEUED_MAP_ENTRIES, 0);
-
-#[map]
-static RUNQ_LATENCY: HashMap<DeadKey, RunqTotals> =
-    HashMap::with_max_entries(LATENCY_MAP_ENTRIES, 0);
+static RUNQ_THREADS: HashMap<u32, ThreadRunq> =
+    HashMap::with_max_entries(THREADS_MAP_ENTRIES, NO_PREALLOC);
 
 #[map]
 static RUNQ_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
-/// TASK_RUNNING: a thread switched out in this state was preempted and is still runnable.
-const TASK_RUNNING: u64 = 0;
+/// Boot-time clock when the daemon loaded the programs (set before load).
+#[unsafe(no_mangle)]
+static LOADED_AT_BOOTTIME_NS: u64 = 0;
 
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn probe_runq_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
-    queued(ctx.arg(0));
-    0
-}
+/// 0 when the daemon was told not to keep run-queue histograms (set before load).
+#[unsafe(no_mangle)]
+static RUNQ_ENABLED: u32 = 1;
 
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn probe_runq_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
-    queued(ctx.arg(0));
-    0
-}
-
-#[btf_tracepoint(function = "sched_switch")]
-pub fn probe_runq_switch_btf(ctx: BtfTracePointContext) -> i32 {
-    switched(ctx.arg::<u64>(0) & 1 != 0, ctx.arg(1), ctx.arg(2), || {
-        ctx.arg(3)
-    });
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sched_wakeup")]
-pub fn probe_runq_wakeup_raw(ctx: RawTracePointContext) -> i32 {
-    queued(ctx.arg(0));
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
-pub fn probe_runq_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
-    queued(ctx.arg(0));
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn probe_runq_switch_raw(ctx: RawTracePointContext) -> i32 {
-    switched(ctx.arg::<u64>(0) & 1 != 0, ctx.arg(1), ctx.arg(2), || {
-        ctx.arg(3)
-    });
-    0
-}
-
-/// `task` became runnable now.
+/// Called by the sched_switch program for every switch, with prev's state.
 #[inline(always)]
-fn queued(task: *const u8) {
-    let Some(tid) = read::<u32>(task, off!(task_pid)) else {
+pub(crate) fn switched_out<M: Mem>(prev: *const u8, prev_state: u64) {
+    if unsafe { core::ptr::read_volatile(&RUNQ_ENABLED) } == 0 {
+        return;
+    }
+    let Some(tid) = M::get::<u32>(prev, off!(task_pid)) else {
         return;
     };
     if tid == 0 {
         return; // the idle task
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    if RUNQ_QUEUED.insert(&tid, &now, 0).is_err() {
-        bump(&RUNQ_STATS, STAT_QUEUED_LOST);
+    let run_delay: u64 = M::get(prev, off!(task_run_delay)).unwrap_or(0);
+    let pcount: u64 = M::get(prev, off!(task_pcount)).unwrap_or(0);
+    let dying = prev_state & TASK_DEAD != 0;
+    if let Some(e) = RUNQ_THREADS.get_ptr_mut(&tid) {
+        let e = unsafe { &mut *e };
+        if pcount < e.seen_pcount || run_delay < e.seen_run_delay {
+            // Another thread with a reused id: the entry is stale (its owner died unseen).
+            start_entry::<M>(prev, tid, run_delay, pcount, dying);
+            return;
+        }
+        account(e, run_delay, pcount);
+        if dying {
+            e.dead = 1;
+        }
+        return;
     }
+    start_entry::<M>(prev, tid, run_delay, pcount, dying);
 }
 
-/// `prev_state_arg` reads sched_switch's 4th argument (5.18+), as in the exit hook. A preempted
-/// thread stays on the run queue whatever its state says (it may have been about to sleep).
+/// Adds the waits since the entry's baseline to its histogram and moves the baseline.
 #[inline(always)]
-fn switched(preempt: bool, prev: *const u8, next: *const u8, prev_state_arg: impl FnOnce() -> u64) {
-    let runnable = preempt
-        || if off!(sched_switch_has_prev_state) != 0 {
-            prev_state_arg() == TASK_RUNNING
-        } else {
-            task_state(prev) == TASK_RUNNING
-        };
-    if runnable {
-        queued(prev);
+fn account(e: &mut ThreadRunq, run_delay: u64, pcount: u64) {
+    let waits = pcount - e.seen_pcount;
+    if waits == 0 {
+        return;
     }
-    let Some(tid) = read::<u32>(next, off!(task_pid)) else {
-        return;
-    };
-    let Some(since) = (unsafe { RUNQ_QUEUED.get(&tid) }).copied() else {
-        return;
-    };
-    let _ = RUNQ_QUEUED.remove(&tid);
-    let waited = unsafe { bpf_ktime_get_ns() }.saturating_sub(since);
-    charge(next, waited);
+    let waited = run_delay - e.seen_run_delay;
+    e.seen_pcount = pcount;
+    e.seen_run_delay = run_delay;
+    e.wait_ns += waited;
+    // Normally one wait per slice; if switch-outs were missed (the program was attached in
+    // between), their waits go into the bucket of their average.
+    let bucket = latency_bucket(waited / waits);
+    if bucket < LATENCY_BUCKETS {
+        e.buckets[bucket] += waits;
+    }
 }
 
+/// A thread seen for the first time. One that started after the programs were loaded is counted
+/// from its first wait; an older one from now on (its past waits are in run_delay, but not
+/// when they happened).
 #[inline(never)]
-fn charge(task: *const u8, waited: u64) {
-    let Some(tgid) = read::<u32>(task, off!(task_tgid)) else {
-        return;
+fn start_entry<M: Mem>(task: *const u8, tid: u32, run_delay: u64, pcount: u64, dying: bool) {
+    let started: u64 = M::get(task, off!(task_start_boottime)).unwrap_or(0);
+    let loaded_at = unsafe { core::ptr::read_volatile(&LOADED_AT_BOOTTIME_NS) };
+    let leader = M::get::<*const u8>(task, off!(task_group_leader))
+        .filter(|p| !p.is_null())
+        .unwrap_or(task);
+    let mut e = ThreadRunq {
+        tgid: M::get(task, off!(task_tgid)).unwrap_or(0),
+        dead: u32::from(dying),
+        start_ns: M::get(leader, off!(task_start_boottime)).unwrap_or(0),
+        seen_run_delay: run_delay,
+        seen_pcount: pcount,
+        ..ThreadRunq::default()
     };
-    let leader = read_ptr(task, off!(task_group_leader)).unwrap_or(task);
-    let key = DeadKey {
-        tgid,
-        _pad: 0,
-        start_ns: read(leader, off!(task_start_boottime)).unwrap_or(0),
-    };
-    let bucket = latency_bucket(waited);
-    if add_to(&key, waited, bucket) {
-        return;
+    if started > loaded_at {
+        e.seen_run_delay = 0;
+        e.seen_pcount = 0;
+        account(&mut e, run_delay, pcount);
     }
-    let mut fresh = RunqTotals {
-        waits: 1,
-        wait_ns: waited,
-        ..RunqTotals::default()
-    };
-    if let Some(b) = fresh.buckets.get_mut(bucket) {
-        *b = 1;
+    if RUNQ_THREADS.insert(&tid, &e, 0).is_err() {
+        bump(&RUNQ_STATS, STAT_LOST);
     }
-    if RUNQ_LATENCY
-        .insert(&key, &fresh, u64::from(BPF_NOEXIST))
-        .is_err()
-        && !add_to(&key, waited, bucket)
-    {
-        bump(&RUNQ_STATS, STAT_LATENCY_LOST);
-    }
-}
-
-#[inline(always)]
-fn add_to(key: &DeadKey, waited: u64, bucket: usize) -> bool {
-    let Some(t) = RUNQ_LATENCY.get_ptr_mut(key) else {
-        return false;
-    };
-    if bucket >= probe_common::block::LATENCY_BUCKETS {
-        return true;
-    }
-    unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).waits, 1);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).wait_ns, waited);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).buckets[bucket], 1);
-    }
-    true
 }

@@ -241,6 +241,7 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
     o.task_state_size = state.as_ref().map_or(0, |f| f.size);
     o.task_sum_exec_runtime = off(&get("task_struct", &[&["se", "sum_exec_runtime"]]));
     o.task_run_delay = off(&get("task_struct", &[&["sched_info", "run_delay"]]));
+    o.task_pcount = off(&get("task_struct", &[&["sched_info", "pcount"]]));
     o.task_start_boottime = off(&get(
         "task_struct",
         &[&["start_boottime"], &["real_start_time"]],

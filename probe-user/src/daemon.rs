@@ -19,7 +19,7 @@ use crate::{
         cpu::DeadRead,
         ports::Listeners,
         proctasks::ProcTasks,
-        runq::{RunqReader, RunqStats},
+        runq::RunqRead,
         sockdiag::ListenSockets,
         tcp::{monotonic_ns, TcpReader},
     },
@@ -100,8 +100,9 @@ pub struct SelfStats {
     pub tcp_lost: u64,
     /// TCP map entries that could not be deleted, listening-port updates that failed.
     pub tcp_map_failures: u64,
-    /// Run-queue programs' self-counters (kernel), and latency-map entries not deleted.
-    pub runq: RunqStats,
+    /// Threads whose run-queue waits were not counted (map full; kernel), and dead-thread
+    /// entries that could not be deleted.
+    pub runq_lost: u64,
     pub runq_delete_failures: u64,
     /// Rule reloads (SIGHUP) that took effect / were rejected (the previous rules stay).
     pub reloads_ok: u64,
@@ -157,7 +158,6 @@ pub struct Daemon {
     procinfo: HashMap<ProcessKey, Option<Known>>,
     rules: Arc<Rules>,
     meta: HashMap<Arc<str>, InstanceMeta>,
-    runq_reader: RunqReader,
     started: Instant,
     cgroups: CgroupPaths,
     listeners: Listeners,
@@ -193,7 +193,6 @@ impl Daemon {
             rules: opts.rules.clone(),
             opts,
             meta: HashMap::new(),
-            runq_reader: RunqReader::default(),
             started: Instant::now(),
             procinfo: HashMap::new(),
             cgroups: CgroupPaths::new(crate::sys::cgroup2_mount()),
@@ -319,14 +318,14 @@ impl Daemon {
             None => Some(collect::tcp::TcpRead::default()),
         };
         let runq = match &self.kernel.runq {
-            Some(maps) => match self.runq_reader.read(&maps.latency, granularity) {
+            Some(maps) => match collect::runq::read(&maps.threads, granularity) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     self.failed(names::RUNQ, &e);
                     None
                 }
             },
-            None => Some(HashMap::new()),
+            None => Some(RunqRead::default()),
         };
         summary.processes = live.len();
         summary.exited_processes = dead.keys().filter(|k| !live.contains_key(k)).count();
@@ -385,7 +384,7 @@ impl Daemon {
             dead,
             io: io.as_ref(),
             tcp: tcp.as_ref().map(|t| &t.processes),
-            runq: runq.as_ref(),
+            runq: runq.as_ref().map(|r| &r.processes),
             elapsed_secs: elapsed,
             now_secs: now,
             page_size: self.page_size,
@@ -417,10 +416,9 @@ impl Daemon {
                 self.tcp_reader
                     .forget_idle(&mut maps.traffic, is_live, granularity) as u64;
         }
-        if let Some(maps) = &mut self.kernel.runq {
+        if let (Some(maps), Some(read)) = (&mut self.kernel.runq, &runq) {
             self.stats.runq_delete_failures +=
-                self.runq_reader
-                    .forget_idle(&mut maps.latency, is_live, granularity) as u64;
+                collect::runq::forget_dead(&mut maps.threads, &read.dead) as u64;
         }
         self.procinfo.retain(|k, _| live.contains_key(k));
         self.finish(t0, &mut summary);
@@ -473,17 +471,15 @@ impl Daemon {
             }
         }
         if let Some(maps) = &self.kernel.runq {
-            match collect::runq::stats(&maps.stats) {
-                Ok(s) => {
-                    let lost = s.queued_lost + s.latency_lost;
-                    let before = self.stats.runq.queued_lost + self.stats.runq.latency_lost;
-                    if lost > before {
+            match collect::runq::lost(&maps.stats) {
+                Ok(lost) => {
+                    if lost > self.stats.runq_lost {
                         warn!(
-                            lost = lost - before,
-                            "run-queue map full: waits not counted"
+                            threads = lost - self.stats.runq_lost,
+                            "run-queue thread map full: waits not counted"
                         );
                     }
-                    self.stats.runq = s;
+                    self.stats.runq_lost = lost;
                 }
                 Err(e) => self.failed(names::RUNQ, &e),
             }
@@ -701,6 +697,7 @@ impl Daemon {
             runq: self
                 .accounts
                 .runq()
+                .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             other_cpu: self

@@ -24,14 +24,13 @@ use probe_common::{
     },
     config::{Offsets, OFFSETS_GLOBAL, SELF_TGID_GLOBAL},
     cpu::{
-        DeadKey, DeadTotals, DEAD_MAP, EXIT_BTF_PROGRAM, EXIT_RAW_PROGRAM, EXIT_STATS_MAP,
+        DeadKey, DeadTotals, DEAD_MAP, EXIT_STATS_MAP, SWITCH_BTF_PROGRAM, SWITCH_RAW_PROGRAM,
         TASK_ITER_PROGRAM,
     },
     ports::LISTEN_ITER_PROGRAM,
     runq::{
-        RunqTotals, LATENCY_MAP as RUNQ_LATENCY_MAP, STATS_MAP as RUNQ_STATS_MAP,
-        SWITCH_BTF_PROGRAM, SWITCH_RAW_PROGRAM, WAKEUP_BTF_PROGRAM, WAKEUP_NEW_BTF_PROGRAM,
-        WAKEUP_NEW_RAW_PROGRAM, WAKEUP_RAW_PROGRAM,
+        ThreadRunq, ENABLED_GLOBAL as RUNQ_ENABLED_GLOBAL, LOADED_AT_GLOBAL,
+        STATS_MAP as RUNQ_STATS_MAP, THREADS_MAP as RUNQ_THREADS_MAP,
     },
     tcp::{
         RttTotals, TcpKey, TcpTotals, LISTEN_MAP, RECV_PROGRAM, REMOTE_PORTS_MAP,
@@ -72,7 +71,7 @@ pub mod names {
     pub const TCP_RETRANSMIT: &str = "tcp_retransmit";
     /// RTT of connections to listening ports.
     pub const TCP_RTT: &str = "tcp_rtt";
-    /// Run-queue latency histograms per process (wakeup to switch-in).
+    /// Run-queue latency histograms per thread (the scheduler's sched_info, at switch-out).
     pub const RUNQ: &str = "runq";
 }
 
@@ -132,9 +131,9 @@ pub struct TcpMaps {
     pub stats: PerCpuArray<MapData, u64>,
 }
 
-/// The run-queue latency programs' maps.
+/// The run-queue latency program's maps.
 pub struct RunqMaps {
-    pub latency: BpfHashMap<MapData, DeadKey, RunqTotals>,
+    pub threads: BpfHashMap<MapData, u32, ThreadRunq>,
     pub stats: PerCpuArray<MapData, u64>,
 }
 
@@ -300,28 +299,31 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                     }
                 }
             }
-            let mut a = Attacher {
-                ebpf: &mut ebpf,
-                btf: &aya_btf,
-                skip: &opts.skip_hooks,
-            };
-            if let Some(progs) = a.runq(&mut runq) {
-                kernel.attached.extend(progs);
-                let latency = ebpf
-                    .take_map(RUNQ_LATENCY_MAP)
+            // Run-queue latency is kept by the same sched_switch program as the exit hook.
+            if opts.skip_hooks.iter().any(|h| h == hooks::RUNQ) {
+                runq.notes
+                    .push(format!("{}: skipped (--hooks.skip)", hooks::RUNQ));
+            } else if cpu_exit.up() {
+                runq.hook = cpu_exit.hook;
+                let threads = ebpf
+                    .take_map(RUNQ_THREADS_MAP)
                     .and_then(|m| BpfHashMap::try_from(m).ok());
                 let stats = ebpf
                     .take_map(RUNQ_STATS_MAP)
                     .and_then(|m| PerCpuArray::try_from(m).ok());
-                match (latency, stats) {
-                    (Some(latency), Some(stats)) => kernel.runq = Some(RunqMaps { latency, stats }),
+                match (threads, stats) {
+                    (Some(threads), Some(stats)) => kernel.runq = Some(RunqMaps { threads, stats }),
                     _ => {
                         runq.hook = None;
                         runq.notes.push(format!(
-                            "map {RUNQ_LATENCY_MAP} or {RUNQ_STATS_MAP} missing from the object"
+                            "map {RUNQ_THREADS_MAP} or {RUNQ_STATS_MAP} missing from the object"
                         ));
                     }
                 }
+            } else {
+                runq.notes.push(
+                    "needs the sched_switch program of cpu_exit, which is not attached".into(),
+                );
             }
             let tcp_sts = [&mut tcp, &mut tcp_state, &mut tcp_retransmit, &mut tcp_rtt];
             let (progs, maps) = attach_tcp(&mut ebpf, &aya_btf, opts, tcp_sts);
@@ -451,6 +453,12 @@ fn prepare(opts: &LoadOptions, env: &mut Vec<String>) -> Result<(Ebpf, Btf), Str
         .btf(Some(&aya_btf))
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
+        .override_global(LOADED_AT_GLOBAL, &boottime_ns(), true)
+        .override_global(
+            RUNQ_ENABLED_GLOBAL,
+            &u32::from(!opts.skip_hooks.iter().any(|h| h == hooks::RUNQ)),
+            true,
+        )
         .map_max_entries(DEAD_MAP, opts.dead_map_entries)
         .map_max_entries(IO_MAP, opts.block_map_entries)
         .map_max_entries(TRAFFIC_MAP, opts.tcp_map_entries)
@@ -505,9 +513,9 @@ pub mod hooks {
     pub const TCP_RETRANSMIT: &str = "raw_tp/tcp_retransmit_skb";
     /// RTT callbacks of accepted connections: sock_ops on the cgroup2 root.
     pub const TCP_SOCKOPS: &str = "sock_ops";
-    /// Run-queue latency: sched_wakeup, sched_wakeup_new and sched_switch, BTF-typed or raw.
-    pub const RUNQ_BTF: &str = "tp_btf/sched_wakeup";
-    pub const RUNQ_RAW: &str = "raw_tp/sched_wakeup";
+    /// Not a hook of its own: the run-queue part of the sched_switch program (skipping it
+    /// leaves the exit hook alone).
+    pub const RUNQ: &str = "runq";
     pub const PROCFS: &str = "procfs";
     /// Every hook `--hooks.skip` accepts.
     pub const ALL: &[&str] = &[
@@ -524,8 +532,7 @@ pub mod hooks {
         TCP_STATE,
         TCP_RETRANSMIT,
         TCP_SOCKOPS,
-        RUNQ_BTF,
-        RUNQ_RAW,
+        RUNQ,
     ];
 }
 
@@ -588,15 +595,15 @@ impl Attacher<'_> {
     /// The exit hook: BTF tracepoint, else raw tracepoint. Returns the program attached.
     fn exit_hook(&mut self, st: &mut CollectorStatus) -> Option<&'static str> {
         let btf_tp = self.attempt(st, hooks::EXIT_BTF, |ebpf, btf| {
-            let prog: &mut BtfTracePoint = program(ebpf, EXIT_BTF_PROGRAM)?;
+            let prog: &mut BtfTracePoint = program(ebpf, SWITCH_BTF_PROGRAM)?;
             prog.load("sched_switch", btf).map_err(|e| chain(&e))?;
             prog.attach().map_err(|e| chain(&e))
         });
         if btf_tp.is_some() {
-            return Some(EXIT_BTF_PROGRAM);
+            return Some(SWITCH_BTF_PROGRAM);
         }
         let raw = self.attempt(st, hooks::EXIT_RAW, |ebpf, _| {
-            let prog: &mut RawTracePoint = program(ebpf, EXIT_RAW_PROGRAM)?;
+            let prog: &mut RawTracePoint = program(ebpf, SWITCH_RAW_PROGRAM)?;
             prog.load().map_err(|e| chain(&e))?;
             prog.attach("sched_switch").map_err(|e| chain(&e))
         });
@@ -606,32 +613,7 @@ impl Attacher<'_> {
             );
             return None;
         }
-        Some(EXIT_RAW_PROGRAM)
-    }
-
-    /// Run-queue latency: the switch program first (so no wait is recorded without a program
-    /// to end it), then the wakeups; BTF tracepoints, else raw tracepoints.
-    fn runq(&mut self, st: &mut CollectorStatus) -> Option<Vec<&'static str>> {
-        const BTF: &[(&str, &str)] = &[
-            (SWITCH_BTF_PROGRAM, "sched_switch"),
-            (WAKEUP_BTF_PROGRAM, "sched_wakeup"),
-            (WAKEUP_NEW_BTF_PROGRAM, "sched_wakeup_new"),
-        ];
-        const RAW: &[(&str, &str)] = &[
-            (SWITCH_RAW_PROGRAM, "sched_switch"),
-            (WAKEUP_RAW_PROGRAM, "sched_wakeup"),
-            (WAKEUP_NEW_RAW_PROGRAM, "sched_wakeup_new"),
-        ];
-        if self
-            .attempt(st, hooks::RUNQ_BTF, |ebpf, btf| {
-                attach_btf_set(ebpf, btf, BTF)
-            })
-            .is_some()
-        {
-            return Some(BTF.iter().map(|(p, _)| *p).collect());
-        }
-        self.attempt(st, hooks::RUNQ_RAW, |ebpf, _| attach_raw_set(ebpf, RAW))?;
-        Some(RAW.iter().map(|(p, _)| *p).collect())
+        Some(SWITCH_RAW_PROGRAM)
     }
 
     /// Block IO: block_io_start/done where the kernel has them (6.5+), else the block_rq_*
@@ -832,35 +814,6 @@ fn set_remote_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), String> {
 
 /// Loads (once) and attaches raw tracepoint programs to tracepoints, all or nothing: if one
 /// fails, the ones attached by this call are detached again.
-/// Attaches BTF tracepoint programs in order; all or none (those attached are detached again
-/// if one fails).
-fn attach_btf_set(ebpf: &mut Ebpf, btf: &Btf, set: &[(&str, &str)]) -> Result<(), String> {
-    let mut done: Vec<(&str, aya::programs::tp_btf::BtfTracePointLinkId)> = Vec::new();
-    let mut result = Ok(());
-    for &(name, tp) in set {
-        let attached = program::<BtfTracePoint>(ebpf, name).and_then(|prog| {
-            prog.load(tp, btf)
-                .map_err(|e| format!("{tp}: {}", chain(&e)))?;
-            prog.attach().map_err(|e| format!("{tp}: {}", chain(&e)))
-        });
-        match attached {
-            Ok(id) => done.push((name, id)),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
-    if result.is_err() {
-        for (name, id) in done {
-            if let Ok(prog) = program::<BtfTracePoint>(ebpf, name) {
-                let _ = prog.detach(id);
-            }
-        }
-    }
-    result
-}
-
 fn attach_raw_set(ebpf: &mut Ebpf, set: &[(&str, &str)]) -> Result<(), String> {
     let mut done: Vec<(&str, aya::programs::raw_trace_point::RawTracePointLinkId)> = Vec::new();
     let mut result = Ok(());
@@ -923,4 +876,15 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         s = format!("{head} [...] {tail}");
     }
     s
+}
+
+/// CLOCK_BOOTTIME now, in ns (the clock of task_struct.start_boottime).
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -55,39 +55,71 @@ pub fn run(processes: usize, only: Option<&str>) -> Result<()> {
 
 fn sched_overhead() -> Result<()> {
     println!("\n== scheduler overhead: perf bench sched pipe -l {PIPE_LOOPS} ({ROUNDS} rounds each, medians)");
+    println!("   probe, and probe --hooks.skip runq (the sched_switch program without run-queue histograms)");
     let mut without = Vec::new();
     let mut with = Vec::new();
-    let mut program_costs = Vec::new();
+    let mut no_runq = Vec::new();
+    let mut costs = Vec::new();
+    let mut costs_no_runq = Vec::new();
     for round in 0..ROUNDS {
         without.push(sched_pipe()?);
-        let probe = Server::probe()?;
-        let before = probe.scrape_text()?;
-        with.push(sched_pipe()?);
-        let after = probe.scrape_text()?;
-        program_costs = program_deltas(&before, &after);
+        for (extra, times, last) in [
+            (&[][..], &mut with, &mut costs),
+            (
+                &["--hooks.skip", "runq"][..],
+                &mut no_runq,
+                &mut costs_no_runq,
+            ),
+        ] {
+            let probe = Server::probe_with(extra)?;
+            let before = probe.scrape_text()?;
+            times.push(sched_pipe()?);
+            let after = probe.scrape_text()?;
+            *last = program_deltas(&before, &after);
+        }
         println!(
-            "  round {}: without {:.3} s, with probe {:.3} s",
+            "  round {}: without {:.3} s, with probe {:.3} s, with probe without runq {:.3} s",
             round + 1,
             without[round],
-            with[round]
+            with[round],
+            no_runq[round]
         );
     }
-    let (off, on) = (median(&mut without), median(&mut with));
+    let (off, on, on_no_runq) = (
+        median(&mut without),
+        median(&mut with),
+        median(&mut no_runq),
+    );
     println!(
-        "  median: without {off:.3} s, with {on:.3} s  ->  ratio {:.3}x (goal <= 1.03x)",
-        on / off
+        "  median: without {off:.3} s, with {on:.3} s ({:.3}x, goal <= 1.03x), without runq {on_no_runq:.3} s ({:.3}x)",
+        on / off,
+        on_no_runq / off
     );
 
     println!("\n== kernel program cost during the last pipe round (BPF statistics)");
-    println!("  {:<24} {:>12} {:>12}", "program", "runs", "ns/run");
-    for (prog, runs, ns) in &program_costs {
+    println!("  {:<28} {:>12} {:>12}", "program", "runs", "ns/run");
+    for (prog, runs, ns) in &costs {
         println!(
-            "  {prog:<24} {runs:>12.0} {:>12.1}",
+            "  {prog:<28} {runs:>12.0} {:>12.1}",
             if *runs > 0.0 { ns / runs } else { 0.0 }
         );
     }
+    // Run-queue latency lives in the sched_switch program: its cost is the difference between
+    // the program with and without it, per context switch.
+    let per_run = |c: &[(String, f64, f64)]| {
+        c.iter()
+            .find(|(p, _, _)| p == "probe_sched_switch_btf" || p == "probe_sched_switch_raw")
+            .filter(|(_, runs, _)| *runs > 0.0)
+            .map(|(_, runs, ns)| ns / runs)
+    };
+    if let (Some(full), Some(base)) = (per_run(&costs), per_run(&costs_no_runq)) {
+        println!(
+            "  sched_switch program: {full:.1} ns per context switch with run-queue latency, {base:.1} ns without: run-queue latency costs {:.1} ns per event (goal <= 100 ns)",
+            full - base
+        );
+    }
     // The same overhead measured directly, free of the benchmark's run-to-run noise.
-    let in_kernel_ns: f64 = program_costs.iter().map(|(_, _, ns)| ns).sum();
+    let in_kernel_ns: f64 = costs.iter().map(|(_, _, ns)| ns).sum();
     let last_round_s = with.last().copied().unwrap_or(f64::NAN);
     println!(
         "  in-kernel time of probe's programs: {:.1} ms in a {last_round_s:.3} s round ({:.2}% of it)",
@@ -429,10 +461,15 @@ struct Server {
 
 impl Server {
     fn probe() -> Result<Self> {
+        Self::probe_with(&[])
+    }
+
+    fn probe_with(extra: &[&str]) -> Result<Self> {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(probe_bin())
             .args(["serve", "--web.listen-address", &addr])
+            .args(extra)
             .env("PROBE_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()

@@ -1,76 +1,60 @@
-//! Run-queue latency histograms per process from the kernel map, and the programs' counters.
+//! Run-queue latency histograms per thread from the kernel map, and the program's counters.
 
 use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
-use probe_common::{
-    cpu::DeadKey,
-    runq::{RunqTotals, STAT_LATENCY_LOST, STAT_QUEUED_LOST},
-};
+use probe_common::runq::{ThreadRunq, STAT_LOST};
 
-use super::idle::IdleTracker;
-use crate::model::{io::IoCounters, process::ProcessKey};
+use crate::model::{accounts::ProcessRunq, io::IoCounters, process::ProcessKey};
 
-/// Waits the programs could not record because a map was full (kernel counters).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RunqStats {
-    pub queued_lost: u64,
-    pub latency_lost: u64,
+/// Threads whose waits were not counted because the map was full (kernel counter).
+pub fn lost(map: &PerCpuArray<MapData, u64>) -> Result<u64, MapError> {
+    Ok(map.get(&STAT_LOST, 0)?.iter().sum())
 }
 
-pub fn stats(map: &PerCpuArray<MapData, u64>) -> Result<RunqStats, MapError> {
-    let sum = |slot: u32| -> Result<u64, MapError> { Ok(map.get(&slot, 0)?.iter().sum()) };
-    Ok(RunqStats {
-        queued_lost: sum(STAT_QUEUED_LOST)?,
-        latency_lost: sum(STAT_LATENCY_LOST)?,
-    })
-}
-
-/// Cumulative run-queue waits of one process: count in `ops`, sum in `latency_ns`, histogram in
-/// `buckets` (keyed by `()`: one dimension, so the crediting rules of per-dimension counters
-/// apply as they are).
-pub type ProcessRunq = HashMap<(), IoCounters>;
-
-/// Reads the per-process latency map; deletes entries of processes that are gone once idle.
+/// One read of the thread map.
 #[derive(Debug, Default)]
-pub struct RunqReader {
-    tracker: IdleTracker<DeadKey, RunqTotals>,
+pub struct RunqRead {
+    /// Cumulative waits per process, by thread id.
+    pub processes: HashMap<ProcessKey, ProcessRunq>,
+    /// Threads that did their final switch: delete them once the waits are credited.
+    pub dead: Vec<u32>,
 }
 
-impl RunqReader {
-    pub fn read(
-        &mut self,
-        map: &BpfHashMap<MapData, DeadKey, RunqTotals>,
-        start_granularity_ns: u64,
-    ) -> Result<HashMap<ProcessKey, ProcessRunq>, MapError> {
-        let g = start_granularity_ns.max(1);
-        let mut out: HashMap<ProcessKey, ProcessRunq> = HashMap::new();
-        self.tracker.read(map, |k, v| {
-            let key = ProcessKey {
-                tgid: k.tgid,
-                start_ns: k.start_ns / g * g,
-            };
-            let c = IoCounters {
-                bytes: 0,
-                ops: v.waits,
-                latency_ns: v.wait_ns,
-                buckets: v.buckets,
-            };
-            out.entry(key).or_default().entry(()).or_default().add(&c);
-        })?;
-        Ok(out)
+pub fn read(
+    map: &BpfHashMap<MapData, u32, ThreadRunq>,
+    start_granularity_ns: u64,
+) -> Result<RunqRead, MapError> {
+    let g = start_granularity_ns.max(1);
+    let mut out = RunqRead::default();
+    for item in map.iter() {
+        let (tid, v) = match item {
+            Ok(kv) => kv,
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e),
+        };
+        let key = ProcessKey {
+            tgid: v.tgid,
+            start_ns: v.start_ns / g * g,
+        };
+        let c = IoCounters {
+            bytes: 0,
+            ops: v.buckets.iter().sum(),
+            latency_ns: v.wait_ns,
+            buckets: v.buckets,
+        };
+        out.processes.entry(key).or_default().insert(tid, c);
+        if v.dead != 0 {
+            out.dead.push(tid);
+        }
     }
+    Ok(out)
+}
 
-    /// Deletes the entries of processes not live that have not changed for a while; returns
-    /// how many deletions failed.
-    pub fn forget_idle(
-        &mut self,
-        map: &mut BpfHashMap<MapData, DeadKey, RunqTotals>,
-        is_live: impl Fn(u32, u64) -> bool,
-        start_granularity_ns: u64,
-    ) -> usize {
-        let g = start_granularity_ns.max(1);
-        self.tracker
-            .forget_idle(map, |k| !is_live(k.tgid, k.start_ns / g * g))
-    }
+/// Deletes the entries of dead threads (after their final waits were credited). Returns how
+/// many deletions failed.
+pub fn forget_dead(map: &mut BpfHashMap<MapData, u32, ThreadRunq>, dead: &[u32]) -> usize {
+    dead.iter()
+        .filter(|tid| !matches!(map.remove(tid), Ok(()) | Err(MapError::KeyNotFound)))
+        .count()
 }

@@ -258,7 +258,7 @@ const RELOAD_OK: Desc = (
 const RUNQ_EVENTS: Desc = (
     "probe_runqueue_events",
     None,
-    "Run-queue waits not counted: result=lost: a run-queue map was full.",
+    "Threads whose run-queue waits were not counted: result=lost: the run-queue thread map was full.",
 );
 const PROC_RUNQ: Desc = (
     "probe_process_cpu_runqueue_wait",
@@ -575,7 +575,7 @@ impl Collector for SnapshotCollector {
             RUNQ_EVENTS,
             [(
                 vec![("result", esc("lost"))],
-                ConstCounter::new(s.stats.runq.queued_lost + s.stats.runq.latency_lost),
+                ConstCounter::new(s.stats.runq_lost),
             )],
         )?;
         family(

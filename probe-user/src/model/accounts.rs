@@ -35,9 +35,9 @@ use super::{
     tcp::{ProcessTcp, Role, TcpCounters, TcpDim},
 };
 
-/// Cumulative run-queue waits of one process or instance: count in `ops`, sum in `latency_ns`,
-/// histogram in `buckets`, under the single dimension `()`.
-pub type ProcessRunq = HashMap<(), IoCounters>;
+/// Cumulative run-queue waits of one process, per thread id: count in `ops`, sum in
+/// `latency_ns`, histogram in `buckets`.
+pub type ProcessRunq = HashMap<u32, IoCounters>;
 
 /// Bounds on what is exported.
 #[derive(Clone, Debug)]
@@ -197,7 +197,7 @@ pub struct Accounts {
     /// Established connections per instance and listening port (a gauge).
     established: BTreeMap<(Arc<str>, u16), u64>,
     /// Run-queue latency per instance.
-    runq: BTreeMap<(Arc<str>, ()), IoCounters>,
+    runq: BTreeMap<Arc<str>, IoCounters>,
     port_seen: HashMap<TcpDim, TcpCounters>,
     rtt_seen: HashMap<u16, IoCounters>,
     /// What processes outside the exported top-K used, per instance: increases credited while
@@ -370,19 +370,11 @@ impl Accounts {
         }
 
         for (key, runq) in round.runq.into_iter().flatten() {
-            // Waits of a process not seen otherwise (it exited before the first look) are
-            // not worth a process entry: they need one to be charged, so keep it short.
+            // Every process with waits was seen live or in the dead-thread map above.
             let Some(st) = self.procs.get_mut(key) else {
                 continue;
             };
-            credit_dims(
-                &mut st.runq_seen,
-                None,
-                &mut self.runq,
-                &st.instance,
-                runq,
-                |_, _| {},
-            );
+            credit_threads(&mut st.runq_seen, &mut self.runq, &st.instance, runq);
         }
 
         let mut forget = Vec::new();
@@ -592,7 +584,7 @@ impl Accounts {
         self.tcp.retain(|(k, _), _| !dead.contains(k));
         self.rtt.retain(|(k, _), _| !dead.contains(k));
         self.established.retain(|(k, _), _| !dead.contains(k));
-        self.runq.retain(|(k, _), _| !dead.contains(k));
+        self.runq.retain(|k, _| !dead.contains(k));
         self.other_io.retain(|(k, _), _| !dead.contains(k));
         self.other_tcp.retain(|(k, _), _| !dead.contains(k));
     }
@@ -618,8 +610,8 @@ impl Accounts {
     }
 
     /// Run-queue latency per instance.
-    pub fn runq(&self) -> impl Iterator<Item = (&Arc<str>, &IoCounters)> {
-        self.runq.iter().map(|((k, ()), v)| (k, v))
+    pub fn runq(&self) -> &BTreeMap<Arc<str>, IoCounters> {
+        &self.runq
     }
 
     /// Instance names currently folded into [`OTHER`] by the cap.
@@ -711,6 +703,30 @@ fn credit(
     // recent use, so it does not rank anyone.
     st.score = st.score * decay + if first { 0.0 } else { d_cpu as f64 / 1e9 };
     (d_cpu, d_delay)
+}
+
+/// Credits the increase of a process's per-thread run-queue totals to its instance. A thread
+/// the kernel no longer has (it died and its entry was deleted) is forgotten; a thread id whose
+/// counters went down is another thread (reused id) and counts in full.
+fn credit_threads(
+    seen: &mut ProcessRunq,
+    instance_map: &mut BTreeMap<Arc<str>, IoCounters>,
+    instance: &Arc<str>,
+    now: &ProcessRunq,
+) {
+    for (tid, cur) in now {
+        let d = match seen.get(tid) {
+            Some(prev) => cur.since(prev),
+            None => cur.clone(),
+        };
+        if !d.is_zero() {
+            instance_map.entry(instance.clone()).or_default().add(&d);
+        }
+    }
+    seen.retain(|tid, _| now.contains_key(tid));
+    for (tid, cur) in now {
+        seen.insert(*tid, cur.clone());
+    }
 }
 
 fn add_other_cpu(other: &mut BTreeMap<Arc<str>, (u64, u64)>, instance: &Arc<str>, d: (u64, u64)) {
@@ -1202,7 +1218,7 @@ mod tests {
                 latency_ns: n * 1000,
                 ..IoCounters::default()
             };
-            HashMap::from([(A, HashMap::from([((), c)]))])
+            HashMap::from([(A, HashMap::from([(7u32, c)]))])
         };
         let live_a = HashMap::from([(A, live(1, 0))]);
         let dead = HashMap::new();
@@ -1227,6 +1243,7 @@ mod tests {
         let got: Vec<(String, u64, u64)> = h
             .acc
             .runq()
+            .iter()
             .map(|(k, c)| (k.to_string(), c.ops, c.latency_ns))
             .collect();
         assert_eq!(got, vec![("a:1".to_string(), 10, 10_000)]);

@@ -338,8 +338,12 @@ const DOMINANT_SHARE: f64 = 0.5;
 const CPU_FLOOR_PERCENT: f64 = 10.0;
 const DISK_FLOOR_BPS: f64 = 1_048_576.0;
 
+/// A resource: its name, the victim signal that goes with it, how much an instance uses, and
+/// the floor of use that can dominate.
+type Resource = (&'static str, &'static str, fn(&InstanceView) -> f64, f64);
+
 fn mark_noisy(instances: &mut [InstanceView]) {
-    let resources: [(&str, &str, fn(&InstanceView) -> f64, f64); 2] = [
+    let resources: [Resource; 2] = [
         ("cpu", "runqueue", |i| i.cpu_percent, CPU_FLOOR_PERCENT),
         (
             "disk",
