@@ -48,6 +48,7 @@ fn all_kernel_collectors_up(report: &str) -> bool {
         "tcp_state",
         "tcp_retransmit",
         "tcp_rtt",
+        "runq",
     ]
     .iter()
     .all(|c| {
@@ -172,4 +173,42 @@ fn dashboard_and_rules_use_exported_metrics() {
             );
         }
     }
+}
+
+/// The rule file the DaemonSet ships in its ConfigMap is one `probe config check` accepts.
+#[test]
+fn daemonset_rules_are_valid() {
+    let yaml = read("kubernetes/daemonset.yaml");
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "rules.toml: |")
+        .skip(1);
+    let mut rules = String::new();
+    for l in lines.by_ref() {
+        let Some(body) = l.strip_prefix("    ") else {
+            break;
+        };
+        rules.push_str(body);
+        rules.push('\n');
+    }
+    assert!(
+        rules.contains("[instances]"),
+        "no rules.toml in the ConfigMap:\n{yaml}"
+    );
+    let path = std::env::temp_dir().join(format!("probe-deploy-rules-{}.toml", std::process::id()));
+    std::fs::write(&path, &rules).expect("write rules");
+    let out = std::process::Command::new(probe_tests::probe_bin())
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .expect("probe config check");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the DaemonSet passes that file to the daemon.
+    assert!(yaml.contains("--config=/etc/probe/rules.toml"));
 }

@@ -3,10 +3,10 @@
 //!
 //! An instance is marked `noisy` for a resource when it uses at least half of what all
 //! instances use of it (and a meaningful amount) while another instance suffers on the matching
-//! latency: CPU with run-queue latency, disk with block IO latency. An instance `suffers` when
-//! its latency in the window is at least 1.5 times its own long-run average and above a floor
-//! (run queue: 100 µs on average; disk: 1 ms on average), or, for the run queue, when it waited
-//! for a CPU at least a tenth as long as it ran (and above the floor).
+//! latency: CPU with run-queue latency, disk with block IO latency. An instance `suffers` when,
+//! over at least 20 waits (or requests) in the window, its 99th percentile is above an absolute
+//! floor (run queue: 1 ms, what a latency-sensitive service notices; disk: 50 ms), or its mean
+//! is at least 1.5 times its own long-run mean and above a floor (100 µs; 1 ms).
 
 use serde::{Deserialize, Serialize};
 
@@ -212,7 +212,7 @@ pub fn compute(prev: &Sample, cur: &Sample) -> View {
                 tcp_tx_bytes_per_second: ports.iter().map(|p| p.tx_bytes_per_second).sum(),
                 ports,
                 noisy: Vec::new(),
-                suffering: suffering(c, &runq, &disk, c.cpu_ns.saturating_sub(p.cpu_ns)),
+                suffering: suffering(c, &runq, &disk),
             }
         })
         .collect();
@@ -304,29 +304,34 @@ fn p99(h: &Histogram) -> Option<f64> {
     None
 }
 
-/// Floors below which a latency is not called suffering, however much it rose: average, and
-/// number of waits or requests in the window (a handful is noise).
-const RUNQ_FLOOR_SECS: f64 = 100e-6;
+/// Waits or requests in the window below which nothing is concluded (a handful is noise).
 const MIN_EVENTS: u64 = 20;
-const RUNQ_WAIT_SHARE: f64 = 0.10;
+/// 99th percentiles that are suffering on their own.
+const RUNQ_P99_SECS: f64 = 1e-3;
+const DISK_P99_SECS: f64 = 50e-3;
+/// Means that count as risen when 1.5 times the long-run mean and above these.
+const RUNQ_FLOOR_SECS: f64 = 100e-6;
 const DISK_FLOOR_SECS: f64 = 1e-3;
 const RISE: f64 = 1.5;
 
-fn suffering(c: &InstanceSample, runq: &Histogram, disk: &Histogram, cpu_ns: u64) -> Vec<String> {
-    let mut out = Vec::new();
-    let rose = |window: &Histogram, life: &Histogram, floor: f64| {
+fn suffering(c: &InstanceSample, runq: &Histogram, disk: &Histogram) -> Vec<String> {
+    let suffers = |window: &Histogram, life: &Histogram, p99_floor: f64, floor: f64| {
+        if window.count < MIN_EVENTS {
+            return false;
+        }
+        if p99(window).is_some_and(|p| p >= p99_floor) {
+            return true;
+        }
         let (Some(w), Some(l)) = (avg(window), avg(life)) else {
             return false;
         };
-        window.count >= MIN_EVENTS && w >= floor && w >= RISE * l
+        w >= floor && w >= RISE * l
     };
-    let waited_long = runq.count >= MIN_EVENTS
-        && avg(runq).is_some_and(|a| a >= RUNQ_FLOOR_SECS)
-        && runq.sum_ns as f64 >= RUNQ_WAIT_SHARE * cpu_ns as f64;
-    if rose(runq, &c.runqueue, RUNQ_FLOOR_SECS) || waited_long {
+    let mut out = Vec::new();
+    if suffers(runq, &c.runqueue, RUNQ_P99_SECS, RUNQ_FLOOR_SECS) {
         out.push("runqueue".to_string());
     }
-    if rose(disk, &c.disk_latency, DISK_FLOOR_SECS) {
+    if suffers(disk, &c.disk_latency, DISK_P99_SECS, DISK_FLOOR_SECS) {
         out.push("disk".to_string());
     }
     out
@@ -459,6 +464,25 @@ mod tests {
         assert_eq!(v.instances[0].noisy, vec!["cpu"]);
         assert_eq!(v.instances[1].suffering, vec!["runqueue"]);
         assert!(v.instances[1].noisy.is_empty());
+        // Mostly short waits with a tail (the mean stays under 100 us): the tail counts.
+        let tail = sample(
+            10.0,
+            vec![
+                inst("hog", 118, hist(0, 0)),
+                inst("victim", 6, {
+                    let mut h = hist(1000, 20);
+                    for (n, us) in [(2000, 10), (30, 4000)] {
+                        let w = hist(n, us);
+                        h.add(w.count, w.sum_ns, &w.buckets);
+                    }
+                    h
+                }),
+            ],
+        );
+        let v = compute(&before, &tail);
+        assert!(v.instances[1].runqueue_latency_avg_seconds.expect("avg") < 100e-6);
+        assert_eq!(v.instances[1].suffering, vec!["runqueue"]);
+        assert_eq!(v.instances[0].noisy, vec!["cpu"]);
         // Nobody suffers: nobody is marked, however busy.
         let calm = sample(
             10.0,
