@@ -37,6 +37,14 @@ fn wait_for(
     }
 }
 
+fn config_check(file: &std::path::Path) -> std::process::Output {
+    Command::new(probe_bin())
+        .args(["config", "check"])
+        .arg(file)
+        .output()
+        .expect("run probe config check")
+}
+
 #[test]
 fn config_check_reports_every_error_with_line_and_column() {
     let bad = temp_file("bad.toml");
@@ -44,11 +52,7 @@ fn config_check_reports_every_error_with_line_and_column() {
         &bad,
         "[[rule]]\nname = \"a\"\ncmdline = '--port=(\\d+'\ninstance = \"x-{1}\"\n\n[[rule]]\nname = \"a\"\ncomm = 'x'\ninstance = \"y\"\ncolor = 1\n",
     );
-    let out = Command::new(probe_bin())
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .expect("run probe config check");
+    let out = config_check(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     println!("{err}");
     assert_eq!(out.status.code(), Some(1), "a bad file fails: {err}");
@@ -61,11 +65,7 @@ fn config_check_reports_every_error_with_line_and_column() {
         &bad,
         "[[rule]]\nname = \"a\"\ncmdline = '--port=(\\d+'\ninstance = \"x-{1}\"\n\n[[rule]]\nname = \"a\"\ncomm = 'x'\ninstance = \"y\"\n",
     );
-    let out = Command::new(probe_bin())
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .expect("run probe config check");
+    let out = config_check(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     println!("{err}");
     assert_eq!(out.status.code(), Some(1));
@@ -84,11 +84,7 @@ fn config_check_reports_every_error_with_line_and_column() {
         .output()
         .expect("probe config defaults");
     std::fs::write(&good, &defaults.stdout).expect("write defaults");
-    let out = Command::new(probe_bin())
-        .args(["config", "check"])
-        .arg(&good)
-        .output()
-        .expect("run probe config check");
+    let out = config_check(&good);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

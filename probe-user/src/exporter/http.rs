@@ -139,11 +139,32 @@ const LANDING: &str = "<html><head><title>probe</title></head><body><h1>probe</h
 <li><a href=\"/readyz\">/readyz</a></li>\
 <li><a href=\"/api/v1/top\">/api/v1/top</a> (what <code>probe top --from</code> reads)</li></ul></body></html>\n";
 
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// The response to a collection run on the blocking pool: its body, or why there is none.
+fn collected<E: std::fmt::Display>(
+    content_type: &'static str,
+    result: Result<Result<String, E>, tokio::task::JoinError>,
+) -> Response<Full<Bytes>> {
+    match result {
+        Ok(Ok(body)) => text(StatusCode::OK, content_type, body),
+        Ok(Err(e)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            PLAIN,
+            format!("encoding failed: {e}\n"),
+        ),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            PLAIN,
+            format!("collection failed: {e}\n"),
+        ),
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     app: Arc<App>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    const PLAIN: &str = "text/plain; charset=utf-8";
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -158,43 +179,20 @@ async fn handle(
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok());
             let om = classic::wants_openmetrics(accept);
-            let scraped = tokio::task::spawn_blocking(move || app.scrape(om)).await;
-            match scraped {
-                Ok(Ok(body)) => {
-                    let ct = if om {
-                        classic::OPENMETRICS_CONTENT_TYPE
-                    } else {
-                        classic::CONTENT_TYPE
-                    };
-                    text(StatusCode::OK, ct, body)
-                }
-                Ok(Err(e)) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    PLAIN,
-                    format!("encoding failed: {e}\n"),
-                ),
-                Err(e) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    PLAIN,
-                    format!("collection failed: {e}\n"),
-                ),
-            }
+            let ct = if om {
+                classic::OPENMETRICS_CONTENT_TYPE
+            } else {
+                classic::CONTENT_TYPE
+            };
+            collected(
+                ct,
+                tokio::task::spawn_blocking(move || app.scrape(om)).await,
+            )
         }
-        crate::top::source::API_PATH => {
-            match tokio::task::spawn_blocking(move || app.top_sample()).await {
-                Ok(Ok(body)) => text(StatusCode::OK, "application/json", body),
-                Ok(Err(e)) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    PLAIN,
-                    format!("encoding failed: {e}\n"),
-                ),
-                Err(e) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    PLAIN,
-                    format!("collection failed: {e}\n"),
-                ),
-            }
-        }
+        crate::top::source::API_PATH => collected(
+            "application/json",
+            tokio::task::spawn_blocking(move || app.top_sample()).await,
+        ),
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" if app.ready() => text(StatusCode::OK, PLAIN, "ready\n"),
         "/readyz" => text(

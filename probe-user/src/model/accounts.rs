@@ -893,6 +893,14 @@ mod tests {
         }
     }
 
+    fn limits(top_k: usize, max_instances: usize, expire_after_secs: f64) -> Limits {
+        Limits {
+            top_k,
+            max_instances,
+            expire_after_secs,
+        }
+    }
+
     const SERVER_3306: TcpDim = TcpDim {
         role: Role::Server,
         port: 3306,
@@ -1136,11 +1144,7 @@ mod tests {
     #[test]
     fn instances_beyond_the_cap_are_folded_into_other_and_counted() {
         let mut h = Harness::new();
-        h.acc.set_limits(Limits {
-            top_k: 5,
-            max_instances: 1,
-            expire_after_secs: 600.0,
-        });
+        h.acc.set_limits(limits(5, 1, 600.0));
         h.round(&[(A, live(100, 0)), (B, live(50, 0))], &[]);
         h.acc.end_round(h.now);
         let names: Vec<&str> = h.acc.instances().keys().map(|k| &**k).collect();
@@ -1154,11 +1158,7 @@ mod tests {
     #[test]
     fn idle_instances_without_processes_expire_and_busy_ones_stay() {
         let mut h = Harness::new();
-        h.acc.set_limits(Limits {
-            top_k: 5,
-            max_instances: 10,
-            expire_after_secs: 60.0,
-        });
+        h.acc.set_limits(limits(5, 10, 60.0));
         h.round(&[(A, live(100, 0)), (B, live(50, 0))], &[]);
         h.acc.end_round(h.now);
         // B exits; A keeps running.
@@ -1185,11 +1185,7 @@ mod tests {
     fn processes_outside_the_top_k_add_up_in_other_rows() {
         let mut h = Harness::new();
         h.names.insert(B, "a:1");
-        h.acc.set_limits(Limits {
-            top_k: 1,
-            max_instances: 10,
-            expire_after_secs: 600.0,
-        });
+        h.acc.set_limits(limits(1, 10, 600.0));
         h.round(&[(A, live(0, 0)), (B, live(0, 0))], &[]);
         h.acc.end_round(h.now);
         h.round(&[(A, live(1000, 0)), (B, live(10, 0))], &[]);
