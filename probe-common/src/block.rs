@@ -71,10 +71,22 @@ pub fn op_group(cmd_flags: u32) -> u32 {
 /// (1 µs .. 2^24 µs = 16.8 s); the last one everything longer.
 pub const LATENCY_BUCKETS: usize = 26;
 
-/// The bucket of a latency, exactly: the smallest `i` with `ns <= 1000 * 2^i`.
-/// Branches only (no loop), so it runs in the kernel programs as well.
+/// The bucket of a latency, exactly: the smallest `i` with `ns <= 1000 * 2^i`, at most the last.
 #[inline(always)]
 pub fn latency_bucket(ns: u64) -> usize {
+    let bits = latency_bit_length(ns) as usize;
+    if bits >= LATENCY_BUCKETS - 1 {
+        LATENCY_BUCKETS - 1
+    } else {
+        bits
+    }
+}
+
+/// The smallest `i` with `ns <= 1000 * 2^i` (0..=55), without the cap of [`latency_bucket`]:
+/// the kernel programs cap it themselves in a form every supported verifier can follow.
+/// Branches only (no loop), so it runs in the kernel programs as well.
+#[inline(always)]
+pub fn latency_bit_length(ns: u64) -> u64 {
     // ceil(ns / 1000) <= 2^i  <=>  ns <= 1000 * 2^i (2^i is an integer).
     let us = ns.div_ceil(1000);
     if us <= 1 {
@@ -82,7 +94,7 @@ pub fn latency_bucket(ns: u64) -> usize {
     }
     // i = ceil(log2(us)) = bit length of (us - 1).
     let mut v = us - 1;
-    let mut bits = 0usize;
+    let mut bits = 0u64;
     if v >> 32 != 0 {
         v >>= 32;
         bits += 32;
@@ -107,12 +119,7 @@ pub fn latency_bucket(ns: u64) -> usize {
         v >>= 1;
         bits += 1;
     }
-    bits += v as usize; // v is 0 or 1 here
-    if bits >= LATENCY_BUCKETS - 1 {
-        LATENCY_BUCKETS - 1
-    } else {
-        bits
-    }
+    bits + v // v is 0 or 1 here
 }
 
 /// Upper bound of bucket `i` in seconds (`f64::INFINITY` for the last).
@@ -210,6 +217,23 @@ mod tests {
             );
         }
         assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        assert_eq!(latency_bit_length(u64::MAX), 55);
+        for ns in [
+            0,
+            999,
+            1000,
+            1001,
+            5_000_000,
+            16_777_216_000,
+            16_777_216_001,
+            u64::MAX / 3,
+        ] {
+            assert_eq!(
+                latency_bucket(ns) as u64,
+                latency_bit_length(ns).min(LATENCY_BUCKETS as u64 - 1),
+                "{ns} ns"
+            );
+        }
         assert_eq!(bucket_upper_secs(0), 1e-6);
         assert_eq!(bucket_upper_secs(10), 1024e-6);
         assert!(bucket_upper_secs(LATENCY_BUCKETS - 1).is_infinite());

@@ -24,14 +24,14 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use probe_common::{
     block::{
-        encode_dev, latency_bucket, op_group, IoKey, IoStart, IoTotals, Writer, IO_MAP_ENTRIES,
-        LATENCY_BUCKETS, OP_DIRTIED, OP_FLUSH, OP_WRITE, STARTS_MAP_ENTRIES, STAT_LOST, STAT_SLOTS,
-        STAT_UNMATCHED, STAT_WRITEBACK_CHARGED, STAT_WRITEBACK_KERNEL, WRITERS_MAP_ENTRIES,
+        encode_dev, op_group, IoKey, IoStart, IoTotals, Writer, IO_MAP_ENTRIES, OP_DIRTIED,
+        OP_FLUSH, OP_WRITE, STARTS_MAP_ENTRIES, STAT_LOST, STAT_SLOTS, STAT_UNMATCHED,
+        STAT_WRITEBACK_CHARGED, STAT_WRITEBACK_KERNEL, WRITERS_MAP_ENTRIES,
     },
     config::OFFSET_MISSING,
 };
 
-use crate::kernel::{bump, current_task, off, read, read_ptr, self_tgid};
+use crate::kernel::{bump, current_task, off, read, read_ptr, self_tgid, Bucket};
 
 #[map]
 static BLOCK_IO: HashMap<IoKey, IoTotals> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
@@ -273,10 +273,8 @@ fn account<C: EbpfContext>(ctx: &C, key: &IoKey, bytes: u64, latency_ns: Option<
     if let Some(ns) = latency_ns {
         fresh.ops = 1;
         fresh.latency_ns = ns;
-        let b = latency_bucket(ns);
-        if b < LATENCY_BUCKETS {
-            fresh.buckets[b] = 1;
-        }
+        // SAFETY: a slot of `fresh`'s own histogram (Bucket::slot).
+        unsafe { *Bucket::of(ns).slot(&raw mut fresh.buckets) = 1 };
     }
     if BLOCK_IO.insert(key, &fresh, u64::from(BPF_NOEXIST)).is_ok() {
         return;
@@ -306,10 +304,10 @@ fn add(t: *mut IoTotals, bytes: u64, latency_ns: Option<u64>) {
         };
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).ops, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).latency_ns, ns);
-        let b = latency_bucket(ns);
-        if b < LATENCY_BUCKETS {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).buckets[b], 1);
-        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            Bucket::of(ns).slot(&raw mut (*t).buckets),
+            1,
+        );
     }
 }
 

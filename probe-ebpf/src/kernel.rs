@@ -5,6 +5,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
 };
 use probe_common::{
+    block::LATENCY_BUCKETS,
     config::{Offsets, OFFSET_MISSING},
     cpu::PF_KTHREAD,
 };
@@ -114,6 +115,48 @@ pub(crate) fn process_of(task: *const u8) -> Option<Process> {
         start_ns: read(leader, off!(task_start_boottime)).unwrap_or(0),
         kthread: flags & PF_KTHREAD != 0,
     })
+}
+
+/// A latency histogram bucket ([`probe_common::block::latency_bucket`]); always below
+/// [`LATENCY_BUCKETS`].
+#[derive(Clone, Copy)]
+pub(crate) struct Bucket(usize);
+
+impl Bucket {
+    /// The bucket of a latency, capped in a form that the verifier of every supported kernel
+    /// bounds.
+    ///
+    /// Written in Rust, the cap `min(bits, 25)` compiles (BPF v1, which rustc targets) to
+    /// `r1 = 25; if r1 > bits`: a register-register compare. The verifier of Linux 6.1 does not
+    /// decide such a branch from the bounds it knows, walks the impossible side with
+    /// contradictory bounds (umin 30 > umax 24) and then rejects the store into the histogram
+    /// ("invalid mem access 'scalar'", "misaligned access"). A compare with an immediate, which
+    /// this assembly is, is decided (or refines the bounds) on every kernel, and the compiler
+    /// can neither drop it nor turn it back into a register compare. Two instructions.
+    #[inline(always)]
+    pub(crate) fn of(ns: u64) -> Self {
+        let mut b = probe_common::block::latency_bit_length(ns);
+        // SAFETY: a compare and a move on one register: no memory, no stack, no side effect.
+        unsafe {
+            core::arch::asm!(
+                "if {b} <= {last} goto +1",
+                "{b} = {last}",
+                b = inout(reg) b,
+                last = const LATENCY_BUCKETS - 1,
+                options(pure, nomem, nostack),
+            );
+        }
+        Self(b as usize)
+    }
+
+    /// This bucket's counter in `histogram`. No bounds check is emitted: a Rust one would be
+    /// the register compare described in [`Bucket::of`] again.
+    #[inline(always)]
+    pub(crate) fn slot(self, histogram: *mut [u64; LATENCY_BUCKETS]) -> *mut u64 {
+        // SAFETY: self.0 <= LATENCY_BUCKETS - 1 (the cap in `of`), so the slot is inside the
+        // array `histogram` points to.
+        unsafe { histogram.cast::<u64>().add(self.0) }
+    }
 }
 
 /// Adds one to slot `slot` of a per-CPU self-counter array and returns its new value on this

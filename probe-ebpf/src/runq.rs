@@ -11,12 +11,11 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use probe_common::{
-    block::{latency_bucket, LATENCY_BUCKETS},
     cpu::TASK_DEAD,
     runq::{ThreadRunq, STAT_LOST, STAT_SLOTS, THREADS_MAP_ENTRIES},
 };
 
-use crate::kernel::{bump, off, Mem};
+use crate::kernel::{bump, off, Bucket, Mem};
 
 /// BPF_F_NO_PREALLOC: entries are allocated when threads first switch out.
 const NO_PREALLOC: u32 = 1;
@@ -80,10 +79,8 @@ fn account(e: &mut ThreadRunq, run_delay: u64, pcount: u64) {
     e.wait_ns += waited;
     // Normally one wait per slice; if switch-outs were missed (the program was attached in
     // between), their waits go into the bucket of their average.
-    let bucket = latency_bucket(waited / waits);
-    if bucket < LATENCY_BUCKETS {
-        e.buckets[bucket] += waits;
-    }
+    // SAFETY: a slot of the entry's own histogram (Bucket::slot).
+    unsafe { *Bucket::of(waited / waits).slot(&raw mut e.buckets) += waits };
 }
 
 /// A thread seen for the first time. One that started after the programs were loaded is counted

@@ -23,7 +23,6 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use probe_common::{
-    block::{latency_bucket, LATENCY_BUCKETS},
     ports::{AF_INET, AF_INET6, IPPROTO_TCP},
     tcp::{
         accepts, closes_established, tcp_header_len, Owner, RttTotals, TcpKey, TcpTotals,
@@ -33,7 +32,7 @@ use probe_common::{
     },
 };
 
-use crate::kernel::{bump, current_task, off, process_of, read, self_tgid};
+use crate::kernel::{bump, current_task, off, process_of, read, self_tgid, Bucket};
 
 #[map]
 static TCP_TRAFFIC: HashMap<TcpKey, TcpTotals> = HashMap::with_max_entries(TRAFFIC_MAP_ENTRIES, 0);
@@ -356,7 +355,7 @@ pub fn probe_tcp_sockops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn rtt_sample(ctx: &SockOpsContext, port: u16, us: u64) {
-    let b = latency_bucket(us * 1000);
+    let b = Bucket::of(us * 1000);
     if let Some(t) = TCP_RTT.get_ptr_mut(&port) {
         rtt_add(t, us, b);
         return;
@@ -366,9 +365,8 @@ fn rtt_sample(ctx: &SockOpsContext, port: u16, us: u64) {
         sum_us: us,
         ..RttTotals::default()
     };
-    if b < LATENCY_BUCKETS {
-        fresh.buckets[b] = 1;
-    }
+    // SAFETY: a slot of `fresh`'s own histogram (Bucket::slot).
+    unsafe { *b.slot(&raw mut fresh.buckets) = 1 };
     if TCP_RTT
         .insert(&port, &fresh, u64::from(BPF_NOEXIST))
         .is_ok()
@@ -386,13 +384,11 @@ fn rtt_sample(ctx: &SockOpsContext, port: u16, us: u64) {
 }
 
 #[inline(always)]
-fn rtt_add(t: *mut RttTotals, us: u64, b: usize) {
+fn rtt_add(t: *mut RttTotals, us: u64, b: Bucket) {
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).count, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).sum_us, us);
-        if b < LATENCY_BUCKETS {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).buckets[b], 1);
-        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b.slot(&raw mut (*t).buckets), 1);
     }
 }
 
