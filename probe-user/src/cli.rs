@@ -37,9 +37,10 @@ pub struct Cli {
 pub enum Command {
     /// Load the kernel programs and serve metrics on /metrics (Prometheus and OpenMetrics text).
     Serve(ServeArgs),
-    /// Show which hook each collector uses on this kernel and why others were skipped; exits
-    /// non-zero if no kernel collector can run.
-    Check(HookArgs),
+    /// Show which hook each collector uses on this kernel and why others were skipped (a
+    /// verifier rejection in one line: its error, instruction and source line); exits non-zero
+    /// if no kernel collector can run.
+    Check(CheckArgs),
     /// Live view of the noisiest instances and processes (or one snapshot with --once), from a
     /// running daemon (--from) or standalone.
     Top(crate::top::TopArgs),
@@ -58,6 +59,26 @@ pub enum ConfigCommand {
     },
     /// Print the built-in rules (a starting point for a file of your own).
     Defaults,
+}
+
+/// How a one-shot command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned text for people.
+    #[default]
+    Table,
+    /// One JSON object (schema in the README).
+    Json,
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CheckArgs {
+    /// Output: a table, or JSON (collector, state, hook, detail, reasons).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -16,3 +16,4 @@ pub mod loader;
 pub mod model;
 pub mod sys;
 pub mod top;
+pub mod verifier;

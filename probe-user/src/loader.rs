@@ -853,27 +853,27 @@ where
         .map_err(|e: aya::programs::ProgramError| chain(&e))
 }
 
-/// An error with its causes, on one line (the verifier log, when there is one, is in them).
-pub fn chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, on one line. A verifier rejection is boiled down to its error, the
+/// instruction and the source line (the whole log goes to the debug log).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    }) = e.downcast_ref::<aya::programs::ProgramError>()
+    {
+        let log = verifier_log.to_string();
+        tracing::debug!(error = %io_error, "verifier log:\n{log}");
+        return format!(
+            "the verifier refused it ({io_error}): {} (whole log: --log.level debug)",
+            crate::verifier::summary(&log)
+        );
+    }
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {
         s.push_str(": ");
         s.push_str(&cause.to_string());
         src = cause.source();
-    }
-    // Verifier logs are long; the first and last lines say what matters.
-    if s.len() > 2000 {
-        let head: String = s.chars().take(1000).collect();
-        let tail: String = s
-            .chars()
-            .rev()
-            .take(800)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        s = format!("{head} [...] {tail}");
     }
     s
 }

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     };
     init_logging(level);
     match cli.command {
-        Command::Check(hooks) => check::run(hooks.skip),
+        Command::Check(args) => check::run(args.hooks.skip, args.format),
         Command::Config(ConfigCommand::Check { file }) => config::check(&file),
         Command::Config(ConfigCommand::Defaults) => {
             print!("{}", probe_user::model::rules::DEFAULT_RULES);

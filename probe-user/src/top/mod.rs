@@ -16,16 +16,10 @@ use self::{
     view::{sort, InstanceView, SortBy, View},
 };
 use crate::{
-    cli::{parse_duration, HookArgs},
+    cli::{parse_duration, Format, HookArgs},
     daemon::{Daemon, Options},
     loader,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
