@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod kernel;
 pub mod mariadb;
 pub mod top;
 

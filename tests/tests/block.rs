@@ -10,7 +10,8 @@ use std::{
 };
 
 use probe_tests::{
-    check_close, cold_file, disk_of, disk_stat, proc_write_bytes, sh, Daemon, Metrics, Workload,
+    check_close, cold_file, disk_of, disk_stat, kernel, proc_write_bytes, sh, Daemon, Metrics,
+    Workload,
 };
 
 const BYTES: &str = "probe_block_bytes_total";
@@ -101,7 +102,7 @@ fn direct_write_is_charged_exactly_to_the_writers_instance() {
     let daemon = Daemon::start(&[]);
     let w = dd_direct_64mib(&f);
     let m = daemon.scrape();
-    m.assert_hook("block", "raw_tp/block_io_start");
+    m.assert_hook("block", kernel::best_hook("block"));
     let got = io(&m, BYTES, &w.instance(), &disk, "write");
     println!("dd oflag=direct 64 MiB on {disk}: probe {got} bytes (want 67108864 exactly)");
     assert_eq!(got, (64 * MIB) as f64, "{}", m.text);
@@ -172,7 +173,7 @@ fn buffered_writes_are_charged_to_the_writer_not_to_kernel_threads() {
         .expect("bytes");
     settle();
     let m = daemon.scrape();
-    m.assert_hook("block_dirty", "raw_tp/writeback_dirty_folio");
+    m.assert_hook("block_dirty", kernel::best_hook("block_dirty"));
 
     let written = io(&m, BYTES, &w.instance(), &disk, "write");
     let share = written / (256 * MIB) as f64;
@@ -230,7 +231,10 @@ fn buffered_writes_are_charged_to_the_writer_not_to_kernel_threads() {
     assert_histograms_consistent(&m);
 }
 
-/// A loop device of our own, so that no other IO touches it; detached on drop.
+/// A loop device of our own, so that no other IO touches it; detached on drop. With direct IO
+/// to its backing file: requests then complete in softirq context, as on a real disk, and the
+/// kernel's own per-request times (time_in_queue) are not stretched by the loop worker being
+/// preempted by the process its completion wakes (measured: up to 17% on Linux 6.1 under load).
 struct Loop {
     dev: String,
     _backing: Scratch,
@@ -241,8 +245,15 @@ impl Loop {
         let backing = Scratch::new("loop-backing");
         let f = std::fs::File::create(&backing.0).expect("backing file");
         f.set_len(mb * MIB).expect("size backing file");
-        let dev = sh("losetup", &["--find", "--show", backing.path()]);
+        let dev = sh(
+            "losetup",
+            &["--find", "--show", "--direct-io=on", backing.path()],
+        );
         assert!(dev.starts_with("/dev/loop"), "losetup said {dev:?}");
+        let name = dev.trim_start_matches("/dev/");
+        let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio"))
+            .unwrap_or_default();
+        assert_eq!(dio.trim(), "1", "{dev}: direct IO to its backing file is off");
         Self {
             dev,
             _backing: backing,
@@ -296,7 +307,23 @@ fn latency_histogram_matches_the_kernels_disk_stats() {
         "histogram count vs /sys/block/{disk}/stat"
     );
     assert!(tiq > 0.05, "too little IO to compare ({tiq} s)");
-    check_close("latency sum vs time_in_queue (s)", sum, tiq, 0.05);
+    if kernel::best_hook("block") == "raw_tp/block_io_start" {
+        // block_io_done fires where the kernel stops its own clock.
+        check_close("latency sum vs time_in_queue (s)", sum, tiq, 0.05);
+    } else {
+        // The block_rq_* fallback (before 6.5) ends a request at block_rq_complete, which
+        // fires before the block layer completes the request's bios (waking the waiting
+        // process, an IPI to another CPU) and stops its own clock: probe reads short by that
+        // work, never long. Measured on Linux 6.1 in qemu (TCG, where IPIs are slow): 0.939 and
+        // 0.941 on a quiet host (~36 us per request); 0.83 with a buffered loop device while
+        // the host was compiling. On hardware the work is a few microseconds per request.
+        let ratio = sum / tiq;
+        println!("latency sum vs time_in_queue (s), block_rq_* fallback: probe {sum:.4} vs {tiq:.4} (ratio {ratio:.4}, allowed 0.80..=1.01)");
+        assert!(
+            (0.80..=1.01).contains(&ratio),
+            "fallback latency sum {sum} vs time_in_queue {tiq}"
+        );
+    }
     // Bytes on the device equal the sectors the kernel counted.
     let bytes = m1.sum(BYTES, &on_disk) - m0.sum(BYTES, &on_disk);
     let sectors =

@@ -401,9 +401,9 @@ fn the_hot_mariadb_instance_ranks_first_and_matches_the_kernel() {
 
     let daemon = Daemon::start(&[]);
     let m = daemon.scrape();
-    m.assert_hook("cpu", "iter/task");
-    m.assert_hook("tcp", "raw_tp/sock_send_length");
-    m.assert_hook("block", "raw_tp/block_io_start");
+    for collector in ["cpu", "tcp", "block"] {
+        m.assert_hook(collector, probe_tests::kernel::best_hook(collector));
+    }
     for d in &dbs {
         assert!(
             m.value(CPU, &[("service_instance", &d.instance())])

@@ -10,7 +10,9 @@
 //! 4. TCP throughput over loopback: iperf3 with 128 KiB writes (bulk) and 128-byte writes (one
 //!    hook run per small send: the worst case per byte), without and with probe, alternating
 //!    rounds, medians, as a ratio; and the TCP programs' cost per event. Goal: >= 0.97x.
-//! 5. Scrape cost with N extra sleeping processes: wall time and CPU per scrape, and daemon RSS,
+//! 5. Cost per event of every kernel program under one fixed workload, on this machine and in
+//!    VMs of Debian's kernels (see `programs`).
+//! 6. Scrape cost with N extra sleeping processes: wall time and CPU per scrape, and daemon RSS,
 //!    side by side with Debian's prometheus-process-exporter scraped on the same host.
 //!    Goal: probe >= 10x faster per scrape, RSS no larger.
 //!
@@ -29,14 +31,17 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::run::probe_bin;
 
+pub mod programs;
+
 const ROUNDS: usize = 5;
 const PIPE_LOOPS: &str = "60000";
 const SCRAPES: usize = 20;
 
 /// The benchmark sections, as `--only` names them.
-pub const SECTIONS: &[&str] = &["sched", "block", "tcp", "scrape"];
+pub const SECTIONS: &[&str] = &["sched", "block", "tcp", "programs", "scrape"];
 
-pub fn run(processes: usize, only: Option<&str>) -> Result<()> {
+/// Runs the sections (all, or `only`); `kernels` are where the `programs` section measures.
+pub fn run(processes: usize, only: Option<&str>, kernels: &[String]) -> Result<()> {
     let want = |s: &str| only.is_none_or(|o| o == s);
     if want("sched") {
         sched_overhead()?;
@@ -46,6 +51,9 @@ pub fn run(processes: usize, only: Option<&str>) -> Result<()> {
     }
     if want("tcp") {
         tcp_throughput()?;
+    }
+    if want("programs") {
+        programs::section(kernels)?;
     }
     if want("scrape") {
         scrape_cost(processes)?;

@@ -1,12 +1,14 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | bench`.
+//! Developer tasks: `cargo xtask setup | build | run | test | bench | vm`.
 //!
 //! `run`, `test` and `bench` call `setup` first, so on a fresh machine each is one command.
 
 mod bench;
+mod matrix;
 mod run;
 mod setup;
+mod vm;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -30,20 +32,67 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: unit tests, then the kernel tests in tests/ (needs root).
+    /// Run every test: unit tests, the kernel tests in tests/ on this machine's kernel (needs
+    /// root), then the kernel-matrix set in a VM per Debian kernel (qemu; see `vm`).
     Test {
         /// Only run the kernel tests whose name contains this.
         filter: Option<String>,
+        /// Kernels to test on: `host` (this machine's, the whole suite) and Debian kernel
+        /// releases booted in qemu (the matrix set, tests/ files listed in xtask/src/matrix.rs).
+        #[arg(long, value_delimiter = ',', default_values_t = default_kernels())]
+        kernels: Vec<String>,
     },
     /// Measure probe's overhead and scrape cost against baselines, side by side.
     Bench {
         /// Extra sleeping processes for the scrape benchmark.
         #[arg(long, default_value_t = 5000)]
         processes: usize,
-        /// Run one section only: sched, block, tcp or scrape.
+        /// Run one section only: sched, block, tcp, programs or scrape.
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
         only: Option<String>,
+        /// Where the `programs` section measures: `host` and Debian kernel releases booted in
+        /// qemu (their ns are printed in their own column: emulation is not comparable).
+        #[arg(long, value_delimiter = ',', default_values_t = ["host".to_string(), matrix::KERNELS[0].to_string()])]
+        kernels: Vec<String>,
     },
+    /// (Inside a VM, for `bench`.) Run the programs section's workload on this kernel and
+    /// write the programs' costs as JSON.
+    #[command(hide = true)]
+    ProgramCosts {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Boot a Debian kernel package under qemu and run a command in it, with this machine's root
+    /// filesystem (read-only, writes go to a throwaway overlay), e.g.
+    /// `cargo xtask vm --kernel 6.1.0-57-amd64 -- target/release/probe check`. Exits with the
+    /// command's status. The kernel is fetched from the configured apt repositories on first use
+    /// (nothing is installed) and cached under target/vm/kernels.
+    Vm(VmArgs),
+}
+
+#[derive(clap::Args)]
+struct VmArgs {
+    /// Debian kernel release (ABI name), e.g. 6.1.0-57-amd64 or 6.12.117+deb12-amd64.
+    #[arg(long)]
+    kernel: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(256..=65536))]
+    memory: u32,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    cpus: u32,
+    /// Give up (and fail) after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// Mount a fresh ext4 disk (virtio-blk, 2 GiB, sparse) at this path in the guest.
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// Share this host directory read-write at the same path in the guest (repeatable).
+    #[arg(long)]
+    share: Vec<PathBuf>,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    cmd: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -54,13 +103,27 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::toolchain()
             .and_then(|()| run::build())
             .and_then(|()| run::run(&args)),
-        Task::Test { filter } => setup::toolchain()
+        Task::Test { filter, kernels } => setup::toolchain()
             .and_then(|()| setup::packages(setup::TEST_PACKAGES))
-            .and_then(|()| run::test(filter.as_deref())),
-        Task::Bench { processes, only } => setup::toolchain()
+            .and_then(|()| run::test(filter.as_deref(), &kernels)),
+        Task::Bench {
+            processes,
+            only,
+            kernels,
+        } => setup::toolchain()
             .and_then(|()| setup::packages(setup::BENCH_PACKAGES))
             .and_then(|()| run::build())
-            .and_then(|()| bench::run(processes, only.as_deref())),
+            .and_then(|()| bench::run(processes, only.as_deref(), &kernels)),
+        Task::ProgramCosts { out } => bench::programs::guest_main(&out),
+        Task::Vm(args) => {
+            return match vm_task(args) {
+                Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("xtask vm: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,5 +131,42 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs the command in the guest; returns its exit status.
+fn vm_task(args: VmArgs) -> anyhow::Result<i32> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| run::root());
+    let vm = vm::Vm {
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        timeout: Duration::from_secs(args.timeout),
+        disk: args.disk.map(|d| (absolute(&cwd, d), 2048)),
+        shares: args.share.into_iter().map(|s| absolute(&cwd, s)).collect(),
+        cwd,
+        ..vm::Vm::new(&args.kernel)
+    };
+    let out = vm::run(&vm, &args.cmd)?;
+    eprintln!(
+        "xtask vm: {}: exit status {} after {:.1} s",
+        args.kernel,
+        out.status,
+        out.elapsed.as_secs_f64()
+    );
+    Ok(out.status)
+}
+
+fn default_kernels() -> Vec<String> {
+    std::iter::once("host")
+        .chain(matrix::KERNELS.iter().copied())
+        .map(String::from)
+        .collect()
+}
+
+fn absolute(cwd: &std::path::Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        cwd.join(p)
     }
 }

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::setup::{is_root, sh, sh_env};
+use crate::{
+    matrix,
+    setup::{is_root, sh, sh_env},
+};
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,7 +40,9 @@ pub fn run(args: &[String]) -> Result<()> {
     sh(&bin, &argv)
 }
 
-pub fn test(filter: Option<&str>) -> Result<()> {
+/// Unit tests, then the kernel tests: the whole suite on the host's kernel (`host` in
+/// `kernels`), then the matrix set in a VM per Debian kernel named in `kernels`.
+pub fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
     println!("xtask: unit tests (no root needed)");
     sh(
         "cargo",
@@ -53,23 +58,93 @@ pub fn test(filter: Option<&str>) -> Result<()> {
         ],
     )?;
     build()?;
-    println!("xtask: kernel tests (root, real kernel, ground truth from /proc and the workloads)");
     if !is_root() {
         bail!("the kernel tests load BPF programs and need root: run `sudo -E cargo xtask test`");
     }
-    let bin = probe_bin();
-    let bin = bin.to_string_lossy();
-    let mut args = vec![
-        "test",
-        "--release",
-        "-p",
-        "probe-tests",
-        "--",
-        "--test-threads=1",
-        "--nocapture",
-    ];
-    if let Some(f) = filter {
-        args.push(f);
+    let mut failures = Vec::new();
+    if kernels.iter().any(|k| k == "host") {
+        println!(
+            "xtask: kernel tests on this machine's kernel (root, ground truth from /proc and the workloads)"
+        );
+        let bin = probe_bin();
+        let bin = bin.to_string_lossy();
+        let mut args = vec![
+            "test",
+            "--release",
+            "-p",
+            "probe-tests",
+            "--",
+            "--test-threads=1",
+            "--nocapture",
+        ];
+        if let Some(f) = filter {
+            args.push(f);
+        }
+        if let Err(e) = sh_env("cargo", &args, &[("PROBE_BIN", &bin)]) {
+            failures.push(format!("host kernel tests: {e:#}"));
+        }
+        matrix::host_check()?;
     }
-    sh_env("cargo", &args, &[("PROBE_BIN", &bin)])
+    let vms: Vec<&str> = kernels
+        .iter()
+        .map(String::as_str)
+        .filter(|k| *k != "host")
+        .collect();
+    let mut runs = Vec::new();
+    if !vms.is_empty() {
+        let tests = matrix::selected(filter);
+        if tests.is_empty() {
+            println!(
+                "xtask: no kernel-matrix test matches {filter:?}; no VM booted ({})",
+                vms.join(", ")
+            );
+        } else {
+            crate::setup::packages(crate::vm::PACKAGES)?;
+            let exes = matrix::test_executables()?;
+            for kernel in vms {
+                runs.push(matrix::run_on(kernel, &tests, &exes)?);
+            }
+        }
+    }
+    if !runs.is_empty() {
+        println!("\nxtask: kernel matrix");
+    }
+    for r in &runs {
+        let verdict = if r.ok() { "ok" } else { "FAILED" };
+        println!(
+            "  {:<24} {verdict}: {} of {} passed in {:.0} s{}{}",
+            r.kernel,
+            r.passed,
+            r.expected,
+            r.elapsed.as_secs_f64(),
+            if r.failed.is_empty() {
+                String::new()
+            } else {
+                format!("; failed: {}", r.failed.join(", "))
+            },
+            r.error
+                .as_ref()
+                .map(|e| format!("; {e}"))
+                .unwrap_or_default(),
+        );
+        if !r.ok() {
+            failures.push(format!("kernel matrix on {}", r.kernel));
+        }
+    }
+    if let Some(table) = matrix::hook_table() {
+        println!("\nHooks per collector and kernel (probe check on each):\n{table}");
+        let path = root().join("target/kernel-matrix.md");
+        std::fs::write(&path, &table)?;
+        let complete = filter.is_none() && runs.len() == matrix::KERNELS.len();
+        if complete && !matrix::readme_has(&table) {
+            println!(
+                "xtask: note: README.md's kernel table differs from this run's; the table is in {}",
+                path.display()
+            );
+        }
+    }
+    if !failures.is_empty() {
+        bail!("failed: {}", failures.join("; "));
+    }
+    Ok(())
 }

@@ -117,17 +117,7 @@ pub fn packages(names: &[&str]) -> Result<()> {
             missing.join(" ")
         );
     }
-    // `apt-get update` fails while another apt holds the lists lock; DPkg::Lock::Timeout does
-    // not cover that lock, so retry.
-    let mut tries = 0;
-    while let Err(e) = apt_get(&["-q", "update"]) {
-        tries += 1;
-        if tries >= 10 {
-            return Err(e.context("apt-get update kept failing"));
-        }
-        println!("  apt-get update failed ({e}); retrying in 5 s");
-        thread::sleep(Duration::from_secs(5));
-    }
+    apt_update()?;
     let mut args = vec![
         "-q",
         "-y",
@@ -140,6 +130,21 @@ pub fn packages(names: &[&str]) -> Result<()> {
     let _no_service_starts = NoServiceStarts::new();
     apt_get(&args)
         .with_context(|| format!("cannot install {}; install them by hand", missing.join(" ")))
+}
+
+/// Refreshes apt's package lists. `apt-get update` fails while another apt holds the lists
+/// lock; DPkg::Lock::Timeout does not cover that lock, so retry.
+pub fn apt_update() -> Result<()> {
+    let mut tries = 0;
+    while let Err(e) = apt_get(&["-q", "update"]) {
+        tries += 1;
+        if tries >= 10 {
+            return Err(e.context("apt-get update kept failing"));
+        }
+        println!("  apt-get update failed ({e}); retrying in 5 s");
+        thread::sleep(Duration::from_secs(5));
+    }
+    Ok(())
 }
 
 /// apt-get without questions (debconf non-interactive) and without input, so nothing can wait
