@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 /// The tracefs `events` directory; mounts tracefs at /sys/kernel/tracing if nothing has.
 fn events_dir() -> PathBuf {
-    for dir in ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"] {
+    for dir in [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ] {
         if Path::new(dir).join("sched").is_dir() {
             return PathBuf::from(dir);
         }

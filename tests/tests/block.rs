@@ -251,9 +251,13 @@ impl Loop {
         );
         assert!(dev.starts_with("/dev/loop"), "losetup said {dev:?}");
         let name = dev.trim_start_matches("/dev/");
-        let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio"))
-            .unwrap_or_default();
-        assert_eq!(dio.trim(), "1", "{dev}: direct IO to its backing file is off");
+        let dio =
+            std::fs::read_to_string(format!("/sys/block/{name}/loop/dio")).unwrap_or_default();
+        assert_eq!(
+            dio.trim(),
+            "1",
+            "{dev}: direct IO to its backing file is off"
+        );
         Self {
             dev,
             _backing: backing,

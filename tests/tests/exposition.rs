@@ -161,14 +161,29 @@ fn every_collector_is_up_on_the_best_hook_of_this_kernel() {
     assert!(out.status.success(), "probe check failed:\n{stdout}");
     let report: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("probe check --format json is not JSON ({e}):\n{stdout}"));
-    assert_eq!(report["kernel"]["release"], probe_tests::kernel::release().as_str());
+    assert_eq!(
+        report["kernel"]["release"],
+        probe_tests::kernel::release().as_str()
+    );
     let collectors = report["collectors"].as_array().expect("collectors");
-    let names: Vec<&str> = collectors.iter().filter_map(|c| c["name"].as_str()).collect();
+    let names: Vec<&str> = collectors
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
     assert_eq!(
         names,
         [
-            "cpu", "cpu_exit", "ports", "block", "block_dirty", "tcp", "tcp_state",
-            "tcp_retransmit", "tcp_rtt", "runq", "process_table"
+            "cpu",
+            "cpu_exit",
+            "ports",
+            "block",
+            "block_dirty",
+            "tcp",
+            "tcp_state",
+            "tcp_retransmit",
+            "tcp_rtt",
+            "runq",
+            "process_table"
         ],
         "collectors"
     );
@@ -177,7 +192,10 @@ fn every_collector_is_up_on_the_best_hook_of_this_kernel() {
         let want = probe_tests::kernel::best_hook(name);
         println!("{name:<14} {} {} (want {want})", c["state"], c["hook"]);
         assert_eq!(c["state"], "up", "{name} is not up:\n{c:#}");
-        assert_eq!(c["hook"], want, "{name} is not on its best hook here:\n{c:#}");
+        assert_eq!(
+            c["hook"], want,
+            "{name} is not on its best hook here:\n{c:#}"
+        );
         for r in c["reasons"].as_array().expect("reasons") {
             let r = r.as_str().expect("reason");
             assert!(!r.contains('\n') && r.len() < 400, "unreadable reason: {r}");
@@ -189,9 +207,14 @@ fn every_collector_is_up_on_the_best_hook_of_this_kernel() {
         .expect("run probe check");
     let table = String::from_utf8_lossy(&table.stdout);
     for c in collectors {
-        let (name, hook) = (c["name"].as_str().unwrap_or(""), c["hook"].as_str().unwrap_or(""));
+        let (name, hook) = (
+            c["name"].as_str().unwrap_or(""),
+            c["hook"].as_str().unwrap_or(""),
+        );
         assert!(
-            table.lines().any(|l| l.split_whitespace().take(3).eq([name, "up", hook])),
+            table
+                .lines()
+                .any(|l| l.split_whitespace().take(3).eq([name, "up", hook])),
             "{name} not up with {hook} in the table:\n{table}"
         );
     }

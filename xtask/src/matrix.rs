@@ -27,23 +27,38 @@ pub const KERNELS: &[&str] = &["6.1.0-57-amd64", "6.12.117+deb12-amd64"];
 /// from the kernel's own tracepoints (tests/src/kernel.rs).
 pub const TESTS: &[(&str, &str)] = &[
     // Every collector up, on its best hook here; reasons one line each.
-    ("exposition", "every_collector_is_up_on_the_best_hook_of_this_kernel"),
+    (
+        "exposition",
+        "every_collector_is_up_on_the_best_hook_of_this_kernel",
+    ),
     // cpu (iter/task) vs schedstat; ports (iter/task_file) names the instance.
     ("cpu", "busy_thread_matches_schedstat"),
     // cpu_exit: threads and processes that exit between collections vs the CPU clock, rusage;
     // and on its raw tracepoint fallback.
     ("cpu", "threads_exiting_halfway_are_still_counted"),
     ("cpu", "short_lived_processes_are_not_lost"),
-    ("cpu", "raw_tracepoint_fallback_counts_short_lived_processes"),
+    (
+        "cpu",
+        "raw_tracepoint_fallback_counts_short_lived_processes",
+    ),
     // runq: histogram sum and count vs schedstat run_delay and pcount, on both hooks.
     ("instances", "run_queue_latency_histogram_matches_schedstat"),
-    ("instances", "run_queue_latency_on_the_raw_tracepoint_fallback"),
+    (
+        "instances",
+        "run_queue_latency_on_the_raw_tracepoint_fallback",
+    ),
     // block: O_DIRECT bytes exactly on the VM's own disk, and on a loop device of the test's
     // own: bytes vs sectors, ops vs the kernel's completed requests, latency vs time_in_queue.
-    ("block", "direct_write_is_charged_exactly_to_the_writers_instance"),
+    (
+        "block",
+        "direct_write_is_charged_exactly_to_the_writers_instance",
+    ),
     ("block", "latency_histogram_matches_the_kernels_disk_stats"),
     // block_dirty + writeback charged to the writer vs /proc/<pid>/io.
-    ("block", "buffered_writes_are_charged_to_the_writer_not_to_kernel_threads"),
+    (
+        "block",
+        "buffered_writes_are_charged_to_the_writer_not_to_kernel_threads",
+    ),
     // The block_rq_* fallback, forced (the only path on 6.1).
     ("block", "fallback_hooks_charge_direct_io_exactly"),
     // tcp bytes both ways (per process, or per port on the cgroup_skb fallback), tcp_state
@@ -139,8 +154,7 @@ pub fn run_on(
         fs::remove_dir_all(&out)?;
     }
     fs::create_dir_all(&out)?;
-    let mut script =
-        GUEST_PRELUDE_TEMPLATE.replace("LIMIT", &TEST_FILE_LIMIT_SECS.to_string());
+    let mut script = GUEST_PRELUDE_TEMPLATE.replace("LIMIT", &TEST_FILE_LIMIT_SECS.to_string());
     let probe = probe_bin();
     script.push_str(&format!(
         "{} check --format json >{} 2>{} || status=1\n",
@@ -286,7 +300,10 @@ pub fn hook_table() -> Option<String> {
         let Ok(report) = serde_json::from_str::<serde_json::Value>(&text) else {
             continue;
         };
-        let release = report["kernel"]["release"].as_str().unwrap_or(dir).to_string();
+        let release = report["kernel"]["release"]
+            .as_str()
+            .unwrap_or(dir)
+            .to_string();
         let hooks: Vec<(String, String)> = report["collectors"]
             .as_array()
             .map(|cs| {
@@ -342,7 +359,19 @@ pub fn readme_has(table: &str) -> bool {
     let Some((current, _)) = rest.split_once(README_END) else {
         return false;
     };
-    current.trim() == table.trim()
+    same_table(current, table)
+}
+
+/// Equal but for indentation and blank lines (the README indents the table: it sits in a list
+/// item).
+fn same_table(a: &str, b: &str) -> bool {
+    let lines = |t: &str| -> Vec<String> {
+        t.lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    lines(a) == lines(b)
 }
 
 #[cfg(test)]
@@ -374,11 +403,26 @@ test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; fini
     }
 
     #[test]
+    fn tables_compare_without_indentation() {
+        let t = "| a | b |\n|---|---|\n| `cpu` | `iter/task` |\n";
+        assert!(same_table(&format!("\n  {}", t.replace('\n', "\n  ")), t));
+        assert!(!same_table(t, &t.replace("iter/task", "procfs")));
+        let readme = fs::read_to_string(root().join("README.md")).expect("README.md");
+        assert!(
+            readme.contains(README_BEGIN) && readme.contains(README_END),
+            "README.md lost the markers of the generated kernel table"
+        );
+    }
+
+    #[test]
     fn every_matrix_test_is_selected_without_a_filter() {
         let all: usize = selected(None).values().map(Vec::len).sum();
         assert_eq!(all, TESTS.len());
         assert_eq!(
-            selected(Some("retransmits")).values().map(Vec::len).sum::<usize>(),
+            selected(Some("retransmits"))
+                .values()
+                .map(Vec::len)
+                .sum::<usize>(),
             1
         );
         assert!(selected(Some("no such test")).is_empty());

@@ -2,8 +2,8 @@
 //!
 //! The guest runs the host's own root filesystem, read-only over virtio-9p with a throwaway
 //! tmpfs overlay on top, so everything built here (`probe`, the test binaries) runs there
-//! unchanged; /proc, /sys, /dev, /run, /tmp, tracefs, debugfs, bpffs and cgroup2 are the guest's
-//! own. The kernel's modules are shared too, so `modprobe` (and the kernel's module autoloading)
+//! unchanged, wherever it is (/tmp included: it is the host's, writable through the overlay);
+//! /proc, /sys, /dev, /run, tracefs, debugfs, bpffs and cgroup2 are the guest's own. The kernel's modules are shared too, so `modprobe` (and the kernel's module autoloading)
 //! works. Optional: a fresh ext4 disk (virtio-blk) mounted at a host path (block IO needs a real
 //! disk, not the overlay's tmpfs), and host directories shared read-write at their own path.
 //!
@@ -21,7 +21,6 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -126,7 +125,6 @@ pub fn run(vm: &Vm, cmd: &[String]) -> Result<Outcome> {
     // Stream the command's output (the guest's ttyS1) line by line, and keep it.
     let stdout = child.stdout.take().context("qemu stdout")?;
     let prefix = vm.prefix.clone();
-    let (tx, rx) = mpsc::channel::<String>();
     let reader = thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(stdout).split(b'\n') {
@@ -137,7 +135,7 @@ pub fn run(vm: &Vm, cmd: &[String]) -> Result<Outcome> {
             all.push_str(line);
             all.push('\n');
         }
-        let _ = tx.send(all);
+        all
     });
     let stderr = child.stderr.take().context("qemu stderr")?;
     let errors = thread::spawn(move || {
@@ -157,8 +155,7 @@ pub fn run(vm: &Vm, cmd: &[String]) -> Result<Outcome> {
         thread::sleep(Duration::from_millis(100));
     };
     let elapsed = started.elapsed();
-    let _ = reader.join();
-    let output = rx.recv().unwrap_or_default();
+    let output = reader.join().unwrap_or_default();
     let qemu_errors = errors.join().unwrap_or_default();
     let log = fs::read_to_string(&console).unwrap_or_default();
     let tail = tail_lines(&log, 40);
@@ -169,8 +166,14 @@ pub fn run(vm: &Vm, cmd: &[String]) -> Result<Outcome> {
             vm.timeout.as_secs()
         );
     }
-    if let Some(why) = log.lines().find_map(|l| l.split_once(INIT_FAILED).map(|(_, w)| w.trim())) {
-        bail!("the {} guest failed to start the command: {why}\nconsole tail:\n{tail}", vm.kernel);
+    if let Some(why) = log
+        .lines()
+        .find_map(|l| l.split_once(INIT_FAILED).map(|(_, w)| w.trim()))
+    {
+        bail!(
+            "the {} guest failed to start the command: {why}\nconsole tail:\n{tail}",
+            vm.kernel
+        );
     }
     match exit_status(&log) {
         Some(status) => Ok(Outcome {
@@ -400,13 +403,7 @@ fn quote(s: &str) -> String {
 
 /// The initramfs: static busybox, the boot modules (decompressed, in dependency order) and an
 /// init that mounts the host's root and switches to it.
-fn build_initramfs(
-    vm: &Vm,
-    kernel: &Kernel,
-    cmd: &[String],
-    dir: &Path,
-    out: &Path,
-) -> Result<()> {
+fn build_initramfs(vm: &Vm, kernel: &Kernel, cmd: &[String], dir: &Path, out: &Path) -> Result<()> {
     fs::create_dir_all(dir.join("bin"))?;
     fs::create_dir_all(dir.join("modules"))?;
     for d in ["dev", "proc", "sys", "lower", "upper", "newroot"] {
@@ -461,7 +458,10 @@ fn build_initramfs(
         }
         stage2.push_str(&format!("export {k}={}\n", quote(v)));
     }
-    stage2.push_str(&format!("cd {} || fail \"no directory\"\n", quote(path_str(&vm.cwd)?)));
+    stage2.push_str(&format!(
+        "cd {} || fail \"no directory\"\n",
+        quote(path_str(&vm.cwd)?)
+    ));
     let words: Vec<String> = cmd.iter().map(|w| quote(w)).collect();
     stage2.push_str(&format!(
         "{} >/dev/ttyS1 2>&1 </dev/null\n",
@@ -541,8 +541,20 @@ fn qemu_command(
     } else {
         c.args(["-accel", "tcg,thread=multi", "-cpu", "max"]);
     }
-    c.args(["-machine", "pc", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-    c.args(["-m", &vm.memory_mib.to_string(), "-smp", &vm.cpus.to_string()]);
+    c.args([
+        "-machine",
+        "pc",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+    ]);
+    c.args([
+        "-m",
+        &vm.memory_mib.to_string(),
+        "-smp",
+        &vm.cpus.to_string(),
+    ]);
     if Path::new(QBOOT).exists() {
         c.args(["-bios", QBOOT]);
     }
@@ -553,7 +565,12 @@ fn qemu_command(
         "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off rdinit=/init",
     ]);
     c.arg("-serial").arg(format!("file:{}", console.display()));
-    c.args(["-chardev", "stdio,id=out,signal=off", "-serial", "chardev:out"]);
+    c.args([
+        "-chardev",
+        "stdio,id=out,signal=off",
+        "-serial",
+        "chardev:out",
+    ]);
     let mut fsdev = |id: &str, path: &Path, extra: &str, tag: &str| {
         c.arg("-fsdev").arg(format!(
             "local,id={id},path={},security_model=none{extra}",
@@ -562,7 +579,12 @@ fn qemu_command(
         c.arg("-device")
             .arg(format!("virtio-9p-pci,fsdev={id},mount_tag={tag}"));
     };
-    fsdev("fsroot", Path::new("/"), ",readonly=on,multidevs=remap", "hostroot");
+    fsdev(
+        "fsroot",
+        Path::new("/"),
+        ",readonly=on,multidevs=remap",
+        "hostroot",
+    );
     fsdev("fsmods", &kernel.modules(), ",readonly=on", "modules");
     for (i, share) in vm.shares.iter().enumerate() {
         fsdev(&format!("fsshare{i}"), share, "", &format!("share{i}"));
@@ -590,7 +612,9 @@ fn kvm_usable() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    writable && (Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists())
+    writable
+        && (Path::new("/sys/module/kvm_intel").exists()
+            || Path::new("/sys/module/kvm_amd").exists())
 }
 
 fn path_str(p: &Path) -> Result<&str> {
@@ -627,7 +651,6 @@ mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs tmpfs $R/dev/shm
 mount -t tmpfs -o mode=0755 tmpfs $R/run
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp
 mount -t tracefs tracefs $R/sys/kernel/tracing
 mount -t debugfs debugfs $R/sys/kernel/debug
 mount -t bpf bpf $R/sys/fs/bpf

@@ -230,7 +230,8 @@ fn tcp_small_writes(d: Duration) -> Result<()> {
         c.write_all(&chunk)?;
     }
     drop(c);
-    sink.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
+    sink.join()
+        .map_err(|_| anyhow::anyhow!("sink panicked"))??;
     Ok(())
 }
 
@@ -277,7 +278,14 @@ mod tests {
         ]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3, "{t}");
-        assert!(lines[1].contains("50.0 ns/run (10 runs)") && lines[1].contains("1000.0 ns/run (4 runs)"), "{t}");
-        assert!(lines[2].starts_with("  probe_b") && lines[2].contains(" -"), "{t}");
+        assert!(
+            lines[1].contains("50.0 ns/run (10 runs)")
+                && lines[1].contains("1000.0 ns/run (4 runs)"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("  probe_b") && lines[2].contains(" -"),
+            "{t}"
+        );
     }
 }
