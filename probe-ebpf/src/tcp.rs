@@ -463,7 +463,8 @@ fn on_packet(ctx: &SkBuffContext, what: u8) {
 
 /// The part of a packet's payload not sent (or received) before: a retransmitted segment
 /// repeats bytes below the socket's snd_nxt (egress runs before snd_nxt moves past new data),
-/// a duplicate received segment bytes below rcv_nxt. All of it if the socket is not readable.
+/// a duplicate received segment bytes below rcv_nxt. All of it if the socket is not readable
+/// or is the listener.
 #[inline(always)]
 fn new_payload(ctx: &SkBuffContext, ip_len: u32, payload: u32, what: u8) -> u32 {
     let Ok(seq) = ctx.load::<u32>(ip_len as usize + 4).map(u32::from_be) else {
@@ -475,6 +476,12 @@ fn new_payload(ctx: &SkBuffContext, ip_len: u32, payload: u32, what: u8) -> u32 
     }
     let full = unsafe { bpf_sk_fullsock(sk) };
     if full.is_null() {
+        return payload;
+    }
+    // A segment that completes a handshake (its last ACK was lost, or carried data) is filtered
+    // on the listener: the connection's socket does not exist yet. Its bytes are new; the
+    // listener's rcv_nxt says nothing about them.
+    if unsafe { (*full).state } == u32::from(TCP_LISTEN) {
         return payload;
     }
     let tp = unsafe { bpf_tcp_sock(full) };

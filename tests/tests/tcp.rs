@@ -430,6 +430,83 @@ fn retransmits_match_the_kernels_tcp_retrans_segs() {
     assert_fallback_bytes(&f, &server.instance(), &port, 30_000_000, None);
 }
 
+/// The cgroup_skb fallback (the only byte path before 6.3) when a connection's first data
+/// completes its handshake, as it does when the client's last handshake ACK is lost: that
+/// segment reaches the listener (the connection's socket does not exist yet), and its bytes are
+/// new although the listener's receive sequence says nothing about them. The client's pure
+/// ACKs are dropped (nftables in its namespace) so that every connection starts this way.
+#[test]
+fn fallback_counts_data_that_completes_the_handshake() {
+    const CONNS: u64 = 20;
+    const BYTES_EACH: u64 = 100_000;
+    let (a, b) = Netns::pair("h", 203);
+    let daemon = Daemon::start(&["--hooks.skip", "raw_tp/sock_send_length"]);
+    let mut server = Workload::start_wrapped(
+        &["ip", "netns", "exec", b.name.as_str()],
+        &[
+            "tcp-serve",
+            "--bind",
+            "10.203.0.2:0",
+            "--conns",
+            &CONNS.to_string(),
+            "--recv",
+            &BYTES_EACH.to_string(),
+        ],
+    );
+    let port = server.port.to_string();
+    a.exec(&["nft", "add", "table", "ip", "probe_ack"]);
+    a.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "probe_ack",
+        "out",
+        "{ type filter hook output priority 0; }",
+    ]);
+    // A pure ACK is 40 bytes of IP (52 with TCP timestamps).
+    a.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "probe_ack",
+        "out",
+        "tcp",
+        "dport",
+        &port,
+        "tcp",
+        "flags",
+        "==",
+        "ack",
+        "ip",
+        "length",
+        "{",
+        "40,",
+        "52",
+        "}",
+        "drop",
+    ]);
+    let mut client = Workload::start_wrapped(
+        &["ip", "netns", "exec", a.name.as_str()],
+        &[
+            "tcp-client",
+            "--to",
+            &format!("10.203.0.2:{port}"),
+            "--conns",
+            &CONNS.to_string(),
+            "--send",
+            &BYTES_EACH.to_string(),
+        ],
+    );
+    client.wait_done();
+    server.wait_done();
+    settle();
+    let m = daemon.scrape();
+    m.assert_hook("tcp", "cgroup_skb");
+    assert_fallback_bytes(&m, &server.instance(), &port, CONNS * BYTES_EACH, None);
+}
+
 /// The fallback's per-port bytes: sent bytes exact (a segment's bytes below the socket's
 /// snd_nxt are a retransmission and not counted); received bytes at least exact and within 5%:
 /// a segment the receiver drops after the packet hook (full backlog under load) and gets again
