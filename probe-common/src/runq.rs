@@ -15,8 +15,10 @@ use crate::block::LATENCY_BUCKETS;
 /// Per thread (thread id -> [`ThreadRunq`]), created at the thread's first switch-out, marked
 /// dead at its last; the daemon deletes dead entries once it has read them.
 pub const THREADS_MAP: &str = "RUNQ_THREADS";
-/// Capacity of [`THREADS_MAP`]: threads at once (not preallocated: memory follows use).
-pub const THREADS_MAP_ENTRIES: u32 = 65_536;
+/// Default capacity of [`THREADS_MAP`]: threads at once (`--runq.map-size`). Preallocated
+/// (~300 bytes an entry: ~5 MiB): the map is written from the scheduler, where allocating is
+/// unsafe (see probe-ebpf/src/runq.rs).
+pub const THREADS_MAP_ENTRIES: u32 = 16_384;
 /// Per-CPU array of self-counters; slots below.
 pub const STATS_MAP: &str = "RUNQ_STATS";
 /// Slot: threads whose waits were not counted because [`THREADS_MAP`] was full.

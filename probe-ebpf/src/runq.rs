@@ -17,12 +17,13 @@ use probe_common::{
 
 use crate::kernel::{bump, off, Bucket, Mem};
 
-/// BPF_F_NO_PREALLOC: entries are allocated when threads first switch out.
-const NO_PREALLOC: u32 = 1;
-
+/// Preallocated (flags 0): entries are created inside the scheduler (sched_switch, run-queue lock
+/// held, interrupts off), where a map that allocates on insert (BPF_F_NO_PREALLOC) calls the
+/// slab allocator (before 6.1: "trace type programs with run-time allocated hash maps are
+/// unsafe", says the verifier; its allocations can take locks the scheduler holds) or queues
+/// irq_work to refill its caches (6.1+). A preallocated map takes entries from a free list.
 #[map]
-static RUNQ_THREADS: HashMap<u32, ThreadRunq> =
-    HashMap::with_max_entries(THREADS_MAP_ENTRIES, NO_PREALLOC);
+static RUNQ_THREADS: HashMap<u32, ThreadRunq> = HashMap::with_max_entries(THREADS_MAP_ENTRIES, 0);
 
 #[map]
 static RUNQ_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);

@@ -100,7 +100,7 @@ pub struct SelfStats {
     pub tcp_lost: u64,
     /// TCP map entries that could not be deleted, listening-port updates that failed.
     pub tcp_map_failures: u64,
-    /// Threads whose run-queue waits were not counted (map full; kernel), and dead-thread
+    /// Switch-outs whose run-queue wait was not counted (map full; kernel), and dead-thread
     /// entries that could not be deleted.
     pub runq_lost: u64,
     pub runq_delete_failures: u64,

@@ -150,6 +150,8 @@ pub struct LoadOptions {
     pub dead_map_entries: u32,
     /// Capacity of the block IO map: (process, device, op) combinations at once.
     pub block_map_entries: u32,
+    /// Capacity of the run-queue thread map: threads at once.
+    pub runq_map_entries: u32,
     /// Capacity of the TCP map: (process, port, role) combinations at once.
     pub tcp_map_entries: u32,
     /// Remote ports kept as `remote_port` values on outgoing connections (else folded).
@@ -163,6 +165,7 @@ impl Default for LoadOptions {
         Self {
             dead_map_entries: probe_common::cpu::DEAD_MAP_ENTRIES,
             block_map_entries: probe_common::block::IO_MAP_ENTRIES,
+            runq_map_entries: probe_common::runq::THREADS_MAP_ENTRIES,
             tcp_map_entries: probe_common::tcp::TRAFFIC_MAP_ENTRIES,
             tcp_remote_ports: Vec::new(),
             skip_hooks: Vec::new(),
@@ -461,6 +464,7 @@ fn prepare(opts: &LoadOptions, env: &mut Vec<String>) -> Result<(Ebpf, Btf), Str
         )
         .map_max_entries(DEAD_MAP, opts.dead_map_entries)
         .map_max_entries(IO_MAP, opts.block_map_entries)
+        .map_max_entries(RUNQ_THREADS_MAP, opts.runq_map_entries)
         .map_max_entries(TRAFFIC_MAP, opts.tcp_map_entries)
         .load(OBJECT)
         .map_err(|e| format!("cannot load the kernel object: {}", chain(&e)))?;

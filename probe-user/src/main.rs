@@ -88,6 +88,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut kernel = loader::load(&loader::LoadOptions {
             dead_map_entries: args.exit_map_size,
             block_map_entries: args.block_map_size,
+            runq_map_entries: args.runq_map_size,
             tcp_map_entries: args.tcp_map_size,
             tcp_remote_ports: args.tcp_remote_ports,
             skip_hooks: args.hooks.skip,

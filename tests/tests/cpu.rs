@@ -36,7 +36,9 @@ fn busy_thread_matches_schedstat() {
         truth_ns as f64 / 1e9,
         0.01,
     );
-    assert!(got > 2.9, "the thread spun 3 s, probe says {got}");
+    // It spun for 3 s of wall time; on a loaded host it gets less CPU than that (the comparison
+    // with schedstat above is the check), but not nothing.
+    assert!(got > 1.5, "the thread spun 3 s, probe says {got}");
     // It is one of the busiest processes, so it is exported on its own too.
     let pid = w.pid.to_string();
     let per_process = m
@@ -161,6 +163,30 @@ fn a_full_exit_map_is_reported_not_hidden() {
     assert!(
         log.contains("dead-thread map full"),
         "the kernel's warning did not reach the log:\n{log}"
+    );
+}
+
+/// A full run-queue thread map (preallocated: the scheduler writes it) loses threads visibly:
+/// 200 short-lived processes need 200 entries, a map of 64 that the host's own threads already
+/// use holds at most 64, so at least 136 switch-outs (one per thread without an entry, at
+/// least) are counted in probe_runqueue_events_total{result="lost"}, and the collector stays up.
+#[test]
+fn a_full_runqueue_map_is_reported_not_hidden() {
+    let daemon = Daemon::start(&["--runq.map-size", "64", "--collect.interval", "60m"]);
+    let mut w = Workload::start(&["burst", "--count", "200", "--ms", "1"]);
+    w.wait_done();
+    let m = daemon.scrape();
+    let lost = m
+        .value("probe_runqueue_events_total", &[("result", "lost")])
+        .expect("lost counter");
+    println!("run-queue map of 64 entries, 200 new processes: {lost} threads lost");
+    assert!(
+        lost >= 136.0,
+        "expected at least 136 lost, counter says {lost}"
+    );
+    assert_eq!(
+        m.value("probe_collector_up", &[("collector", "runq")]),
+        Some(1.0)
     );
 }
 

@@ -41,12 +41,14 @@ pub const TESTS: &[(&str, &str)] = &[
         "cpu",
         "raw_tracepoint_fallback_counts_short_lived_processes",
     ),
-    // runq: histogram sum and count vs schedstat run_delay and pcount, on both hooks.
+    // runq: histogram sum and count vs schedstat run_delay and pcount, on both hooks; its
+    // preallocated map full.
     ("instances", "run_queue_latency_histogram_matches_schedstat"),
     (
         "instances",
         "run_queue_latency_on_the_raw_tracepoint_fallback",
     ),
+    ("cpu", "a_full_runqueue_map_is_reported_not_hidden"),
     // block: O_DIRECT bytes exactly on the VM's own disk, and on a loop device of the test's
     // own: bytes vs sectors, ops vs the kernel's completed requests, latency vs time_in_queue.
     (
@@ -67,6 +69,7 @@ pub const TESTS: &[(&str, &str)] = &[
     ("tcp", "ipv4_bytes_are_exact_and_charged_to_each_side"),
     ("tcp", "a_thousand_short_connections_are_counted_exactly"),
     ("tcp", "cgroup_skb_fallback_counts_bytes_per_port"),
+    ("tcp", "fallback_counts_data_that_completes_the_handshake"),
     // tcp_retransmit vs the kernel's TcpRetransSegs.
     ("tcp", "retransmits_match_the_kernels_tcp_retrans_segs"),
 ];

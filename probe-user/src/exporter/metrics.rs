@@ -258,7 +258,7 @@ const RELOAD_OK: Desc = (
 const RUNQ_EVENTS: Desc = (
     "probe_runqueue_events",
     None,
-    "Threads whose run-queue waits were not counted: result=lost: the run-queue thread map was full.",
+    "Switch-outs whose run-queue wait was not counted: result=lost: the thread had no entry and the run-queue thread map was full (--runq.map-size).",
 );
 const PROC_RUNQ: Desc = (
     "probe_process_cpu_runqueue_wait",
