@@ -456,6 +456,27 @@ pub struct DiskStat {
     pub time_in_queue_ms: u64,
     pub read_sectors: u64,
     pub write_sectors: u64,
+    /// Requests in flight now.
+    pub in_flight: u64,
+}
+
+/// [`disk_stat`] once the disk is idle: nothing in flight and no request completed for 300 ms.
+/// Panics after 30 s.
+pub fn idle_disk_stat(disk: &str) -> DiskStat {
+    let t0 = Instant::now();
+    let mut last = disk_stat(disk);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = disk_stat(disk);
+        if now.in_flight == 0 && now.ios == last.ios {
+            return now;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{disk} did not become idle within 30 s"
+        );
+        last = now;
+    }
 }
 
 pub fn disk_stat(disk: &str) -> DiskStat {
@@ -475,6 +496,7 @@ pub fn disk_stat(disk: &str) -> DiskStat {
         time_in_queue_ms: f[10],
         read_sectors: f[2],
         write_sectors: f[6],
+        in_flight: f[8],
     }
 }
 
@@ -563,6 +585,16 @@ pub fn check_close(what: &str, got: f64, want: f64, tolerance: f64) {
         rel * 100.0,
         tolerance * 100.0
     );
+}
+
+/// Ground truth read just before and just after the moment probe's value was taken brackets
+/// it: prints the bracket and checks `got` against the nearest value in it.
+pub fn check_bracketed(what: &str, got: f64, (lo, hi): (f64, f64), tolerance: f64) {
+    println!(
+        "{what}: ground truth between {lo:.6} and {hi:.6} (bracket {:.3}%)",
+        (hi - lo) / hi.abs().max(f64::MIN_POSITIVE) * 100.0
+    );
+    check_close(what, got, got.clamp(lo, hi), tolerance);
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use std::{
 };
 
 use probe_tests::{
-    check_close, cold_file, disk_of, disk_stat, kernel, proc_write_bytes, sh, Daemon, Metrics,
-    Workload,
+    check_close, cold_file, disk_of, disk_stat, idle_disk_stat, kernel, proc_write_bytes, sh,
+    Daemon, Metrics, Workload,
 };
 
 const BYTES: &str = "probe_block_bytes_total";
@@ -284,8 +284,15 @@ fn latency_histogram_matches_the_kernels_disk_stats() {
     let lo = Loop::new(128);
     let disk = lo.name().to_string();
     let daemon = Daemon::start(&[]);
-    let before = disk_stat(&disk);
+    // The kernel reads a new device (partition scan) on its own: start from an idle device,
+    // and make sure nothing ran while probe's counters were read.
+    let before = idle_disk_stat(&disk);
     let m0 = daemon.scrape();
+    assert_eq!(
+        disk_stat(&disk).ios,
+        before.ios,
+        "IO on {disk} during the scrape"
+    );
     let of = format!("of={}", lo.dev);
     let (w, _) = dd(&["if=/dev/zero", &of, "bs=64k", "count=1024", "oflag=direct"]);
     let (r, _) = dd(&[
@@ -294,8 +301,13 @@ fn latency_histogram_matches_the_kernels_disk_stats() {
         "bs=64k",
         "iflag=direct",
     ]);
-    let after = disk_stat(&disk);
+    let after = idle_disk_stat(&disk);
     let m1 = daemon.scrape();
+    assert_eq!(
+        disk_stat(&disk).ios,
+        after.ios,
+        "IO on {disk} during the scrape"
+    );
 
     let on_disk = [("device", disk.as_str())];
     let count = m1.sum(LAT_COUNT, &on_disk) - m0.sum(LAT_COUNT, &on_disk);

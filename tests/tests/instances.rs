@@ -248,25 +248,33 @@ fn run_queue_latency(daemon_args: &[&str], hook: &str) {
             &[("service_instance", &inst)],
         )
     };
+    // The kernel's totals read before and after each scrape bracket the moment the daemon
+    // collected (on a slow guest the two can be far apart).
+    let before0 = threads_run_delay(w.pid);
     let m0 = d.scrape();
-    let (delay0, waits0) = threads_run_delay(w.pid);
+    let after0 = threads_run_delay(w.pid);
     std::thread::sleep(Duration::from_secs(4));
-    let (delay1, waits1) = threads_run_delay(w.pid);
+    let before1 = threads_run_delay(w.pid);
     let m1 = d.scrape();
+    let after1 = threads_run_delay(w.pid);
     let got = hist(&m1, "sum") - hist(&m0, "sum");
-    let want = (delay1 - delay0) as f64 / 1e9;
-    assert!(want > 2.0, "the threads did not compete: {want} s waited");
-    check_close(
+    let secs = |a: u64, b: u64| (a - b) as f64 / 1e9;
+    let want = (secs(before1.0, after0.0), secs(after1.0, before0.0));
+    assert!(
+        want.0 > 2.0,
+        "the threads did not compete: {want:?} s waited"
+    );
+    probe_tests::check_bracketed(
         "run-queue wait (s), histogram sum vs schedstat run_delay",
         got,
         want,
         0.02,
     );
     let got_n = hist(&m1, "count") - hist(&m0, "count");
-    check_close(
+    probe_tests::check_bracketed(
         "run-queue waits, histogram count vs schedstat pcount",
         got_n,
-        (waits1 - waits0) as f64,
+        ((before1.1 - after0.1) as f64, (after1.1 - before0.1) as f64),
         0.02,
     );
     // Every wait is in a bucket, and the buckets are cumulative.

@@ -47,7 +47,7 @@ use std::{
 };
 
 use probe_tests::{
-    check_close, disk_of, disk_stat,
+    check_bracketed, disk_of, disk_stat,
     mariadb::{proc_io_writes, sysbench, tcp_conns, Background, MariaDb, QueryLoop, TcpConn},
     process_cpu_ns,
     top::TopRun,
@@ -236,19 +236,10 @@ fn assert_ranked_first(
     );
 }
 
-/// Prints the bracket and checks `got` against the nearest ground truth in it.
-fn check_truth(what: &str, got: f64, (lo, hi): (f64, f64), tolerance: f64) {
-    println!(
-        "{what}: ground truth between {lo:.6} and {hi:.6} (bracket {:.3}%)",
-        (hi - lo) / hi.abs().max(f64::MIN_POSITIVE) * 100.0
-    );
-    check_close(what, got, got.clamp(lo, hi), tolerance);
-}
-
 fn check_cpu(phase: &str, w: &Window, hot: &MariaDb) {
     let got = w.delta(CPU, &hot.instance(), any);
     let truth = w.bounds(|t| t.cpu_ns as f64 / 1e9);
-    check_truth(
+    check_bracketed(
         &format!("{phase}: {} CPU s vs its process CPU clock", hot.name),
         got,
         truth,
@@ -294,7 +285,7 @@ fn check_tcp(phase: &str, w: &Window, hot: &MariaDb) {
             )
         };
         let got = sum(&w.end.metrics) - sum(&w.start.metrics);
-        check_truth(
+        check_bracketed(
             &format!(
                 "{phase}: {} TCP {dir} bytes on port {} vs ss ({} connections)",
                 hot.name,
@@ -334,7 +325,7 @@ fn disk_writes(phase: &str, w: &Window, hot: &MariaDb, disk: &str, tolerance: Op
         hot.name
     );
     match tolerance {
-        Some(tolerance) => check_truth(&what, got, truth, tolerance),
+        Some(tolerance) => check_bracketed(&what, got, truth, tolerance),
         None => println!(
             "{what}: ratio {:.3} (not checked: fsync's metadata writes, see the module comment)",
             got / truth.1
