@@ -32,6 +32,21 @@ pub fn has_tracepoint(system: &str, name: &str) -> bool {
     events_dir().join(system).join(name).is_dir()
 }
 
+/// Every collector, in the order `probe check` lists them; all but `process_table` are eBPF.
+pub const COLLECTORS: &[&str] = &[
+    "cpu",
+    "cpu_exit",
+    "ports",
+    "block",
+    "block_dirty",
+    "tcp",
+    "tcp_state",
+    "tcp_retransmit",
+    "tcp_rtt",
+    "runq",
+    "process_table",
+];
+
 /// The hook `collector` must use here: its preferred one wherever the kernel has it.
 pub fn best_hook(collector: &str) -> &'static str {
     match collector {

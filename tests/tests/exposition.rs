@@ -170,23 +170,7 @@ fn every_collector_is_up_on_the_best_hook_of_this_kernel() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "cpu",
-            "cpu_exit",
-            "ports",
-            "block",
-            "block_dirty",
-            "tcp",
-            "tcp_state",
-            "tcp_retransmit",
-            "tcp_rtt",
-            "runq",
-            "process_table"
-        ],
-        "collectors"
-    );
+    assert_eq!(names, probe_tests::kernel::COLLECTORS, "collectors");
     for c in collectors {
         let name = c["name"].as_str().expect("name");
         let want = probe_tests::kernel::best_hook(name);

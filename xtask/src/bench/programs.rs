@@ -14,14 +14,13 @@ use std::{
     net::{TcpListener, TcpStream},
     os::fd::{FromRawFd as _, OwnedFd},
     path::Path,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{program_deltas, Server};
+use super::{dd_mb_per_s, program_deltas, Server};
 use crate::{
     matrix,
     run::root,
@@ -42,8 +41,8 @@ pub fn measure_here(scratch_dir: &Path) -> Result<Costs> {
     let before = probe.scrape_text()?;
     pipe_ping_pong(PART)?;
     let file = scratch_dir.join("bench-programs");
-    dd(&file, &["bs=4k", "count=2000", "oflag=direct"])?;
-    dd(&file, &["bs=1M", "count=64", "conv=fsync"])?;
+    dd_mb_per_s(&file, &["bs=4k", "count=2000", "oflag=direct"])?;
+    dd_mb_per_s(&file, &["bs=1M", "count=64", "conv=fsync"])?;
     let _ = fs::remove_file(&file);
     tcp_small_writes(PART)?;
     tcp_connections(200)?;
@@ -197,19 +196,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn dd(file: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", file.display()))
-        .args(args)
-        .output()
-        .context("dd")?;
-    if !out.status.success() {
-        bail!("dd failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }
 
 /// One connection over loopback carrying 128-byte writes (no delay) for `d`.
