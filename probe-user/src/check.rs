@@ -11,9 +11,10 @@ use crate::{
 };
 
 /// Loads everything as `serve` would, collects once, and prints a report.
-pub fn run(skip_hooks: Vec<String>, format: Format) -> ExitCode {
+pub fn run(skip_hooks: Vec<String>, bpf_stats: bool, format: Format) -> ExitCode {
     let kernel = loader::load(&loader::LoadOptions {
         skip_hooks,
+        bpf_stats,
         ..loader::LoadOptions::default()
     });
     let mut daemon = Daemon::new(kernel, Options::default());

@@ -77,6 +77,11 @@ pub struct CheckArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 
+    /// Also turn on the kernel's BPF run-time statistics, as `probe serve --bpf.stats` would
+    /// (says whether the capabilities allow it).
+    #[arg(long = "bpf.stats")]
+    pub bpf_stats: bool,
+
     #[command(flatten)]
     pub hooks: HookArgs,
 }
@@ -150,6 +155,15 @@ pub struct ServeArgs {
     /// Default: the built-in rules (`probe config defaults` prints them).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+
+    /// Turn on the kernel's BPF run-time statistics while probe runs, for
+    /// probe_bpf_program_runs_total and probe_bpf_program_run_seconds_total (the cost of each of
+    /// probe's programs per event). Off by default: the switch is host-wide, and every BPF
+    /// program on the host then reads the clock twice per run (see the README's benchmark
+    /// table for the price). Needs CAP_SYS_ADMIN; statistics turned on with sysctl
+    /// kernel.bpf_stats_enabled=1 are exported without this flag.
+    #[arg(long = "bpf.stats")]
+    pub bpf_stats: bool,
 
     #[command(flatten)]
     pub hooks: HookArgs,

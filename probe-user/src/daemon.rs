@@ -174,6 +174,8 @@ pub struct Daemon {
     last_listen_walk: Option<Instant>,
     buf: Vec<u8>,
     last: Option<Instant>,
+    /// When the latest collection started (scrapes asked before it can share it).
+    last_started: Option<Instant>,
     ticks_per_sec: u64,
     page_size: u64,
     stats: SelfStats,
@@ -206,6 +208,7 @@ impl Daemon {
             last_listen_walk: None,
             buf: Vec::with_capacity(1 << 20),
             last: None,
+            last_started: None,
             ticks_per_sec: procfs::ticks_per_second(),
             page_size: procfs::page_size(),
             stats: SelfStats::default(),
@@ -214,6 +217,17 @@ impl Daemon {
 
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
+    }
+
+    /// Collects unless the latest collection started at or after `asked`: what it read is
+    /// then at least as fresh as the caller asked for, and concurrent scrapes share it.
+    /// Returns whether it collected.
+    pub fn collect_since(&mut self, asked: Instant) -> bool {
+        if self.last_started.is_some_and(|t| t >= asked) {
+            return false;
+        }
+        self.collect();
+        true
     }
 
     /// Seconds since the daemon started (a monotonic clock for samples).
@@ -247,6 +261,7 @@ impl Daemon {
     /// Reads everything once and updates the accounts.
     pub fn collect(&mut self) -> Summary {
         let t0 = Instant::now();
+        self.last_started = Some(t0);
         let mut summary = Summary::default();
         self.stats.failing.clear();
         self.cgroups.new_round();
@@ -484,9 +499,14 @@ impl Daemon {
                 Err(e) => self.failed(names::RUNQ, &e),
             }
         }
-        if let Some(ebpf) = &self.kernel.ebpf {
-            self.stats.programs = collect::bpfstats::read(ebpf, &self.kernel.attached);
-        }
+        // Without statistics the kernel counts nothing: no rows rather than zeros that read
+        // as "never ran".
+        self.stats.programs = match &self.kernel.ebpf {
+            Some(ebpf) if self.kernel.bpf_stats_on() => {
+                collect::bpfstats::read(ebpf, &self.kernel.attached)
+            }
+            _ => Vec::new(),
+        };
         summary.duration = t0.elapsed();
         self.stats.last_collect = summary.duration;
         self.stats.collections += 1;

@@ -119,7 +119,7 @@ pub struct Kernel {
     pub logger: Option<KernelLogger>,
     /// Notes about the environment (mounts, BTF fields, statistics) for `probe check`.
     pub environment: Vec<String>,
-    /// Keeps BPF_ENABLE_STATS on while the daemon runs.
+    /// Keeps BPF_ENABLE_STATS on while the daemon runs (`--bpf.stats`).
     _stats: Option<OwnedFd>,
 }
 
@@ -141,6 +141,12 @@ impl Kernel {
     pub fn status(&self, name: &str) -> Option<&CollectorStatus> {
         self.statuses.iter().find(|s| s.name == name)
     }
+
+    /// Whether the kernel keeps BPF run-time statistics now: turned on by this daemon
+    /// (`--bpf.stats`) or host-wide (sysctl kernel.bpf_stats_enabled).
+    pub fn bpf_stats_on(&self) -> bool {
+        self._stats.is_some() || sysctl_bpf_stats_enabled()
+    }
 }
 
 /// Sizes of kernel maps that depend on the host.
@@ -158,6 +164,9 @@ pub struct LoadOptions {
     pub tcp_remote_ports: Vec<u16>,
     /// Hooks not to use even if they work (see [`hooks::ALL`]): the collector falls back.
     pub skip_hooks: Vec<String>,
+    /// Turn on the kernel's BPF run-time statistics while loaded (host-wide: every BPF program
+    /// then reads the clock twice per run).
+    pub bpf_stats: bool,
 }
 
 impl Default for LoadOptions {
@@ -169,6 +178,7 @@ impl Default for LoadOptions {
             tcp_map_entries: probe_common::tcp::TRAFFIC_MAP_ENTRIES,
             tcp_remote_ports: Vec::new(),
             skip_hooks: Vec::new(),
+            bpf_stats: false,
         }
     }
 }
@@ -332,13 +342,15 @@ pub fn load(opts: &LoadOptions) -> Kernel {
             let (progs, maps) = attach_tcp(&mut ebpf, &aya_btf, opts, tcp_sts);
             kernel.attached.extend(progs);
             kernel.tcp = maps;
-            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-                Ok(fd) => kernel._stats = Some(fd),
-                // Without CAP_SYS_ADMIN; the host may have turned statistics on for everyone.
-                Err(_) if sysctl_bpf_stats_enabled() => {}
-                Err(e) => env.push(format!(
-                    "BPF run-time statistics unavailable ({e}): needs CAP_SYS_ADMIN or sysctl kernel.bpf_stats_enabled=1"
-                )),
+            if opts.bpf_stats {
+                match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                    Ok(fd) => kernel._stats = Some(fd),
+                    // Without CAP_SYS_ADMIN; the host may have turned statistics on for everyone.
+                    Err(_) if sysctl_bpf_stats_enabled() => {}
+                    Err(e) => env.push(format!(
+                        "BPF run-time statistics unavailable ({e}): needs CAP_SYS_ADMIN or sysctl kernel.bpf_stats_enabled=1"
+                    )),
+                }
             }
             kernel.ebpf = Some(ebpf);
         }

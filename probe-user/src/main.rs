@@ -10,7 +10,7 @@ use probe_user::{
     exporter::http::{self, App},
     loader,
 };
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     };
     init_logging(level);
     match cli.command {
-        Command::Check(args) => check::run(args.hooks.skip, args.format),
+        Command::Check(args) => check::run(args.hooks.skip, args.bpf_stats, args.format),
         Command::Config(ConfigCommand::Check { file }) => config::check(&file),
         Command::Config(ConfigCommand::Defaults) => {
             print!("{}", probe_user::model::rules::DEFAULT_RULES);
@@ -66,6 +66,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.tcp_remote_ports.len()
         );
     }
+    raise_open_files_limit();
     // A rule file with errors is a reason not to start (unlike on reload, there is nothing to
     // keep).
     let rules = match &args.config {
@@ -92,6 +93,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tcp_map_entries: args.tcp_map_size,
             tcp_remote_ports: args.tcp_remote_ports,
             skip_hooks: args.hooks.skip,
+            bpf_stats: args.bpf_stats,
         });
         if let Some(logger) = kernel.logger.take() {
             loader::spawn_log_drain(logger);
@@ -115,6 +117,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Lets the soft limit of open files reach the hard one (as Go's runtime does): the endpoint
+/// accepts every connection at once (see exporter::http), each taking a descriptor, and 1024
+/// would otherwise be reached by a burst of scrapers.
+fn raise_open_files_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                debug!("could not raise the open-files limit");
+            }
+        }
+    }
 }
 
 async fn collect_periodically(app: Arc<App>, every: Duration) {

@@ -15,7 +15,7 @@ fn read(path: &str) -> String {
 }
 
 /// Runs `probe check` with only `caps` (e.g. ["bpf", "perfmon"]) in the bounding set.
-fn check_with_caps(caps: &[String]) -> (bool, String) {
+fn check_with_caps(caps: &[String], extra: &[&str]) -> (bool, String) {
     let bounding: String = std::iter::once("-all".to_string())
         .chain(caps.iter().map(|c| format!("+{c}")))
         .collect::<Vec<_>>()
@@ -29,6 +29,7 @@ fn check_with_caps(caps: &[String]) -> (bool, String) {
         ])
         .arg(probe_bin())
         .arg("check")
+        .args(extra)
         .output()
         .expect("setpriv (util-linux)");
     (
@@ -62,7 +63,7 @@ fn daemonset_capabilities_suffice() {
         !yaml.lines().any(|l| l.trim() == "privileged: true"),
         "the DaemonSet must not be privileged"
     );
-    let (ok, report) = check_with_caps(&caps);
+    let (ok, report) = check_with_caps(&caps, &[]);
     println!("DaemonSet capabilities {caps:?}:\n{report}");
     assert!(
         ok && all_kernel_collectors_up(&report),
@@ -70,7 +71,7 @@ fn daemonset_capabilities_suffice() {
     );
 
     // The control: without them, nothing kernel-side runs and check says so.
-    let (ok, report) = check_with_caps(&[]);
+    let (ok, report) = check_with_caps(&[], &[]);
     assert!(
         !ok && !all_kernel_collectors_up(&report),
         "probe check passed without capabilities:\n{report}"
@@ -91,7 +92,8 @@ fn systemd_unit_capabilities_suffice() {
         .split_whitespace()
         .map(|c| c.trim_start_matches("CAP_").to_lowercase())
         .collect();
-    let (ok, report) = check_with_caps(&caps);
+    // SYS_ADMIN in the unit is for `--bpf.stats` (and mounts): check that it is enough.
+    let (ok, report) = check_with_caps(&caps, &["--bpf.stats"]);
     println!("systemd unit capabilities {caps:?}:\n{report}");
     assert!(
         ok && all_kernel_collectors_up(&report),
@@ -100,6 +102,13 @@ fn systemd_unit_capabilities_suffice() {
     assert!(
         !report.contains("statistics unavailable"),
         "the unit grants SYS_ADMIN for BPF statistics:\n{report}"
+    );
+    // The control: without SYS_ADMIN, check says statistics cannot be turned on.
+    let fewer: Vec<String> = caps.iter().filter(|c| *c != "sys_admin").cloned().collect();
+    let (_, report) = check_with_caps(&fewer, &["--bpf.stats"]);
+    assert!(
+        report.contains("statistics unavailable"),
+        "check did not say that statistics need SYS_ADMIN:\n{report}"
     );
 }
 

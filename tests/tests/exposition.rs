@@ -1,13 +1,13 @@
 //! What /metrics serves, checked by the real promtool, with hostile process names.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{ErrorKind, Read as _, Write as _},
     net::TcpStream,
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use probe_tests::{http_get, Daemon, Workload};
+use probe_tests::{http_get, raise_open_files_limit, Daemon, Metrics, Workload};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -129,6 +129,139 @@ fn crashed_scrape_clients_do_not_stop_the_endpoint() {
     assert_eq!(status, 200);
     assert_eq!(daemon.get("/healthz").expect("healthz").0, 200);
     assert_eq!(daemon.get("/nope").expect("404").0, 404);
+}
+
+/// Idle connections the endpoint keeps before closing the oldest (exporter/http.rs).
+const MAX_IDLE_CONNECTIONS: usize = 512;
+
+/// Clients that connect and send half a request header (slowloris) cannot keep a scraper
+/// out: past the cap the oldest of them are closed, and a scrape is answered at once (before,
+/// 100 of them made a scrape wait for the 10 s header timeout).
+#[test]
+fn stalled_clients_cannot_keep_a_scrape_out() {
+    raise_open_files_limit();
+    let daemon = Daemon::start(&[]);
+    let reference = {
+        let t0 = Instant::now();
+        daemon.scrape();
+        t0.elapsed()
+    };
+    let stalled_n = MAX_IDLE_CONNECTIONS + 88;
+    let stalled: Vec<TcpStream> = (0..stalled_n)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .expect("half a header");
+            s
+        })
+        .collect();
+    let t0 = Instant::now();
+    let (status, body) = daemon.get("/metrics").expect("scrape among stalled clients");
+    let took = t0.elapsed();
+    assert_eq!(status, 200, "{body}");
+    println!(
+        "scrape with {stalled_n} stalled clients: {took:?} (alone: {reference:?})"
+    );
+    assert!(
+        took < Duration::from_secs(1) + reference,
+        "a scrape waited {took:?} behind {stalled_n} stalled clients"
+    );
+    // The oldest stalled clients were closed by the daemon (EOF), the newest are still open.
+    let closed = |mut s: &TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        match s.read(&mut [0u8; 64]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        }
+    };
+    let evicted = stalled_n - MAX_IDLE_CONNECTIONS;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut first_closed = 0;
+    while Instant::now() < deadline {
+        first_closed = stalled[..evicted].iter().filter(|s| closed(s)).count();
+        if first_closed == evicted {
+            break;
+        }
+    }
+    let last_open = stalled[stalled_n - 100..]
+        .iter()
+        .filter(|s| !closed(s))
+        .count();
+    println!("oldest {evicted}: {first_closed} closed; newest 100: {last_open} open");
+    assert_eq!(first_closed, evicted, "the oldest stalled clients were not closed");
+    assert_eq!(last_open, 100, "recent stalled clients were closed too");
+}
+
+/// 1,000 concurrent scrapes are all answered, with data collected after each was asked, and
+/// share a few collections instead of running one each.
+#[test]
+fn concurrent_scrapes_share_collections() {
+    raise_open_files_limit();
+    // No timer collections during the test: every collection is a scrape's.
+    let daemon = Daemon::start(&["--collect.interval", "10m"]);
+    let collections = |m: &Metrics| {
+        m.value("probe_collections_total", &[])
+            .expect("probe_collections_total")
+    };
+    let before = collections(&daemon.scrape());
+    const THREADS: usize = 50;
+    const EACH: usize = 20;
+    let port = daemon.port;
+    let seen: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(move || {
+                    // Every request sent before any response is read.
+                    let mut conns: Vec<TcpStream> = (0..EACH)
+                        .map(|_| {
+                            let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                            c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                                .expect("request");
+                            c
+                        })
+                        .collect();
+                    conns
+                        .iter_mut()
+                        .map(|c| {
+                            c.set_read_timeout(Some(Duration::from_secs(60)))
+                                .expect("timeout");
+                            let mut text = String::new();
+                            c.read_to_string(&mut text).expect("response");
+                            let (head, body) = text.split_once("\r\n\r\n").expect("HTTP");
+                            assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+                            collections(&Metrics::parse(body))
+                        })
+                        .collect::<Vec<f64>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("scraper thread"))
+            .collect()
+    });
+    let after = collections(&daemon.scrape());
+    let used = after - before - 1.0;
+    println!(
+        "{} concurrent scrapes: {used} collections (probe_collections_total {before} -> {after})",
+        seen.len()
+    );
+    assert_eq!(seen.len(), THREADS * EACH);
+    // Each answer comes from a collection that started after the request was sent.
+    assert!(
+        seen.iter().all(|&c| c > before && c < after),
+        "a scrape was answered from a collection older than the request: {seen:?}"
+    );
+    // Without sharing there would be 1,000. Collections run one at a time and an answer must
+    // be collected after its request arrived, so the requests that arrive during one share the
+    // next: about (spread of the arrivals) / (one collection's time), ~30 here.
+    assert!(
+        (1.0..=100.0).contains(&used),
+        "{used} collections for {} scrapes",
+        seen.len()
+    );
 }
 
 /// A port already in use is a clear startup error, not a daemon that serves nothing.

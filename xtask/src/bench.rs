@@ -1,5 +1,9 @@
-//! `cargo xtask bench`: probe's cost, measured against a baseline in the same run.
+//! `cargo xtask bench`: probe's cost, measured against a baseline in the same run. Every
+//! section compares variants (without probe, `probe serve` with defaults, with `--bpf.stats`
+//! for the programs' cost per event, ...) in alternating rounds and prints medians and ratios
+//! (see `compare`).
 //!
+//! 0. A real MariaDB under sysbench (see `oltp`). Goal: point select TPS >= 0.98x, p95 <= 1.03x.
 //! 1. Scheduler overhead: `perf bench sched pipe` without and with `probe serve` running
 //!    (alternating rounds, medians), as a ratio. Goal: <= 1.03x.
 //! 2. Cost per event of each kernel program, from the kernel's BPF statistics.
@@ -31,18 +35,30 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::run::probe_bin;
 
+pub mod compare;
+pub mod oltp;
 pub mod programs;
+
+use compare::{compare, print_costs, print_table, Metric, Outcome, Variant};
 
 const ROUNDS: usize = 5;
 const PIPE_LOOPS: &str = "60000";
 const SCRAPES: usize = 20;
 
 /// The benchmark sections, as `--only` names them.
-pub const SECTIONS: &[&str] = &["sched", "block", "tcp", "programs", "scrape"];
+pub const SECTIONS: &[&str] = &["oltp", "sched", "block", "tcp", "programs", "scrape"];
 
 /// Runs the sections (all, or `only`); `kernels` are where the `programs` section measures.
-pub fn run(processes: usize, only: Option<&str>, kernels: &[String]) -> Result<()> {
+pub fn run(
+    processes: usize,
+    only: Option<&str>,
+    kernels: &[String],
+    oltp: &oltp::Options,
+) -> Result<()> {
     let want = |s: &str| only.is_none_or(|o| o == s);
+    if want("oltp") {
+        oltp::section(oltp)?;
+    }
     if want("sched") {
         sched_overhead()?;
     }
@@ -63,76 +79,47 @@ pub fn run(processes: usize, only: Option<&str>, kernels: &[String]) -> Result<(
 
 fn sched_overhead() -> Result<()> {
     println!("\n== scheduler overhead: perf bench sched pipe -l {PIPE_LOOPS} ({ROUNDS} rounds each, medians)");
-    println!("   probe, and probe --hooks.skip runq (the sched_switch program without run-queue histograms)");
-    let mut without = Vec::new();
-    let mut with = Vec::new();
-    let mut no_runq = Vec::new();
-    let mut costs = Vec::new();
-    let mut costs_no_runq = Vec::new();
-    for round in 0..ROUNDS {
-        without.push(sched_pipe()?);
-        for (extra, times, last) in [
-            (&[][..], &mut with, &mut costs),
-            (
-                &["--hooks.skip", "runq"][..],
-                &mut no_runq,
-                &mut costs_no_runq,
-            ),
-        ] {
-            let probe = Server::probe_with(extra)?;
-            let before = probe.scrape_text()?;
-            times.push(sched_pipe()?);
-            let after = probe.scrape_text()?;
-            *last = program_deltas(&before, &after);
-        }
-        println!(
-            "  round {}: without {:.3} s, with probe {:.3} s, with probe without runq {:.3} s",
-            round + 1,
-            without[round],
-            with[round],
-            no_runq[round]
-        );
-    }
-    let (off, on, on_no_runq) = (
-        median(&mut without),
-        median(&mut with),
-        median(&mut no_runq),
-    );
-    println!(
-        "  median: without {off:.3} s, with {on:.3} s ({:.3}x, goal <= 1.03x), without runq {on_no_runq:.3} s ({:.3}x)",
-        on / off,
-        on_no_runq / off
-    );
+    let variants = [
+        Variant::without(),
+        Variant::probe("probe (defaults)", &[]),
+        Variant::probe("probe --bpf.stats", &["--bpf.stats"]),
+        Variant::probe(
+            "probe --bpf.stats --hooks.skip runq",
+            &["--bpf.stats", "--hooks.skip", "runq"],
+        ),
+    ];
+    let metrics = [Metric {
+        name: "seconds",
+        higher_is_better: false,
+    }];
+    let out = compare(ROUNDS, &variants, &metrics, |_| Ok(vec![sched_pipe()?]))?;
+    print_table(&metrics, &out);
+    println!("  (goal: probe (defaults) <= 1.03x)");
 
     println!("\n== kernel program cost during the last pipe round (BPF statistics)");
-    println!("  {:<28} {:>12} {:>12}", "program", "runs", "ns/run");
-    for (prog, runs, ns) in &costs {
-        println!(
-            "  {prog:<28} {runs:>12.0} {:>12.1}",
-            if *runs > 0.0 { ns / runs } else { 0.0 }
-        );
-    }
+    print_costs(&out[2], |_| true);
     // Run-queue latency lives in the sched_switch program: its cost is the difference between
     // the program with and without it, per context switch.
-    let per_run = |c: &[(String, f64, f64)]| {
-        c.iter()
+    let per_run = |o: &Outcome| {
+        o.costs
+            .iter()
             .find(|(p, _, _)| p == "probe_sched_switch_btf" || p == "probe_sched_switch_raw")
             .filter(|(_, runs, _)| *runs > 0.0)
             .map(|(_, runs, ns)| ns / runs)
     };
-    if let (Some(full), Some(base)) = (per_run(&costs), per_run(&costs_no_runq)) {
+    if let (Some(full), Some(base)) = (per_run(&out[2]), per_run(&out[3])) {
         println!(
             "  sched_switch program: {full:.1} ns per context switch with run-queue latency, {base:.1} ns without: run-queue latency costs {:.1} ns per event (goal <= 100 ns)",
             full - base
         );
     }
     // The same overhead measured directly, free of the benchmark's run-to-run noise.
-    let in_kernel_ns: f64 = costs.iter().map(|(_, _, ns)| ns).sum();
-    let last_round_s = with.last().copied().unwrap_or(f64::NAN);
+    let in_kernel_ns: f64 = out[2].costs.iter().map(|(_, _, ns)| ns).sum();
+    let round_s = out[2].medians[0];
     println!(
-        "  in-kernel time of probe's programs: {:.1} ms in a {last_round_s:.3} s round ({:.2}% of it)",
+        "  in-kernel time of probe's programs: {:.1} ms in a {round_s:.3} s round ({:.2}% of it)",
         in_kernel_ns / 1e6,
-        in_kernel_ns / 1e9 / last_round_s * 100.0
+        in_kernel_ns / 1e9 / round_s * 100.0
     );
 
     Ok(())
@@ -209,37 +196,29 @@ fn block_io() -> Result<()> {
     Ok(())
 }
 
-/// Measures a throughput (higher is better) without and with `probe serve` running, in
-/// alternating rounds; prints each round and the medians' ratio against `goal`. Returns the
-/// kernel programs' cost (name, runs, ns) during the last round with probe.
+/// Measures a throughput (higher is better) without probe, with `probe serve` (defaults) and
+/// with `probe serve --bpf.stats`, in alternating rounds; prints each round and the medians'
+/// ratios against `goal`. Returns the kernel programs' cost (name, runs, ns) during the last
+/// round with statistics.
 fn without_and_with(
     rounds: usize,
-    unit: &str,
+    unit: &'static str,
     goal: &str,
     mut measure: impl FnMut() -> Result<f64>,
 ) -> Result<Vec<(String, f64, f64)>> {
-    let mut without = Vec::new();
-    let mut with = Vec::new();
-    let mut costs = Vec::new();
-    for round in 0..rounds {
-        without.push(measure()?);
-        let probe = Server::probe()?;
-        let before = probe.scrape_text()?;
-        with.push(measure()?);
-        costs = program_deltas(&before, &probe.scrape_text()?);
-        println!(
-            "  round {}: without {:.2} {unit}, with probe {:.2} {unit}",
-            round + 1,
-            without[round],
-            with[round]
-        );
-    }
-    let (off, on) = (median(&mut without), median(&mut with));
-    println!(
-        "  median: without {off:.2} {unit}, with {on:.2} {unit}  ->  ratio {:.3}x (goal >= {goal})",
-        on / off
-    );
-    Ok(costs)
+    let variants = [
+        Variant::without(),
+        Variant::probe("probe (defaults)", &[]),
+        Variant::probe("probe --bpf.stats", &["--bpf.stats"]),
+    ];
+    let metrics = [Metric {
+        name: unit,
+        higher_is_better: true,
+    }];
+    let mut out = compare(rounds, &variants, &metrics, |_| Ok(vec![measure()?]))?;
+    print_table(&metrics, &out);
+    println!("  (goal: probe (defaults) >= {goal})");
+    Ok(std::mem::take(&mut out[2].costs))
 }
 
 /// Loopback throughput is noisy on a small VM; more rounds steady the medians.
@@ -478,7 +457,7 @@ impl Server {
         let child = Command::new(probe_bin())
             .args(["serve", "--web.listen-address", &addr])
             .args(extra)
-            .env("PROBE_LOG", "warn")
+            .env("PROBE_LOG", "error")
             .stdin(Stdio::null())
             .spawn()
             .context("start probe serve")?;
@@ -500,9 +479,12 @@ impl Server {
         Self { child, port }.ready()
     }
 
-    fn ready(self) -> Result<Self> {
+    fn ready(mut self) -> Result<Self> {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(30) {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("exporter exited before serving ({status})");
+            }
             if self.scrape_text().is_ok() {
                 return Ok(self);
             }

@@ -47,13 +47,22 @@ enum Task {
         /// Extra sleeping processes for the scrape benchmark.
         #[arg(long, default_value_t = 5000)]
         processes: usize,
-        /// Run one section only: sched, block, tcp, programs or scrape.
+        /// Run one section only: oltp, sched, block, tcp, programs or scrape.
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
         only: Option<String>,
         /// Where the `programs` section measures: `host` and Debian kernel releases booted in
         /// qemu (their ns are printed in their own column: emulation is not comparable).
         #[arg(long, value_delimiter = ',', default_values_t = ["host".to_string(), matrix::KERNELS[0].to_string()])]
         kernels: Vec<String>,
+        /// Rounds of the oltp section (every variant once per round, medians over rounds).
+        #[arg(long = "oltp.rounds", default_value_t = 10)]
+        oltp_rounds: usize,
+        /// Seconds of each sysbench run in the oltp section.
+        #[arg(long = "oltp.seconds", default_value_t = 8)]
+        oltp_seconds: u32,
+        /// Also run the oltp workloads with each hot-path collector skipped in turn.
+        #[arg(long = "oltp.skips")]
+        oltp_skips: bool,
     },
     /// (Inside a VM, for `bench`.) Run the programs section's workload on this kernel and
     /// write the programs' costs as JSON.
@@ -110,10 +119,21 @@ fn main() -> ExitCode {
             processes,
             only,
             kernels,
+            oltp_rounds,
+            oltp_seconds,
+            oltp_skips,
         } => setup::toolchain()
             .and_then(|()| setup::packages(setup::BENCH_PACKAGES))
+            .and_then(|()| setup::packages(setup::TEST_PACKAGES))
             .and_then(|()| run::build())
-            .and_then(|()| bench::run(processes, only.as_deref(), &kernels)),
+            .and_then(|()| {
+                let oltp = bench::oltp::Options {
+                    rounds: oltp_rounds,
+                    seconds: oltp_seconds,
+                    skips: oltp_skips,
+                };
+                bench::run(processes, only.as_deref(), &kernels, &oltp)
+            }),
         Task::ProgramCosts { out } => bench::programs::guest_main(&out),
         Task::Vm(args) => {
             return match vm_task(args) {

@@ -1,12 +1,13 @@
 //! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and a landing page.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -16,14 +17,17 @@ use hyper::{
     StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{net::TcpListener, sync::oneshot};
 use tracing::{debug, warn};
 
 use super::{classic, metrics};
 use crate::daemon::Daemon;
 
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
+/// Idle connections kept open at once: keep-alive clients between requests, and clients that
+/// have not sent a whole request yet. A new connection past this closes the one idle the
+/// longest, so clients that connect and stall (or a flood of them) cannot keep a scraper out:
+/// every connection is accepted at once, and one that sends its request is served.
+const MAX_IDLE_CONNECTIONS: usize = 512;
 /// A client that sends no complete request header in this time is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,11 +59,12 @@ impl App {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    /// Collects and encodes, in the format the client asked for.
-    pub fn scrape(&self, openmetrics: bool) -> Result<String, std::fmt::Error> {
+    /// Collects (unless a collection started after `asked` is done: concurrent scrapes share
+    /// one) and encodes, in the format the client asked for.
+    pub fn scrape(&self, openmetrics: bool, asked: Instant) -> Result<String, std::fmt::Error> {
         let snapshot = {
             let mut d = self.daemon();
-            d.collect();
+            d.collect_since(asked);
             d.snapshot()
         };
         self.ready.store(true, Ordering::Relaxed);
@@ -71,11 +76,11 @@ impl App {
         })
     }
 
-    /// Collects and returns the sample `probe top --from` reads.
-    pub fn top_sample(&self) -> Result<String, serde_json::Error> {
+    /// Collects (as [`App::scrape`]) and returns the sample `probe top --from` reads.
+    pub fn top_sample(&self, asked: Instant) -> Result<String, serde_json::Error> {
         let sample = {
             let mut d = self.daemon();
-            d.collect();
+            d.collect_since(asked);
             crate::top::sample::Sample::from_snapshot(&d.snapshot(), d.uptime_secs())
         };
         self.ready.store(true, Ordering::Relaxed);
@@ -87,14 +92,61 @@ impl App {
     }
 }
 
+/// The open connections: which are idle (not inside a request) and since when, and how to
+/// close each.
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    open: HashMap<u64, Conn>,
+}
+
+struct Conn {
+    /// None while a request is being handled.
+    idle_since: Option<Instant>,
+    close: oneshot::Sender<()>,
+}
+
+impl Connections {
+    /// Registers a new connection (idle until its request arrives); past the cap, closes the
+    /// connection idle the longest. Returns the new connection's id.
+    fn admit(&mut self, close: oneshot::Sender<()>) -> u64 {
+        let idle = self.open.values().filter(|c| c.idle_since.is_some()).count();
+        if idle >= MAX_IDLE_CONNECTIONS {
+            let oldest = self
+                .open
+                .iter()
+                .filter_map(|(id, c)| Some((c.idle_since?, *id)))
+                .min()
+                .map(|(_, id)| id);
+            // Out of the table at once: its task may run only after many more accepts.
+            if let Some(c) = oldest.and_then(|id| self.open.remove(&id)) {
+                let _ = c.close.send(());
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.open.insert(
+            id,
+            Conn {
+                idle_since: Some(Instant::now()),
+                close,
+            },
+        );
+        id
+    }
+
+    fn set_busy(&mut self, id: u64, busy: bool) {
+        if let Some(c) = self.open.get_mut(&id) {
+            c.idle_since = (!busy).then(Instant::now);
+        }
+    }
+}
+
 /// Serves until the listener fails for good. Errors on single connections (clients that hang
 /// up mid-response, garbage requests) are logged and do not affect others.
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let conns = Arc::new(Mutex::new(Connections::default()));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -104,19 +156,44 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
                 continue;
             }
         };
+        let (close_tx, close_rx) = oneshot::channel();
+        let id = with(&conns, |c| c.admit(close_tx));
         let app = app.clone();
+        let conns = conns.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, app.clone()));
+            let service = {
+                let conns = conns.clone();
+                service_fn(move |req| {
+                    let (app, conns) = (app.clone(), conns.clone());
+                    async move {
+                        with(&conns, |c| c.set_busy(id, true));
+                        let resp = handle(req, app).await;
+                        with(&conns, |c| c.set_busy(id, false));
+                        resp
+                    }
+                })
+            };
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                },
+                _ = close_rx => debug!(%peer, "idle connection closed to make room for a new one"),
             }
-            drop(permit);
+            with(&conns, |c| c.open.remove(&id));
         });
     }
+}
+
+/// Runs `f` on the connection table. A panic while it was held cannot leave it inconsistent
+/// (every change is one field or one entry), so a poisoned lock is taken over.
+fn with<T>(conns: &Mutex<Connections>, f: impl FnOnce(&mut Connections) -> T) -> T {
+    f(&mut conns
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 fn text(
@@ -134,7 +211,7 @@ fn text(
 }
 
 const LANDING: &str = "<html><head><title>probe</title></head><body><h1>probe</h1>\
-<p>Per-instance CPU attribution from eBPF.</p><ul>\
+<p>Per-instance CPU, block IO and TCP traffic from eBPF.</p><ul>\
 <li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a></li>\
 <li><a href=\"/readyz\">/readyz</a></li>\
 <li><a href=\"/api/v1/top\">/api/v1/top</a> (what <code>probe top --from</code> reads)</li></ul></body></html>\n";
@@ -165,6 +242,7 @@ async fn handle(
     req: Request<Incoming>,
     app: Arc<App>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let asked = Instant::now();
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -186,12 +264,12 @@ async fn handle(
             };
             collected(
                 ct,
-                tokio::task::spawn_blocking(move || app.scrape(om)).await,
+                tokio::task::spawn_blocking(move || app.scrape(om, asked)).await,
             )
         }
         crate::top::source::API_PATH => collected(
             "application/json",
-            tokio::task::spawn_blocking(move || app.top_sample()).await,
+            tokio::task::spawn_blocking(move || app.top_sample(asked)).await,
         ),
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" if app.ready() => text(StatusCode::OK, PLAIN, "ready\n"),

@@ -332,9 +332,9 @@ const ERRORS: Desc = (
 const RUNS: Desc = (
     "probe_bpf_program_runs",
     None,
-    "Times each kernel program ran (kernel BPF statistics).",
+    "Times each kernel program ran while the kernel kept BPF statistics (--bpf.stats).",
 );
-const RUN_TIME: Desc = ("probe_bpf_program_run", Some(Unit::Seconds), "Time spent in each kernel program (kernel BPF statistics); divided by runs, the cost per event.");
+const RUN_TIME: Desc = ("probe_bpf_program_run", Some(Unit::Seconds), "Time spent in each kernel program while the kernel kept BPF statistics (--bpf.stats); divided by runs, the cost per event.");
 const EXITS: Desc = ("probe_exited_threads", None, "Exiting threads whose final CPU totals the exit hook recorded; result=lost: the dead-thread map was full.");
 const PROCESSES: Desc = ("probe_processes", None, "Live processes tracked.");
 const INSTANCES: Desc = ("probe_instances", None, "Service instances exported.");

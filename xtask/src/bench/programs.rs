@@ -37,7 +37,7 @@ const PART: Duration = Duration::from_secs(2);
 /// programs' costs during it.
 pub fn measure_here(scratch_dir: &Path) -> Result<Costs> {
     fs::create_dir_all(scratch_dir)?;
-    let probe = Server::probe()?;
+    let probe = Server::probe_with(&["--bpf.stats"])?;
     let before = probe.scrape_text()?;
     pipe_ping_pong(PART)?;
     let file = scratch_dir.join("bench-programs");
