@@ -312,7 +312,7 @@ fn workload_bin() -> PathBuf {
 pub struct Workload {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    stdout: Option<BufReader<ChildStdout>>,
     pub pid: u32,
     pub port: u16,
 }
@@ -340,7 +340,7 @@ impl Workload {
             .spawn()
             .expect("spawn probe-workload");
         let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let stdout = Some(BufReader::new(child.stdout.take().expect("stdout")));
         let mut w = Self {
             child,
             stdin,
@@ -366,10 +366,17 @@ impl Workload {
         let mut line = String::new();
         let n = self
             .stdout
+            .as_mut()
+            .expect("the workload's output was taken")
             .read_line(&mut line)
             .expect("read workload output");
         assert!(n > 0, "workload exited early");
         line.trim_end().to_string()
+    }
+
+    /// The workload's output, for reading it on another thread (`line` panics afterwards).
+    pub fn take_stdout(&mut self) -> BufReader<ChildStdout> {
+        self.stdout.take().expect("the workload's output was taken")
     }
 
     /// Waits for `done` and returns its `key=value` fields.

@@ -156,12 +156,12 @@ fn stalled_clients_cannot_keep_a_scrape_out() {
         })
         .collect();
     let t0 = Instant::now();
-    let (status, body) = daemon.get("/metrics").expect("scrape among stalled clients");
+    let (status, body) = daemon
+        .get("/metrics")
+        .expect("scrape among stalled clients");
     let took = t0.elapsed();
     assert_eq!(status, 200, "{body}");
-    println!(
-        "scrape with {stalled_n} stalled clients: {took:?} (alone: {reference:?})"
-    );
+    println!("scrape with {stalled_n} stalled clients: {took:?} (alone: {reference:?})");
     assert!(
         took < Duration::from_secs(1) + reference,
         "a scrape waited {took:?} behind {stalled_n} stalled clients"
@@ -190,7 +190,10 @@ fn stalled_clients_cannot_keep_a_scrape_out() {
         .filter(|s| !closed(s))
         .count();
     println!("oldest {evicted}: {first_closed} closed; newest 100: {last_open} open");
-    assert_eq!(first_closed, evicted, "the oldest stalled clients were not closed");
+    assert_eq!(
+        first_closed, evicted,
+        "the oldest stalled clients were not closed"
+    );
     assert_eq!(last_open, 100, "recent stalled clients were closed too");
 }
 

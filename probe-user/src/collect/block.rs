@@ -72,7 +72,7 @@ impl IoReader {
     }
 
     /// Deletes the entries of processes not in `live` that have not changed for
-    /// [`super::idle::IDLE_FORGET`]. Returns how many deletions failed.
+    /// [`super::idle::BLOCK_IDLE_FORGET`]. Returns how many deletions failed.
     pub fn forget_idle(
         &mut self,
         map: &mut BpfHashMap<MapData, IoKey, IoTotals>,
@@ -81,7 +81,9 @@ impl IoReader {
     ) -> usize {
         let g = start_granularity_ns.max(1);
         self.tracker
-            .forget_idle(map, |k| !is_live(k.tgid, k.start_ns / g * g))
+            .forget_idle(map, super::idle::BLOCK_IDLE_FORGET, |k| {
+                !is_live(k.tgid, k.start_ns / g * g)
+            })
     }
 }
 

@@ -16,10 +16,17 @@ use aya::{
     Pod,
 };
 
-/// Entries of processes that are gone are deleted once they have not changed for this long.
-/// Writeback of a file can charge its writer up to dirty_expire_centisecs (30 s by default)
-/// plus a writeback period after the writer exited; this leaves room for that.
-pub const IDLE_FORGET: Duration = Duration::from_secs(90);
+/// Block IO entries of processes that are gone are deleted once they have not changed for
+/// this long. Writeback of a file can charge its writer up to dirty_expire_centisecs (30 s by
+/// default) plus a writeback period after the writer exited; this leaves room for that.
+pub const BLOCK_IDLE_FORGET: Duration = Duration::from_secs(90);
+
+/// TCP entries of processes that are gone are deleted once they have not changed for this
+/// long. After its owner exits a socket only sees retransmits and its close; one that comes
+/// later re-creates the entry, which then counts in full. Short, because hosts that fork a
+/// process per connection leave one entry per process: at 450 new processes a second, 90 s
+/// filled the default map (8,192) and lost events (the churn soak test).
+pub const TCP_IDLE_FORGET: Duration = Duration::from_secs(10);
 
 /// When each entry of a kernel map last changed.
 #[derive(Debug)]
@@ -62,17 +69,18 @@ impl<K: Pod + Eq + Hash, V: Pod + PartialEq> IdleTracker<K, V> {
         Ok(())
     }
 
-    /// Deletes the entries for which `gone` is true that have not changed for [`IDLE_FORGET`].
+    /// Deletes the entries for which `gone` is true that have not changed for `after`.
     /// Returns how many deletions failed.
     pub fn forget_idle(
         &mut self,
         map: &mut BpfHashMap<MapData, K, V>,
+        after: Duration,
         gone: impl Fn(&K) -> bool,
     ) -> usize {
         let idle: Vec<K> = self
             .last
             .iter()
-            .filter(|(k, (_, at))| at.elapsed() >= IDLE_FORGET && gone(k))
+            .filter(|(k, (_, at))| at.elapsed() >= after && gone(k))
             .map(|(k, _)| *k)
             .collect();
         let mut failed = 0;

@@ -58,8 +58,9 @@ impl TcpReader {
         Ok(out)
     }
 
-    /// Deletes entries of processes that are gone once idle (per-port entries stay: they are
-    /// bounded by the listening ports). Returns how many deletions failed.
+    /// Deletes entries of processes that are gone once idle for
+    /// [`super::idle::TCP_IDLE_FORGET`] (per-port entries stay: they are bounded by the
+    /// listening ports). Returns how many deletions failed.
     pub fn forget_idle(
         &mut self,
         map: &mut BpfHashMap<MapData, TcpKey, TcpTotals>,
@@ -68,7 +69,9 @@ impl TcpReader {
     ) -> usize {
         let g = start_granularity_ns.max(1);
         self.tracker
-            .forget_idle(map, |k| k.tgid != 0 && !is_live(k.tgid, k.start_ns / g * g))
+            .forget_idle(map, super::idle::TCP_IDLE_FORGET, |k| {
+                k.tgid != 0 && !is_live(k.tgid, k.start_ns / g * g)
+            })
     }
 }
 

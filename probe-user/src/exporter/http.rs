@@ -110,7 +110,11 @@ impl Connections {
     /// Registers a new connection (idle until its request arrives); past the cap, closes the
     /// connection idle the longest. Returns the new connection's id.
     fn admit(&mut self, close: oneshot::Sender<()>) -> u64 {
-        let idle = self.open.values().filter(|c| c.idle_since.is_some()).count();
+        let idle = self
+            .open
+            .values()
+            .filter(|c| c.idle_since.is_some())
+            .count();
         if idle >= MAX_IDLE_CONNECTIONS {
             let oldest = self
                 .open

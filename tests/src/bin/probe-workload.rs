@@ -16,6 +16,11 @@
 //!                                                              M, wait for the peer to close
 //!   tcp-client --to ADDR:PORT --conns K --send N --recv M      K connections one after another: send N,
 //!                                                              read exactly M, close
+//!   churn --procs N --rate R [--rotate-every K] [--send B] [--spin-us U]
+//!                                                              N children at R per second, each sends B
+//!                                                              bytes to this process's port, burns U us
+//!                                                              and exits; a new port every K children;
+//!                                                              prints `port P rx=B` when done with a port
 //!
 //! `--bind ADDR:PORT` (any command) sets the ready listener's address (default 127.0.0.1:0).
 
@@ -169,9 +174,27 @@ fn main() {
                 conns * tx
             ));
         }
+        "churn" => {
+            // Still listening while the test compares: the process stays in its instance.
+            let _listener = churn(
+                listener,
+                num("--procs", 1000.0) as u64,
+                num("--rate", 100.0),
+                num("--rotate-every", 0.0) as u64,
+                num("--send", 100.0) as usize,
+                Duration::from_micros(num("--spin-us", 200.0) as u64),
+            );
+            wait_for_stdin_to_close();
+            std::process::exit(0);
+        }
         other => usage(other),
     }
-    // Stay alive (and idle) until the test is done with us.
+    wait_for_stdin_to_close();
+    drop(listener);
+}
+
+/// Stays alive (and idle) until the test is done with us.
+fn wait_for_stdin_to_close() {
     let mut line = String::new();
     while std::io::stdin()
         .lock()
@@ -180,7 +203,122 @@ fn main() {
     {
         line.clear();
     }
-    drop(listener);
+}
+
+/// Forks `procs` short-lived children at `rate` per second; each connects to this process's
+/// listening port, sends `send` bytes, burns `spin` of CPU and exits. Every `rotate_every`
+/// children (once they are all done) the process listens on a new port and closes the old one,
+/// so it moves to another instance. Prints each port (`port N`) and at the end the ground
+/// truth: children made, bytes received, this process's and its children's CPU.
+fn churn(
+    listener: TcpListener,
+    procs: u64,
+    rate: f64,
+    rotate_every: u64,
+    send: usize,
+    spin: Duration,
+) -> TcpListener {
+    use std::io::{ErrorKind, Read as _};
+    let mut listener = listener;
+    let mut port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    listener
+        .set_nonblocking(true)
+        .unwrap_or_else(|e| fail(&format!("nonblocking: {e}")));
+    let (mut made, mut running, mut received, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    let mut received_before = 0u64;
+    let mut rotated_at = 0u64;
+    let mut conns: Vec<std::net::TcpStream> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    loop {
+        // Reap, accept and read whatever is ready.
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into a local; children only.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            running -= 1;
+            if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                failed += 1;
+            }
+        }
+        while let Ok((c, _)) = listener.accept() {
+            c.set_nonblocking(true)
+                .unwrap_or_else(|e| fail(&format!("nonblocking: {e}")));
+            conns.push(c);
+        }
+        conns.retain_mut(|c| loop {
+            match c.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => received += n as u64,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => fail(&format!("recv: {e}")),
+            }
+        });
+        let idle = running == 0 && conns.is_empty();
+        if made == procs && idle {
+            break;
+        }
+        let rotate_now = rotate_every > 0 && made > 0 && made % rotate_every == 0;
+        if rotate_now && made != rotated_at && made < procs && idle {
+            rotated_at = made;
+            // The new port first, so the process is never without a listener.
+            let next =
+                TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| fail(&format!("bind: {e}")));
+            next.set_nonblocking(true)
+                .unwrap_or_else(|e| fail(&format!("nonblocking: {e}")));
+            say(&format!("port {port} rx={}", received - received_before));
+            received_before = received;
+            port = next.local_addr().map(|a| a.port()).unwrap_or(0);
+            listener = next;
+        }
+        let rotating = rotate_now && made != rotated_at && made < procs;
+        let due = made < procs && !rotating && t0.elapsed().as_secs_f64() * rate >= made as f64;
+        if !due {
+            std::thread::sleep(Duration::from_micros(500));
+            continue;
+        }
+        // SAFETY: this process has one thread; the child only connects, writes, spins and
+        // leaves with _exit (no destructors, no stdio flush).
+        match unsafe { libc::fork() } {
+            0 => {
+                let code = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(mut s) => {
+                        let data = vec![0x5au8; send];
+                        match std::io::Write::write_all(&mut s, &data) {
+                            Ok(()) => 0,
+                            Err(_) => 3,
+                        }
+                    }
+                    Err(_) => 4,
+                };
+                spin_cpu(spin);
+                unsafe { libc::_exit(code) };
+            }
+            -1 => fail("fork failed"),
+            _ => {
+                made += 1;
+                running += 1;
+            }
+        }
+    }
+    let cpu = |who| {
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct passed by pointer.
+        unsafe { libc::getrusage(who, &mut ru) };
+        let t = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+        t(ru.ru_utime) + t(ru.ru_stime)
+    };
+    say(&format!("port {port} rx={}", received - received_before));
+    say(&format!(
+        "done procs={made} failed={failed} rx={received} self_cpu_ns={} children_cpu_ns={}",
+        cpu(libc::RUSAGE_SELF),
+        cpu(libc::RUSAGE_CHILDREN)
+    ));
+    listener
 }
 
 /// Writes `mb` MiB of non-zero data to `path` in 1 MiB writes (O_DIRECT with an aligned buffer,

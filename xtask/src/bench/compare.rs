@@ -136,7 +136,10 @@ pub fn print_table(metrics: &[Metric], outcomes: &[Outcome]) {
             )
         })
         .collect();
-    println!("  ({}; probe CPU: the daemon, % of one CPU)", dirs.join(", "));
+    println!(
+        "  ({}; probe CPU: the daemon, % of one CPU)",
+        dirs.join(", ")
+    );
 }
 
 /// Prints the programs' cost per event from an outcome measured with `--bpf.stats`.

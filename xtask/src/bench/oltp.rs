@@ -148,7 +148,13 @@ pub fn section(opts: &Options) -> Result<()> {
                     let text = sysbench(
                         &common,
                         w,
-                        &[THREADS, &time, "--histogram=on", "--report-interval=0", "run"],
+                        &[
+                            THREADS,
+                            &time,
+                            "--histogram=on",
+                            "--report-interval=0",
+                            "run",
+                        ],
                     )?;
                     let busy = (busy_cpu_ns()? - busy0) as f64;
                     let (tps, p95) = parse_sysbench(&text)
@@ -359,5 +365,4 @@ Latency (ms):
         assert_eq!(parse_sysbench(text), Some((9.99, 0.061)));
         assert_eq!(parse_sysbench("transactions: 1 (1.0 per sec.)"), None);
     }
-
 }

@@ -1,0 +1,326 @@
+//! A bounded soak with process churn: many short-lived processes across rotating instances
+//! and ports while Prometheus-like scrapes run every second. The daemon's memory, its series
+//! and its kernel maps must stay bounded, nothing may be lost, and the CPU and bytes of all
+//! those processes must still add up.
+//!
+//! `PROBE_SOAK_PROCS` (default 100,000) and `PROBE_SOAK_RATE` (processes per second in all,
+//! default 450) make it longer by hand.
+
+use std::time::{Duration, Instant};
+
+use probe_tests::{check_close, Daemon, Metrics, Workload};
+
+const WORKERS: u64 = 4;
+const TOP_K: usize = 5;
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Series per family, and per instance of the workers.
+fn families(m: &Metrics) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in &m.samples {
+        *out.entry(s.name.clone()).or_default() += 1;
+    }
+    out
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("daemon status")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("VmRSS")
+}
+
+/// Samples of `name` whose service_instance is one of the workers'.
+fn ours<'a>(m: &'a Metrics, name: &str, prefix: &str) -> Vec<&'a probe_tests::Sample> {
+    m.find(name, &[])
+        .into_iter()
+        .filter(|s| {
+            s.label("service_instance")
+                .is_some_and(|i| i.starts_with(prefix))
+        })
+        .collect()
+}
+
+#[test]
+fn churn_soak_keeps_memory_series_and_maps_bounded() {
+    let procs = env_num("PROBE_SOAK_PROCS", 100_000.0) as u64;
+    let rate = env_num("PROBE_SOAK_RATE", 450.0);
+    let per_worker = procs / WORKERS;
+    // Each worker moves to a new port about every 20 s; instances idle for 30 s expire.
+    let rotate = ((rate / WORKERS as f64) * 20.0).max(1.0) as u64;
+    let rules = std::env::temp_dir().join(format!("probe-soak-{}.toml", std::process::id()));
+    std::fs::write(&rules, "[instances]\nexpire_after = \"30s\"\n").expect("rule file");
+    let top_k = TOP_K.to_string();
+    let daemon = Daemon::start(&[
+        "--config",
+        rules.to_str().expect("path"),
+        "--process.top-k",
+        &top_k,
+    ]);
+    // A comm of its own, so the workers' instances are told apart from anything else.
+    let comm = "probe-churn";
+    let hex: String = comm.bytes().map(|b| format!("{b:02x}")).collect();
+    let args: Vec<String> = [
+        "churn",
+        "--hex",
+        &hex,
+        "--procs",
+        &per_worker.to_string(),
+        "--rate",
+        &(rate / WORKERS as f64).to_string(),
+        "--rotate-every",
+        &rotate.to_string(),
+        "--send",
+        "100",
+        "--spin-us",
+        "200",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t0 = Instant::now();
+    let mut workers: Vec<Workload> = (0..WORKERS).map(|_| Workload::start(&arg_refs)).collect();
+    println!(
+        "soak: {procs} processes at {rate}/s over {WORKERS} workers, a new port every {rotate} \
+         processes, top-k {TOP_K}, instances expire after 30 s"
+    );
+
+    let prefix = format!("{comm}:");
+    let mut rss_at_1min = None;
+    let mut rss_max_after = 0u64;
+    let mut max_rows = 0usize;
+    let mut series_at_1min = None;
+    let mut series_max_after = 0usize;
+    let (mut families_at_1min, mut families_at_max) = (Default::default(), Default::default());
+    let mut scrapes = 0;
+    // Counters are monotonic and an instance expires only after 30 s without activity, in
+    // which scrapes saw its final values: the largest value seen per instance is its total.
+    let mut cpu_seen = std::collections::HashMap::<String, f64>::new();
+    let mut rx_seen = std::collections::HashMap::<String, f64>::new();
+    let mut note = |m: &Metrics| {
+        for s in ours(m, "probe_cpu_seconds_total", &prefix) {
+            let e = cpu_seen
+                .entry(s.label("service_instance").unwrap_or("").to_string())
+                .or_default();
+            *e = e.max(s.value);
+        }
+        for s in ours(m, "probe_tcp_bytes_total", &prefix) {
+            if s.label("direction") == Some("rx") && s.label("port") != Some("ephemeral") {
+                let key = format!(
+                    "{}/{}",
+                    s.label("service_instance").unwrap_or(""),
+                    s.label("port").unwrap_or("")
+                );
+                let e = rx_seen.entry(key).or_default();
+                *e = e.max(s.value);
+            }
+        }
+    };
+    // The workers print a line per port and one when done; read them on threads.
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, String)>();
+    let readers: Vec<_> = workers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, w)| {
+            let tx = tx.clone();
+            let mut out = w.take_stdout();
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                let mut line = String::new();
+                while out.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let _ = tx.send((i, line.trim().to_string()));
+                    line.clear();
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut done: Vec<Option<String>> = vec![None; WORKERS as usize];
+    // (port, bytes the worker received on it), as each worker leaves a port.
+    let mut port_truth: Vec<(String, u64)> = Vec::new();
+    let deadline = Duration::from_secs_f64(procs as f64 / rate * 2.0 + 120.0);
+    while done.iter().any(Option::is_none) {
+        assert!(
+            t0.elapsed() < deadline,
+            "the workers did not finish in {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        while let Ok((i, line)) = rx.try_recv() {
+            if line.starts_with("done") {
+                done[i] = Some(line);
+            } else if let Some(rest) = line.strip_prefix("port ") {
+                let mut f = rest.split_whitespace();
+                let port = f.next().unwrap_or("").to_string();
+                let bytes: u64 = f
+                    .next()
+                    .and_then(|b| b.strip_prefix("rx=")?.parse().ok())
+                    .unwrap_or_else(|| panic!("worker said {line:?}"));
+                port_truth.push((port, bytes));
+            }
+        }
+        let m = daemon.scrape();
+        scrapes += 1;
+        note(&m);
+        let rss = rss_kib(daemon.pid());
+        let series = m.samples.len();
+        // Per instance: the top-k processes of each resource and the `other` row.
+        let mut rows = std::collections::HashMap::<(&str, &str), usize>::new();
+        for s in ours(&m, "probe_process_cpu_seconds_total", &prefix) {
+            *rows
+                .entry((s.label("service_instance").unwrap_or(""), "cpu"))
+                .or_default() += 1;
+        }
+        max_rows = max_rows.max(rows.values().copied().max().unwrap_or(0));
+        if t0.elapsed() >= Duration::from_secs(60) {
+            match rss_at_1min {
+                None => {
+                    rss_at_1min = Some(rss);
+                    series_at_1min = Some(series);
+                    families_at_1min = families(&m);
+                }
+                Some(_) => {
+                    rss_max_after = rss_max_after.max(rss);
+                    if series > series_max_after {
+                        series_max_after = series;
+                        families_at_max = families(&m);
+                    }
+                }
+            }
+        }
+        if scrapes % 30 == 0 {
+            println!(
+                "  {:>4.0} s: RSS {rss} KiB, {series} series, most process rows in one instance {max_rows}",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    // The readers end when the workers do (they stay alive until dropped): not joined.
+    drop(readers);
+    let took = t0.elapsed();
+    // Let the last exits be collected.
+    std::thread::sleep(Duration::from_secs(3));
+    let m = daemon.scrape();
+    note(&m);
+
+    // Ground truth from the workers.
+    let field = |line: &str, key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    };
+    let lines: Vec<String> = done.into_iter().map(Option::unwrap).collect();
+    let made: u64 = lines.iter().map(|l| field(l, "procs")).sum();
+    let failed: u64 = lines.iter().map(|l| field(l, "failed")).sum();
+    let rx_truth: u64 = lines.iter().map(|l| field(l, "rx")).sum();
+    // The workers' own CPU (their clocks, now: they idle after `done`) and their reaped
+    // children's (rusage).
+    let cpu_truth: f64 = workers
+        .iter()
+        .zip(&lines)
+        .map(|(w, l)| {
+            (probe_tests::process_cpu_ns(w.pid) + field(l, "children_cpu_ns")) as f64 / 1e9
+        })
+        .sum();
+    println!(
+        "soak: {made} processes ({failed} failed) in {:.0} s, {scrapes} scrapes; workers' CPU {cpu_truth:.3} s, received {rx_truth} bytes",
+        took.as_secs_f64()
+    );
+    assert_eq!(made, per_worker * WORKERS);
+    assert_eq!(failed, 0, "children that could not connect or send");
+
+    // Nothing lost: every loss counter of the kernel side is zero.
+    for (name, labels) in [
+        ("probe_exited_threads_total", ("result", "lost")),
+        ("probe_tcp_events_total", ("result", "lost")),
+        ("probe_block_events_total", ("result", "lost")),
+        ("probe_runqueue_events_total", ("result", "lost")),
+    ] {
+        let lost = m.sum(name, &[labels]);
+        println!("  {name}{{{}=\"{}\"}} {lost}", labels.0, labels.1);
+        assert_eq!(lost, 0.0, "{name} counted losses (a kernel map filled)");
+    }
+
+    // The CPU and the bytes of all the churn add up, over every instance the workers had.
+    let cpu: f64 = cpu_seen.values().sum();
+    let rx: f64 = rx_seen.values().sum();
+    println!(
+        "  probe: {} instances of the workers, CPU {cpu:.3} s, received {rx} bytes on their ports",
+        cpu_seen.len()
+    );
+    check_close(
+        "CPU of the churning workers and children (s)",
+        cpu,
+        cpu_truth,
+        0.02,
+    );
+    let mut by_port = std::collections::BTreeMap::<&str, f64>::new();
+    for (k, v) in &rx_seen {
+        *by_port
+            .entry(k.rsplit('/').next().unwrap_or(""))
+            .or_default() += v;
+    }
+    // The kernel may hand a port a worker left to another worker later: truth per port sums.
+    let mut truth_by_port = std::collections::BTreeMap::<&str, u64>::new();
+    for (p, b) in &port_truth {
+        *truth_by_port.entry(p.as_str()).or_default() += b;
+    }
+    let wrong: Vec<String> = truth_by_port
+        .iter()
+        .filter(|(p, b)| by_port.get(*p).copied().unwrap_or(0.0) != **b as f64)
+        .map(|(p, b)| format!("port {p}: probe {:?}, workers {b}", by_port.get(*p)))
+        .collect();
+    assert!(
+        wrong.is_empty() && rx == rx_truth as f64,
+        "TCP bytes received on the workers' ports: probe {rx}, workers {rx_truth}; per port:\n{}\nseries: {rx_seen:?}",
+        wrong.join("\n")
+    );
+
+    // Memory and series stay bounded after the first minute.
+    let rss0 = rss_at_1min.expect("the soak ran over a minute");
+    println!(
+        "  daemon RSS {rss0} KiB at 1 min, at most {rss_max_after} KiB after ({:.3}x); series {} at 1 min, at most {series_max_after} after; most process rows in one instance {max_rows}",
+        rss_max_after as f64 / rss0 as f64,
+        series_at_1min.unwrap_or(0)
+    );
+    assert!(
+        rss_max_after as f64 <= rss0 as f64 * 1.10,
+        "daemon RSS grew from {rss0} to {rss_max_after} KiB"
+    );
+    assert!(
+        max_rows <= TOP_K + 1,
+        "{max_rows} process rows in one instance with top-k {TOP_K} (+ other)"
+    );
+    let grew: Vec<String> = families_at_max
+        .iter()
+        .filter_map(|(f, n): (&String, &usize)| {
+            let before = families_at_1min.get(f).copied().unwrap_or(0);
+            (*n > before).then(|| format!("{f} {before} -> {n}"))
+        })
+        .collect();
+    println!("  families that grew after 1 min: {}", grew.join(", "));
+    // Series of exited processes would grow with the 100,000 processes (orders of magnitude);
+    // what does grow, slowly, are per-port series of ports the workers stopped listening on
+    // (connections, RTT: late samples of a port go to `other`), ~25% a minute here: a known
+    // limit (README), bounded only by the ports ever listened on.
+    assert!(
+        series_max_after as f64 <= series_at_1min.unwrap_or(0) as f64 * 2.0,
+        "series grew from {:?} to {series_max_after}",
+        series_at_1min
+    );
+    let _ = std::fs::remove_file(&rules);
+}
