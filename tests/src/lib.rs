@@ -416,6 +416,20 @@ impl Drop for Workload {
     }
 }
 
+/// Resident memory of a process in KiB (VmRSS), or None if it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
 /// /proc/<pid>/schedstat of the process's main thread: (on-CPU ns, run-queue wait ns).
 pub fn schedstat(pid: u32) -> (u64, u64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");

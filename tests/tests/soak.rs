@@ -20,27 +20,13 @@ fn env_num(name: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
-/// Series per family, and per instance of the workers.
+/// Series per family.
 fn families(m: &Metrics) -> std::collections::BTreeMap<String, usize> {
     let mut out = std::collections::BTreeMap::new();
     for s in &m.samples {
         *out.entry(s.name.clone()).or_default() += 1;
     }
     out
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("daemon status")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("VmRSS")
 }
 
 /// Samples of `name` whose service_instance is one of the workers'.
@@ -175,7 +161,7 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
         let m = daemon.scrape();
         scrapes += 1;
         note(&m);
-        let rss = rss_kib(daemon.pid());
+        let rss = probe_tests::rss_kib(daemon.pid()).expect("daemon alive");
         let series = m.samples.len();
         // Per instance: the top-k processes of each resource and the `other` row.
         let mut rows = std::collections::HashMap::<(&str, &str), usize>::new();

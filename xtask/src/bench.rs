@@ -411,7 +411,7 @@ fn measure(server: &Server) -> Result<Measured> {
     Ok(Measured {
         wall_ms: median(&mut walls),
         cpu_ms,
-        rss_mib: rss_kib(server.pid())? as f64 / 1024.0,
+        rss_mib: probe_tests::rss_kib(server.pid()).context("exporter gone")? as f64 / 1024.0,
     })
 }
 
@@ -424,20 +424,6 @@ fn cpu_ns(pid: u32) -> Result<u64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Ok(ticks * 1_000_000_000 / hz.max(1))
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .context("no VmRSS")
 }
 
 /// An exporter process on a loopback port, killed on drop.

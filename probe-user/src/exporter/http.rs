@@ -286,3 +286,38 @@ async fn handle(
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found; try /metrics\n"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admit(c: &mut Connections) -> (u64, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (c.admit(tx), rx)
+    }
+
+    #[test]
+    fn past_the_cap_the_connection_idle_longest_is_closed_never_a_busy_one() {
+        let mut c = Connections::default();
+        // The oldest connection is inside a request: it must survive.
+        let (busy, mut busy_rx) = admit(&mut c);
+        c.set_busy(busy, true);
+        let mut idle: Vec<_> = (0..MAX_IDLE_CONNECTIONS).map(|_| admit(&mut c)).collect();
+        // The cap is reached only now: nothing was closed on the way.
+        assert!(idle.iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        let (_, mut newest) = admit(&mut c);
+        assert!(busy_rx.try_recv().is_err(), "a busy connection was closed");
+        assert!(idle[0].1.try_recv().is_ok(), "the idle-longest was not closed");
+        assert!(idle[1..].iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        assert!(newest.try_recv().is_err());
+        assert!(!c.open.contains_key(&idle[0].0));
+        assert_eq!(c.open.len(), MAX_IDLE_CONNECTIONS + 1);
+        // A connection back from a request is idle since now: the next to go is idle[1].
+        std::thread::sleep(Duration::from_millis(2));
+        c.set_busy(idle[1].0, true);
+        c.set_busy(idle[1].0, false);
+        let _ = admit(&mut c);
+        assert!(idle[1].1.try_recv().is_err());
+        assert!(idle[2].1.try_recv().is_ok());
+    }
+}
