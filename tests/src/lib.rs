@@ -16,6 +16,20 @@ pub mod kernel;
 pub mod mariadb;
 pub mod top;
 
+/// Makes a child die with the thread that spawned it, so nothing outlives a test process that
+/// is killed outright (no destructors run then).
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// The daemon binary under test.
 pub fn probe_bin() -> PathBuf {
     let bin = std::env::var_os("PROBE_BIN")
@@ -78,7 +92,9 @@ impl Daemon {
             }
             None => Command::new(&bin),
         };
-        let child = cmd
+        // A killed test process must not leave a daemon attached to the kernel (it would load
+        // every later test and benchmark).
+        let child = die_with_parent(&mut cmd)
             .args(&args)
             .env("PROBE_LOG", "warn")
             .stdin(Stdio::null())
@@ -333,7 +349,7 @@ impl Workload {
             }
             None => Command::new(&bin),
         };
-        let mut child = cmd
+        let mut child = die_with_parent(&mut cmd)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -9,7 +9,6 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
@@ -20,24 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{free_port, sh};
+use crate::{die_with_parent, free_port, sh};
 
 /// How long a server may take to accept its first query.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Makes a child die with the thread that spawned it, so nothing outlives a test process that
-/// is killed outright (no destructors run then).
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    }
-}
 
 /// Panics with a clear message unless `tool` runs.
 fn require(tool: &str, package: &str) {

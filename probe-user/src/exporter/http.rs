@@ -307,7 +307,10 @@ mod tests {
         assert!(idle.iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
         let (_, mut newest) = admit(&mut c);
         assert!(busy_rx.try_recv().is_err(), "a busy connection was closed");
-        assert!(idle[0].1.try_recv().is_ok(), "the idle-longest was not closed");
+        assert!(
+            idle[0].1.try_recv().is_ok(),
+            "the idle-longest was not closed"
+        );
         assert!(idle[1..].iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
         assert!(newest.try_recv().is_err());
         assert!(!c.open.contains_key(&idle[0].0));
