@@ -325,11 +325,11 @@ fn latency_histogram_matches_the_kernels_disk_stats() {
          requests {ios}; sum {sum:.4} s vs time_in_queue {tiq:.3} s"
     );
     // Exact in almost every run; twice in fresh-clone CI runs 1 and 4 of 3,072 were missing
-    // (cause not found yet): each must then be reported as a completion without a start.
-    assert_eq!(
-        count + untimed,
-        ios as f64,
-        "histogram count (+ reported untimed completions) vs /sys/block/{disk}/stat"
+    // (cause not found yet): those must then be among the completions reported without a start
+    // (a host-wide counter: other devices' count too, so it bounds from above).
+    assert!(
+        count <= ios as f64 && count + untimed >= ios as f64,
+        "histogram count {count} (+ {untimed} reported untimed completions) vs {ios} requests in /sys/block/{disk}/stat"
     );
     assert!(tiq > 0.05, "too little IO to compare ({tiq} s)");
     if kernel::best_hook("block") == "raw_tp/block_io_start" {

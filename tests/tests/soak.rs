@@ -94,15 +94,23 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
     let (mut families_at_1min, mut families_at_max) = (Default::default(), Default::default());
     let mut scrapes = 0;
     // Counters are monotonic and an instance expires only after 30 s without activity, in
-    // which scrapes saw its final values: the largest value seen per instance is its total.
-    let mut cpu_seen = std::collections::HashMap::<String, f64>::new();
-    let mut rx_seen = std::collections::HashMap::<String, f64>::new();
+    // which scrapes saw its final values. The kernel may hand a port to another worker after
+    // that instance expired: its counters then start again from zero (a reset, as Prometheus'
+    // rate() sees it). Per series: (total of earlier lifetimes, last value).
+    let mut cpu_seen = std::collections::HashMap::<String, (f64, f64)>::new();
+    let mut rx_seen = std::collections::HashMap::<String, (f64, f64)>::new();
+    let observe = |e: &mut (f64, f64), v: f64| {
+        if v < e.1 {
+            e.0 += e.1;
+        }
+        e.1 = v;
+    };
     let mut note = |m: &Metrics| {
         for s in ours(m, "probe_cpu_seconds_total", &prefix) {
             let e = cpu_seen
                 .entry(s.label("service_instance").unwrap_or("").to_string())
                 .or_default();
-            *e = e.max(s.value);
+            observe(e, s.value);
         }
         for s in ours(m, "probe_tcp_bytes_total", &prefix) {
             if s.label("direction") == Some("rx") && s.label("port") != Some("ephemeral") {
@@ -112,7 +120,7 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
                     s.label("port").unwrap_or("")
                 );
                 let e = rx_seen.entry(key).or_default();
-                *e = e.max(s.value);
+                observe(e, s.value);
             }
         }
     };
@@ -242,8 +250,11 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
     }
 
     // The CPU and the bytes of all the churn add up, over every instance the workers had.
-    let cpu: f64 = cpu_seen.values().sum();
-    let rx: f64 = rx_seen.values().sum();
+    let cpu: f64 = cpu_seen
+        .values()
+        .map(|(earlier, last)| earlier + last)
+        .sum();
+    let rx: f64 = rx_seen.values().map(|(earlier, last)| earlier + last).sum();
     println!(
         "  probe: {} instances of the workers, CPU {cpu:.3} s, received {rx} bytes on their ports",
         cpu_seen.len()
@@ -255,10 +266,10 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
         0.02,
     );
     let mut by_port = std::collections::BTreeMap::<&str, f64>::new();
-    for (k, v) in &rx_seen {
+    for (k, (earlier, last)) in &rx_seen {
         *by_port
             .entry(k.rsplit('/').next().unwrap_or(""))
-            .or_default() += v;
+            .or_default() += earlier + last;
     }
     // The kernel may hand a port a worker left to another worker later: truth per port sums.
     let mut truth_by_port = std::collections::BTreeMap::<&str, u64>::new();
