@@ -499,13 +499,12 @@ impl Daemon {
                 Err(e) => self.failed(names::RUNQ, &e),
             }
         }
-        // Without statistics the kernel counts nothing: no rows rather than zeros that read
-        // as "never ran".
+        // Skipped runs are always counted; runs and run time only with statistics on.
         self.stats.programs = match &self.kernel.ebpf {
-            Some(ebpf) if self.kernel.bpf_stats_on() => {
-                collect::bpfstats::read(ebpf, &self.kernel.attached)
+            Some(ebpf) => {
+                collect::bpfstats::read(ebpf, &self.kernel.attached, self.kernel.bpf_stats_on())
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         summary.duration = t0.elapsed();
         self.stats.last_collect = summary.duration;

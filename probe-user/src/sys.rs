@@ -32,6 +32,42 @@ fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// The kernel's count of runs of a program it skipped because the program was already running
+/// on that CPU (bpf_prog_info.recursion_misses, Linux 5.12+). Counted whether or not BPF
+/// statistics are on. `Unsupported` where the kernel's bpf_prog_info is older.
+pub fn prog_recursion_misses(prog: BorrowedFd<'_>) -> io::Result<u64> {
+    use aya_obj::generated::bpf_prog_info;
+    // SAFETY: bpf_prog_info is plain data (integers and u64 pointers the kernel only writes
+    // through when their lengths are non-zero); all zeroes is a valid, empty request.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<bpf_prog_info>() as u32;
+    // union bpf_attr, member info: { __u32 bpf_fd; __u32 info_len; __u64 info; }
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(size) << 32);
+    attr[1] = (&raw mut info) as u64;
+    // SAFETY: `attr` is zero-initialised beyond the member the command reads, and `info` is a
+    // buffer of the `info_len` bytes the kernel may write; both outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The kernel writes back how much of the struct it knows.
+    let written = (attr[0] >> 32) as usize;
+    if written < std::mem::offset_of!(bpf_prog_info, recursion_misses) + 8 {
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    }
+    Ok(info.recursion_misses)
+}
+
 /// An attached BPF iterator that can be read any number of times.
 ///
 /// aya's `IterLink::into_file` consumes the link, so one attachment gives one read. The daemon

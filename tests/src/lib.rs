@@ -234,6 +234,25 @@ impl Metrics {
             .collect()
     }
 
+    /// The sample lines that contain any of `needles` (without HELP/TYPE): what a failing
+    /// assertion shows instead of the whole scrape, which can be too long to be printed in full.
+    pub fn lines_with(&self, needles: &[&str]) -> String {
+        self.text
+            .lines()
+            .filter(|l| !l.starts_with('#') && needles.iter().any(|n| l.contains(n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Runs of these kernel programs the kernel skipped (it does not run a program again on a
+    /// CPU where it is running: an interrupt that fires the same hook while it runs).
+    pub fn missed_runs(&self, programs: &[&str]) -> f64 {
+        programs
+            .iter()
+            .map(|p| self.sum("probe_bpf_program_missed_runs_total", &[("program", p)]))
+            .sum()
+    }
+
     /// Panics unless `collector` runs on `hook`.
     pub fn assert_hook(&self, collector: &str, hook: &str) {
         let want = [("collector", collector), ("hook", hook)];

@@ -320,25 +320,40 @@ fn latency_histogram_matches_the_kernels_disk_stats() {
             + m.sum("probe_block_events_total", &[("result", "lost")])
     };
     let untimed = untimed(&m1) - untimed(&m0);
-    println!(
-        "{disk}: histogram count {count} (+ {untimed} completions without a start) vs completed \
-         requests {ios}; sum {sum:.4} s vs time_in_queue {tiq:.3} s"
+    // So are the ends the kernel skipped: a program is not run again on a CPU where it is
+    // running (an interrupt that completes another request while it runs), and the kernel
+    // counts that. A skipped end loses the request's count and bytes.
+    let ends = ["probe_block_io_done", "probe_block_rq_done"];
+    let missed_ends = m1.missed_runs(&ends) - m0.missed_runs(&ends);
+    let missed_bytes =
+        m1.missed_runs(&["probe_block_rq_bytes"]) - m0.missed_runs(&["probe_block_rq_bytes"]);
+    assert!(
+        m1.find("probe_bpf_program_missed_runs_total", &[]).len() > 1,
+        "no skipped-run counters (Linux 5.12+ reports them)"
     );
-    // Exact in almost every run, but in fresh-clone CI runs (this test first after a full
-    // build) 1 to 4 of 3,072 requests were missing, silently (not among the completions reported
-    // without a start, a host-wide counter that bounds from above). An open defect, not yet
-    // found: until it is, up to 1 in 1,000 is tolerated here and the test says so when it happens.
+    println!(
+        "{disk}: histogram count {count} (+ {untimed} completions without a start, + {missed_ends} \
+         ends the kernel skipped) vs completed requests {ios}; sum {sum:.4} s vs time_in_queue \
+         {tiq:.3} s"
+    );
+    // Until the kernel reported skipped runs to the daemon, 1 to 4 of 3,072 requests were
+    // missing in some fresh-clone CI runs without explanation. Still tolerated up to 1 in 1,000,
+    // said loudly, in case skipped runs are not the whole story.
+    let unexplained = (ios as f64 - count - untimed - missed_ends).max(0.0);
     let tolerated = (ios / 1000) as f64;
-    if count + untimed < ios as f64 {
+    if unexplained > 0.0 {
         println!(
-            "KNOWN DEFECT: {} of {ios} requests missing (tolerated up to {tolerated})",
-            ios as f64 - count - untimed
+            "KNOWN DEFECT: {unexplained} of {ios} requests missing without a reported cause \
+             (tolerated up to {tolerated})"
         );
     }
     assert!(
-        count <= ios as f64 && count + untimed + tolerated >= ios as f64,
-        "histogram count {count} (+ {untimed} reported untimed completions) vs {ios} requests in /sys/block/{disk}/stat"
+        count <= ios as f64 && unexplained <= tolerated,
+        "histogram count {count} (+ {untimed} untimed, + {missed_ends} skipped ends) vs {ios} \
+         requests in /sys/block/{disk}/stat"
     );
+    // dd's requests are at most 64 KiB: what the missing ones can take away from the bytes.
+    let bytes_slack = (untimed + missed_ends + missed_bytes + unexplained) * (64 * 1024) as f64;
     assert!(tiq > 0.05, "too little IO to compare ({tiq} s)");
     if kernel::best_hook("block") == "raw_tp/block_io_start" {
         // block_io_done fires where the kernel stops its own clock.
@@ -361,15 +376,23 @@ fn latency_histogram_matches_the_kernels_disk_stats() {
     let bytes = m1.sum(BYTES, &on_disk) - m0.sum(BYTES, &on_disk);
     let sectors =
         (after.read_sectors + after.write_sectors) - (before.read_sectors + before.write_sectors);
-    assert_eq!(bytes, (sectors * 512) as f64, "bytes vs sectors on {disk}");
-    assert_eq!(
-        io(&m1, BYTES, &w.instance(), &disk, "write"),
-        (64 * MIB) as f64
+    let written = io(&m1, BYTES, &w.instance(), &disk, "write");
+    let read = io(&m1, BYTES, &r.instance(), &disk, "read");
+    println!(
+        "{disk}: bytes {bytes} vs sectors x 512 {}; writer {written} of {}, reader {read} of {} \
+         (up to {bytes_slack} missing with the requests above)",
+        sectors * 512,
+        64 * MIB,
+        128 * MIB
     );
-    assert_eq!(
-        io(&m1, BYTES, &r.instance(), &disk, "read"),
-        (128 * MIB) as f64
+    let exact_or_short =
+        |got: f64, want: u64| got <= want as f64 && got + bytes_slack >= want as f64;
+    assert!(
+        exact_or_short(bytes, sectors * 512),
+        "bytes vs sectors on {disk}"
     );
+    assert!(exact_or_short(written, 64 * MIB), "dd's writes");
+    assert!(exact_or_short(read, 128 * MIB), "dd's reads");
 
     drop(lo);
     settle();

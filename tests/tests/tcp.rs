@@ -176,11 +176,38 @@ fn a_thousand_short_connections_are_counted_exactly() {
     let s = server.instance();
     let accepted = port_counter(&m, CONNS, &s, port) - port_counter(&before, CONNS, &s, port);
     let closed = port_counter(&m, CLOSED, &s, port) - port_counter(&before, CLOSED, &s, port);
-    println!("1000 connections: accepted {accepted}, closed {closed}");
-    assert_eq!((accepted, closed), (1000.0, 1000.0), "{}", m.text);
+    let c = client.instance();
+    let shown = || {
+        m.lines_with(&[
+            &format!("\"{port}\""),
+            &s,
+            &c,
+            "probe_tcp_events",
+            "probe_bpf_program_missed",
+            "probe_collector_",
+        ])
+    };
+    // Exact, but for the runs the kernel reports it skipped (a program is not run again on a
+    // CPU where it is running, e.g. a softirq delivering a packet while it runs).
+    let skipped = |progs: &[&str]| m.missed_runs(progs) - before.missed_runs(progs);
+    let state_skipped = skipped(&["probe_tcp_state"]);
+    println!(
+        "1000 connections: accepted {accepted}, closed {closed} ({state_skipped} state changes \
+         skipped by the kernel)"
+    );
+    let counted = |n: f64| n <= 1000.0 && n + state_skipped >= 1000.0;
+    assert!(counted(accepted) && counted(closed), "{}", shown());
     if kernel::tcp_bytes_per_process() {
-        assert_eq!(bytes(&m, &s, &port.to_string(), "rx"), 100_000.0);
-        assert_eq!(bytes(&m, &client.instance(), "ephemeral", "tx"), 100_000.0);
+        let rx = bytes(&m, &s, &port.to_string(), "rx");
+        let tx = bytes(&m, &c, "ephemeral", "tx");
+        // Each skipped run can take one connection's 100 bytes.
+        let slack = 100.0 * skipped(&["probe_tcp_recv", "probe_tcp_send", "probe_tcp_state"]);
+        println!(
+            "1000 connections of 100 bytes each way: server rx {rx}, client tx {tx} (up to \
+             {slack} missing with skipped runs)"
+        );
+        let exact = |n: f64| n <= 100_000.0 && n + slack >= 100_000.0;
+        assert!(exact(rx) && exact(tx), "{}", shown());
     } else {
         assert_fallback_bytes(&m, &s, &port.to_string(), 100_000, Some(100_000));
     }

@@ -334,6 +334,11 @@ const RUNS: Desc = (
     None,
     "Times each kernel program ran while the kernel kept BPF statistics (--bpf.stats).",
 );
+const MISSED: Desc = (
+    "probe_bpf_program_missed_runs",
+    None,
+    "Runs of each kernel program the kernel skipped because the program was already running on that CPU (an interrupt fired the same hook while it ran); the events of those runs are missing from every other counter. Linux 5.12+.",
+);
 const RUN_TIME: Desc = ("probe_bpf_program_run", Some(Unit::Seconds), "Time spent in each kernel program while the kernel kept BPF statistics (--bpf.stats); divided by runs, the cost per event.");
 const EXITS: Desc = ("probe_exited_threads", None, "Exiting threads whose final CPU totals the exit hook recorded; result=lost: the dead-thread map was full.");
 const PROCESSES: Desc = ("probe_processes", None, "Live processes tracked.");
@@ -613,11 +618,21 @@ impl Collector for SnapshotCollector {
         let prog = |p: &ProgramStats| vec![("program", esc(p.program))];
         family(
             e,
+            MISSED,
+            s.stats
+                .programs
+                .iter()
+                .filter_map(|p| Some((prog(p), ConstCounter::new(p.missed?)))),
+        )?;
+        // Without statistics the kernel counts nothing: no rows rather than zeros that read
+        // as "never ran".
+        family(
+            e,
             RUNS,
             s.stats
                 .programs
                 .iter()
-                .map(|p| (prog(p), ConstCounter::new(p.runs))),
+                .filter_map(|p| Some((prog(p), ConstCounter::new(p.cost?.runs)))),
         )?;
         family(
             e,
@@ -625,7 +640,7 @@ impl Collector for SnapshotCollector {
             s.stats
                 .programs
                 .iter()
-                .map(|p| (prog(p), counter(secs(p.run_ns)))),
+                .filter_map(|p| Some((prog(p), counter(secs(p.cost?.run_ns))))),
         )?;
         let exits = [
             ("recorded", s.stats.exits_recorded),
