@@ -40,7 +40,11 @@ pub const STAT_WRITEBACK_CHARGED: u32 = 2;
 /// A write issued by a kernel thread for which no dirtying process is known (metadata,
 /// journal, files dirtied by kernel threads or before the probe started): left with the thread.
 pub const STAT_WRITEBACK_KERNEL: u32 = 3;
-pub const STAT_SLOTS: u32 = 4;
+/// A request that started while an earlier request at the same address was still recorded as
+/// in flight: probe never saw that earlier request complete (the kernel did not run the
+/// completion program; its bytes and latency are missing).
+pub const STAT_END_MISSED: u32 = 4;
+pub const STAT_SLOTS: u32 = 5;
 
 /// Operations, grouped as the kernel groups them in /sys/block/<dev>/stat (op_stat_group).
 pub const OP_READ: u32 = 0;

@@ -25,8 +25,8 @@ use aya_log_ebpf::warn;
 use probe_common::{
     block::{
         encode_dev, op_group, IoKey, IoStart, IoTotals, Writer, IO_MAP_ENTRIES, OP_DIRTIED,
-        OP_FLUSH, OP_WRITE, STARTS_MAP_ENTRIES, STAT_LOST, STAT_SLOTS, STAT_UNMATCHED,
-        STAT_WRITEBACK_CHARGED, STAT_WRITEBACK_KERNEL, WRITERS_MAP_ENTRIES,
+        OP_FLUSH, OP_WRITE, STARTS_MAP_ENTRIES, STAT_END_MISSED, STAT_LOST, STAT_SLOTS,
+        STAT_UNMATCHED, STAT_WRITEBACK_CHARGED, STAT_WRITEBACK_KERNEL, WRITERS_MAP_ENTRIES,
     },
     config::OFFSET_MISSING,
 };
@@ -47,11 +47,18 @@ static BLOCK_WRITERS: LruHashMap<u64, Writer> =
 static BLOCK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
 /// block_io_start(struct request *rq): the block layer starts accounting a request, in the
-/// submitter's context. Called once per request, so a stale entry for a reused request address
-/// is simply replaced.
+/// submitter's context. Called once per request: an entry still recorded for this request
+/// address belongs to an earlier request whose end probe never saw (block_io_done fired but
+/// the kernel did not run probe's program for it, seen on a 6.18 kernel with ftrace). It is
+/// counted ([`STAT_END_MISSED`]) and replaced.
 #[raw_tracepoint(tracepoint = "block_io_start")]
 pub fn probe_block_io_start(ctx: RawTracePointContext) -> i32 {
-    start(ctx.arg(0), u64::from(BPF_ANY));
+    let rq: *const u8 = ctx.arg(0);
+    if !start(rq, u64::from(BPF_NOEXIST)) {
+        bump(&BLOCK_STATS, STAT_END_MISSED);
+        let _ = BLOCK_STARTS.remove(rq as u64);
+        start(rq, u64::from(BPF_NOEXIST));
+    }
     0
 }
 
@@ -85,7 +92,7 @@ pub fn probe_block_io_done(ctx: RawTracePointContext) -> i32 {
 /// Fallback start, attached to block_rq_insert and block_rq_issue (first argument: the request).
 #[raw_tracepoint(tracepoint = "block_rq_issue")]
 pub fn probe_block_rq_start(ctx: RawTracePointContext) -> i32 {
-    start(ctx.arg(0), u64::from(BPF_NOEXIST));
+    let _ = start(ctx.arg(0), u64::from(BPF_NOEXIST));
     0
 }
 
@@ -109,8 +116,8 @@ pub fn probe_block_rq_done(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Fallback: block_rq_merge(struct request *rq) fires for a request merged into another one;
-/// it never completes on its own (its bytes complete with the other).
+/// block_rq_merge(struct request *rq) fires for a request merged into another one: it never
+/// completes on its own (its bytes complete with the other), so its start goes now.
 #[raw_tracepoint(tracepoint = "block_rq_merge")]
 pub fn probe_block_rq_merge(ctx: RawTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
@@ -142,13 +149,15 @@ fn process_of(task: *const u8) -> Option<(IoKey, bool)> {
     Some((key, p.kthread))
 }
 
+/// Records the start of a request. False only if `flags` is BPF_NOEXIST and an entry for this
+/// request address exists.
 #[inline(always)]
-fn start(rq: *const u8, flags: u64) {
+fn start(rq: *const u8, flags: u64) -> bool {
     if rq.is_null() {
-        return;
+        return true;
     }
     let Some((mut key, kthread)) = process_of(current_task()) else {
-        return;
+        return true;
     };
     key.op = op_group(read(rq, off!(rq_cmd_flags)).unwrap_or(0));
     key.dev = rq_disk(rq).map_or(0, disk_dev);
@@ -160,7 +169,11 @@ fn start(rq: *const u8, flags: u64) {
         bytes: 0,
         key,
     };
-    let _ = BLOCK_STARTS.insert(rq as u64, s, flags);
+    match BLOCK_STARTS.insert(rq as u64, s, flags) {
+        Ok(()) => true,
+        // -EEXIST; any other failure (-ENOMEM) shows up as an unmatched completion.
+        Err(e) => e != -17,
+    }
 }
 
 /// A write from a kernel thread: charge it to the process that last dirtied the file its first

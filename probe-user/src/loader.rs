@@ -646,21 +646,25 @@ impl Attacher<'_> {
             (RQ_START_PROGRAM, "block_rq_insert"),
             (RQ_START_PROGRAM, "block_rq_issue"),
         ];
-        if self
+        let mut progs = if self
             .attempt(st, hooks::BLOCK_IO, |ebpf, _| attach_raw_set(ebpf, MAIN))
             .is_some()
         {
-            return Some(vec![IO_DONE_PROGRAM, RQ_BYTES_PROGRAM, IO_START_PROGRAM]);
-        }
-        self.attempt(st, hooks::BLOCK_RQ, |ebpf, _| {
-            attach_raw_set(ebpf, FALLBACK)
-        })?;
-        let mut progs = vec![RQ_DONE_PROGRAM, RQ_START_PROGRAM];
-        // block_rq_merge (5.9+) lets a merged-away request's start go at once instead of
-        // ageing out of the LRU map.
+            vec![IO_DONE_PROGRAM, RQ_BYTES_PROGRAM, IO_START_PROGRAM]
+        } else {
+            self.attempt(st, hooks::BLOCK_RQ, |ebpf, _| {
+                attach_raw_set(ebpf, FALLBACK)
+            })?;
+            vec![RQ_DONE_PROGRAM, RQ_START_PROGRAM]
+        };
+        // block_rq_merge (5.9+) lets a merged-away request's start go at once: otherwise it
+        // would age out of the LRU map, and on the main hooks count as an end not seen.
         match attach_raw_set(self.ebpf, &[(RQ_MERGE_PROGRAM, "block_rq_merge")]) {
             Ok(()) => progs.push(RQ_MERGE_PROGRAM),
             Err(e) => st.notes.push(format!("raw_tp/block_rq_merge: {e}")),
+        }
+        if progs[0] == IO_DONE_PROGRAM {
+            return Some(progs);
         }
         st.notes.push(
             "fallback (block_io_start/done need Linux 6.5+): requests that kblockd workers start \

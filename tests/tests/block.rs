@@ -316,8 +316,10 @@ fn latency_histogram_matches_the_kernels_disk_stats() {
     let tiq = (after.time_in_queue_ms - before.time_in_queue_ms) as f64 / 1e3;
     // Completions probe could not time (their start entry was missing) are counted, not hidden.
     let untimed = |m: &probe_tests::Metrics| {
-        m.sum("probe_block_events_total", &[("result", "unmatched")])
-            + m.sum("probe_block_events_total", &[("result", "lost")])
+        ["unmatched", "lost", "end_missed"]
+            .iter()
+            .map(|r| m.sum("probe_block_events_total", &[("result", r)]))
+            .sum::<f64>()
     };
     let untimed = untimed(&m1) - untimed(&m0);
     // So are the ends the kernel skipped: a program is not run again on a CPU where it is
@@ -332,13 +334,14 @@ fn latency_histogram_matches_the_kernels_disk_stats() {
         "no skipped-run counters (Linux 5.12+ reports them)"
     );
     println!(
-        "{disk}: histogram count {count} (+ {untimed} completions without a start, + {missed_ends} \
+        "{disk}: histogram count {count} (+ {untimed} requests counted as not timed, + {missed_ends} \
          ends the kernel skipped) vs completed requests {ios}; sum {sum:.4} s vs time_in_queue \
          {tiq:.3} s"
     );
-    // Until the kernel reported skipped runs to the daemon, 1 to 4 of 3,072 requests were
-    // missing in some fresh-clone CI runs without explanation. Still tolerated up to 1 in 1,000,
-    // said loudly, in case skipped runs are not the whole story.
+    // On the CI machine's 6.18 kernel, block_io_done sometimes fires without running probe's
+    // program (see README, `end_missed`): probe counts such a request when the next request
+    // reuses its slot, so only the last request of a run can be missing unexplained. Up to 1 in
+    // 1,000 is tolerated for that, said loudly.
     let unexplained = (ios as f64 - count - untimed - missed_ends).max(0.0);
     let tolerated = (ios / 1000) as f64;
     if unexplained > 0.0 {

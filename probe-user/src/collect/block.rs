@@ -5,8 +5,8 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use probe_common::block::{
-    dev_major, dev_minor, IoKey, IoTotals, STAT_LOST, STAT_UNMATCHED, STAT_WRITEBACK_CHARGED,
-    STAT_WRITEBACK_KERNEL,
+    dev_major, dev_minor, IoKey, IoTotals, STAT_END_MISSED, STAT_LOST, STAT_UNMATCHED,
+    STAT_WRITEBACK_CHARGED, STAT_WRITEBACK_KERNEL,
 };
 
 use super::idle::IdleTracker;
@@ -20,6 +20,7 @@ use crate::model::{
 pub struct BlockStats {
     pub unmatched: u64,
     pub lost: u64,
+    pub end_missed: u64,
     pub writeback_charged: u64,
     pub writeback_kernel: u64,
 }
@@ -29,6 +30,7 @@ pub fn stats(map: &PerCpuArray<MapData, u64>) -> Result<BlockStats, MapError> {
     Ok(BlockStats {
         unmatched: sum(STAT_UNMATCHED)?,
         lost: sum(STAT_LOST)?,
+        end_missed: sum(STAT_END_MISSED)?,
         writeback_charged: sum(STAT_WRITEBACK_CHARGED)?,
         writeback_kernel: sum(STAT_WRITEBACK_KERNEL)?,
     })
