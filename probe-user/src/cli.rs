@@ -104,6 +104,12 @@ pub struct ServeArgs {
     /// Address to serve /metrics, /healthz and /readyz on; ":PORT" listens on all addresses.
     #[arg(long = "web.listen-address", default_value = ":19135", value_parser = parse_listen_address)]
     pub listen_address: SocketAddr,
+    /// TLS and basic auth for the endpoint: a YAML file in the format of Prometheus'
+    /// exporter-toolkit (tls_server_config: cert_file, key_file, optional client_ca_file and
+    /// client_auth_type, min_version; basic_auth_users: user -> bcrypt hash). Reloaded on SIGHUP
+    /// (a bad file is logged and the previous one stays). Without it: plain HTTP, no auth.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config: Option<std::path::PathBuf>,
 
     /// Processes exported one by one in probe_process_*: the busiest by recent CPU use, and
     /// separately the busiest by recent block IO; every process is always counted in its

@@ -105,10 +105,33 @@ pub struct SelfStats {
     pub runq_lost: u64,
     pub runq_delete_failures: u64,
     /// Rule reloads (SIGHUP) that took effect / were rejected (the previous rules stay).
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub last_reload_ok: bool,
+    pub rule_reloads: Reloads,
+    pub web_reloads: Reloads,
     pub programs: Vec<ProgramStats>,
+}
+
+/// Reloads of one file on SIGHUP.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reloads {
+    pub ok: u64,
+    pub failed: u64,
+    /// The last reload succeeded, or none failed yet.
+    pub last_ok: bool,
+}
+
+impl Reloads {
+    pub fn record(&mut self, ok: bool) {
+        if ok {
+            self.ok += 1;
+        } else {
+            self.failed += 1;
+        }
+        self.last_ok = ok;
+    }
+
+    pub fn last_successful(&self) -> bool {
+        self.last_ok || self.failed == 0
+    }
 }
 
 /// What one collection saw (for `probe check` and logs).
@@ -122,7 +145,7 @@ pub struct Summary {
 }
 
 /// Everything the exporter needs for one scrape.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub instances: Vec<(Arc<str>, InstanceTotals)>,
     pub top: Vec<ProcessRow>,
@@ -243,13 +266,14 @@ impl Daemon {
     }
 
     /// Records the outcome of a rule reload (for the self-metrics).
+    /// Counts a rule file reload (SIGHUP).
     pub fn reloaded(&mut self, ok: bool) {
-        if ok {
-            self.stats.reloads_ok += 1;
-        } else {
-            self.stats.reloads_failed += 1;
-        }
-        self.stats.last_reload_ok = ok;
+        self.stats.rule_reloads.record(ok);
+    }
+
+    /// Counts a web config reload (SIGHUP).
+    pub fn web_reloaded(&mut self, ok: bool) {
+        self.stats.web_reloads.record(ok);
     }
 
     fn failed(&mut self, collector: &'static str, err: &dyn std::fmt::Display) {

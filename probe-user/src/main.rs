@@ -7,7 +7,10 @@ use probe_user::{
     cli::{Cli, Command, ConfigCommand, ServeArgs},
     config,
     daemon::{Daemon, Options},
-    exporter::http::{self, App},
+    exporter::{
+        http::{self, App},
+        webconfig::WebConfig,
+    },
     loader,
 };
 use tracing::{debug, error, info};
@@ -73,6 +76,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => config::load(path)?,
         None => probe_user::model::rules::Rules::defaults(),
     };
+    // So is a web config with errors: serving in the clear what was meant to be protected is
+    // worse than not serving.
+    let web = match &args.web_config {
+        Some(path) => WebConfig::load(path)?,
+        None => WebConfig::default(),
+    };
+    let tls = web.tls.is_some();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
@@ -103,14 +113,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             rules: Arc::new(rules),
             ..Options::default()
         };
-        let app = Arc::new(App::new(Daemon::new(kernel, opts)));
+        let app = Arc::new(App::new(Daemon::new(kernel, opts), web));
         {
             let app = app.clone();
             tokio::task::spawn_blocking(move || app.collect()).await.context("first collection")?;
         }
-        info!(address = %args.listen_address, "serving /metrics");
+        info!(address = %args.listen_address, tls, "serving /metrics");
         tokio::spawn(collect_periodically(app.clone(), args.collect_interval));
-        tokio::spawn(reload_on_sighup(app.clone(), args.config.clone()));
+        tokio::spawn(reload_on_sighup(app.clone(), args.config.clone(), args.web_config.clone()));
         tokio::select! {
             () = http::serve(listener, app) => {}
             () = shutdown_signal() => info!("shutting down; kernel programs are detached on exit"),
@@ -150,14 +160,40 @@ async fn collect_periodically(app: Arc<App>, every: Duration) {
     }
 }
 
-/// SIGHUP: reads the rule file again. A file with errors is rejected (logged, counted in
-/// probe_config_reloads_total{result="failure"}); the rules in use stay.
-async fn reload_on_sighup(app: Arc<App>, path: Option<std::path::PathBuf>) {
+/// SIGHUP: reads the rule file and the web config again. A file with errors is rejected
+/// (logged, counted in probe_config_reloads_total{result="failure"}); the one in use stays.
+async fn reload_on_sighup(
+    app: Arc<App>,
+    path: Option<std::path::PathBuf>,
+    web: Option<std::path::PathBuf>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
+        if let Some(web) = &web {
+            let loaded = {
+                let web = web.clone();
+                tokio::task::spawn_blocking(move || WebConfig::load(&web)).await
+            };
+            let ok = match loaded {
+                Ok(Ok(config)) => {
+                    info!(file = %web.display(), tls = config.tls.is_some(), "SIGHUP: web config reloaded");
+                    app.set_web(config);
+                    true
+                }
+                Ok(Err(e)) => {
+                    error!("SIGHUP: web config not reloaded, the previous one stays: {e:#}");
+                    false
+                }
+                Err(e) => {
+                    error!(error = %e, "SIGHUP: reload task failed; the previous web config stays");
+                    false
+                }
+            };
+            app.daemon().web_reloaded(ok);
+        }
         let Some(path) = &path else {
             info!("SIGHUP: no --config file; the built-in rules stay");
             continue;

@@ -140,7 +140,10 @@ fn sighup_applies_good_rules_keeps_counts_and_rejects_bad_ones() {
     // The old instance keeps what it had (it expires later), the new one counts from now.
     assert!(cpu(&m, "first-alpha") >= before);
     assert_eq!(
-        m.value("probe_config_reloads_total", &[("result", "success")]),
+        m.value(
+            "probe_config_reloads_total",
+            &[("file", "rules"), ("result", "success")]
+        ),
         Some(1.0)
     );
 
@@ -151,10 +154,13 @@ fn sighup_applies_good_rules_keeps_counts_and_rejects_bad_ones() {
     );
     unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
     let m = wait_for(&d, "failed reload", |m| {
-        m.value("probe_config_reloads_total", &[("result", "failure")]) == Some(1.0)
+        m.value(
+            "probe_config_reloads_total",
+            &[("file", "rules"), ("result", "failure")],
+        ) == Some(1.0)
     });
     assert_eq!(
-        m.value("probe_config_last_reload_successful", &[]),
+        m.value("probe_config_last_reload_successful", &[("file", "rules")]),
         Some(0.0)
     );
     let s1 = cpu(&m, "second-alpha");

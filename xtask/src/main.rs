@@ -1,8 +1,9 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | bench | vm`.
+//! Developer tasks: `cargo xtask setup | build | run | test | fuzz | bench | vm`.
 //!
 //! `run`, `test` and `bench` call `setup` first, so on a fresh machine each is one command.
 
 mod bench;
+mod fuzz;
 mod matrix;
 mod run;
 mod setup;
@@ -32,8 +33,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: unit tests, the kernel tests in tests/ on this machine's kernel (needs
-    /// root), then the kernel-matrix set in a VM per Debian kernel (qemu; see `vm`).
+    /// Run every test: unit tests, a bounded fuzz run (see `fuzz`; skipped with a filter), the
+    /// kernel tests in tests/ on this machine's kernel (needs root), then the kernel-matrix set
+    /// in a VM per Debian kernel (qemu; see `vm`).
     Test {
         /// Only run the kernel tests whose name contains this.
         filter: Option<String>,
@@ -66,6 +68,14 @@ enum Task {
     },
     /// (Inside a VM, for `bench`.) Run the programs section's workload on this kernel and
     /// write the programs' costs as JSON.
+    /// Fuzz the parsers and encoders (cargo-fuzz, nightly): replay saved crashes, run each
+    /// target for a bounded time, parse the exposition corpus with Python's prometheus_client.
+    /// `cargo xtask test` runs it with 45 s per target.
+    Fuzz {
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u32,
+    },
     #[command(hide = true)]
     ProgramCosts {
         #[arg(long)]
@@ -112,6 +122,7 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::toolchain()
             .and_then(|()| run::build())
             .and_then(|()| run::run(&args)),
+        Task::Fuzz { seconds } => setup::toolchain().and_then(|()| fuzz::run(seconds)),
         Task::Test { filter, kernels } => setup::toolchain()
             .and_then(|()| setup::packages(setup::TEST_PACKAGES))
             .and_then(|()| run::test(filter.as_deref(), &kernels)),

@@ -42,6 +42,9 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// Unit tests, then the kernel tests: the whole suite on the host's kernel (`host` in
 /// `kernels`), then the matrix set in a VM per Debian kernel named in `kernels`.
+/// Seconds each fuzz target runs in `cargo xtask test` (`cargo xtask fuzz` for longer runs).
+const FUZZ_SECONDS_IN_TEST: u32 = 45;
+
 pub fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
     println!("xtask: unit tests (no root needed)");
     sh(
@@ -57,6 +60,9 @@ pub fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
             "xtask",
         ],
     )?;
+    if filter.is_none() {
+        crate::fuzz::run(FUZZ_SECONDS_IN_TEST)?;
+    }
     build()?;
     if !is_root() {
         bail!("the kernel tests load BPF programs and need root: run `sudo -E cargo xtask test`");

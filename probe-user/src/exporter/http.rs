@@ -1,11 +1,12 @@
-//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and a landing page.
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and a landing page, over TLS and with
+//! basic auth when the web config asks for them.
 
 use std::{
     collections::HashMap,
     convert::Infallible,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -17,10 +18,14 @@ use hyper::{
     StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::oneshot,
+};
 use tracing::{debug, warn};
 
-use super::{classic, metrics};
+use super::{classic, metrics, webconfig::WebConfig};
 use crate::daemon::Daemon;
 
 /// Idle connections kept open at once: keep-alive clients between requests, and clients that
@@ -35,14 +40,32 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct App {
     daemon: Mutex<Daemon>,
     ready: AtomicBool,
+    web: RwLock<Arc<WebConfig>>,
 }
 
 impl App {
-    pub fn new(daemon: Daemon) -> Self {
+    pub fn new(daemon: Daemon, web: WebConfig) -> Self {
         Self {
             daemon: Mutex::new(daemon),
             ready: AtomicBool::new(false),
+            web: RwLock::new(Arc::new(web)),
         }
+    }
+
+    /// The web config in force: new connections and requests use it.
+    pub fn web(&self) -> Arc<WebConfig> {
+        self.web
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the web config (SIGHUP); connections already open keep their TLS session.
+    pub fn set_web(&self, web: WebConfig) {
+        *self
+            .web
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(web);
     }
 
     /// The daemon. A panic while it was held (a bug) must not stop the exporter for good, so
@@ -164,25 +187,28 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
         let id = with(&conns, |c| c.admit(close_tx));
         let app = app.clone();
         let conns = conns.clone();
+        let tls = app.web().tls.clone();
         tokio::spawn(async move {
-            let service = {
+            let done = {
                 let conns = conns.clone();
-                service_fn(move |req| {
-                    let (app, conns) = (app.clone(), conns.clone());
-                    async move {
-                        with(&conns, |c| c.set_busy(id, true));
-                        let resp = handle(req, app).await;
-                        with(&conns, |c| c.set_busy(id, false));
-                        resp
+                async move {
+                    match tls {
+                        None => connection(stream, id, app, conns).await,
+                        // The handshake counts as waiting for the request header: it has the
+                        // same time limit, and the connection is idle (closable) meanwhile.
+                        Some(config) => {
+                            let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                            match tokio::time::timeout(HEADER_TIMEOUT, accept).await {
+                                Ok(Ok(tls)) => connection(tls, id, app, conns).await,
+                                Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                                Err(_) => Err("no TLS handshake in time".to_string()),
+                            }
+                        }
                     }
-                })
+                }
             };
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
-                r = conn => if let Err(e) = r {
+                r = done => if let Err(e) = r {
                     debug!(%peer, error = %e, "connection ended with an error");
                 },
                 _ = close_rx => debug!(%peer, "idle connection closed to make room for a new one"),
@@ -190,6 +216,33 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
             with(&conns, |c| c.open.remove(&id));
         });
     }
+}
+
+/// Serves HTTP/1.1 requests on one connection (plain or TLS) until it closes.
+async fn connection<S>(
+    io: S,
+    id: u64,
+    app: Arc<App>,
+    conns: Arc<Mutex<Connections>>,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (app, conns) = (app.clone(), conns.clone());
+        async move {
+            with(&conns, |c| c.set_busy(id, true));
+            let resp = handle(req, app).await;
+            with(&conns, |c| c.set_busy(id, false));
+            resp
+        }
+    });
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Runs `f` on the connection table. A panic while it was held cannot leave it inconsistent
@@ -247,6 +300,25 @@ async fn handle(
     app: Arc<App>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let asked = Instant::now();
+    let web = app.web();
+    if web.needs_auth() {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        // bcrypt takes tens of milliseconds: not on the runtime's only thread.
+        let ok = tokio::task::spawn_blocking(move || web.authorized(header.as_deref()))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            let mut resp = text(StatusCode::UNAUTHORIZED, PLAIN, "Unauthorized\n");
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"probe\""),
+            );
+            return Ok(resp);
+        }
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -248,12 +248,12 @@ const FOLDED: Desc = ("probe_instances_folded", None, "Instance names counted in
 const RELOADS: Desc = (
     "probe_config_reloads",
     None,
-    "Rule file reloads (SIGHUP): result=success, or failure (the previous rules stay).",
+    "Reloads on SIGHUP of the rule file (file=rules) and the web config (file=web): result=success, or failure (the previous one stays).",
 );
 const RELOAD_OK: Desc = (
     "probe_config_last_reload_successful",
     None,
-    "1 if the last rule reload succeeded (or none was asked for).",
+    "1 if the last reload of the file (file=rules or web) succeeded, or none failed yet.",
 );
 const RUNQ_EVENTS: Desc = (
     "probe_runqueue_events",
@@ -663,17 +663,32 @@ impl Collector for SnapshotCollector {
             e,
             RELOADS,
             [
-                ("success", s.stats.reloads_ok),
-                ("failure", s.stats.reloads_failed),
+                ("rules", s.stats.rule_reloads),
+                ("web", s.stats.web_reloads),
             ]
-            .map(|(r, n)| (vec![("result", esc(r))], ConstCounter::new(n))),
+            .into_iter()
+            .flat_map(|(f, r)| {
+                [("success", r.ok), ("failure", r.failed)].map(|(res, n)| {
+                    (
+                        vec![("file", esc(f)), ("result", esc(res))],
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
         )?;
-        single(
+        family(
             e,
             RELOAD_OK,
-            gauge(i64::from(
-                s.stats.last_reload_ok || s.stats.reloads_failed == 0,
-            )),
+            [
+                ("rules", s.stats.rule_reloads),
+                ("web", s.stats.web_reloads),
+            ]
+            .map(|(f, r)| {
+                (
+                    vec![("file", esc(f))],
+                    gauge(i64::from(r.last_successful())),
+                )
+            }),
         )?;
         single(
             e,

@@ -95,6 +95,12 @@ fn fetch(authority: &str) -> anyhow::Result<Sample> {
     conn.take(MAX_BODY)
         .read_to_end(&mut raw)
         .with_context(|| format!("reading from {authority}"))?;
+    parse_response(authority, &raw)
+}
+
+/// A daemon's HTTP answer to GET /api/v1/top, as read from the socket: a 200 with a sample, or
+/// a clear error. Never panics, whatever the bytes (fuzzed: fuzz/fuzz_targets/top_json.rs).
+pub fn parse_response(authority: &str, raw: &[u8]) -> anyhow::Result<Sample> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
