@@ -18,13 +18,15 @@ use anyhow::{bail, Context as _, Result};
 pub const EBPF_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the kernel tests use: promtool checks the exposition; iproute2 (ip, ss,
+/// Debian packages the kernel tests use: promtool checks the exposition, and Prometheus with
+/// Alertmanager carry an alert from probe to a webhook (tests/tests/alerting.rs); iproute2 (ip, ss,
 /// nstat, tc) builds network namespaces and reads the kernel's TCP counters; nftables drops
 /// packets for the retransmit test where the kernel has no netem; mariadb-server,
 /// mariadb-client and sysbench run the multi-instance MariaDB test (which starts servers of its
 /// own on free ports, never the system's).
 pub const TEST_PACKAGES: &[&str] = &[
     "prometheus",
+    "prometheus-alertmanager",
     "iproute2",
     "nftables",
     "mariadb-server",

@@ -936,8 +936,9 @@ mod tests {
             r#"probe_process_block_bytes_total{service_instance="mariadbd:3307",pid="other",comm="other",device="vda",op="write"} 512"#,
             r#"probe_process_tcp_bytes_total{service_instance="mariadbd:3307",pid="other",comm="other",port="3307",direction="rx"} 3"#,
             "probe_instances_folded 2",
-            r#"probe_config_reloads_total{result="failure"} 0"#,
-            "probe_config_last_reload_successful 1",
+            r#"probe_config_reloads_total{file="rules",result="failure"} 0"#,
+            r#"probe_config_reloads_total{file="web",result="success"} 0"#,
+            r#"probe_config_last_reload_successful{file="web"} 1"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),
