@@ -32,11 +32,14 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Alert notifications as Alertmanager posts them: (status, labels) of every alert received.
+/// One alert in a notification: its status (firing, resolved) and labels.
+type Received = (String, BTreeMap<String, String>);
+
+/// Alert notifications as Alertmanager posts them: every alert received.
 #[derive(Clone, Default)]
 struct Webhook {
     port: u16,
-    received: Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>,
+    received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Webhook {
