@@ -56,8 +56,7 @@ pub fn probe_block_io_start(ctx: RawTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
     if !start(rq, u64::from(BPF_NOEXIST)) {
         bump(&BLOCK_STATS, STAT_END_MISSED);
-        let _ = BLOCK_STARTS.remove(rq as u64);
-        start(rq, u64::from(BPF_NOEXIST));
+        start(rq, u64::from(BPF_ANY));
     }
     0
 }

@@ -94,6 +94,9 @@ pub struct SelfStats {
     pub dead_delete_failures: u64,
     /// Block programs' self-counters (kernel).
     pub block: BlockStats,
+    /// Requests whose end was missed, found by the daemon (device idle, entry left; see
+    /// collect::block::missed_ends); the kernel counts the ones found at slot reuse.
+    pub block_ends_found: u64,
     /// Block IO map entries that could not be deleted.
     pub io_delete_failures: u64,
     /// TCP events not counted because a TCP map was full (kernel).
@@ -480,6 +483,17 @@ impl Daemon {
                 }
                 Err(e) => self.failed(names::CPU_EXIT, &e),
             }
+        }
+        if let Some(map) = &mut self.kernel.block_starts {
+            let now = collect::tcp::monotonic_ns();
+            let found = collect::block::missed_ends(map, now, collect::block::in_flight) as u64;
+            if found > 0 {
+                debug!(
+                    found,
+                    "block requests whose completion the kernel did not report"
+                );
+            }
+            self.stats.block_ends_found += found;
         }
         if let Some(map) = &self.kernel.block_stats {
             match collect::block::stats(map) {

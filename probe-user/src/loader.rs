@@ -18,8 +18,8 @@ use aya::{
 };
 use probe_common::{
     block::{
-        IoKey, IoTotals, DIRTY_PROGRAM, IO_DONE_PROGRAM, IO_MAP, IO_START_PROGRAM,
-        RQ_BYTES_PROGRAM, RQ_DONE_PROGRAM, RQ_MERGE_PROGRAM, RQ_START_PROGRAM,
+        IoKey, IoStart, IoTotals, DIRTY_PROGRAM, IO_DONE_PROGRAM, IO_MAP, IO_START_PROGRAM,
+        RQ_BYTES_PROGRAM, RQ_DONE_PROGRAM, RQ_MERGE_PROGRAM, RQ_START_PROGRAM, STARTS_MAP,
         STATS_MAP as BLOCK_STATS_MAP,
     },
     config::{Offsets, OFFSETS_GLOBAL, SELF_TGID_GLOBAL},
@@ -108,6 +108,8 @@ pub struct Kernel {
     /// Block IO and dirtied bytes per (process, device, op), and the block programs' counters.
     pub block_io: Option<BpfHashMap<MapData, IoKey, IoTotals>>,
     pub block_stats: Option<PerCpuArray<MapData, u64>>,
+    /// Requests in flight (request address -> start), to find the ones whose end was missed.
+    pub block_starts: Option<BpfHashMap<MapData, u64, IoStart>>,
     /// TCP maps, when any TCP collector is up.
     pub tcp: Option<TcpMaps>,
     /// Run-queue latency per process, and the run-queue programs' counters.
@@ -222,6 +224,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         exit_stats: None,
         block_io: None,
         block_stats: None,
+        block_starts: None,
         tcp: None,
         runq: None,
         attached: Vec::new(),
@@ -304,6 +307,9 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                 kernel.block_stats = ebpf
                     .take_map(BLOCK_STATS_MAP)
                     .and_then(|m| PerCpuArray::try_from(m).ok());
+                kernel.block_starts = ebpf
+                    .take_map(STARTS_MAP)
+                    .and_then(|m| BpfHashMap::try_from(m).ok());
                 if kernel.block_io.is_none() {
                     for s in [&mut block, &mut dirty] {
                         s.hook = None;

@@ -77,6 +77,53 @@ fn dd_direct_64mib(f: &Scratch) -> Workload {
     dd(&["if=/dev/zero", &of, "bs=1M", "count=64", "oflag=direct"]).0
 }
 
+/// Requests probe reports it could not count whole (host-wide: an upper bound for one device).
+fn uncounted(m: &Metrics) -> f64 {
+    ["unmatched", "lost", "end_missed"]
+        .iter()
+        .map(|r| m.sum("probe_block_events_total", &[("result", r)]))
+        .sum()
+}
+
+/// Scrapes until `bytes` reads `want`, or falls short by no more than the requests probe
+/// reports it could not count whole (each at most the disk's largest request). A request whose
+/// completion the kernel did not run probe's program for (seen on this project's CI host, see
+/// README) is reported once its device is idle at a collection or its slot is reused, so this
+/// waits up to 20 s for that. Returns the last scrape, the bytes and the uncounted requests.
+fn exact_or_explained(
+    daemon: &Daemon,
+    disk: &str,
+    want: u64,
+    bytes: impl Fn(&Metrics) -> f64,
+) -> (Metrics, f64, f64) {
+    let max_request = std::fs::read_to_string(format!("/sys/block/{disk}/queue/max_sectors_kb"))
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .expect("max_sectors_kb")
+        * 1024.0;
+    let t0 = std::time::Instant::now();
+    loop {
+        let m = daemon.scrape();
+        let (got, missed) = (bytes(&m), uncounted(&m));
+        let short = want as f64 - got;
+        assert!(
+            short >= 0.0,
+            "{got} bytes counted, more than {want}:\n{}",
+            m.text
+        );
+        if short == 0.0 || short <= missed * max_request {
+            return (m, got, missed);
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "{got} of {want} bytes counted, {missed} requests reported uncounted (each at most \
+             {max_request} bytes):\n{}",
+            m.lines_with(&["probe_block", "probe_bpf_program_missed"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Every latency histogram counts exactly the operations of its series.
 fn assert_histograms_consistent(m: &Metrics) {
     for s in m.find(OPS, &[]) {
@@ -101,11 +148,14 @@ fn direct_write_is_charged_exactly_to_the_writers_instance() {
     let disk = disk_of(f.0.parent().expect("dir"));
     let daemon = Daemon::start(&[]);
     let w = dd_direct_64mib(&f);
-    let m = daemon.scrape();
+    let (m, got, missed) = exact_or_explained(&daemon, &disk, 64 * MIB, |m| {
+        io(m, BYTES, &w.instance(), &disk, "write")
+    });
     m.assert_hook("block", kernel::best_hook("block"));
-    let got = io(&m, BYTES, &w.instance(), &disk, "write");
-    println!("dd oflag=direct 64 MiB on {disk}: probe {got} bytes (want 67108864 exactly)");
-    assert_eq!(got, (64 * MIB) as f64, "{}", m.text);
+    println!(
+        "dd oflag=direct 64 MiB on {disk}: probe {got} bytes (want 67108864 exactly, or short by \
+         requests whose end the kernel did not report: {missed})"
+    );
     assert!(io(&m, OPS, &w.instance(), &disk, "write") >= 64.0);
     assert_histograms_consistent(&m);
 }
@@ -339,19 +389,11 @@ fn latency_histogram_matches_the_kernels_disk_stats() {
          {tiq:.3} s"
     );
     // On the CI machine's 6.18 kernel, block_io_done sometimes fires without running probe's
-    // program (see README, `end_missed`): probe counts such a request when the next request
-    // reuses its slot, so only the last request of a run can be missing unexplained. Up to 1 in
-    // 1,000 is tolerated for that, said loudly.
+    // program (see README, `end_missed`): probe reports such a request once the device is idle
+    // at a collection (it is, at m1) or its slot is reused. Nothing may be missing unreported.
     let unexplained = (ios as f64 - count - untimed - missed_ends).max(0.0);
-    let tolerated = (ios / 1000) as f64;
-    if unexplained > 0.0 {
-        println!(
-            "KNOWN DEFECT: {unexplained} of {ios} requests missing without a reported cause \
-             (tolerated up to {tolerated})"
-        );
-    }
     assert!(
-        count <= ios as f64 && unexplained <= tolerated,
+        count <= ios as f64 && unexplained == 0.0,
         "histogram count {count} (+ {untimed} untimed, + {missed_ends} skipped ends) vs {ios} \
          requests in /sys/block/{disk}/stat"
     );

@@ -5,7 +5,7 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use probe_common::block::{
-    dev_major, dev_minor, IoKey, IoTotals, STAT_END_MISSED, STAT_LOST, STAT_UNMATCHED,
+    dev_major, dev_minor, IoKey, IoStart, IoTotals, STAT_END_MISSED, STAT_LOST, STAT_UNMATCHED,
     STAT_WRITEBACK_CHARGED, STAT_WRITEBACK_KERNEL,
 };
 
@@ -34,6 +34,51 @@ pub fn stats(map: &PerCpuArray<MapData, u64>) -> Result<BlockStats, MapError> {
         writeback_charged: sum(STAT_WRITEBACK_CHARGED)?,
         writeback_kernel: sum(STAT_WRITEBACK_KERNEL)?,
     })
+}
+
+/// Requests whose end probe missed (the kernel did not run its completion program; see
+/// `STAT_END_MISSED`), found without waiting for their request slot to be reused: an entry of the
+/// in-flight map whose device has nothing in flight now, though it started before we looked.
+/// The block layer runs the completion tracepoint before it stops counting a request as in
+/// flight, so a completion probe saw has always removed its entry by then. Deletes the entries
+/// found and returns how many. `in_flight` reads a device's in-flight requests (None: unknown).
+pub fn missed_ends(
+    map: &mut BpfHashMap<MapData, u64, IoStart>,
+    now_ns: u64,
+    in_flight: impl Fn(u32) -> Option<u64>,
+) -> usize {
+    let entries: Vec<(u64, IoStart)> = map.iter().filter_map(Result::ok).collect();
+    let mut idle: HashMap<u32, bool> = HashMap::new();
+    let mut found = 0;
+    for (rq, start) in entries {
+        if start.start_ns >= now_ns {
+            continue;
+        }
+        let dev = start.key.dev;
+        if !*idle.entry(dev).or_insert_with(|| in_flight(dev) == Some(0)) {
+            continue;
+        }
+        if map.remove(&rq).is_ok() {
+            found += 1;
+        }
+    }
+    found
+}
+
+/// Requests in flight on a whole disk, from /sys/dev/block/<major>:<minor>/inflight (reads and
+/// writes).
+pub fn in_flight(dev: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!(
+        "/sys/dev/block/{}:{}/inflight",
+        dev_major(dev),
+        dev_minor(dev)
+    ))
+    .ok()?;
+    let mut sum = 0;
+    for n in text.split_whitespace() {
+        sum += n.parse::<u64>().ok()?;
+    }
+    Some(sum)
 }
 
 /// Reads the per-process IO map and remembers when each entry last changed, to delete the

@@ -41,6 +41,8 @@ pub struct App {
     daemon: Mutex<Daemon>,
     ready: AtomicBool,
     web: RwLock<Arc<WebConfig>>,
+    /// One password check (bcrypt) at a time.
+    bcrypt: tokio::sync::Semaphore,
 }
 
 impl App {
@@ -49,6 +51,7 @@ impl App {
             daemon: Mutex::new(daemon),
             ready: AtomicBool::new(false),
             web: RwLock::new(Arc::new(web)),
+            bcrypt: tokio::sync::Semaphore::new(1),
         }
     }
 
@@ -306,10 +309,18 @@ async fn handle(
             .headers()
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes().to_vec());
-        // bcrypt takes tens of milliseconds: not on the runtime's only thread.
-        let ok = tokio::task::spawn_blocking(move || web.authorized(header.as_deref()))
-            .await
-            .unwrap_or(false);
+        let ok = match web.known(header.as_deref()) {
+            Some(ok) => ok,
+            None => {
+                // bcrypt takes tens of milliseconds: not on the runtime's only thread, and one
+                // check at a time, so that clients guessing passwords cannot take the blocking
+                // threads the collections run on. Credentials found good are cached (above).
+                let _one = app.bcrypt.acquire().await;
+                tokio::task::spawn_blocking(move || web.authorized(header.as_deref()))
+                    .await
+                    .unwrap_or(false)
+            }
+        };
         if !ok {
             let mut resp = text(StatusCode::UNAUTHORIZED, PLAIN, "Unauthorized\n");
             resp.headers_mut().insert(

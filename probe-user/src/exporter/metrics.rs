@@ -288,7 +288,7 @@ const PROC_DIRTIED: Desc = (
     Some(Unit::Bytes),
     "Page-cache bytes dirtied by the top processes by recent block IO.",
 );
-const BLOCK_EVENTS: Desc = ("probe_block_events", None, "Block requests not counted: result=unmatched: completed, its start was not seen (in flight when probe started); result=lost: the block IO map was full; result=end_missed: started, its completion was not seen (the kernel did not run probe's program; found when the next request reuses its address).");
+const BLOCK_EVENTS: Desc = ("probe_block_events", None, "Block requests not counted: result=unmatched: completed, its start was not seen (in flight when probe started); result=lost: the block IO map was full; result=end_missed: started, its completion was not seen (the kernel did not run probe's program; found when its device is idle or its slot is reused).");
 const WRITEBACK: Desc = ("probe_block_writeback_requests", None, "Writes issued by kernel threads (writeback, journal): charged_to=writer: to the process that dirtied the file; charged_to=kernel: no writer known (metadata, journal).");
 const TCP_BYTES: Desc = ("probe_tcp", Some(Unit::Bytes), "TCP payload bytes the instance's processes received (direction=rx) and sent (tx), per listening port (port=\"ephemeral\": outgoing connections, with remote_port when --tcp.remote-ports names it).");
 const TCP_CONNECTIONS: Desc = (
@@ -506,7 +506,7 @@ impl Collector for SnapshotCollector {
             [
                 ("unmatched", b.unmatched),
                 ("lost", b.lost),
-                ("end_missed", b.end_missed),
+                ("end_missed", b.end_missed + s.stats.block_ends_found),
             ]
             .map(|(r, n)| (vec![("result", esc(r))], ConstCounter::new(n))),
         )?;

@@ -17,7 +17,7 @@
 //! does nothing is worse than an error.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -36,10 +36,10 @@ use serde::Deserialize;
 pub struct WebConfig {
     pub tls: Option<Arc<ServerConfig>>,
     users: HashMap<String, String>,
-    /// Passwords already checked against their hash: bcrypt is slow on purpose (~50 ms at cost
-    /// 10), and Prometheus sends the same credentials on every scrape. Keyed by user and a hash
-    /// of the password; cleared when it grows past [`MAX_CACHED`].
-    verified: Mutex<HashMap<(String, [u8; 32]), bool>>,
+    /// Credentials already found good: bcrypt is slow on purpose (~50 ms at cost 10), and
+    /// Prometheus sends the same credentials on every scrape. Keyed by user and a hash of the
+    /// password. Failures are not kept, so wrong guesses cannot push good entries out.
+    verified: Mutex<HashSet<(String, [u8; 32])>>,
 }
 
 const MAX_CACHED: usize = 256;
@@ -127,19 +127,29 @@ impl WebConfig {
         !self.users.is_empty()
     }
 
-    /// Checks an `Authorization` header value. Slow (bcrypt) the first time a password is seen:
-    /// call it off the async runtime.
-    pub fn authorized(&self, header: Option<&[u8]>) -> bool {
+    /// The answer for an `Authorization` header value if it is known without bcrypt: no auth
+    /// needed, no usable credentials, or credentials already found good. Cheap: call it first.
+    pub fn known(&self, header: Option<&[u8]>) -> Option<bool> {
         if !self.needs_auth() {
-            return true;
+            return Some(true);
+        }
+        let Some((user, password)) = header.and_then(basic_credentials) else {
+            return Some(false);
+        };
+        self.cache()
+            .contains(&(user, sha256(password.as_bytes())))
+            .then_some(true)
+    }
+
+    /// Checks an `Authorization` header value. Slow (bcrypt) unless [`WebConfig::known`] knows
+    /// the answer: call it off the async runtime, one at a time.
+    pub fn authorized(&self, header: Option<&[u8]>) -> bool {
+        if let Some(ok) = self.known(header) {
+            return ok;
         }
         let Some((user, password)) = header.and_then(basic_credentials) else {
             return false;
         };
-        let key = (user.clone(), sha256(password.as_bytes()));
-        if let Some(&ok) = self.cache().get(&key) {
-            return ok;
-        }
         let ok = match self.users.get(&user) {
             Some(hash) => bcrypt::verify(&password, hash).unwrap_or(false),
             None => {
@@ -148,15 +158,17 @@ impl WebConfig {
                 false
             }
         };
-        let mut cache = self.cache();
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
+        if ok {
+            let mut cache = self.cache();
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert((user, sha256(password.as_bytes())));
         }
-        cache.insert(key, ok);
         ok
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, [u8; 32]), bool>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashSet<(String, [u8; 32])>> {
         self.verified
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -282,6 +294,21 @@ mod tests {
         assert!(!c.authorized(Some(b"Basic !!!")));
         // alice:wrong
         assert!(!c.authorized(Some(b"Basic YWxpY2U6d3Jvbmc=")));
+    }
+
+    #[test]
+    fn good_credentials_are_cached_and_failures_are_not() {
+        // bcrypt of "s3cret" at cost 4, made by libxcrypt (Python's crypt module).
+        let c = WebConfig::parse("basic_auth_users:\n  alice: '$2b$04$2vdhQ0iXc3zi9Z2Lcax.T.qZMnWIiFAWdK7GmJEHuK8DpLTtcC0Ju'\n", Path::new("."))
+            .expect("users");
+        let good: &[u8] = b"Basic YWxpY2U6czNjcmV0";
+        let wrong: &[u8] = b"Basic YWxpY2U6d3Jvbmc=";
+        assert_eq!(c.known(Some(good)), None);
+        assert!(c.authorized(Some(good)));
+        assert_eq!(c.known(Some(good)), Some(true));
+        assert!(!c.authorized(Some(wrong)));
+        assert_eq!(c.known(Some(wrong)), None, "a failure was cached");
+        assert_eq!(c.known(None), Some(false));
     }
 
     #[test]
