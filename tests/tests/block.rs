@@ -85,15 +85,17 @@ fn uncounted(m: &Metrics) -> f64 {
         .sum()
 }
 
-/// Scrapes until `bytes` reads `want`, or falls short by no more than the requests probe
-/// reports it could not count whole (each at most the disk's largest request). A request whose
-/// completion the kernel did not run probe's program for (seen on this project's CI host, see
-/// README) is reported once its device is idle at a collection or its slot is reused, so this
-/// waits up to 20 s for that. Returns the last scrape, the bytes and the uncounted requests.
-fn exact_or_explained(
+/// Scrapes until `bytes` reads `want` (within `tolerance`, a fraction of `want`), or falls
+/// short by no more than that plus the requests probe reports it could not count whole (each at
+/// most the disk's largest request). A request whose completion the kernel did not run probe's
+/// program for (seen on this project's CI host, see README) is reported once its device is idle
+/// at a collection or its slot is reused, so this waits up to 20 s for that. Returns the last
+/// scrape, the bytes and the uncounted requests.
+fn close_or_explained(
     daemon: &Daemon,
     disk: &str,
     want: u64,
+    tolerance: f64,
     bytes: impl Fn(&Metrics) -> f64,
 ) -> (Metrics, f64, f64) {
     let max_request = std::fs::read_to_string(format!("/sys/block/{disk}/queue/max_sectors_kb"))
@@ -101,23 +103,24 @@ fn exact_or_explained(
         .and_then(|s| s.trim().parse::<f64>().ok())
         .expect("max_sectors_kb")
         * 1024.0;
+    let slack = tolerance * want as f64;
     let t0 = std::time::Instant::now();
     loop {
         let m = daemon.scrape();
         let (got, missed) = (bytes(&m), uncounted(&m));
         let short = want as f64 - got;
         assert!(
-            short >= 0.0,
-            "{got} bytes counted, more than {want}:\n{}",
-            m.text
+            short >= -slack,
+            "{got} bytes counted, more than {want} (+{slack}):\n{}",
+            m.lines_with(&["probe_block"])
         );
-        if short == 0.0 || short <= missed * max_request {
+        if short <= slack || short <= slack + missed * max_request {
             return (m, got, missed);
         }
         assert!(
             t0.elapsed() < std::time::Duration::from_secs(20),
-            "{got} of {want} bytes counted, {missed} requests reported uncounted (each at most \
-             {max_request} bytes):\n{}",
+            "{got} of {want} bytes counted (tolerance {slack}), {missed} requests reported \
+             uncounted (each at most {max_request} bytes):\n{}",
             m.lines_with(&["probe_block", "probe_bpf_program_missed"])
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -148,7 +151,7 @@ fn direct_write_is_charged_exactly_to_the_writers_instance() {
     let disk = disk_of(f.0.parent().expect("dir"));
     let daemon = Daemon::start(&[]);
     let w = dd_direct_64mib(&f);
-    let (m, got, missed) = exact_or_explained(&daemon, &disk, 64 * MIB, |m| {
+    let (m, got, missed) = close_or_explained(&daemon, &disk, 64 * MIB, 0.0, |m| {
         io(m, BYTES, &w.instance(), &disk, "write")
     });
     m.assert_hook("block", kernel::best_hook("block"));
@@ -160,7 +163,8 @@ fn direct_write_is_charged_exactly_to_the_writers_instance() {
     assert_histograms_consistent(&m);
 }
 
-/// Reading a 128 MiB file that is not in the page cache: read bytes within 1% of its size.
+/// Reading a 128 MiB file that is not in the page cache: read bytes within 1% of what the
+/// kernel says the reader submitted, short only by requests probe reports it could not count.
 #[test]
 fn cold_read_is_charged_to_the_reader() {
     let f = Scratch::new("cold");
@@ -170,23 +174,23 @@ fn cold_read_is_charged_to_the_reader() {
     let resident = probe_tests::resident_pages(&f.0);
     assert_eq!(resident, 0, "{resident} pages of the file are still cached");
     let (w, done) = dd(&[&format!("if={}", f.path()), "of=/dev/null", "bs=1M"]);
-    let inblock = done
-        .iter()
-        .find(|(k, _)| k == "inblock_bytes")
-        .expect("inblock_bytes")
-        .1;
-    let m = daemon.scrape();
-    let got = io(&m, BYTES, &w.instance(), &disk, "read");
-    check_close(
-        "cold read of 128 MiB, read bytes vs file size",
-        got,
-        (128 * MIB) as f64,
-        0.01,
+    let done = |key: &str| done.iter().find(|(k, _)| k == key).expect(key).1;
+    // rusage's inblock is the kernel's own count of what a process submitted
+    // (task_io_account_read at submit_bio). The instance is dd and the wrapper that runs it (which
+    // may page its own binary in): probe must match both within 1%, short only by requests it
+    // reports uncounted.
+    let (inblock, wrapper) = (done("inblock_bytes"), done("self_inblock_bytes"));
+    let (_, got, missed) = close_or_explained(&daemon, &disk, inblock + wrapper, 0.01, |m| {
+        io(m, BYTES, &w.instance(), &disk, "read")
+    });
+    println!(
+        "cold read of 128 MiB: probe {got} bytes vs read_bytes of dd {inblock} + its wrapper \
+         {wrapper} (within 1%, or short by requests reported uncounted: {missed})"
     );
     check_close(
-        "cold read, read bytes vs the kernel's read_bytes of dd (rusage)",
-        got,
+        "cold read, dd's read_bytes (rusage) vs file size",
         inblock as f64,
+        (128 * MIB) as f64,
         0.01,
     );
 }

@@ -131,14 +131,18 @@ fn main() {
                 .stderr(std::process::Stdio::inherit())
                 .status()
                 .unwrap_or_else(|e| fail(&format!("run {prog}: {e}")));
-            // The kernel's own count of what the child read from storage (its read_bytes, in
-            // 512-byte blocks).
-            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-            unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-            say(&format!(
-                "done status={} inblock_bytes={}",
-                status.code().unwrap_or(-1),
+            // The kernel's own count of what the child, and this process (paging its own
+            // binary in after a cache drop), read from storage (read_bytes, 512-byte blocks).
+            let inblock = |who| {
+                let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+                unsafe { libc::getrusage(who, &mut ru) };
                 ru.ru_inblock as u64 * 512
+            };
+            say(&format!(
+                "done status={} inblock_bytes={} self_inblock_bytes={}",
+                status.code().unwrap_or(-1),
+                inblock(libc::RUSAGE_CHILDREN),
+                inblock(libc::RUSAGE_SELF)
             ));
         }
         "tcp-serve" => {
