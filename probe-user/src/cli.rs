@@ -47,6 +47,12 @@ pub enum Command {
     /// Instance rule files: validate one, or print the built-in rules.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write man pages (probe.1 and one per subcommand) into a directory; the packages ship them.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -432,10 +432,13 @@ pub fn load(opts: &LoadOptions) -> Kernel {
 
 /// Parsing the kernel's BTF (twice: aya for loading, btf-rs for offsets) peaks at tens of MiB,
 /// all freed by now; glibc keeps freed heap mapped unless asked. Give it back, so the daemon's
-/// resident size reflects what it uses.
+/// resident size reflects what it uses. (musl, of the static build, returns it by itself.)
 fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    unsafe {
+        libc::malloc_trim(0)
+    };
 }
 
 /// Kernels before 5.11 charge BPF maps and programs to RLIMIT_MEMLOCK; later ones to the memory

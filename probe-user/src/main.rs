@@ -30,6 +30,13 @@ fn main() -> ExitCode {
             print!("{}", probe_user::model::rules::DEFAULT_RULES);
             ExitCode::SUCCESS
         }
+        Command::Man { dir } => match man_pages(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("probe man: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Top(args) => match probe_user::top::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -46,6 +53,14 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// The man pages come from the same definitions as `--help` (clap_mangen), so they cannot
+/// drift from it.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(cmd, dir).with_context(|| format!("writing into {}", dir.display()))
 }
 
 fn init_logging(level: &str) {

@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     run::root,
-    setup::{output, packages, sh, sh_env, EBPF_TOOLCHAIN},
+    setup::{packages, sh, sh_env, EBPF_TOOLCHAIN},
 };
 
 pub const TARGETS: &[&str] = &["rules", "exposition", "top_json"];
@@ -25,7 +25,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.1";
 pub fn run(seconds: u32) -> Result<()> {
     println!("xtask: fuzzing {} for {seconds} s each", TARGETS.join(", "));
     packages(PACKAGES)?;
-    cargo_fuzz()?;
+    crate::setup::cargo_tool("fuzz", "cargo-fuzz", CARGO_FUZZ_VERSION)?;
     let root = root();
     let target_dir = root.join("target/fuzz");
     let target_dir = target_dir.to_string_lossy();
@@ -161,24 +161,4 @@ fn sh_in(dir: &Path, cmd: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(
     let r = sh_env(cmd, args, env);
     std::env::set_current_dir(cwd)?;
     r
-}
-
-/// cargo-fuzz, installed from crates.io when missing (about a minute).
-fn cargo_fuzz() -> Result<()> {
-    if output("cargo", &["fuzz", "--version"]).is_ok() {
-        println!("  cargo-fuzz: present");
-        return Ok(());
-    }
-    println!("  cargo-fuzz: missing, installing {CARGO_FUZZ_VERSION}");
-    sh(
-        "cargo",
-        &[
-            "install",
-            "cargo-fuzz",
-            "--locked",
-            "--version",
-            CARGO_FUZZ_VERSION,
-        ],
-    )
-    .context("cannot install cargo-fuzz (network?); run `cargo install cargo-fuzz`")
 }

@@ -1,8 +1,9 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | fuzz | bench | vm`.
+//! Developer tasks: `cargo xtask setup | build | run | dist | test | fuzz | bench | vm`.
 //!
 //! `run`, `test` and `bench` call `setup` first, so on a fresh machine each is one command.
 
 mod bench;
+mod dist;
 mod fuzz;
 mod matrix;
 mod run;
@@ -33,9 +34,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build what users install into target/dist/: the static binary (musl, no debug info), its
+    /// man pages, a .deb and an .rpm (cargo-deb and cargo-generate-rpm, installed if missing).
+    Dist,
     /// Run every test: unit tests, a bounded fuzz run (see `fuzz`; skipped with a filter), the
-    /// kernel tests in tests/ on this machine's kernel (needs root), then the kernel-matrix set
-    /// in a VM per Debian kernel (qemu; see `vm`).
+    /// packages (see `dist`) and the kernel tests in tests/ on this machine's kernel (needs
+    /// root), then the kernel-matrix set in a VM per Debian kernel (qemu; see `vm`).
     Test {
         /// Only run the kernel tests whose name contains this.
         filter: Option<String>,
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::toolchain()
             .and_then(|()| run::build())
             .and_then(|()| run::run(&args)),
+        Task::Dist => setup::toolchain().and_then(|()| dist::run()),
         Task::Fuzz { seconds } => setup::toolchain().and_then(|()| fuzz::run(seconds)),
         Task::Test { filter, kernels } => setup::toolchain()
             .and_then(|()| setup::packages(setup::TEST_PACKAGES))

@@ -72,6 +72,9 @@ pub fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
         println!(
             "xtask: kernel tests on this machine's kernel (root, ground truth from /proc and the workloads)"
         );
+        // What users install: tests/tests/packages.rs installs and checks it.
+        crate::dist::run()?;
+        let dist = crate::dist::dir();
         let bin = probe_bin();
         let bin = bin.to_string_lossy();
         let mut args = vec![
@@ -86,7 +89,11 @@ pub fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
         if let Some(f) = filter {
             args.push(f);
         }
-        if let Err(e) = sh_env("cargo", &args, &[("PROBE_BIN", &bin)]) {
+        if let Err(e) = sh_env(
+            "cargo",
+            &args,
+            &[("PROBE_BIN", &bin), ("PROBE_DIST", &dist.to_string_lossy())],
+        ) {
             failures.push(format!("host kernel tests: {e:#}"));
         }
         matrix::host_check()?;

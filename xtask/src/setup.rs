@@ -272,6 +272,21 @@ fn bpf_linker(major: u32) -> Result<()> {
     })
 }
 
+/// A cargo subcommand (`cargo <subcommand>`, crate `krate`), installed from crates.io at a
+/// pinned version when missing.
+pub fn cargo_tool(subcommand: &str, krate: &str, version: &str) -> Result<()> {
+    if output("cargo", &[subcommand, "--version"]).is_ok() {
+        println!("  {krate}: present");
+        return Ok(());
+    }
+    println!("  {krate}: missing, installing {version} from crates.io (a few minutes)");
+    sh(
+        "cargo",
+        &["install", krate, "--locked", "--version", version],
+    )
+    .with_context(|| format!("cannot install {krate} (network?); run `cargo install {krate}`"))
+}
+
 pub fn output(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd)
         .args(args)
