@@ -134,6 +134,9 @@ fn scrape_cost(processes: usize) -> Result<()> {
         "process_names:\n  - name: \"{{.Comm}}\"\n    cmdline:\n    - '.+'\n",
     )?;
     let mut rows = vec![("probe", measure(&Server::probe()?)?)];
+    // What users install: the static build (musl's allocator, not glibc's).
+    let shipped = crate::dist::dir().join("probe");
+    let shipped = measure(&Server::probe_binary(&shipped, &[])?)?;
     let pe = |extra: &[&str]| Server::process_exporter(&config, extra);
     rows.push(("process-exporter (defaults)", measure(&pe(&[])?)?));
     rows.push((
@@ -152,6 +155,16 @@ fn scrape_cost(processes: usize) -> Result<()> {
         );
     }
     let p = &rows[0].1;
+    println!(
+        "  {:<38} {:>12.2} {:>14.2} {:>10.1}",
+        "probe (static, target/dist)", shipped.wall_ms, shipped.cpu_ms, shipped.rss_mib
+    );
+    println!(
+        "  static (musl) vs glibc build: {:.2}x time per scrape, {:.2}x CPU per scrape, RSS {:.2}x",
+        shipped.wall_ms / p.wall_ms,
+        shipped.cpu_ms / p.cpu_ms,
+        shipped.rss_mib / p.rss_mib
+    );
     for (name, m) in &rows[1..] {
         println!(
             "  probe vs {name}: {:.1}x faster per scrape, {:.1}x less CPU per scrape, RSS {:.2}x",
@@ -438,9 +451,13 @@ impl Server {
     }
 
     fn probe_with(extra: &[&str]) -> Result<Self> {
+        Self::probe_binary(&probe_bin(), extra)
+    }
+
+    fn probe_binary(bin: &Path, extra: &[&str]) -> Result<Self> {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(probe_bin())
+        let child = Command::new(bin)
             .args(["serve", "--web.listen-address", &addr])
             .args(extra)
             .env("PROBE_LOG", "error")

@@ -142,6 +142,7 @@ fn main() -> ExitCode {
             .and_then(|()| setup::packages(setup::BENCH_PACKAGES))
             .and_then(|()| setup::packages(setup::TEST_PACKAGES))
             .and_then(|()| run::build())
+            .and_then(|()| dist::run())
             .and_then(|()| {
                 let oltp = bench::oltp::Options {
                     rounds: oltp_rounds,
