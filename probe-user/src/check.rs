@@ -5,15 +5,16 @@ use std::{collections::HashSet, fmt::Write as _, process::ExitCode};
 use serde::Serialize;
 
 use crate::{
-    cli::Format,
+    cli::{Format, HookArgs},
     daemon::{Daemon, Options, Summary},
     loader::{self, names, CollectorStatus, Kernel},
 };
 
 /// Loads everything as `serve` would, collects once, and prints a report.
-pub fn run(skip_hooks: Vec<String>, bpf_stats: bool, format: Format) -> ExitCode {
+pub fn run(hooks: HookArgs, bpf_stats: bool, format: Format) -> ExitCode {
     let kernel = loader::load(&loader::LoadOptions {
-        skip_hooks,
+        skip_hooks: hooks.skip,
+        cgroup_path: hooks.cgroup,
         bpf_stats,
         ..loader::LoadOptions::default()
     });

@@ -103,6 +103,13 @@ pub struct HookArgs {
     /// with commas.
     #[arg(long = "hooks.skip", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::loader::hooks::ALL))]
     pub skip: Vec<String>,
+
+    /// The host's cgroup filesystem as mounted in a container (e.g. the host's /sys/fs/cgroup at
+    /// /host/sys/fs/cgroup): the socket programs (TCP RTT, the per-port byte fallback) attach to
+    /// the cgroup2 root there, or in its unified/ on hybrid hosts. Default: the host's through
+    /// /proc/1/root (with hostPID), else this process's own cgroup2 mount.
+    #[arg(long = "path.cgroup", value_name = "DIR")]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

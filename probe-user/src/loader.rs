@@ -169,6 +169,8 @@ pub struct LoadOptions {
     /// Turn on the kernel's BPF run-time statistics while loaded (host-wide: every BPF program
     /// then reads the clock twice per run).
     pub bpf_stats: bool,
+    /// The host's cgroup filesystem, if given (`--path.cgroup`); else found.
+    pub cgroup_path: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -181,6 +183,7 @@ impl Default for LoadOptions {
             tcp_remote_ports: Vec::new(),
             skip_hooks: Vec::new(),
             bpf_stats: false,
+            cgroup_path: None,
         }
     }
 }
@@ -722,11 +725,9 @@ fn attach_tcp(
             s.notes.push(format!("remote ports not set: {e}"));
         }
     }
-    let cgroup = crate::sys::cgroup2_root()
-        .ok_or_else(|| "no cgroup2 mount found".to_string())
-        .and_then(|p| {
-            std::fs::File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))
-        });
+    let cgroup = crate::sys::cgroup2_root(opts.cgroup_path.as_deref()).and_then(|p| {
+        std::fs::File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+    });
     let mut a = Attacher {
         ebpf,
         btf,

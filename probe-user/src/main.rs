@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     };
     init_logging(level);
     match cli.command {
-        Command::Check(args) => check::run(args.hooks.skip, args.bpf_stats, args.format),
+        Command::Check(args) => check::run(args.hooks, args.bpf_stats, args.format),
         Command::Config(ConfigCommand::Check { file }) => config::check(&file),
         Command::Config(ConfigCommand::Defaults) => {
             print!("{}", probe_user::model::rules::DEFAULT_RULES);
@@ -118,6 +118,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tcp_map_entries: args.tcp_map_size,
             tcp_remote_ports: args.tcp_remote_ports,
             skip_hooks: args.hooks.skip,
+            cgroup_path: args.hooks.cgroup,
             bpf_stats: args.bpf_stats,
         });
         if let Some(logger) = kernel.logger.take() {

@@ -170,13 +170,43 @@ fn unescape_mount_path(s: &str) -> String {
 /// /proc/1/root when pid 1 is the host's init (a container with the host's pid namespace has
 /// its own cgroup namespace, whose /sys/fs/cgroup is only its own cgroup), else this process's
 /// cgroup2 mount.
-pub fn cgroup2_root() -> Option<PathBuf> {
+/// `given` (`--path.cgroup`) overrides both: the cgroup2 mount there or in its unified/.
+pub fn cgroup2_root(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(dir) = given {
+        return [dir.to_path_buf(), dir.join("unified")]
+            .into_iter()
+            .find(|p| is_cgroup2(p))
+            .ok_or_else(|| {
+                format!(
+                    "--path.cgroup {}: neither it nor its unified/ is a cgroup2 mount",
+                    dir.display()
+                )
+            });
+    }
     let host = std::fs::read_to_string("/proc/1/mountinfo")
         .ok()
         .and_then(|m| mount_point_of(&m, "cgroup2").into_iter().next())
         .map(|p| Path::new("/proc/1/root").join(p.strip_prefix("/").unwrap_or(&p)))
         .filter(|p| p.is_dir());
-    host.or_else(cgroup2_mount)
+    host.or_else(cgroup2_mount).ok_or_else(|| {
+        "no cgroup2 mount found (in a container: mount the host's /sys/fs/cgroup and pass \
+         --path.cgroup)"
+            .to_string()
+    })
+}
+
+/// Whether `path` is the root of a cgroup2 filesystem.
+fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+    // f_type and the constant have different types on glibc and musl.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = libc::CGROUP2_SUPER_MAGIC as i64;
+    ok && st.f_type as i64 == magic
 }
 
 pub fn cgroup2_mount() -> Option<PathBuf> {

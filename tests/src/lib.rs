@@ -70,6 +70,15 @@ impl Daemon {
     /// Like [`Daemon::start`], with the daemon run by a wrapper command (`wrapper` followed by
     /// the daemon's path and arguments), e.g. to change what it sees of the system.
     pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
+        let bin = probe_bin();
+        let mut program = wrapper.to_vec();
+        program.push(bin.to_str().expect("utf-8 path"));
+        Self::start_program(&program, extra)
+    }
+
+    /// Like [`Daemon::start`], with `program` (a command and its arguments) in place of the
+    /// probe binary, e.g. `podman run ... IMAGE`.
+    pub fn start_program(program: &[&str], extra: &[&str]) -> Self {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "kernel tests need root (they load BPF programs)"
@@ -83,15 +92,9 @@ impl Daemon {
         args.extend_from_slice(extra);
         let log = std::env::temp_dir().join(format!("probe-test-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("daemon log file");
-        let bin = probe_bin();
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        let (first, rest) = program.split_first().expect("a program");
+        let mut cmd = Command::new(first);
+        cmd.args(rest);
         // A killed test process must not leave a daemon attached to the kernel (it would load
         // every later test and benchmark).
         let child = die_with_parent(&mut cmd)

@@ -177,7 +177,7 @@ fn dashboard_and_rules_use_exported_metrics() {
 /// The rule file the DaemonSet ships in its ConfigMap is one `probe config check` accepts.
 #[test]
 fn daemonset_rules_are_valid() {
-    let yaml = read("kubernetes/daemonset.yaml");
+    let yaml = read("kubernetes/configmap.yaml");
     let mut lines = yaml
         .lines()
         .skip_while(|l| l.trim() != "rules.toml: |")
@@ -209,5 +209,117 @@ fn daemonset_rules_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
     // And the DaemonSet passes that file to the daemon.
-    assert!(yaml.contains("--config=/etc/probe/rules.toml"));
+    assert!(read("kubernetes/daemonset.yaml").contains("--config=/etc/probe/rules.toml"));
+}
+
+/// Python tools pinned from PyPI (kubernetes-validate, hadolint), in the venv `cargo xtask test`
+/// makes (target/py).
+fn py_tool(name: &str) -> PathBuf {
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/py/bin")).join(name);
+    assert!(
+        p.exists(),
+        "{} missing: `cargo xtask test` installs it",
+        p.display()
+    );
+    p
+}
+
+/// Kubernetes versions the manifests are validated against: the oldest still common in
+/// production and the newest kubernetes-validate knows.
+const KUBERNETES_VERSIONS: &[&str] = &["1.28.0", "1.37.0"];
+
+/// deploy/kubernetes renders as a kustomization (kubectl is not here: tests/scripts/
+/// kustomize_render.py applies what the base uses and checks that the resources exist, parse and
+/// select each other), and every rendered resource passes kubernetes-validate --strict against
+/// the Kubernetes schema, offline. The PodMonitor is a CRD the schema does not have: the script
+/// checks its selector and port instead.
+#[test]
+fn kubernetes_manifests_render_and_validate() {
+    let rendered = std::env::temp_dir().join(format!("probe-k8s-{}.yaml", std::process::id()));
+    let out = Command::new(py_tool("python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kustomize_render.py"
+        ))
+        .arg(deploy("kubernetes"))
+        .arg(&rendered)
+        .output()
+        .expect("python");
+    let said = String::from_utf8_lossy(&out.stdout);
+    println!("{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the kustomization does not render:\n{said}"
+    );
+    let resources = [
+        "namespace/probe",
+        "serviceaccount/probe",
+        "configmap/probe-rules",
+        "daemonset/probe",
+        "service/probe",
+    ];
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new(py_tool("kubernetes-validate"))
+            .args(["--strict", "-k", version])
+            .arg(&rendered)
+            .output()
+            .expect("kubernetes-validate");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("kubernetes-validate --strict -k {version}:\n{said}");
+        for line in said.lines() {
+            let fine = (line.starts_with("INFO") && line.contains(" passed for resource "))
+                || (line.starts_with("WARN")
+                    && line.contains("Couldn't find schema for kind PodMonitor"));
+            assert!(fine, "Kubernetes {version}: {line}");
+        }
+        for r in resources {
+            assert!(
+                said.contains(&format!("passed for resource {r} ")),
+                "Kubernetes {version}: {r} not validated:\n{said}"
+            );
+        }
+        assert!(out.status.success(), "kubernetes-validate failed:\n{said}");
+    }
+    let _ = std::fs::remove_file(&rendered);
+}
+
+/// Both scrape configs pass promtool. Debian's Prometheus is built without Kubernetes service
+/// discovery, so for scrape-kubernetes.yml promtool checks everything but the discovery block
+/// (swapped for a static target); that the block is the pod role in the probe namespace is
+/// checked here by reading it.
+#[test]
+fn scrape_configs_pass_promtool() {
+    let k8s = read("prometheus/scrape-kubernetes.yml");
+    assert!(
+        k8s.contains(
+            "kubernetes_sd_configs:\n      - role: pod\n        namespaces: {names: [probe]}\n"
+        ),
+        "scrape-kubernetes.yml: not the pod role in namespace probe"
+    );
+    assert!(k8s.contains("target_label: node"), "no node label");
+    let swapped = k8s.replace(
+        "kubernetes_sd_configs:\n      - role: pod\n        namespaces: {names: [probe]}\n",
+        "static_configs:\n      - targets: [\"node1:19135\"]\n",
+    );
+    let tmp = std::env::temp_dir().join(format!("probe-scrape-k8s-{}.yml", std::process::id()));
+    std::fs::write(&tmp, swapped).expect("write");
+    for file in [deploy("prometheus/scrape.yml"), tmp.clone()] {
+        let out = Command::new("promtool")
+            .args(["check", "config"])
+            .arg(&file)
+            .output()
+            .expect("promtool");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("promtool check config {}: {said}", file.display());
+        assert!(out.status.success() && said.contains("SUCCESS"), "{said}");
+    }
+    let _ = std::fs::remove_file(&tmp);
 }

@@ -6,8 +6,13 @@
 //! - `probe_<version>-1_amd64.deb` (cargo-deb) and `probe-<version>-1.x86_64.rpm`
 //!   (cargo-generate-rpm): the binary, the systemd unit, /etc/probe/rules.toml as a conffile, the
 //!   man pages. What goes in is `[package.metadata.deb]` / `generate-rpm` in probe-user/Cargo.toml.
+//! - With `--image`: the container image (deploy/container/Containerfile, FROM scratch) as
+//!   localhost/probe:<version>, and `probe-image.tar` (OCI archive).
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result};
 
@@ -22,12 +27,19 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 const CARGO_GENERATE_RPM_VERSION: &str = "0.21.0";
 /// musl-gcc for the crates that compile C (ring); rpm checks the .rpm in the tests.
 pub const PACKAGES: &[&str] = &["musl-tools", "rpm"];
+/// podman builds and runs the image; runc runs it (crun 1.8 rejects hybrid cgroup layouts).
+const IMAGE_PACKAGES: &[&str] = &["podman", "buildah", "runc"];
 
 pub fn dir() -> PathBuf {
     root().join("target/dist")
 }
 
-pub fn run() -> Result<()> {
+/// The image `cargo xtask dist --image` builds (podman, FROM scratch, nothing pulled).
+pub fn image_name() -> String {
+    format!("localhost/probe:{}", env!("CARGO_PKG_VERSION"))
+}
+
+pub fn run(image: bool) -> Result<()> {
     packages(PACKAGES)?;
     let installed = output("rustup", &["target", "list", "--installed"])
         .context("rustup is needed for the musl target")?;
@@ -78,6 +90,10 @@ pub fn run() -> Result<()> {
     rpm.extend(common);
     sh("cargo", &rpm)?;
 
+    if image {
+        build_image(&out)?;
+    }
+
     println!("\nxtask: in {}:", out.display());
     let mut entries: Vec<_> = fs::read_dir(&out)?.filter_map(Result::ok).collect();
     entries.sort_by_key(fs::DirEntry::file_name);
@@ -92,4 +108,52 @@ pub fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The container image from deploy/container/Containerfile, linted with hadolint first; also
+/// saved as an OCI archive (target/dist/probe-image.tar) to load where no registry is at hand.
+fn build_image(out: &Path) -> Result<()> {
+    packages(IMAGE_PACKAGES)?;
+    crate::setup::python_tools()?;
+    let containerfile = root().join("deploy/container/Containerfile");
+    let containerfile = containerfile.to_string_lossy();
+    sh(
+        &root().join("target/py/bin/hadolint").to_string_lossy(),
+        &[&containerfile],
+    )
+    .context("hadolint rejects deploy/container/Containerfile")?;
+    // The build context holds the binary only.
+    let context = root().join("target/image-context");
+    let _ = fs::remove_dir_all(&context);
+    fs::create_dir_all(&context)?;
+    fs::copy(out.join("probe"), context.join("probe"))?;
+    let name = image_name();
+    let version = format!("VERSION={}", env!("CARGO_PKG_VERSION"));
+    sh(
+        "podman",
+        &[
+            "build",
+            "--pull=never",
+            "--build-arg",
+            &version,
+            "-f",
+            &containerfile,
+            "-t",
+            &name,
+            &context.to_string_lossy(),
+        ],
+    )?;
+    let archive = out.join("probe-image.tar");
+    let _ = fs::remove_file(&archive);
+    sh(
+        "podman",
+        &[
+            "save",
+            "--format",
+            "oci-archive",
+            "-o",
+            &archive.to_string_lossy(),
+            &name,
+        ],
+    )
 }

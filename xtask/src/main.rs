@@ -36,7 +36,12 @@ enum Task {
     },
     /// Build what users install into target/dist/: the static binary (musl, no debug info), its
     /// man pages, a .deb and an .rpm (cargo-deb and cargo-generate-rpm, installed if missing).
-    Dist,
+    Dist {
+        /// Also lint (hadolint) and build the container image localhost/probe:<version> with
+        /// podman (FROM scratch, nothing pulled) and save it as target/dist/probe-image.tar.
+        #[arg(long)]
+        image: bool,
+    },
     /// Run every test: unit tests, a bounded fuzz run (see `fuzz`; skipped with a filter), the
     /// packages (see `dist`) and the kernel tests in tests/ on this machine's kernel (needs
     /// root), then the kernel-matrix set in a VM per Debian kernel (qemu; see `vm`).
@@ -126,10 +131,11 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::toolchain()
             .and_then(|()| run::build())
             .and_then(|()| run::run(&args)),
-        Task::Dist => setup::toolchain().and_then(|()| dist::run()),
+        Task::Dist { image } => setup::toolchain().and_then(|()| dist::run(image)),
         Task::Fuzz { seconds } => setup::toolchain().and_then(|()| fuzz::run(seconds)),
         Task::Test { filter, kernels } => setup::toolchain()
             .and_then(|()| setup::packages(setup::TEST_PACKAGES))
+            .and_then(|()| setup::python_tools())
             .and_then(|()| run::test(filter.as_deref(), &kernels)),
         Task::Bench {
             processes,
@@ -142,7 +148,7 @@ fn main() -> ExitCode {
             .and_then(|()| setup::packages(setup::BENCH_PACKAGES))
             .and_then(|()| setup::packages(setup::TEST_PACKAGES))
             .and_then(|()| run::build())
-            .and_then(|()| dist::run())
+            .and_then(|()| dist::run(false))
             .and_then(|()| {
                 let oltp = bench::oltp::Options {
                     rounds: oltp_rounds,

