@@ -231,7 +231,8 @@ fn dashboard_queries() -> Vec<(String, String)> {
             if let Some(expr) = t["expr"].as_str() {
                 let expr = expr
                     .replace("$__rate_interval", "1m")
-                    .replace("$host", ".+");
+                    .replace("$host", ".+")
+                    .replace("$service_instance", ".+");
                 out.push((title.clone(), expr));
             }
         }
