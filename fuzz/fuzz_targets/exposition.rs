@@ -21,7 +21,7 @@ use probe_user::{
         names::display_name,
         rules::{CgroupMeta, Rules},
     },
-    top::sample::Sample,
+    api::Sample,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // The same sample as the previous one and as the next: rates of zero over no time, and of
     // whatever the counters say against an empty past.
-    let empty = probe_user::top::sample::Sample {
+    let empty = probe_user::api::Sample {
         version: sample.version,
         ..Default::default()
     };

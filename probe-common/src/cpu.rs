@@ -56,10 +56,6 @@ pub struct TaskRecord {
     pub comm: [u8; crate::COMM_LEN],
 }
 
-impl TaskRecord {
-    pub const SIZE: usize = core::mem::size_of::<Self>();
-}
-
 /// Key of [`DEAD_MAP`]: a process, not a pid, so a reused pid never inherits another's totals.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,12 +1,15 @@
-//! What `probe top` reads: cumulative per-instance and per-process counters at one moment, as
-//! the daemon serves them on `/api/v1/top` (JSON) and as `probe top` builds them itself when it
-//! runs standalone. Rates come from two samples ([`super::view`]).
+//! The JSON API: what `probe top` reads, cumulative per-instance and per-process counters at one
+//! moment, as the daemon serves them on [`API_PATH`] and as `probe top` builds them itself when
+//! it runs standalone. Rates come from two samples ([`crate::top::view`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{daemon::Snapshot, model::io::Op};
+
+/// The daemon's JSON endpoint.
+pub const API_PATH: &str = "/api/v1/top";
 
 /// Version of the sample and view formats; bumped on incompatible changes.
 pub const FORMAT_VERSION: u32 = 1;

@@ -5,7 +5,7 @@ use std::{collections::HashSet, fmt::Write as _, process::ExitCode};
 use serde::Serialize;
 
 use crate::{
-    cli::{Format, HookArgs},
+    args::{Format, HookArgs},
     daemon::{Daemon, Options, Summary},
     loader::{self, names, CollectorStatus, Kernel},
 };

@@ -182,7 +182,6 @@ pub struct Daemon {
     opts: Options,
     accounts: Accounts,
     procinfo: HashMap<ProcessKey, Option<Known>>,
-    rules: Arc<Rules>,
     meta: HashMap<Arc<str>, InstanceMeta>,
     started: Instant,
     cgroups: CgroupPaths,
@@ -218,7 +217,6 @@ impl Daemon {
         Self {
             kernel,
             accounts,
-            rules: opts.rules.clone(),
             opts,
             meta: HashMap::new(),
             started: Instant::now(),
@@ -265,11 +263,10 @@ impl Daemon {
     /// carry on in the new one from the next collection.
     pub fn set_rules(&mut self, rules: Arc<Rules>) {
         self.accounts.set_limits(limits(&self.opts, &rules));
-        self.rules = rules;
+        self.opts.rules = rules;
     }
 
-    /// Records the outcome of a rule reload (for the self-metrics).
-    /// Counts a rule file reload (SIGHUP).
+    /// Counts a rule file reload (SIGHUP) and its outcome, for the self-metrics.
     pub fn reloaded(&mut self, ok: bool) {
         self.stats.rule_reloads.record(ok);
     }
@@ -379,7 +376,7 @@ impl Daemon {
         let facts = self.facts(&live);
         let cgroup_paths = self.cgroup_paths(&live, dead);
         let lookup = |id: u64| cgroup_paths.get(&id).cloned();
-        let rules = self.rules.clone();
+        let rules = self.opts.rules.clone();
         let resolver = Resolver {
             rules: &rules,
             live: &facts,

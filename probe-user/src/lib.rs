@@ -2,9 +2,12 @@
 //!
 //! Data flow: [`loader`] attaches the kernel programs; [`collect`] reads them and /proc;
 //! [`model`] turns per-thread kernel totals into per-process and per-instance counters (pure,
-//! unit-tested); [`daemon`] runs one collection; [`exporter`] serves the result. See
+//! unit-tested); [`daemon`] runs one collection; [`service`] holds the daemon for the HTTP side
+//! and the timers; [`exporter`] serves the result, [`api`] is the JSON `probe top` reads. See
 //! ARCHITECTURE.md.
 
+pub mod api;
+pub mod args;
 pub mod btf;
 pub mod check;
 pub mod cli;
@@ -14,6 +17,8 @@ pub mod daemon;
 pub mod exporter;
 pub mod loader;
 pub mod model;
+pub mod service;
 pub mod sys;
 pub mod top;
 pub mod verifier;
+pub mod webconfig;

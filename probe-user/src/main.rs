@@ -7,11 +7,10 @@ use probe_user::{
     cli::{Cli, Command, ConfigCommand, ServeArgs},
     config,
     daemon::{Daemon, Options},
-    exporter::{
-        http::{self, App},
-        webconfig::WebConfig,
-    },
+    exporter::http,
     loader,
+    service::App,
+    webconfig::WebConfig,
 };
 use tracing::{debug, error, info};
 

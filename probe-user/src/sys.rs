@@ -165,7 +165,6 @@ fn unescape_mount_path(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The cgroup v2 mount point (e.g. /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
 /// The host's cgroup2 root for attaching cgroup programs that must see every socket: through
 /// /proc/1/root when pid 1 is the host's init (a container with the host's pid namespace has
 /// its own cgroup namespace, whose /sys/fs/cgroup is only its own cgroup), else this process's
@@ -209,6 +208,8 @@ fn is_cgroup2(path: &Path) -> bool {
     ok && st.f_type as i64 == magic
 }
 
+/// This process's cgroup v2 mount point (e.g. /sys/fs/cgroup, or /sys/fs/cgroup/unified on
+/// hybrid hosts).
 pub fn cgroup2_mount() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     mount_point_of(&mountinfo, "cgroup2").into_iter().next()
@@ -224,6 +225,14 @@ mod tests {
 50 23 0:40 / /sys/kernel/tracing rw,relatime shared:5 - tracefs tracefs rw
 51 23 0:41 / /mnt/with\\040space rw - bpf bpf rw
 ";
+
+    #[test]
+    fn a_given_cgroup_path_that_is_not_cgroup2_is_refused_by_name() {
+        let dir = std::env::temp_dir();
+        let err = cgroup2_root(Some(&dir)).expect_err("a temp dir is no cgroup2 mount");
+        assert!(err.contains(&dir.display().to_string()), "{err}");
+        assert!(err.contains("--path.cgroup"), "{err}");
+    }
 
     #[test]
     fn finds_cgroup2_on_hybrid_hosts() {

@@ -4,10 +4,7 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard, RwLock,
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -25,8 +22,8 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{classic, metrics, webconfig::WebConfig};
-use crate::daemon::Daemon;
+use super::{classic, metrics};
+use crate::service::App;
 
 /// Idle connections kept open at once: keep-alive clients between requests, and clients that
 /// have not sent a whole request yet. A new connection past this closes the one idle the
@@ -36,86 +33,15 @@ const MAX_IDLE_CONNECTIONS: usize = 512;
 /// A client that sends no complete request header in this time is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The daemon as the HTTP side sees it.
-pub struct App {
-    daemon: Mutex<Daemon>,
-    ready: AtomicBool,
-    web: RwLock<Arc<WebConfig>>,
-    /// One password check (bcrypt) at a time.
-    bcrypt: tokio::sync::Semaphore,
-}
-
-impl App {
-    pub fn new(daemon: Daemon, web: WebConfig) -> Self {
-        Self {
-            daemon: Mutex::new(daemon),
-            ready: AtomicBool::new(false),
-            web: RwLock::new(Arc::new(web)),
-            bcrypt: tokio::sync::Semaphore::new(1),
-        }
-    }
-
-    /// The web config in force: new connections and requests use it.
-    pub fn web(&self) -> Arc<WebConfig> {
-        self.web
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replaces the web config (SIGHUP); connections already open keep their TLS session.
-    pub fn set_web(&self, web: WebConfig) {
-        *self
-            .web
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(web);
-    }
-
-    /// The daemon. A panic while it was held (a bug) must not stop the exporter for good, so
-    /// a poisoned lock is taken over: the accounts are only ever updated whole.
-    pub fn daemon(&self) -> MutexGuard<'_, Daemon> {
-        self.daemon
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Collects (the timer calls this between scrapes).
-    pub fn collect(&self) {
-        self.daemon().collect();
-        self.ready.store(true, Ordering::Relaxed);
-    }
-
-    /// Collects (unless a collection started after `asked` is done: concurrent scrapes share
-    /// one) and encodes, in the format the client asked for.
-    pub fn scrape(&self, openmetrics: bool, asked: Instant) -> Result<String, std::fmt::Error> {
-        let snapshot = {
-            let mut d = self.daemon();
-            d.collect_since(asked);
-            d.snapshot()
-        };
-        self.ready.store(true, Ordering::Relaxed);
-        let om = metrics::encode_openmetrics(snapshot)?;
-        Ok(if openmetrics {
-            om
-        } else {
-            classic::from_openmetrics(&om)
-        })
-    }
-
-    /// Collects (as [`App::scrape`]) and returns the sample `probe top --from` reads.
-    pub fn top_sample(&self, asked: Instant) -> Result<String, serde_json::Error> {
-        let sample = {
-            let mut d = self.daemon();
-            d.collect_since(asked);
-            crate::top::sample::Sample::from_snapshot(&d.snapshot(), d.uptime_secs())
-        };
-        self.ready.store(true, Ordering::Relaxed);
-        serde_json::to_string(&sample)
-    }
-
-    pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
-    }
+/// Collects (or shares a collection started after `asked`) and encodes in the format the client
+/// asked for.
+fn encode(app: &App, openmetrics: bool, asked: Instant) -> Result<String, std::fmt::Error> {
+    let om = metrics::encode_openmetrics(app.snapshot_since(asked))?;
+    Ok(if openmetrics {
+        om
+    } else {
+        classic::from_openmetrics(&om)
+    })
 }
 
 /// The open connections: which are idle (not inside a request) and since when, and how to
@@ -351,12 +277,13 @@ async fn handle(
             };
             collected(
                 ct,
-                tokio::task::spawn_blocking(move || app.scrape(om, asked)).await,
+                tokio::task::spawn_blocking(move || encode(&app, om, asked)).await,
             )
         }
-        crate::top::source::API_PATH => collected(
+        crate::api::API_PATH => collected(
             "application/json",
-            tokio::task::spawn_blocking(move || app.top_sample(asked)).await,
+            tokio::task::spawn_blocking(move || serde_json::to_string(&app.top_sample(asked)))
+                .await,
         ),
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" if app.ready() => text(StatusCode::OK, PLAIN, "ready\n"),

@@ -1,7 +1,6 @@
-//! Serving metrics: encoding ([`metrics`], [`classic`]), HTTP ([`http`]) and its TLS and basic
-//! auth ([`webconfig`]).
+//! Serving metrics: encoding ([`metrics`], [`classic`]) and HTTP ([`http`]; TLS and basic auth
+//! as [`crate::webconfig`] says).
 
 pub mod classic;
 pub mod http;
 pub mod metrics;
-pub mod webconfig;

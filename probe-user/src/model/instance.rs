@@ -49,7 +49,7 @@ pub struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    /// The instance of `p` and the rule that named it (None for [`OTHER`]).
+    /// The instance of `p` and the rule that named it (an empty rule name for [`OTHER`]).
     pub fn resolve(&self, p: &Facts) -> Named {
         let other = || Named {
             instance: OTHER.to_string(),

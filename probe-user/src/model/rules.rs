@@ -228,7 +228,8 @@ fn pod_uid(part: &str) -> Option<String> {
     ok.then_some(uid)
 }
 
-/// A subject's strings from raw process facts (safe to show, `..` dropped from cgroup paths).
+/// A command line as /proc/<pid>/cmdline holds it (NUL-separated arguments) as one line: each
+/// argument made safe to show (see `display_name`), joined by spaces.
 pub fn cmdline_text(raw: &[u8]) -> String {
     let args: Vec<String> = raw
         .strip_suffix(b"\0")

@@ -1,10 +1,9 @@
 //! `probe top`: the noisiest instances and processes, live in the terminal, or one snapshot for
 //! scripts (`--once --format json`).
 //!
-//! [`sample`] is what the daemon serves and what a standalone `probe top` builds itself;
+//! [`crate::api`] is what the daemon serves and what a standalone `probe top` builds itself;
 //! [`view`] turns two samples into rates, rankings and marks (pure); [`tui`] draws them.
 
-pub mod sample;
 pub mod source;
 pub mod tui;
 pub mod view;
@@ -16,7 +15,7 @@ use self::{
     view::{sort, InstanceView, SortBy, View},
 };
 use crate::{
-    cli::{parse_duration, Format, HookArgs},
+    args::{parse_duration, Format, HookArgs},
     daemon::{Daemon, Options},
     loader,
 };

@@ -9,11 +9,11 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use super::sample::{Sample, FORMAT_VERSION};
-use crate::daemon::Daemon;
+use crate::{
+    api::{Sample, API_PATH, FORMAT_VERSION},
+    daemon::Daemon,
+};
 
-/// The daemon's JSON endpoint.
-pub const API_PATH: &str = "/api/v1/top";
 /// Largest response accepted (a daemon with thousands of instances sends a few MiB).
 const MAX_BODY: u64 = 64 << 20;
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,8 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::sample::{Histogram, InstanceSample, ProcessSample, Sample, FORMAT_VERSION};
-use crate::model::names::display_name;
+use crate::{
+    api::{Histogram, InstanceSample, ProcessSample, Sample, FORMAT_VERSION},
+    model::names::display_name,
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct View {
@@ -381,7 +383,7 @@ fn mark_noisy(instances: &mut [InstanceView]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::top::sample::PortSample;
+    use crate::api::PortSample;
 
     fn hist(count: u64, avg_us: u64) -> Histogram {
         let mut buckets = vec![0; probe_common::block::LATENCY_BUCKETS];
