@@ -11,8 +11,6 @@
 //! or block_rq_issue, whichever comes first (BPF_NOEXIST: a requeue fires them again), and ends
 //! at the block_rq_complete that completes the request's last byte.
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
-
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::generated::bpf_ktime_get_ns,
@@ -31,7 +29,7 @@ use probe_common::{
     config::OFFSET_MISSING,
 };
 
-use crate::kernel::{bump, current_task, off, read, read_ptr, self_tgid, Bucket};
+use crate::kernel::{atomic_add, bump, current_task, off, read, read_ptr, self_tgid, Bucket};
 
 #[map]
 static BLOCK_IO: HashMap<IoKey, IoTotals> = HashMap::with_max_entries(IO_MAP_ENTRIES, 0);
@@ -68,6 +66,8 @@ pub fn probe_block_rq_bytes(ctx: RawTracePointContext) -> i32 {
     let nr_bytes: u64 = ctx.arg::<u64>(2) & 0xffff_ffff;
     if let Some(s) = BLOCK_STARTS.get_ptr_mut(rq as u64) {
         // One request completes on one CPU at a time: no atomics needed.
+        // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the
+        // program runs.
         unsafe { (*s).bytes += nr_bytes };
     }
     0
@@ -79,6 +79,8 @@ pub fn probe_block_io_done(ctx: RawTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
     match BLOCK_STARTS.get_ptr(rq as u64) {
         Some(s) => {
+            // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the
+            // program runs.
             let s = unsafe { *s };
             let _ = BLOCK_STARTS.remove(rq as u64);
             finish(&ctx, rq, &s);
@@ -104,10 +106,14 @@ pub fn probe_block_rq_done(ctx: RawTracePointContext) -> i32 {
         no_start(&ctx, rq);
         return 0;
     };
+    // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the program
+    // runs.
     unsafe { (*s).bytes += nr_bytes };
     // The tracepoint fires before __data_len is reduced by nr_bytes.
     let remaining: u32 = read(rq, off!(rq_data_len)).unwrap_or(0);
     if nr_bytes >= u64::from(remaining) {
+        // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the
+        // program runs.
         let s = unsafe { *s };
         let _ = BLOCK_STARTS.remove(rq as u64);
         finish(&ctx, rq, &s);
@@ -164,6 +170,7 @@ fn start(rq: *const u8, flags: u64) -> bool {
         charge_writeback(rq, &mut key);
     }
     let s = IoStart {
+        // SAFETY: a BPF helper without arguments; it reads the clock or the current task.
         start_ns: unsafe { bpf_ktime_get_ns() },
         bytes: 0,
         key,
@@ -205,6 +212,8 @@ fn writer_of(rq: *const u8) -> Option<Writer> {
     if mapping == 0 || mapping & 3 != 0 {
         return None;
     }
+    // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the program
+    // runs.
     BLOCK_WRITERS.get_ptr(mapping).map(|w| unsafe { *w })
 }
 
@@ -239,6 +248,7 @@ fn no_start<C: EbpfContext>(ctx: &C, rq: *const u8) {
     let Some(begin) = read::<u64>(rq, off!(rq_start_time_ns)).filter(|t| *t != 0) else {
         return;
     };
+    // SAFETY: a BPF helper without arguments; it reads the clock or the current task.
     let now = unsafe { bpf_ktime_get_ns() };
     if begin > now {
         return;
@@ -258,6 +268,7 @@ fn finish<C: EbpfContext>(ctx: &C, rq: *const u8, s: &IoStart) {
     if s.key.tgid == self_tgid() && s.key.tgid != 0 {
         return;
     }
+    // SAFETY: a BPF helper without arguments; it reads the clock or the current task.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut begin = s.start_ns;
     let rq_flags: u32 = read(rq, off!(rq_rq_flags)).unwrap_or(0);
@@ -307,19 +318,18 @@ fn account<C: EbpfContext>(ctx: &C, key: &IoKey, bytes: u64, latency_ns: Option<
 
 #[inline(always)]
 fn add(t: *mut IoTotals, bytes: u64, latency_ns: Option<u64>) {
+    // SAFETY: `t` is a map value (callers pass what the lookup returned); other CPUs update it too,
+    // so every field is added to atomically.
     unsafe {
         if bytes != 0 {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).bytes, bytes);
+            atomic_add(&raw mut (*t).bytes, bytes);
         }
         let Some(ns) = latency_ns else {
             return;
         };
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).ops, 1);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).latency_ns, ns);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-            Bucket::of(ns).slot(&raw mut (*t).buckets),
-            1,
-        );
+        atomic_add(&raw mut (*t).ops, 1);
+        atomic_add(&raw mut (*t).latency_ns, ns);
+        atomic_add(Bucket::of(ns).slot(&raw mut (*t).buckets), 1);
     }
 }
 
@@ -349,6 +359,8 @@ fn on_dirty<C: EbpfContext>(ctx: &C, folio: *const u8, mapping: *const u8) {
         };
         let known = BLOCK_WRITERS
             .get_ptr(mapping as u64)
+            // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the
+            // program runs.
             .is_some_and(|w| unsafe { *w } == writer);
         if !known {
             let _ = BLOCK_WRITERS.insert(mapping as u64, writer, u64::from(BPF_ANY));

@@ -8,8 +8,6 @@
 //!   dies between two collections is not lost. The same program keeps the run-queue latency
 //!   histograms (`runq.rs`): one program per context switch, not two.
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
-
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_cgroup_id,
@@ -28,7 +26,8 @@ use probe_common::{
 };
 
 use crate::kernel::{
-    bump, off, read, read_ptr, self_tgid, seq_write, task_state, Direct, IterMeta, Mem, Probe,
+    atomic_add, bump, off, read, read_ptr, self_tgid, seq_write, task_state, Direct, IterMeta, Mem,
+    Probe,
 };
 
 #[map]
@@ -50,6 +49,7 @@ pub fn probe_tasks(ctx: *const TaskIterCtx) -> i32 {
     if ctx.is_null() {
         return 0;
     }
+    // SAFETY: ctx is the iterator context the kernel passes, checked non-null above.
     let (meta, task) = unsafe { ((*ctx).meta, (*ctx).task) };
     if task.is_null() {
         return 0; // end of iteration
@@ -171,6 +171,7 @@ fn record_death<C: EbpfContext>(ctx: &C, task: *const u8) {
         run_delay_ns,
         threads: 1,
         // In sched_switch, current is still prev.
+        // SAFETY: a BPF helper without arguments; it reads the clock or the current task.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         ppid: read_ptr(leader, off!(task_real_parent))
             .and_then(|parent| read::<u32>(parent, off!(task_tgid)))
@@ -208,13 +209,12 @@ fn add_to(key: &DeadKey, cpu_ns: u64, run_delay_ns: u64) -> bool {
     let Some(totals) = DEAD_TASKS.get_ptr_mut(key) else {
         return false;
     };
+    // SAFETY: `totals` is the map value the lookup just returned; other CPUs update it too, so
+    // every field is added to atomically.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).cpu_ns, cpu_ns);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-            &raw mut (*totals).run_delay_ns,
-            run_delay_ns,
-        );
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*totals).threads, 1);
+        atomic_add(&raw mut (*totals).cpu_ns, cpu_ns);
+        atomic_add(&raw mut (*totals).run_delay_ns, run_delay_ns);
+        atomic_add(&raw mut (*totals).threads, 1);
     }
     true
 }

@@ -21,6 +21,8 @@ static SELF_TGID: u32 = 0;
 /// One field of [`OFFSETS`]. Volatile so the compiler does not fold the default value in.
 macro_rules! off {
     ($field:ident) => {
+        // SAFETY: a global the loader sets before load and nothing writes afterwards; read volatile
+        // so that the compiler does not fold its initial value.
         unsafe { core::ptr::read_volatile(&$crate::kernel::OFFSETS.$field) }
     };
 }
@@ -28,6 +30,8 @@ pub(crate) use off;
 
 #[inline(always)]
 pub(crate) fn self_tgid() -> u32 {
+    // SAFETY: a global the loader sets before load and nothing writes afterwards; read volatile so
+    // that the compiler does not fold its initial value.
     unsafe { core::ptr::read_volatile(&SELF_TGID) }
 }
 
@@ -38,6 +42,8 @@ pub(crate) fn read<T: Copy>(base: *const u8, off: u32) -> Option<T> {
     if base.is_null() || off == OFFSET_MISSING {
         return None;
     }
+    // SAFETY: bpf_probe_read_kernel copies from any kernel address and fails, rather than faults,
+    // on a bad one.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).ok() }
 }
 
@@ -83,6 +89,7 @@ pub(crate) fn read_ptr(base: *const u8, off: u32) -> Option<*const u8> {
 
 #[inline(always)]
 pub(crate) fn current_task() -> *const u8 {
+    // SAFETY: a BPF helper without arguments; it reads the clock or the current task.
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
@@ -159,11 +166,30 @@ impl Bucket {
     }
 }
 
+/// Adds `n` to the u64 at `p`, atomically: the BPF `lock +=` instruction (the result is not
+/// used). Through the `atomic_xadd` intrinsic because `AtomicU64::fetch_add` does not exist
+/// for bpfel-unknown-none (the target has no compare-and-swap, so core leaves the atomic
+/// read-modify-write methods out).
+///
+/// # Safety
+/// `p` is an 8-byte-aligned u64 inside a map value that stays valid while the program runs.
+#[inline(always)]
+pub(crate) unsafe fn atomic_add(p: *mut u64, n: u64) {
+    // SAFETY: the caller's promise (above).
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, n,
+        )
+    };
+}
+
 /// Adds one to slot `slot` of a per-CPU self-counter array and returns its new value on this
 /// CPU.
 #[inline(always)]
 pub(crate) fn bump(map: &PerCpuArray<u64>, slot: u32) -> u64 {
     match map.get_ptr_mut(slot) {
+        // SAFETY: a slot of a per-CPU array the lookup just returned; only this CPU's programs
+        // touch it.
         Some(counter) => unsafe {
             *counter += 1;
             *counter
@@ -187,6 +213,8 @@ pub(crate) fn seq_write<T>(meta: *const IterMeta, value: &T) -> bool {
     if meta.is_null() {
         return false;
     }
+    // SAFETY: meta is the iterator's meta, checked non-null; value is a live reference of
+    // size_of::<T>() bytes.
     unsafe {
         let seq = (*meta).seq;
         aya_ebpf::helpers::generated::bpf_seq_write(

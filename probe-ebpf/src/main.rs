@@ -5,6 +5,10 @@
 #![feature(core_intrinsics)]
 #![feature(asm_experimental_arch)]
 #![allow(internal_features)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+// Map lookups and inserts take `impl Borrow<K>`: keys and values are passed by reference so that
+// no copy of a large value lands on the 512-byte BPF stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod block;
 mod cpu;

@@ -24,10 +24,13 @@ pub fn probe_listeners(ctx: *const TaskFileIterCtx) -> i32 {
     if ctx.is_null() {
         return 0;
     }
+    // SAFETY: ctx is the iterator context the kernel passes, checked non-null above.
     let (meta, task, fd, file) = unsafe { ((*ctx).meta, (*ctx).task, (*ctx).fd, (*ctx).file) };
     if task.is_null() || file.is_null() {
         return 0;
     }
+    // SAFETY: file is the iterator's struct file, checked non-null; the helper returns null for a
+    // file that is not a socket.
     let socket = unsafe { bpf_sock_from_file(file as *mut _) } as *const u8;
     if socket.is_null() {
         return 0;

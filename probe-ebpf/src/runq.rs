@@ -39,6 +39,8 @@ static RUNQ_ENABLED: u32 = 1;
 /// Called by the sched_switch program for every switch, with prev's state.
 #[inline(always)]
 pub(crate) fn switched_out<M: Mem>(prev: *const u8, prev_state: u64) {
+    // SAFETY: a global the loader sets before load and nothing writes afterwards; read volatile so
+    // that the compiler does not fold its initial value.
     if unsafe { core::ptr::read_volatile(&RUNQ_ENABLED) } == 0 {
         return;
     }
@@ -52,6 +54,8 @@ pub(crate) fn switched_out<M: Mem>(prev: *const u8, prev_state: u64) {
     let pcount: u64 = M::get(prev, off!(task_pcount)).unwrap_or(0);
     let dying = prev_state & TASK_DEAD != 0;
     if let Some(e) = RUNQ_THREADS.get_ptr_mut(&tid) {
+        // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the
+        // program runs.
         let e = unsafe { &mut *e };
         if pcount < e.seen_pcount || run_delay < e.seen_run_delay {
             // Another thread with a reused id: the entry is stale (its owner died unseen).
@@ -90,6 +94,8 @@ fn account(e: &mut ThreadRunq, run_delay: u64, pcount: u64) {
 #[inline(never)]
 fn start_entry<M: Mem>(task: *const u8, tid: u32, run_delay: u64, pcount: u64, dying: bool) {
     let started: u64 = M::get(task, off!(task_start_boottime)).unwrap_or(0);
+    // SAFETY: a global the loader sets before load and nothing writes afterwards; read volatile so
+    // that the compiler does not fold its initial value.
     let loaded_at = unsafe { core::ptr::read_volatile(&LOADED_AT_BOOTTIME_NS) };
     let leader = M::get::<*const u8>(task, off!(task_group_leader))
         .filter(|p| !p.is_null())

@@ -6,8 +6,6 @@
 //! softirq context: they are keyed by port, and retransmits by the socket's owner where
 //! [`TCP_SOCK_OWNERS`] knows it (learnt when the owner sent, received or connected).
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
-
 use aya_ebpf::{
     bindings::{
         BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
@@ -32,7 +30,7 @@ use probe_common::{
     },
 };
 
-use crate::kernel::{bump, current_task, off, process_of, read, self_tgid, Bucket};
+use crate::kernel::{atomic_add, bump, current_task, off, process_of, read, self_tgid, Bucket};
 
 #[map]
 static TCP_TRAFFIC: HashMap<TcpKey, TcpTotals> = HashMap::with_max_entries(TRAFFIC_MAP_ENTRIES, 0);
@@ -88,11 +86,14 @@ fn on_length(ctx: &RawTracePointContext, what: u8) {
         Some(AF_INET | AF_INET6) => {}
         _ => return,
     }
+    // SAFETY: a BPF helper without arguments; it reads the clock or the current task.
     let tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
     if tgid == self_tgid() {
         return;
     }
     // Fast path: this process used this socket before; its key is cached in the owner entry.
+    // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the program
+    // runs.
     let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
     if let Some(o) = known {
         if o.tgid == tgid && o.flags & OWNER_KEYED != 0 {
@@ -150,10 +151,14 @@ fn learn_owner(sk: *const u8, known: Option<Owner>, tgid: u32, start_ns: u64) ->
 fn role_of(sk: *const u8, known: Option<Owner>) -> Option<(u16, u8)> {
     let lport: u16 = read(sk, off!(sk_num))?;
     let passive = known.is_some_and(|o| o.flags & OWNER_PASSIVE != 0);
+    // SAFETY: only whether the key is present is used, never the value (which another CPU may
+    // change).
     if passive || unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some() {
         return Some((lport, ROLE_SERVER));
     }
     let rport = u16::from_be(read::<u16>(sk, off!(sk_dport)).unwrap_or(0));
+    // SAFETY: only whether the key is present is used, never the value (which another CPU may
+    // change).
     let port = if unsafe { TCP_REMOTE_PORTS.get(&rport) }.is_some() {
         rport
     } else {
@@ -191,6 +196,7 @@ pub fn probe_tcp_state(ctx: RawTracePointContext) -> i32 {
         if lport == 0 {
             return 0;
         }
+        // SAFETY: a BPF helper without arguments; it reads the clock or the current task.
         let now = unsafe { bpf_ktime_get_ns() };
         let _ = TCP_LISTEN_PORTS.insert(&lport, &now, u64::from(BPF_ANY));
     } else if new == TCP_SYN_SENT {
@@ -213,10 +219,14 @@ pub fn probe_tcp_state(ctx: RawTracePointContext) -> i32 {
         let _ = TCP_SOCK_OWNERS.insert(sk as u64, owner, u64::from(BPF_ANY));
         account(&ctx, &port_key(lport, ROLE_SERVER), ACCEPTED, 1);
     } else if closes_established(old, new) {
+        // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the
+        // program runs.
         let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
         let server = match known {
             Some(o) => o.flags & OWNER_PASSIVE != 0,
             // Owner entry aged out (many connections): the port decides.
+            // SAFETY: only whether the key is present is used, never the value (which another CPU
+            // may change).
             None => unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some(),
         };
         if server {
@@ -258,6 +268,8 @@ pub fn probe_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
         }
         _ => 1,
     };
+    // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the program
+    // runs.
     let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
     let Some((port, role)) = role_of(sk, known) else {
         return 0;
@@ -322,6 +334,8 @@ fn account<C: EbpfContext>(ctx: &C, key: &TcpKey, what: u8, n: u64) {
 
 #[inline(always)]
 fn add(t: *mut TcpTotals, what: u8, n: u64) {
+    // SAFETY: `t` is a map value (callers pass what the lookup returned); other CPUs update it too,
+    // so every field is added to atomically.
     unsafe {
         let field = match what {
             RX => &raw mut (*t).rx_bytes,
@@ -330,7 +344,7 @@ fn add(t: *mut TcpTotals, what: u8, n: u64) {
             ACCEPTED => &raw mut (*t).accepted,
             _ => &raw mut (*t).closed,
         };
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n);
+        atomic_add(field, n);
     }
 }
 
@@ -345,6 +359,8 @@ pub fn probe_tcp_sockops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_RTT_CB => {
             let port = ctx.local_port() as u16;
             // tcp_sock.srtt_us holds 8 times the smoothed RTT in microseconds.
+            // SAFETY: ops is the bpf_sock_ops the kernel passes for this callback (the verifier
+            // checks the field access).
             let srtt_us = u64::from(unsafe { (*ctx.ops).srtt_us } >> 3);
             rtt_sample(&ctx, port, srtt_us);
         }
@@ -385,10 +401,12 @@ fn rtt_sample(ctx: &SockOpsContext, port: u16, us: u64) {
 
 #[inline(always)]
 fn rtt_add(t: *mut RttTotals, us: u64, b: Bucket) {
+    // SAFETY: `t` is a map value (callers pass what the lookup returned); other CPUs update it too,
+    // so every field is added to atomically.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).count, 1);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*t).sum_us, us);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b.slot(&raw mut (*t).buckets), 1);
+        atomic_add(&raw mut (*t).count, 1);
+        atomic_add(&raw mut (*t).sum_us, us);
+        atomic_add(b.slot(&raw mut (*t).buckets), 1);
     }
 }
 
@@ -446,11 +464,15 @@ fn on_packet(ctx: &SkBuffContext, what: u8) {
         return;
     }
     let lport = skb.local_port() as u16;
+    // SAFETY: only whether the key is present is used, never the value (which another CPU may
+    // change).
     let key = if unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some() {
         port_key(lport, ROLE_SERVER)
     } else {
         // remote_port holds the network-order port in its upper 16 bits.
         let rport = u16::from_be((skb.remote_port() >> 16) as u16);
+        // SAFETY: only whether the key is present is used, never the value (which another CPU may
+        // change).
         let port = if unsafe { TCP_REMOTE_PORTS.get(&rport) }.is_some() {
             rport
         } else {
@@ -470,10 +492,12 @@ fn new_payload(ctx: &SkBuffContext, ip_len: u32, payload: u32, what: u8) -> u32 
     let Ok(seq) = ctx.load::<u32>(ip_len as usize + 4).map(u32::from_be) else {
         return payload;
     };
+    // SAFETY: the __sk_buff the kernel passes to this program; its sk may be null (checked below).
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
         return payload;
     }
+    // SAFETY: sk is non-null (checked above); the helper returns null unless it is a full socket.
     let full = unsafe { bpf_sk_fullsock(sk) };
     if full.is_null() {
         return payload;
@@ -481,13 +505,16 @@ fn new_payload(ctx: &SkBuffContext, ip_len: u32, payload: u32, what: u8) -> u32 
     // A segment that completes a handshake (its last ACK was lost, or carried data) is filtered
     // on the listener: the connection's socket does not exist yet. Its bytes are new; the
     // listener's rcv_nxt says nothing about them.
-    if unsafe { (*full).state } == u32::from(TCP_LISTEN) {
+    // SAFETY: full is non-null (checked above): a full socket the verifier tracks.
+    if unsafe { (*full).state } == TCP_LISTEN {
         return payload;
     }
+    // SAFETY: full is a full socket; the helper returns null unless it is TCP.
     let tp = unsafe { bpf_tcp_sock(full) };
     if tp.is_null() {
         return payload;
     }
+    // SAFETY: tp is non-null (checked above): a tcp_sock the verifier tracks.
     let next = unsafe {
         if what == TX {
             (*tp).snd_nxt

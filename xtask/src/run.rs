@@ -60,6 +60,7 @@ pub fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
             "xtask",
         ],
     )?;
+    kernel_clippy()?;
     if filter.is_none() {
         crate::fuzz::run(FUZZ_SECONDS_IN_TEST)?;
     }
@@ -161,4 +162,46 @@ pub fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
         bail!("failed: {}", failures.join("; "));
     }
     Ok(())
+}
+
+/// Clippy on the kernel crate (nightly, for bpfel-unknown-none): every `unsafe` block must say
+/// why it is sound (`// SAFETY:`, denied in probe-ebpf/src/main.rs); other lints only warn, so
+/// a new nightly cannot fail the run.
+fn kernel_clippy() -> Result<()> {
+    use crate::setup::{output, EBPF_TOOLCHAIN};
+    println!("xtask: clippy on the kernel programs (every unsafe block has a SAFETY comment)");
+    let installed = output(
+        "rustup",
+        &[
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ],
+    )?;
+    if !installed.lines().any(|l| l.starts_with("clippy")) {
+        sh(
+            "rustup",
+            &["component", "add", "clippy", "--toolchain", EBPF_TOOLCHAIN],
+        )?;
+    }
+    let toolchain = format!("+{EBPF_TOOLCHAIN}");
+    let target_dir = root().join("target/ebpf-clippy");
+    sh(
+        "cargo",
+        &[
+            &toolchain,
+            "clippy",
+            "-p",
+            "probe-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+            &target_dir.to_string_lossy(),
+        ],
+    )
 }
