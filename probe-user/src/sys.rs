@@ -174,10 +174,11 @@ pub fn cgroup2_root(given: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(dir) = given {
         return [dir.to_path_buf(), dir.join("unified")]
             .into_iter()
-            .find(|p| is_cgroup2(p))
+            .find(|p| is_cgroup2(p) && !p.join("cgroup.events").exists())
             .ok_or_else(|| {
                 format!(
-                    "--path.cgroup {}: neither it nor its unified/ is a cgroup2 mount",
+                    "--path.cgroup {}: neither it nor its unified/ is the root of a cgroup2 \
+                     hierarchy (a cgroup below the root would hide other cgroups' sockets)",
                     dir.display()
                 )
             });
@@ -194,7 +195,8 @@ pub fn cgroup2_root(given: Option<&Path>) -> Result<PathBuf, String> {
     })
 }
 
-/// Whether `path` is the root of a cgroup2 filesystem.
+/// Whether `path` is on a cgroup2 filesystem (its root cgroup has no cgroup.events file, every
+/// other cgroup has one).
 fn is_cgroup2(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;

@@ -44,7 +44,13 @@ def main(base: Path, out: Path) -> int:
     for extra in sorted(listed - set(k.get("resources", []))):
         problems.append(f"{extra}: in {base} but not in kustomization.yaml's resources")
 
-    images = {i["name"]: i for i in k.get("images", [])}
+    images = {}
+    for i in k.get("images", []):
+        unknown = set(i) - {"name", "newName", "newTag"}
+        if "name" not in i or unknown:
+            problems.append(f"kustomization.yaml: image entry {i} (this check renders name, newName, newTag)")
+            continue
+        images[i["name"]] = i
     used_images = set()
     for _, d in docs:
         md = d.setdefault("metadata", {})
@@ -54,10 +60,16 @@ def main(base: Path, out: Path) -> int:
             md.setdefault("labels", {}).update(pairs.get("pairs", {}))
         spec = d.get("spec", {}).get("template", {}).get("spec", {})
         for c in spec.get("containers", []) + spec.get("initContainers", []):
-            used_images.add(c["image"])
-            if c["image"] in images:
-                i = images[c["image"]]
-                c["image"] = f'{i.get("newName", c["image"])}:{i["newTag"]}'
+            # kustomize matches the image's name without its tag
+            image = c["image"]
+            slash = image.rfind("/")
+            colon = image.rfind(":")
+            name, tag = (image[:colon], image[colon + 1 :]) if colon > slash else (image, "")
+            used_images.add(name)
+            if name in images:
+                i = images[name]
+                new_tag = i.get("newTag", tag)
+                c["image"] = i.get("newName", name) + (f":{new_tag}" if new_tag else "")
     for name in images:
         if name not in used_images:
             problems.append(f"kustomization.yaml: image {name!r} is used by no container")

@@ -5,9 +5,11 @@
 //! profile it names. Every collector must come up on this kernel's best hook and count a busy
 //! thread's CPU time as the kernel does (schedstat).
 //!
-//! What podman needs on this machine and Kubernetes does not (../shared notes, measured): runc
-//! (crun 1.8 rejects this hybrid cgroup layout) and explicit ulimits (root lacks
-//! CAP_SYS_RESOURCE here, so podman cannot raise them to its defaults).
+//! What podman needs on this machine and Kubernetes does not (measured): runc (crun 1.8 rejects
+//! this hybrid cgroup layout) and explicit ulimits (root lacks CAP_SYS_RESOURCE here, so podman
+//! cannot raise them to its defaults). Podman 4.3 has no recursive read-only mounts: for a
+//! volume the DaemonSet mounts with `recursiveReadOnly`, the test mounts the host's cgroup2
+//! mount itself (no submounts, so plain read-only is read-only all the way down).
 
 use std::{path::PathBuf, process::Command};
 
@@ -99,7 +101,12 @@ fn image_runs_as_the_daemonset_does_with_every_collector_up_and_counting() {
             .and_then(|v| v.iter().find(|v| v["name"] == name))
             .unwrap_or_else(|| panic!("volume {name}"));
         let source = if let Some(p) = vol["hostPath"]["path"].as_str() {
-            p.to_string()
+            if m["recursiveReadOnly"].is_string() {
+                assert_eq!(p, "/sys/fs/cgroup", "the only recursive read-only volume");
+                cgroup2_mount()
+            } else {
+                p.to_string()
+            }
         } else if vol["configMap"].is_object() {
             let rules =
                 std::env::temp_dir().join(format!("probe-container-rules-{}", std::process::id()));
@@ -110,9 +117,8 @@ fn image_runs_as_the_daemonset_does_with_every_collector_up_and_counting() {
             panic!("volume {name}: neither hostPath nor configMap");
         };
         let ro = if m["readOnly"] == true { "ro" } else { "rw" };
-        // Kubernetes bind-mounts volumes recursively (the host's cgroup2 may be a submount).
         mounts.push(format!(
-            "{source}:{}:{ro},rbind",
+            "{source}:{}:{ro}",
             m["mountPath"].as_str().expect("mountPath")
         ));
     }
@@ -204,4 +210,18 @@ fn configmap_rules() -> String {
         .map_while(|l| l.strip_prefix("    "))
         .map(|l| format!("{l}\n"))
         .collect()
+}
+
+/// The host's cgroup2 mount point (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+fn cgroup2_mount() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next() == Some("cgroup2"))
+                .then(|| pre.split_whitespace().nth(4).map(String::from))
+                .flatten()
+        })
+        .expect("a cgroup2 mount")
 }

@@ -224,9 +224,9 @@ fn py_tool(name: &str) -> PathBuf {
     p
 }
 
-/// Kubernetes versions the manifests are validated against: the oldest still common in
-/// production and the newest kubernetes-validate knows.
-const KUBERNETES_VERSIONS: &[&str] = &["1.28.0", "1.37.0"];
+/// Kubernetes versions the manifests are validated against: the oldest with recursive
+/// read-only mounts (the DaemonSet's cgroup volume) and the newest kubernetes-validate knows.
+const KUBERNETES_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
 
 /// deploy/kubernetes renders as a kustomization (kubectl is not here: tests/scripts/
 /// kustomize_render.py applies what the base uses and checks that the resources exist, parse and
@@ -235,6 +235,11 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.28.0", "1.37.0"];
 /// checks its selector and port instead.
 #[test]
 fn kubernetes_manifests_render_and_validate() {
+    let tag = format!("newTag: \"{}\"", env!("CARGO_PKG_VERSION"));
+    assert!(
+        read("kubernetes/kustomization.yaml").contains(&tag),
+        "kustomization.yaml's image tag is not this version ({tag})"
+    );
     let rendered = std::env::temp_dir().join(format!("probe-k8s-{}.yaml", std::process::id()));
     let out = Command::new(py_tool("python"))
         .arg(concat!(

@@ -230,6 +230,20 @@ fn rpm_lists_the_files_marks_the_rules_as_config_and_checks() {
         "/etc/probe/rules.toml",
         "config files of the .rpm"
     );
+    let scripts = must("rpm", &["-qp", "--scripts", rpm]);
+    for want in [
+        "postinstall scriptlet",
+        "systemctl daemon-reload",
+        "preuninstall scriptlet",
+        "disable --now probe.service",
+        "postuninstall scriptlet",
+        "try-restart probe.service",
+    ] {
+        assert!(
+            scripts.contains(want),
+            "the .rpm's scriptlets lack {want:?}:\n{scripts}"
+        );
+    }
     let info = must("rpm", &["-qp", "--qf", "%{NAME} %{VERSION} %{ARCH}", rpm]);
     assert_eq!(info.trim(), format!("probe {VERSION} x86_64"));
     // Unsigned (nothing here holds a key): -K checks the header and payload digests.

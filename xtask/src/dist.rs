@@ -70,6 +70,13 @@ pub fn run(image: bool) -> Result<()> {
     )?;
     let out = dir();
     fs::create_dir_all(&out)?;
+    // Packages of an earlier version would sit next to the new ones.
+    for e in fs::read_dir(&out)?.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".deb") || name.ends_with(".rpm") || name == "probe-image.tar" {
+            fs::remove_file(e.path())?;
+        }
+    }
     let built = root()
         .join("target")
         .join(TARGET)
@@ -83,7 +90,9 @@ pub fn run(image: bool) -> Result<()> {
 
     let out_s = out.to_string_lossy();
     let common = ["-p", "probe-user", "--target", TARGET, "--profile", PROFILE];
-    let mut deb = vec!["deb", "--no-build", "-o", &out_s];
+    // --no-strip: the .deb ships the very binary the .rpm, the image and the tests use (its
+    // symbols kept, for readable backtraces).
+    let mut deb = vec!["deb", "--no-build", "--no-strip", "-o", &out_s];
     deb.extend(common);
     sh("cargo", &deb)?;
     let mut rpm = vec!["generate-rpm", "-o", &out_s];
