@@ -633,6 +633,22 @@ pub fn resident_pages(path: &std::path::Path) -> usize {
     }
 }
 
+/// Runs a command to completion; returns whether it succeeded and what it printed (stdout, then
+/// stderr). Panics only if it cannot be started.
+pub fn said(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Runs a command to completion; panics with its output if it fails. Returns its stdout.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)

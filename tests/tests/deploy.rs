@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use probe_tests::{probe_bin, Daemon};
+use probe_tests::{probe_bin, said, Daemon};
 
 fn deploy(path: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(path)
@@ -118,22 +118,13 @@ fn alert_rules_pass_promtool() {
         vec!["check", "rules", "alerts.yml"],
         vec!["test", "rules", "alerts_test.yml"],
     ] {
-        let out = Command::new("promtool")
-            .args(&args)
-            .current_dir(deploy("prometheus"))
-            .output()
-            .expect("promtool");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let (ok, said) = said(
+            Command::new("promtool")
+                .args(&args)
+                .current_dir(deploy("prometheus")),
         );
         println!("promtool {}: {said}", args.join(" "));
-        assert!(
-            out.status.success(),
-            "promtool {} failed:\n{said}",
-            args.join(" ")
-        );
+        assert!(ok, "promtool {} failed:\n{said}", args.join(" "));
     }
 }
 
@@ -241,21 +232,17 @@ fn kubernetes_manifests_render_and_validate() {
         "kustomization.yaml's image tag is not this version ({tag})"
     );
     let rendered = std::env::temp_dir().join(format!("probe-k8s-{}.yaml", std::process::id()));
-    let out = Command::new(py_tool("python"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/kustomize_render.py"
-        ))
-        .arg(deploy("kubernetes"))
-        .arg(&rendered)
-        .output()
-        .expect("python");
-    let said = String::from_utf8_lossy(&out.stdout);
-    println!("{said}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "the kustomization does not render:\n{said}"
+    let (ok, out) = said(
+        Command::new(py_tool("python"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/kustomize_render.py"
+            ))
+            .arg(deploy("kubernetes"))
+            .arg(&rendered),
     );
+    println!("{out}");
+    assert!(ok, "the kustomization does not render:\n{out}");
     let resources = [
         "namespace/probe",
         "serviceaccount/probe",
@@ -264,15 +251,10 @@ fn kubernetes_manifests_render_and_validate() {
         "service/probe",
     ];
     for version in KUBERNETES_VERSIONS {
-        let out = Command::new(py_tool("kubernetes-validate"))
-            .args(["--strict", "-k", version])
-            .arg(&rendered)
-            .output()
-            .expect("kubernetes-validate");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let (ok, said) = said(
+            Command::new(py_tool("kubernetes-validate"))
+                .args(["--strict", "-k", version])
+                .arg(&rendered),
         );
         println!("kubernetes-validate --strict -k {version}:\n{said}");
         for line in said.lines() {
@@ -287,7 +269,7 @@ fn kubernetes_manifests_render_and_validate() {
                 "Kubernetes {version}: {r} not validated:\n{said}"
             );
         }
-        assert!(out.status.success(), "kubernetes-validate failed:\n{said}");
+        assert!(ok, "kubernetes-validate failed:\n{said}");
     }
     let _ = std::fs::remove_file(&rendered);
 }
@@ -313,18 +295,13 @@ fn scrape_configs_pass_promtool() {
     let tmp = std::env::temp_dir().join(format!("probe-scrape-k8s-{}.yml", std::process::id()));
     std::fs::write(&tmp, swapped).expect("write");
     for file in [deploy("prometheus/scrape.yml"), tmp.clone()] {
-        let out = Command::new("promtool")
-            .args(["check", "config"])
-            .arg(&file)
-            .output()
-            .expect("promtool");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let (ok, said) = said(
+            Command::new("promtool")
+                .args(["check", "config"])
+                .arg(&file),
         );
         println!("promtool check config {}: {said}", file.display());
-        assert!(out.status.success() && said.contains("SUCCESS"), "{said}");
+        assert!(ok && said.contains("SUCCESS"), "{said}");
     }
     let _ = std::fs::remove_file(&tmp);
 }

@@ -39,19 +39,7 @@ fn artifact(suffix: &str) -> PathBuf {
 
 /// Runs a command; returns whether it succeeded and what it printed (stdout and stderr).
 fn run(cmd: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> (bool, String) {
-    let cmd = cmd.as_ref();
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    probe_tests::said(Command::new(cmd).args(args))
 }
 
 fn must(cmd: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {

@@ -168,18 +168,9 @@ pub fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
 /// why it is sound (`// SAFETY:`, denied in probe-ebpf/src/main.rs); other lints only warn, so
 /// a new nightly cannot fail the run.
 fn kernel_clippy() -> Result<()> {
-    use crate::setup::{output, EBPF_TOOLCHAIN};
+    use crate::setup::EBPF_TOOLCHAIN;
     println!("xtask: clippy on the kernel programs (every unsafe block has a SAFETY comment)");
-    let installed = output(
-        "rustup",
-        &[
-            "component",
-            "list",
-            "--installed",
-            "--toolchain",
-            EBPF_TOOLCHAIN,
-        ],
-    )?;
+    let installed = crate::setup::nightly_components()?;
     if !installed.lines().any(|l| l.starts_with("clippy")) {
         sh(
             "rustup",

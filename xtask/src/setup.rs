@@ -53,8 +53,10 @@ pub fn toolchain() -> Result<()> {
     Ok(())
 }
 
-fn rust_src() -> Result<()> {
-    let installed = output(
+/// The components installed for the nightly toolchain, one per line (an error if the toolchain
+/// itself is missing).
+pub fn nightly_components() -> Result<String> {
+    output(
         "rustup",
         &[
             "component",
@@ -63,8 +65,11 @@ fn rust_src() -> Result<()> {
             "--toolchain",
             EBPF_TOOLCHAIN,
         ],
-    );
-    match installed {
+    )
+}
+
+fn rust_src() -> Result<()> {
+    match nightly_components() {
         Ok(list) if list.lines().any(|l| l.starts_with("rust-src")) => {
             println!("  rust-src for {EBPF_TOOLCHAIN}: present");
             return Ok(());
