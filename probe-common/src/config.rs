@@ -9,6 +9,15 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Name of the read-only global that holds the daemon's own tgid (its tasks are skipped).
 pub const SELF_TGID_GLOBAL: &str = "SELF_TGID";
 
+/// Name of the read-only global with the generation of this load of the programs (see
+/// [`ACTIVE_MAP`]).
+pub const GENERATION_GLOBAL: &str = "GENERATION";
+/// Array map of one u32: the generation of the programs that count now; the others return at
+/// once. Pinned: a restarted daemon attaches its programs beside the previous daemon's (still
+/// attached through their pinned links), hands over with one write of this map, then detaches
+/// the old ones: no event is missed in between, none is counted twice.
+pub const ACTIVE_MAP: &str = "ACTIVE_GENERATION";
+
 /// An offset that could not be resolved on this kernel. Programs treat the field as absent.
 pub const OFFSET_MISSING: u32 = u32::MAX;
 

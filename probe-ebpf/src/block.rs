@@ -51,6 +51,9 @@ static BLOCK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS,
 /// counted ([`STAT_END_MISSED`]) and replaced.
 #[raw_tracepoint(tracepoint = "block_io_start")]
 pub fn probe_block_io_start(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let rq: *const u8 = ctx.arg(0);
     if !start(rq, u64::from(BPF_NOEXIST)) {
         bump(&BLOCK_STATS, STAT_END_MISSED);
@@ -62,6 +65,9 @@ pub fn probe_block_io_start(ctx: RawTracePointContext) -> i32 {
 /// block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes).
 #[raw_tracepoint(tracepoint = "block_rq_complete")]
 pub fn probe_block_rq_bytes(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let rq: *const u8 = ctx.arg(0);
     let nr_bytes: u64 = ctx.arg::<u64>(2) & 0xffff_ffff;
     if let Some(s) = BLOCK_STARTS.get_ptr_mut(rq as u64) {
@@ -76,6 +82,9 @@ pub fn probe_block_rq_bytes(ctx: RawTracePointContext) -> i32 {
 /// block_io_done(struct request *rq).
 #[raw_tracepoint(tracepoint = "block_io_done")]
 pub fn probe_block_io_done(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let rq: *const u8 = ctx.arg(0);
     match BLOCK_STARTS.get_ptr(rq as u64) {
         Some(s) => {
@@ -93,6 +102,9 @@ pub fn probe_block_io_done(ctx: RawTracePointContext) -> i32 {
 /// Fallback start, attached to block_rq_insert and block_rq_issue (first argument: the request).
 #[raw_tracepoint(tracepoint = "block_rq_issue")]
 pub fn probe_block_rq_start(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let _ = start(ctx.arg(0), u64::from(BPF_NOEXIST));
     0
 }
@@ -100,6 +112,9 @@ pub fn probe_block_rq_start(ctx: RawTracePointContext) -> i32 {
 /// Fallback end: block_rq_complete, done when it completes the request's remaining bytes.
 #[raw_tracepoint(tracepoint = "block_rq_complete")]
 pub fn probe_block_rq_done(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let rq: *const u8 = ctx.arg(0);
     let nr_bytes: u64 = ctx.arg::<u64>(2) & 0xffff_ffff;
     let Some(s) = BLOCK_STARTS.get_ptr_mut(rq as u64) else {
@@ -125,6 +140,9 @@ pub fn probe_block_rq_done(ctx: RawTracePointContext) -> i32 {
 /// completes on its own (its bytes complete with the other), so its start goes now.
 #[raw_tracepoint(tracepoint = "block_rq_merge")]
 pub fn probe_block_rq_merge(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let rq: *const u8 = ctx.arg(0);
     let _ = BLOCK_STARTS.remove(rq as u64);
     0
@@ -135,6 +153,9 @@ pub fn probe_block_rq_merge(ctx: RawTracePointContext) -> i32 {
 /// where the kernel counts /proc/<pid>/io write_bytes too.
 #[raw_tracepoint(tracepoint = "writeback_dirty_folio")]
 pub fn probe_block_dirty(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     on_dirty(&ctx, ctx.arg(0), ctx.arg(1));
     0
 }

@@ -114,6 +114,9 @@ fn rss_pages(mm: *const u8) -> u64 {
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn probe_sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let prev: *const u8 = ctx.arg(1);
     let state = prev_state::<Direct>(prev, || ctx.arg(3));
     crate::runq::switched_out::<Direct>(prev, state);
@@ -125,6 +128,9 @@ pub fn probe_sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn probe_sched_switch_raw(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let prev: *const u8 = ctx.arg(1);
     let state = prev_state::<Probe>(prev, || ctx.arg(3));
     crate::runq::switched_out::<Probe>(prev, state);

@@ -2,7 +2,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
-    maps::PerCpuArray,
+    macros::map,
+    maps::{Array, PerCpuArray},
 };
 use probe_common::{
     block::LATENCY_BUCKETS,
@@ -17,6 +18,24 @@ pub(crate) static OFFSETS: Offsets = Offsets::MISSING;
 /// The daemon's own tgid: its threads are not attributed to any instance.
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
+
+/// This load's generation, set by the daemon before load (see `probe_common::config::ACTIVE_MAP`).
+#[unsafe(no_mangle)]
+static GENERATION: u32 = 0;
+
+/// The generation that counts now (one entry). Written only by the daemon.
+#[map]
+static ACTIVE_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether these programs count now: false only while another daemon's programs do, during a
+/// handover at restart. Every program that counts returns at once when it is false.
+#[inline(always)]
+pub(crate) fn active() -> bool {
+    // SAFETY: a global the loader sets before load and nothing writes afterwards; read volatile so
+    // that the compiler does not fold its initial value.
+    let mine = unsafe { core::ptr::read_volatile(&GENERATION) };
+    ACTIVE_GENERATION.get(0).is_some_and(|g| *g == mine)
+}
 
 /// One field of [`OFFSETS`]. Volatile so the compiler does not fold the default value in.
 macro_rules! off {

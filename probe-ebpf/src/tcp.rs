@@ -61,6 +61,9 @@ const CLOSED: u8 = 4;
 /// context; `ret` is the number of bytes queued (or an error).
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn probe_tcp_send(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     on_length(&ctx, TX);
     0
 }
@@ -69,6 +72,9 @@ pub fn probe_tcp_send(ctx: RawTracePointContext) -> i32 {
 /// receiver's context.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn probe_tcp_recv(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     on_length(&ctx, RX);
     0
 }
@@ -179,6 +185,9 @@ fn is_tcp(sk: *const u8) -> bool {
 /// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn probe_tcp_state(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as u32;
     let new = ctx.arg::<u64>(2) as u32;
@@ -254,6 +263,9 @@ fn port_key(port: u16, role: u8) -> TcpKey {
 /// per retransmitted skb, which carries tcp_skb_pcount() segments (what TcpRetransSegs adds).
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn probe_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
     if off!(retransmit_has_err) != 0 && ctx.arg::<u64>(2) as u32 != 0 {
@@ -287,6 +299,9 @@ pub fn probe_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
 /// again by a listener (one segment).
 #[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
 pub fn probe_tcp_retransmit_synack(ctx: RawTracePointContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
     let sk: *const u8 = ctx.arg(0);
     if let Some(port) = read::<u16>(sk, off!(sk_num)) {
         account(&ctx, &port_key(port, ROLE_SERVER), RETRANSMIT, 1);
@@ -356,7 +371,7 @@ pub fn probe_tcp_sockops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
         }
-        BPF_SOCK_OPS_RTT_CB => {
+        BPF_SOCK_OPS_RTT_CB if crate::kernel::active() => {
             let port = ctx.local_port() as u16;
             // tcp_sock.srtt_us holds 8 times the smoothed RTT in microseconds.
             // SAFETY: ops is the bpf_sock_ops the kernel passes for this callback (the verifier
@@ -413,6 +428,9 @@ fn rtt_add(t: *mut RttTotals, us: u64, b: Bucket) {
 /// Fallback bytes: packets received by local sockets. Must return 1 (pass).
 #[cgroup_skb(ingress)]
 pub fn probe_tcp_skb_ingress(ctx: SkBuffContext) -> i32 {
+    if !crate::kernel::active() {
+        return 1;
+    }
     on_packet(&ctx, RX);
     1
 }
@@ -420,6 +438,9 @@ pub fn probe_tcp_skb_ingress(ctx: SkBuffContext) -> i32 {
 /// Fallback bytes: packets sent by local sockets. Must return 1 (pass).
 #[cgroup_skb(egress)]
 pub fn probe_tcp_skb_egress(ctx: SkBuffContext) -> i32 {
+    if !crate::kernel::active() {
+        return 1;
+    }
     on_packet(&ctx, TX);
     1
 }

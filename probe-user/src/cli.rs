@@ -49,6 +49,10 @@ pub enum Command {
     /// Instance rule files: validate one, or print the built-in rules.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Detach the kernel programs `probe serve` left attached (after a crash or kill -9 they keep
+    /// counting for the next start) and remove its pinned maps and saved accounts: the next start
+    /// counts from zero. Run it after stopping probe for good; refused while a daemon runs.
+    Unpin(PinArgs),
     /// Write man pages (probe.1 and one per subcommand) into a directory; the packages ship them.
     #[command(hide = true)]
     Man {
@@ -82,6 +86,22 @@ pub struct CheckArgs {
 
     #[command(flatten)]
     pub hooks: HookArgs,
+}
+
+/// Where `probe serve` keeps what survives a restart.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PinArgs {
+    /// bpffs directory for the kernel maps that accumulate and the links that keep the programs
+    /// attached: a restarted daemon (kill -9 included) reuses them and carries on, nothing
+    /// counted is lost. A probe whose maps differ (upgrade, other map sizes) starts fresh and
+    /// says so. Kept when probe stops, except the links on a graceful stop (SIGTERM).
+    #[arg(long = "bpf.pin-path", value_name = "DIR", default_value = crate::pins::DEFAULT_ROOT)]
+    pub pin_path: std::path::PathBuf,
+
+    /// The daemon's own accounts (instance and process counters), written at every collection
+    /// so that a restart continues them; best on tmpfs (cleared at reboot like the pins).
+    #[arg(long = "state.file", value_name = "FILE", default_value = crate::state::DEFAULT_FILE)]
+    pub state_file: std::path::PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,6 +175,14 @@ pub struct ServeArgs {
     /// kernel.bpf_stats_enabled=1 are exported without this flag.
     #[arg(long = "bpf.stats")]
     pub bpf_stats: bool,
+
+    #[command(flatten)]
+    pub pins: PinArgs,
+
+    /// Pin nothing and save nothing: a restart starts every counter from zero, and the programs
+    /// go with the daemon however it ends.
+    #[arg(long = "bpf.no-pin")]
+    pub no_pin: bool,
 
     #[command(flatten)]
     pub hooks: HookArgs,

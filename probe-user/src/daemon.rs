@@ -4,11 +4,14 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use tracing::{debug, warn};
+use probe_common::cpu::DeadKey;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
 
 use crate::{
     collect::{
@@ -50,6 +53,9 @@ pub struct Options {
     pub rank_tau_secs: f64,
     /// Instance rules (and the instance cap and expiry they set).
     pub rules: Arc<Rules>,
+    /// Where the accounts are saved at every collection and restored from at start, when the
+    /// kernel maps are pinned (see [`crate::state`]).
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -58,12 +64,13 @@ impl Default for Options {
             top_k: 20,
             rank_tau_secs: 30.0,
             rules: Arc::new(Rules::defaults()),
+            state_file: None,
         }
     }
 }
 
 /// How an instance was named, and what its cgroup path says (labels of probe_instance_info).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceMeta {
     /// The rule that named it.
     pub rule: Arc<str>,
@@ -110,6 +117,10 @@ pub struct SelfStats {
     /// Rule reloads (SIGHUP) that took effect / were rejected (the previous rules stay).
     pub rule_reloads: Reloads,
     pub web_reloads: Reloads,
+    /// Saves of the accounts (`--state.file`) that failed; whether this daemon carries on from a
+    /// previous one's accounts.
+    pub state_save_failures: u64,
+    pub restored: bool,
     pub programs: Vec<ProgramStats>,
 }
 
@@ -204,6 +215,9 @@ pub struct Daemon {
     ticks_per_sec: u64,
     page_size: u64,
     stats: SelfStats,
+    /// CLOCK_MONOTONIC ns at which `started` reads zero (kept across restarts with the state).
+    epoch_mono_ns: u64,
+    boot_id: String,
 }
 
 impl Daemon {
@@ -214,7 +228,7 @@ impl Daemon {
             .then(|| ProcTasks::new(procfs::ticks_per_second(), crate::sys::cgroup2_mount()));
         let mut accounts = Accounts::new(opts.rank_tau_secs);
         accounts.set_limits(limits(&opts, &opts.rules));
-        Self {
+        let mut daemon = Self {
             kernel,
             accounts,
             opts,
@@ -236,6 +250,99 @@ impl Daemon {
             ticks_per_sec: procfs::ticks_per_second(),
             page_size: procfs::page_size(),
             stats: SelfStats::default(),
+            epoch_mono_ns: crate::state::monotonic_ns(),
+            boot_id: crate::state::boot_id(),
+        };
+        daemon.restore();
+        daemon
+    }
+
+    /// Carries on from a previous daemon's saved accounts, if they belong to the pinned maps
+    /// this one reuses; then deletes what that daemon credited but did not delete.
+    fn restore(&mut self) {
+        let (Some(pins), Some(path)) = (&self.kernel.pins, self.opts.state_file.clone()) else {
+            return;
+        };
+        let saved = match crate::state::load(&path) {
+            Ok(Some(saved)) => saved,
+            Ok(None) => {
+                if pins.reused {
+                    info!(file = %path.display(), "no saved accounts: instance counters start from zero (the kernel maps' totals are kept)");
+                }
+                return;
+            }
+            Err(e) => {
+                warn!(file = %path.display(), "saved accounts not used, counting from zero: {e}");
+                return;
+            }
+        };
+        if let Some(why) = crate::state::mismatch(&saved, &pins.map_ids(), &self.boot_id) {
+            warn!(file = %path.display(), "saved accounts not used, counting from zero: {why}");
+            return;
+        }
+        let crate::state::Saved {
+            epoch_mono_ns,
+            mut accounts,
+            meta,
+            pending,
+            ..
+        } = saved;
+        accounts.set_limits(limits(&self.opts, &self.opts.rules));
+        accounts.set_tau(self.opts.rank_tau_secs);
+        let (procs, instances) = accounts.sizes();
+        self.accounts = accounts;
+        self.meta = meta.into_iter().collect();
+        self.epoch_mono_ns = epoch_mono_ns;
+        let since =
+            Duration::from_nanos(crate::state::monotonic_ns().saturating_sub(epoch_mono_ns));
+        self.started = Instant::now()
+            .checked_sub(since)
+            .unwrap_or_else(Instant::now);
+        if let Some(map) = &mut self.kernel.dead_tasks {
+            let keys: Vec<DeadKey> = pending
+                .dead
+                .iter()
+                .map(|&(tgid, start_ns)| DeadKey {
+                    tgid,
+                    _pad: 0,
+                    start_ns,
+                })
+                .collect();
+            collect::cpu::forget_dead(map, keys.iter());
+        }
+        if let Some(maps) = &mut self.kernel.runq {
+            collect::runq::forget_if_dead(&mut maps.threads, &pending.runq_dead);
+        }
+        self.stats.restored = true;
+        info!(file = %path.display(), processes = procs, instances, "carrying on from the previous daemon's accounts");
+    }
+
+    /// Saves the accounts with the deletions about to follow (see [`crate::state::Pending`]).
+    fn save(&mut self, pending: crate::state::Pending) {
+        let (Some(pins), Some(path)) = (&self.kernel.pins, &self.opts.state_file) else {
+            return;
+        };
+        let saved = crate::state::Saved {
+            maps: pins.map_ids(),
+            boot_id: self.boot_id.clone(),
+            epoch_mono_ns: self.epoch_mono_ns,
+            accounts: std::mem::replace(&mut self.accounts, Accounts::new(0.0)),
+            meta: self
+                .meta
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            pending,
+        };
+        let written = crate::state::encode(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::state::write(path, &bytes));
+        self.accounts = saved.accounts;
+        if let Err(e) = written {
+            if self.stats.state_save_failures == 0 {
+                warn!(file = %path.display(), error = %e, "cannot save the accounts: a restart will count from zero (further failures are only counted)");
+            }
+            self.stats.state_save_failures += 1;
         }
     }
 
@@ -438,12 +545,18 @@ impl Daemon {
         let exported = self.accounts.instances();
         self.meta.retain(|k, _| exported.contains_key(k));
         self.last = Some(Instant::now());
+        let dead_keys: Vec<DeadKey> = forget
+            .iter()
+            .filter_map(|k| dead_read.kernel_keys.get(k))
+            .flatten()
+            .copied()
+            .collect();
+        self.save(crate::state::Pending {
+            dead: dead_keys.iter().map(|k| (k.tgid, k.start_ns)).collect(),
+            runq_dead: runq.as_ref().map(|r| r.dead.clone()).unwrap_or_default(),
+        });
         if let Some(map) = &mut self.kernel.dead_tasks {
-            let kernel_keys = forget
-                .iter()
-                .filter_map(|k| dead_read.kernel_keys.get(k))
-                .flatten();
-            self.stats.dead_delete_failures += collect::cpu::forget_dead(map, kernel_keys) as u64;
+            self.stats.dead_delete_failures += collect::cpu::forget_dead(map, &dead_keys) as u64;
         }
         let is_live = |tgid, start_ns| live.contains_key(&ProcessKey { tgid, start_ns });
         if let Some(map) = &mut self.kernel.block_io {

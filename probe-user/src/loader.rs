@@ -11,8 +11,8 @@ use std::{
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{
-        cgroup_skb::CgroupSkbAttachType, BtfTracePoint, CgroupAttachMode, CgroupSkb, Iter,
-        RawTracePoint, SockOps,
+        cgroup_skb::CgroupSkbAttachType, links::FdLink, BtfTracePoint, CgroupAttachMode, CgroupSkb,
+        Iter, RawTracePoint, SockOps,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -22,7 +22,7 @@ use probe_common::{
         RQ_BYTES_PROGRAM, RQ_DONE_PROGRAM, RQ_MERGE_PROGRAM, RQ_START_PROGRAM, STARTS_MAP,
         STATS_MAP as BLOCK_STATS_MAP,
     },
-    config::{Offsets, OFFSETS_GLOBAL, SELF_TGID_GLOBAL},
+    config::{Offsets, ACTIVE_MAP, GENERATION_GLOBAL, OFFSETS_GLOBAL, SELF_TGID_GLOBAL},
     cpu::{
         DeadKey, DeadTotals, DEAD_MAP, EXIT_STATS_MAP, SWITCH_BTF_PROGRAM, SWITCH_RAW_PROGRAM,
         TASK_ITER_PROGRAM,
@@ -43,6 +43,7 @@ use tracing::{info, warn};
 
 use crate::{
     btf::{self, KernelBtf},
+    pins::{self, MapShape, Pins},
     sys::{self, IterLink, MountOutcome},
 };
 
@@ -98,7 +99,8 @@ impl CollectorStatus {
     }
 }
 
-/// Everything loaded into the kernel. Dropping it detaches every program.
+/// Everything loaded into the kernel. Dropping it detaches every program, except those whose
+/// links are pinned (`probe serve`: they count on until the next daemon takes over).
 pub struct Kernel {
     pub ebpf: Option<Ebpf>,
     pub task_iter: Option<IterLink>,
@@ -121,6 +123,8 @@ pub struct Kernel {
     pub logger: Option<KernelLogger>,
     /// Notes about the environment (mounts, BTF fields, statistics) for `probe check`.
     pub environment: Vec<String>,
+    /// Where maps and links are pinned (`probe serve`), if they are.
+    pub pins: Option<Pins>,
     /// Keeps BPF_ENABLE_STATS on while the daemon runs (`--bpf.stats`).
     _stats: Option<OwnedFd>,
 }
@@ -188,10 +192,48 @@ impl Default for LoadOptions {
     }
 }
 
+/// The shapes of the maps [`pins::PINNED_MAPS`] as this object and these options create them.
+pub fn pinned_shapes(opts: &LoadOptions) -> Result<Vec<MapShape>, String> {
+    let obj = aya_obj::Object::parse(OBJECT)
+        .map_err(|e| format!("cannot parse the kernel object: {e}"))?;
+    pins::PINNED_MAPS
+        .iter()
+        .map(|&name| {
+            let m = obj
+                .maps
+                .get(name)
+                .ok_or_else(|| format!("map {name} missing from the object"))?;
+            let max_entries = match name {
+                DEAD_MAP => opts.dead_map_entries,
+                IO_MAP => opts.block_map_entries,
+                RUNQ_THREADS_MAP => opts.runq_map_entries,
+                TRAFFIC_MAP => opts.tcp_map_entries,
+                _ => m.max_entries(),
+            };
+            Ok(MapShape {
+                name: name.to_string(),
+                map_type: m.map_type(),
+                key_size: m.key_size(),
+                value_size: m.value_size(),
+                max_entries,
+                flags: m.map_flags(),
+            })
+        })
+        .collect()
+}
+
 /// Loads and attaches everything that works here. Never fails as a whole: a kernel on which
 /// nothing loads gives a [`Kernel`] whose collectors are all down, with the reasons.
 pub fn load(opts: &LoadOptions) -> Kernel {
+    load_pinned(opts, None)
+}
+
+/// [`load`], reusing and pinning maps and links under `pins` (see [`crate::pins`]).
+pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
     let mut env = Vec::new();
+    if let Some(p) = &pins {
+        env.extend(p.notes.iter().cloned());
+    }
     for (fstype, target) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
         match sys::ensure_mounted(fstype, Path::new(target)) {
             Ok(MountOutcome::Mounted) => {
@@ -234,13 +276,24 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         statuses: Vec::new(),
         logger: None,
         environment: Vec::new(),
+        pins: None,
         _stats: None,
     };
 
     raise_memlock_limit();
-    let prepared = prepare(opts, &mut env);
+    let generation = pins.as_mut().map_or(0, |p| {
+        let active = read_active(&p.map_path(ACTIVE_MAP));
+        p.choose_generation(active)
+    });
+    let prepared = prepare(opts, pins.as_ref(), generation, &mut env);
     match prepared {
         Ok((mut ebpf, aya_btf)) => {
+            // Nobody counts before this daemon: its programs count from their first event.
+            if pins.as_ref().is_some_and(|p| !p.has_old_links()) {
+                if let Err(e) = set_active(&mut ebpf, generation) {
+                    env.push(format!("cannot activate the programs: {e}"));
+                }
+            }
             // Must exist before programs load: they reference its map.
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(logger) => kernel.logger = Some(logger),
@@ -250,6 +303,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                 ebpf: &mut ebpf,
                 btf: &aya_btf,
                 skip: &opts.skip_hooks,
+                pins: pins.as_mut(),
             };
             if let Some(link) = a.iter(
                 &mut cpu,
@@ -280,6 +334,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                 ebpf: &mut ebpf,
                 btf: &aya_btf,
                 skip: &opts.skip_hooks,
+                pins: pins.as_mut(),
             };
             let why = "needs Linux 5.11+ for bpf_sock_from_file";
             if let Some(link) = a.iter(
@@ -296,6 +351,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                 ebpf: &mut ebpf,
                 btf: &aya_btf,
                 skip: &opts.skip_hooks,
+                pins: pins.as_mut(),
             };
             if let Some(progs) = a.block(&mut block) {
                 kernel.attached.extend(progs);
@@ -348,7 +404,26 @@ pub fn load(opts: &LoadOptions) -> Kernel {
                 );
             }
             let tcp_sts = [&mut tcp, &mut tcp_state, &mut tcp_retransmit, &mut tcp_rtt];
-            let (progs, maps) = attach_tcp(&mut ebpf, &aya_btf, opts, tcp_sts);
+            let mut a = Attacher {
+                ebpf: &mut ebpf,
+                btf: &aya_btf,
+                skip: &opts.skip_hooks,
+                pins: pins.as_mut(),
+            };
+            let (progs, maps) = attach_tcp(&mut a, opts, tcp_sts);
+            if let Some(p) = pins.as_mut() {
+                // The handover: this daemon's programs count from now on, the previous one's
+                // (attached until here, counting) go.
+                match set_active(&mut ebpf, p.generation()) {
+                    Ok(()) => p.release_old(),
+                    Err(e) => {
+                        warn!(
+                            "cannot hand over from the previous daemon's programs, they stay: {e}"
+                        );
+                        env.push(format!("handover failed: {e}"));
+                    }
+                }
+            }
             kernel.attached.extend(progs);
             kernel.tcp = maps;
             if opts.bpf_stats {
@@ -429,6 +504,7 @@ pub fn load(opts: &LoadOptions) -> Kernel {
         table,
     ];
     kernel.environment = env;
+    kernel.pins = pins;
     release_freed_memory();
     kernel
 }
@@ -465,7 +541,12 @@ fn sysctl_bpf_stats_enabled() -> bool {
 }
 
 /// Reads BTF, resolves offsets and loads the object (maps created, no program loaded yet).
-fn prepare(opts: &LoadOptions, env: &mut Vec<String>) -> Result<(Ebpf, Btf), String> {
+fn prepare(
+    opts: &LoadOptions,
+    pins: Option<&Pins>,
+    generation: u32,
+    env: &mut Vec<String>,
+) -> Result<(Ebpf, Btf), String> {
     let kbtf = KernelBtf::from_file(Path::new(btf::VMLINUX_BTF)).map_err(|e| e.to_string())?;
     let resolved = btf::resolve(&kbtf);
     for m in &resolved.missing {
@@ -476,10 +557,25 @@ fn prepare(opts: &LoadOptions, env: &mut Vec<String>) -> Result<(Ebpf, Btf), Str
     let mut offsets: Offsets = resolved.offsets;
     offsets.page_size = u32::try_from(procfs::page_size()).unwrap_or(4096);
     let self_tgid: u32 = std::process::id();
-    let ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    let pin_paths: Vec<(&str, std::path::PathBuf)> = pins
+        .map(|p| {
+            pins::PINNED_MAPS
+                .iter()
+                .map(|&m| (m, p.map_path(m)))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (name, path) in &pin_paths {
+        // aya opens the pinned map if there is one (a previous daemon's), else creates and
+        // pins it. The layout directory guarantees the shapes match.
+        loader.map_pin_path(name, path.as_path());
+    }
+    let ebpf = loader
         .btf(Some(&aya_btf))
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
+        .override_global(GENERATION_GLOBAL, &generation, true)
         .override_global(LOADED_AT_GLOBAL, &boottime_ns(), true)
         .override_global(
             RUNQ_ENABLED_GLOBAL,
@@ -570,6 +666,8 @@ struct Attacher<'a> {
     ebpf: &'a mut Ebpf,
     btf: &'a Btf,
     skip: &'a [String],
+    /// Links are pinned here, when pinning (see [`crate::pins`]).
+    pins: Option<&'a mut Pins>,
 }
 
 impl Attacher<'_> {
@@ -578,13 +676,13 @@ impl Attacher<'_> {
         &mut self,
         st: &mut CollectorStatus,
         hook: &'static str,
-        attach: impl FnOnce(&mut Ebpf, &Btf) -> Result<T, String>,
+        attach: impl FnOnce(&mut Self) -> Result<T, String>,
     ) -> Option<T> {
         if self.skip.iter().any(|h| h == hook) {
             st.notes.push(format!("{hook}: skipped (--hooks.skip)"));
             return None;
         }
-        match attach(self.ebpf, self.btf) {
+        match attach(self) {
             Ok(v) => {
                 st.hook = Some(hook);
                 Some(v)
@@ -605,9 +703,9 @@ impl Attacher<'_> {
         target: &str,
         needs: &str,
     ) -> Option<IterLink> {
-        let r = self.attempt(st, hook, |ebpf, btf| {
-            let prog: &mut Iter = program(ebpf, name)?;
-            prog.load(target, btf).map_err(|e| chain(&e))?;
+        let r = self.attempt(st, hook, |a| {
+            let prog: &mut Iter = program(a.ebpf, name)?;
+            prog.load(target, a.btf).map_err(|e| chain(&e))?;
             let fd = prog.fd().map_err(|e| chain(&e))?;
             IterLink::attach(fd.as_fd()).map_err(|e| format!("BPF_LINK_CREATE: {e}"))
         });
@@ -622,18 +720,22 @@ impl Attacher<'_> {
 
     /// The exit hook: BTF tracepoint, else raw tracepoint. Returns the program attached.
     fn exit_hook(&mut self, st: &mut CollectorStatus) -> Option<&'static str> {
-        let btf_tp = self.attempt(st, hooks::EXIT_BTF, |ebpf, btf| {
-            let prog: &mut BtfTracePoint = program(ebpf, SWITCH_BTF_PROGRAM)?;
-            prog.load("sched_switch", btf).map_err(|e| chain(&e))?;
-            prog.attach().map_err(|e| chain(&e))
+        let btf_tp = self.attempt(st, hooks::EXIT_BTF, |a| {
+            let key = link_key(SWITCH_BTF_PROGRAM, "sched_switch");
+            let prog: &mut BtfTracePoint = program(a.ebpf, SWITCH_BTF_PROGRAM)?;
+            prog.load("sched_switch", a.btf).map_err(|e| chain(&e))?;
+            let id = prog.attach().map_err(|e| chain(&e))?;
+            if let Some(p) = a.pins.as_deref_mut() {
+                let link = prog.take_link(id).map_err(|e| chain(&e))?;
+                p.keep(&key, FdLink::from(link))?;
+            }
+            Ok(())
         });
         if btf_tp.is_some() {
             return Some(SWITCH_BTF_PROGRAM);
         }
-        let raw = self.attempt(st, hooks::EXIT_RAW, |ebpf, _| {
-            let prog: &mut RawTracePoint = program(ebpf, SWITCH_RAW_PROGRAM)?;
-            prog.load().map_err(|e| chain(&e))?;
-            prog.attach("sched_switch").map_err(|e| chain(&e))
+        let raw = self.attempt(st, hooks::EXIT_RAW, |a| {
+            a.raw_set(&[(SWITCH_RAW_PROGRAM, "sched_switch")])
         });
         if raw.is_none() {
             st.notes.push(
@@ -659,19 +761,17 @@ impl Attacher<'_> {
             (RQ_START_PROGRAM, "block_rq_issue"),
         ];
         let mut progs = if self
-            .attempt(st, hooks::BLOCK_IO, |ebpf, _| attach_raw_set(ebpf, MAIN))
+            .attempt(st, hooks::BLOCK_IO, |a| a.raw_set(MAIN))
             .is_some()
         {
             vec![IO_DONE_PROGRAM, RQ_BYTES_PROGRAM, IO_START_PROGRAM]
         } else {
-            self.attempt(st, hooks::BLOCK_RQ, |ebpf, _| {
-                attach_raw_set(ebpf, FALLBACK)
-            })?;
+            self.attempt(st, hooks::BLOCK_RQ, |a| a.raw_set(FALLBACK))?;
             vec![RQ_DONE_PROGRAM, RQ_START_PROGRAM]
         };
         // block_rq_merge (5.9+) lets a merged-away request's start go at once: otherwise it
         // would age out of the LRU map, and on the main hooks count as an end not seen.
-        match attach_raw_set(self.ebpf, &[(RQ_MERGE_PROGRAM, "block_rq_merge")]) {
+        match self.raw_set(&[(RQ_MERGE_PROGRAM, "block_rq_merge")]) {
             Ok(()) => progs.push(RQ_MERGE_PROGRAM),
             Err(e) => st.notes.push(format!("raw_tp/block_rq_merge: {e}")),
         }
@@ -693,9 +793,7 @@ impl Attacher<'_> {
             (hooks::DIRTY_PAGE, "writeback_dirty_page"),
         ] {
             if self
-                .attempt(st, hook, |ebpf, _| {
-                    attach_raw_set(ebpf, &[(DIRTY_PROGRAM, tp)])
-                })
+                .attempt(st, hook, |a| a.raw_set(&[(DIRTY_PROGRAM, tp)]))
                 .is_some()
             {
                 return Some(DIRTY_PROGRAM);
@@ -714,13 +812,12 @@ const CGROUP_LINK: CgroupAttachMode = CgroupAttachMode::Single;
 /// Attaches the TCP collectors (bytes, connection states, retransmits, RTT) and takes their
 /// maps. Returns the programs attached and the maps (None if no TCP collector is up).
 fn attach_tcp(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
+    a: &mut Attacher<'_>,
     opts: &LoadOptions,
     [bytes, state, retransmit, rtt]: [&mut CollectorStatus; 4],
 ) -> (Vec<&'static str>, Option<TcpMaps>) {
     let mut progs = Vec::new();
-    if let Err(e) = set_remote_ports(ebpf, &opts.tcp_remote_ports) {
+    if let Err(e) = set_remote_ports(a.ebpf, &opts.tcp_remote_ports) {
         for s in [&mut *bytes, &mut *retransmit] {
             s.notes.push(format!("remote ports not set: {e}"));
         }
@@ -728,31 +825,29 @@ fn attach_tcp(
     let cgroup = crate::sys::cgroup2_root(opts.cgroup_path.as_deref()).and_then(|p| {
         std::fs::File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))
     });
-    let mut a = Attacher {
-        ebpf,
-        btf,
-        skip: &opts.skip_hooks,
-    };
     let sock_length = &[
         (RECV_PROGRAM, "sock_recv_length"),
         (SEND_PROGRAM, "sock_send_length"),
     ];
-    if a.attempt(bytes, hooks::TCP_SOCK_LENGTH, |ebpf, _| {
-        attach_raw_set(ebpf, sock_length)
-    })
-    .is_some()
+    if a.attempt(bytes, hooks::TCP_SOCK_LENGTH, |a| a.raw_set(sock_length))
+        .is_some()
     {
         progs.extend([RECV_PROGRAM, SEND_PROGRAM]);
     } else if a
-        .attempt(bytes, hooks::TCP_CGROUP_SKB, |ebpf, _| {
+        .attempt(bytes, hooks::TCP_CGROUP_SKB, |a| {
             let cg = cgroup.as_ref().map_err(Clone::clone)?;
             for (name, dir) in [
                 (SKB_INGRESS_PROGRAM, CgroupSkbAttachType::Ingress),
                 (SKB_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
             ] {
-                let prog: &mut CgroupSkb = program(ebpf, name)?;
+                let key = link_key(name, "cgroup");
+                let prog: &mut CgroupSkb = program(a.ebpf, name)?;
                 prog.load().map_err(|e| chain(&e))?;
-                prog.attach(cg, dir, CGROUP_LINK).map_err(|e| chain(&e))?;
+                let id = prog.attach(cg, dir, CGROUP_LINK).map_err(|e| chain(&e))?;
+                if let Some(p) = a.pins.as_deref_mut() {
+                    let link = prog.take_link(id).map_err(|e| chain(&e))?;
+                    p.keep(&key, FdLink::try_from(link).map_err(|e| chain(&e))?)?;
+                }
             }
             Ok(())
         })
@@ -765,8 +860,8 @@ fn attach_tcp(
                 .into(),
         );
     }
-    if a.attempt(state, hooks::TCP_STATE, |ebpf, _| {
-        attach_raw_set(ebpf, &[(STATE_PROGRAM, "inet_sock_set_state")])
+    if a.attempt(state, hooks::TCP_STATE, |a| {
+        a.raw_set(&[(STATE_PROGRAM, "inet_sock_set_state")])
     })
     .is_some()
     {
@@ -777,27 +872,30 @@ fn attach_tcp(
                 .into(),
         );
     }
-    if a.attempt(retransmit, hooks::TCP_RETRANSMIT, |ebpf, _| {
-        attach_raw_set(ebpf, &[(RETRANSMIT_PROGRAM, "tcp_retransmit_skb")])
+    if a.attempt(retransmit, hooks::TCP_RETRANSMIT, |a| {
+        a.raw_set(&[(RETRANSMIT_PROGRAM, "tcp_retransmit_skb")])
     })
     .is_some()
     {
         progs.push(RETRANSMIT_PROGRAM);
-        match attach_raw_set(
-            a.ebpf,
-            &[(RETRANSMIT_SYNACK_PROGRAM, "tcp_retransmit_synack")],
-        ) {
+        match a.raw_set(&[(RETRANSMIT_SYNACK_PROGRAM, "tcp_retransmit_synack")]) {
             Ok(()) => progs.push(RETRANSMIT_SYNACK_PROGRAM),
             Err(e) => retransmit
                 .notes
                 .push(format!("raw_tp/tcp_retransmit_synack: {e}")),
         }
     }
-    if a.attempt(rtt, hooks::TCP_SOCKOPS, |ebpf, _| {
+    if a.attempt(rtt, hooks::TCP_SOCKOPS, |a| {
         let cg = cgroup.as_ref().map_err(Clone::clone)?;
-        let prog: &mut SockOps = program(ebpf, SOCKOPS_PROGRAM)?;
+        let key = link_key(SOCKOPS_PROGRAM, "cgroup");
+        let prog: &mut SockOps = program(a.ebpf, SOCKOPS_PROGRAM)?;
         prog.load().map_err(|e| chain(&e))?;
-        prog.attach(cg, CGROUP_LINK).map_err(|e| chain(&e))
+        let id = prog.attach(cg, CGROUP_LINK).map_err(|e| chain(&e))?;
+        if let Some(p) = a.pins.as_deref_mut() {
+            let link = prog.take_link(id).map_err(|e| chain(&e))?;
+            p.keep(&key, FdLink::try_from(link).map_err(|e| chain(&e))?)?;
+        }
+        Ok(())
     })
     .is_some()
     {
@@ -811,6 +909,7 @@ fn attach_tcp(
     {
         return (progs, None);
     }
+    let ebpf = &mut *a.ebpf;
     let maps = (|| {
         Some(TcpMaps {
             traffic: BpfHashMap::try_from(ebpf.take_map(TRAFFIC_MAP)?).ok()?,
@@ -842,34 +941,73 @@ fn set_remote_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), String> {
     Ok(())
 }
 
-/// Loads (once) and attaches raw tracepoint programs to tracepoints, all or nothing: if one
-/// fails, the ones attached by this call are detached again.
-fn attach_raw_set(ebpf: &mut Ebpf, set: &[(&str, &str)]) -> Result<(), String> {
-    let mut done: Vec<(&str, aya::programs::raw_trace_point::RawTracePointLinkId)> = Vec::new();
-    let mut result = Ok(());
-    for &(name, tp) in set {
-        let attached = program::<RawTracePoint>(ebpf, name).and_then(|prog| {
-            if prog.fd().is_err() {
-                prog.load().map_err(|e| chain(&e))?;
-            }
-            prog.attach(tp).map_err(|e| format!("{tp}: {}", chain(&e)))
-        });
-        match attached {
-            Ok(id) => done.push((name, id)),
-            Err(e) => {
-                result = Err(e);
-                break;
+/// The generation whose programs count now, from the pinned map (0 if there is none yet).
+fn read_active(path: &Path) -> u32 {
+    aya::maps::MapData::from_pin(path)
+        .ok()
+        .and_then(|m| aya::maps::Array::<MapData, u32>::try_from(aya::maps::Map::Array(m)).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .unwrap_or(0)
+}
+
+/// Makes the programs of `generation` the ones that count (see `ACTIVE_MAP`).
+fn set_active(ebpf: &mut Ebpf, generation: u32) -> Result<(), String> {
+    let map = ebpf
+        .map_mut(ACTIVE_MAP)
+        .ok_or_else(|| format!("map {ACTIVE_MAP} missing from the object"))?;
+    let mut a: aya::maps::Array<&mut MapData, u32> =
+        aya::maps::Array::try_from(map).map_err(|e| chain(&e))?;
+    a.set(0, generation, 0).map_err(|e| chain(&e))
+}
+
+/// The name a link is pinned under: `program@target`.
+fn link_key(program: &str, target: &str) -> String {
+    format!("{program}@{target}")
+}
+
+impl Attacher<'_> {
+    /// Loads (once) and attaches raw tracepoint programs to tracepoints, all or nothing: if one
+    /// fails, the ones attached by this call are detached again. When pinning, each replaces
+    /// the previous daemon's link of the same name just before it attaches, and is pinned.
+    fn raw_set(&mut self, set: &[(&str, &str)]) -> Result<(), String> {
+        let mut done: Vec<(
+            &str,
+            &str,
+            aya::programs::raw_trace_point::RawTracePointLinkId,
+        )> = Vec::new();
+        let mut result = Ok(());
+        for &(name, tp) in set {
+            let attached = program::<RawTracePoint>(self.ebpf, name).and_then(|prog| {
+                if prog.fd().is_err() {
+                    prog.load().map_err(|e| chain(&e))?;
+                }
+                prog.attach(tp).map_err(|e| format!("{tp}: {}", chain(&e)))
+            });
+            match attached {
+                Ok(id) => done.push((name, tp, id)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-    }
-    if result.is_err() {
-        for (name, id) in done {
-            if let Ok(prog) = program::<RawTracePoint>(ebpf, name) {
-                let _ = prog.detach(id);
+        if result.is_err() {
+            for (name, _, id) in done {
+                if let Ok(prog) = program::<RawTracePoint>(self.ebpf, name) {
+                    let _ = prog.detach(id);
+                }
+            }
+            return result;
+        }
+        if let Some(p) = self.pins.as_deref_mut() {
+            for (name, tp, id) in done {
+                let prog = program::<RawTracePoint>(self.ebpf, name)?;
+                let link = prog.take_link(id).map_err(|e| chain(&e))?;
+                p.keep(&link_key(name, tp), FdLink::from(link))?;
             }
         }
+        Ok(())
     }
-    result
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>

@@ -25,6 +25,28 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check::run(args.hooks, args.bpf_stats, args.format),
         Command::Config(ConfigCommand::Check { file }) => config::check(&file),
+        Command::Unpin(args) => {
+            match probe_user::pins::unpin(&args.pin_path, Some(&args.state_file)) {
+                Ok(removed) if removed.is_empty() => {
+                    println!(
+                        "nothing to remove: no pins in {} and no {}",
+                        args.pin_path.display(),
+                        args.state_file.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(removed) => {
+                    for p in removed {
+                        println!("removed {}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("probe unpin: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Config(ConfigCommand::Defaults) => {
             print!("{}", probe_user::model::rules::DEFAULT_RULES);
             ExitCode::SUCCESS
@@ -110,7 +132,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.listen_address
             )
         })?;
-        let mut kernel = loader::load(&loader::LoadOptions {
+        let load_opts = loader::LoadOptions {
             dead_map_entries: args.exit_map_size,
             block_map_entries: args.block_map_size,
             runq_map_entries: args.runq_map_size,
@@ -119,13 +141,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             skip_hooks: args.hooks.skip,
             cgroup_path: args.hooks.cgroup,
             bpf_stats: args.bpf_stats,
-        });
+        };
+        let pins = if args.no_pin { None } else { open_pins(&load_opts, &args.pins.pin_path)? };
+        let mut kernel = loader::load_pinned(&load_opts, pins);
         if let Some(logger) = kernel.logger.take() {
             loader::spawn_log_drain(logger);
         }
         let opts = Options {
             top_k: usize::from(args.top_k),
             rules: Arc::new(rules),
+            state_file: (!args.no_pin).then(|| args.pins.state_file.clone()),
             ..Options::default()
         };
         let app = Arc::new(App::new(Daemon::new(kernel, opts), web));
@@ -137,11 +162,43 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(collect_periodically(app.clone(), args.collect_interval));
         tokio::spawn(reload_on_sighup(app.clone(), args.config.clone(), args.web_config.clone()));
         tokio::select! {
-            () = http::serve(listener, app) => {}
-            () = shutdown_signal() => info!("shutting down; kernel programs are detached on exit"),
+            () = http::serve(listener, app.clone()) => {}
+            () = shutdown_signal() => {
+                if let Some(pins) = &app.daemon().kernel().pins {
+                    pins.detach_all();
+                    info!(pins = %pins.root().display(), "shutting down; kernel programs detached, maps and accounts kept for the next start (probe unpin removes them)");
+                } else {
+                    info!("shutting down; kernel programs are detached on exit");
+                }
+            }
         }
         Ok(())
     })
+}
+
+/// Pins for `probe serve`: another daemon on the same pins is a reason not to start; a host
+/// where nothing can be pinned (no bpffs) is not, it runs without (and says so).
+fn open_pins(
+    opts: &loader::LoadOptions,
+    root: &std::path::Path,
+) -> anyhow::Result<Option<probe_user::pins::Pins>> {
+    let layout = match loader::pinned_shapes(opts) {
+        Ok(shapes) => probe_user::pins::layout_name(&shapes),
+        Err(e) => {
+            tracing::warn!("nothing pinned, a restart will count from zero: {e}");
+            return Ok(None);
+        }
+    };
+    // bpffs may not be mounted yet (the loader would mount it; pins need it first).
+    let _ = probe_user::sys::ensure_mounted("bpf", std::path::Path::new("/sys/fs/bpf"));
+    match probe_user::pins::Pins::open(root, &layout) {
+        Ok(p) => Ok(Some(p)),
+        Err(probe_user::pins::OpenError::Busy(e)) => anyhow::bail!(e),
+        Err(probe_user::pins::OpenError::Other(e)) => {
+            tracing::warn!("nothing pinned, a restart will count from zero: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// Lets the soft limit of open files reach the hard one (as Go's runtime does): the endpoint

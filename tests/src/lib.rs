@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -59,6 +59,11 @@ pub struct Daemon {
     child: Child,
     pub port: u16,
     log: PathBuf,
+    /// The command and arguments it was started with (for [`Daemon::restart`]).
+    command: Vec<String>,
+    /// Pins and saved accounts of its own (removed with `probe unpin` when dropped), when the
+    /// program is probe itself.
+    pins: Option<(String, String)>,
 }
 
 impl Daemon {
@@ -89,24 +94,84 @@ impl Daemon {
         if !extra.contains(&"--collect.interval") {
             args.extend(["--collect.interval", "1s"]);
         }
+        // Each daemon pins into a directory of its own (tests run one after another, and a
+        // daemon must not carry on from the previous test's), removed when it is dropped.
+        let own = program.last().is_some_and(|p| p.ends_with("/probe"))
+            && !extra
+                .iter()
+                .any(|a| a.starts_with("--bpf.pin-path") || *a == "--bpf.no-pin");
+        let pin_dir = format!("/sys/fs/bpf/probe-test-{}-{port}", std::process::id());
+        let state = std::env::temp_dir()
+            .join(format!("probe-test-{}-{port}.state", std::process::id()))
+            .to_string_lossy()
+            .into_owned();
+        if own {
+            args.extend(["--bpf.pin-path", &pin_dir, "--state.file", &state]);
+        }
         args.extend_from_slice(extra);
         let log = std::env::temp_dir().join(format!("probe-test-{port}.log"));
-        let log_file = std::fs::File::create(&log).expect("daemon log file");
-        let (first, rest) = program.split_first().expect("a program");
+        let mut command: Vec<String> = program.iter().map(|s| s.to_string()).collect();
+        command.extend(args.iter().map(|s| s.to_string()));
+        let mut d = Self {
+            child: Self::spawn(&command, &log, false),
+            port,
+            log,
+            command,
+            pins: own.then(|| (pin_dir.clone(), state.clone())),
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn spawn(command: &[String], log: &Path, append: bool) -> Child {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(log)
+            .expect("daemon log file");
+        let (first, rest) = command.split_first().expect("a program");
         let mut cmd = Command::new(first);
         cmd.args(rest);
         // A killed test process must not leave a daemon attached to the kernel (it would load
         // every later test and benchmark).
-        let child = die_with_parent(&mut cmd)
-            .args(&args)
+        die_with_parent(&mut cmd)
             .env("PROBE_LOG", "warn")
             .stdin(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .expect("spawn probe serve");
-        let mut d = Self { child, port, log };
+            .expect("spawn probe serve")
+    }
+
+    /// SIGKILLs the daemon: nothing of it runs any more, only its pinned links stay.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the daemon again with the same arguments and port (after [`Daemon::kill`] or
+    /// [`Daemon::terminate`]); returns when it is ready. Its log goes on in the same file.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.command, &self.log, true);
+        self.wait_ready();
+    }
+
+    /// How long the daemon may take to get ready: loading the programs takes a second here and
+    /// tens of seconds under qemu's TCG with a load running beside it.
+    const READY_WITHIN: Duration = Duration::from_secs(120);
+
+    /// Sends SIGTERM and waits for the daemon to exit.
+    pub fn terminate(&mut self) {
+        // SAFETY: kill(2) with the pid of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    fn wait_ready(&mut self) {
+        let d = self;
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
+        while t0.elapsed() < Self::READY_WITHIN {
             if let Ok(Some(status)) = d.child.try_wait() {
                 panic!(
                     "probe serve exited ({status}) before it was ready; its log:\n{}",
@@ -114,14 +179,20 @@ impl Daemon {
                 );
             }
             if d.get("/readyz").is_ok_and(|(status, _)| status == 200) {
-                return d;
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
-            "probe serve did not become ready within 30 s; its log:\n{}",
+            "probe serve did not become ready within {} s; its log:\n{}",
+            Self::READY_WITHIN.as_secs(),
             d.log()
         );
+    }
+
+    /// The daemon's own pin directory and state file (see [`Daemon::start`]), if it has them.
+    pub fn pins(&self) -> Option<(&str, &str)> {
+        self.pins.as_ref().map(|(d, s)| (d.as_str(), s.as_str()))
     }
 
     /// What the daemon logged so far.
@@ -151,6 +222,19 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+        // A killed daemon leaves its links attached (that is the point of pinning): detach them.
+        if let Some((dir, state)) = &self.pins {
+            let (ok, out) = said(Command::new(probe_bin()).args([
+                "unpin",
+                "--bpf.pin-path",
+                dir,
+                "--state.file",
+                state,
+            ]));
+            if !ok && !std::thread::panicking() {
+                panic!("probe unpin failed: {out}");
+            }
+        }
     }
 }
 
@@ -410,6 +494,13 @@ impl Workload {
             .expect("read workload output");
         assert!(n > 0, "workload exited early");
         line.trim_end().to_string()
+    }
+
+    /// Tells a workload started with `--until-stop` to finish (it then prints `done`).
+    pub fn stop(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"stop\n").expect("write to the workload");
+        stdin.flush().expect("flush");
     }
 
     /// The workload's output, for reading it on another thread (`line` panics afterwards).

@@ -1,7 +1,8 @@
 //! The image `cargo xtask dist --image` builds, run with podman exactly as
 //! deploy/kubernetes/daemonset.yaml runs it: its arguments, only its capabilities (all others
-//! dropped), host PID and network namespaces, its volumes (host /sys read-only, the host's cgroup
-//! filesystem, the rules ConfigMap), a read-only root, no privilege escalation, and the seccomp
+//! dropped), host PID and network namespaces, its volumes (the host's cgroup filesystem
+//! read-only, the rules ConfigMap, the host's bpffs and /run/probe for what survives a
+//! restart), a read-only root, no privilege escalation, and the seccomp
 //! profile it names. Every collector must come up on this kernel's best hook and count a busy
 //! thread's CPU time as the kernel does (schedstat).
 //!
@@ -60,13 +61,15 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Removes the container when the test ends, whatever happens.
+/// Removes the container when the test ends, whatever happens, and what it pinned on the host
+/// (the DaemonSet's default pins and saved state).
 struct Container(String);
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = Command::new("podman")
             .args(["rm", "-f", "-t", "2", &self.0])
             .output();
+        let _ = Command::new(probe_tests::probe_bin()).arg("unpin").output();
     }
 }
 
@@ -101,6 +104,9 @@ fn image_runs_as_the_daemonset_does_with_every_collector_up_and_counting() {
             .and_then(|v| v.iter().find(|v| v["name"] == name))
             .unwrap_or_else(|| panic!("volume {name}"));
         let source = if let Some(p) = vol["hostPath"]["path"].as_str() {
+            if vol["hostPath"]["type"] == "DirectoryOrCreate" {
+                std::fs::create_dir_all(p).expect("hostPath DirectoryOrCreate");
+            }
             if m["recursiveReadOnly"].is_string() {
                 assert_eq!(p, "/sys/fs/cgroup", "the only recursive read-only volume");
                 cgroup2_mount()
@@ -183,6 +189,17 @@ fn image_runs_as_the_daemonset_does_with_every_collector_up_and_counting() {
         );
         m.assert_hook(collector, kernel::best_hook(collector));
     }
+
+    // What survives a restart went to the host: pinned maps and links on its bpffs, the
+    // accounts in its /run/probe.
+    let pinned = std::fs::read_dir("/sys/fs/bpf/probe")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        pinned == 1 && std::path::Path::new("/run/probe/state").exists(),
+        "the container pinned nothing in the host's /sys/fs/bpf/probe or saved no /run/probe/state; its log:\n{}",
+        daemon.log()
+    );
 
     // Counting: a busy thread's CPU time as the kernel accounts it.
     let mut w = Workload::start(&["spin", "--secs", "2"]);

@@ -173,8 +173,29 @@ fn deb_installs_runs_keeps_edited_rules_and_purges_cleanly() {
         "reinstalling the package overwrote the user's rule file"
     );
 
+    // A daemon killed outright leaves its programs attached and its maps pinned (the next
+    // start carries on from them); removing the package detaches and removes them.
+    let pins = Path::new("/sys/fs/bpf/probe");
+    {
+        let mut daemon = probe_tests::Daemon::start_program(
+            &["/usr/bin/probe"],
+            &["--bpf.pin-path", "/sys/fs/bpf/probe"],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1500)); // a collection saves state
+        daemon.kill();
+    }
+    assert!(
+        pins.exists() && Path::new("/run/probe/state").exists(),
+        "the killed daemon left no pins or no saved state"
+    );
+
     // Remove keeps the conffile; purge takes everything.
     must("dpkg", &["-r", "probe"]);
+    assert!(
+        !pins.exists() && !Path::new("/run/probe/state").exists(),
+        "dpkg -r left probe's pins in the kernel ({}) or its saved state",
+        pins.display()
+    );
     assert!(
         !Path::new("/usr/bin/probe").exists(),
         "dpkg -r left /usr/bin/probe"
@@ -224,6 +245,7 @@ fn rpm_lists_the_files_marks_the_rules_as_config_and_checks() {
         "systemctl daemon-reload",
         "preuninstall scriptlet",
         "disable --now probe.service",
+        "/usr/bin/probe unpin",
         "postuninstall scriptlet",
         "try-restart probe.service",
     ] {

@@ -153,6 +153,7 @@ impl Serve {
                 config,
                 "--collect.interval",
                 "1s",
+                "--bpf.no-pin",
             ])
             .env("PROBE_LOG", "info")
             .stdin(Stdio::null())

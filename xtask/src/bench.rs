@@ -25,7 +25,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -133,7 +133,15 @@ fn scrape_cost(processes: usize) -> Result<()> {
         &config,
         "process_names:\n  - name: \"{{.Comm}}\"\n    cmdline:\n    - '.+'\n",
     )?;
-    let mut rows = vec![("probe", measure(&Server::probe()?)?)];
+    // The default saves the accounts at every collection (restarts lose nothing); `--bpf.no-pin`
+    // does not: alternating rounds, medians.
+    let (mut saving, mut not_saving) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        saving.push(measure(&Server::probe()?)?);
+        not_saving.push(measure(&Server::probe_with(&["--bpf.no-pin"])?)?);
+    }
+    let mut rows = vec![("probe", Measured::median(&mut saving))];
+    let no_pin = Measured::median(&mut not_saving);
     // What users install: the static build (musl's allocator, not glibc's).
     let shipped = crate::dist::dir().join("probe");
     let shipped = measure(&Server::probe_binary(&shipped, &[])?)?;
@@ -158,6 +166,16 @@ fn scrape_cost(processes: usize) -> Result<()> {
     println!(
         "  {:<38} {:>12.2} {:>14.2} {:>10.1}",
         "probe (static, target/dist)", shipped.wall_ms, shipped.cpu_ms, shipped.rss_mib
+    );
+    println!(
+        "  {:<38} {:>12.2} {:>14.2} {:>10.1}",
+        "probe --bpf.no-pin (saves no accounts)", no_pin.wall_ms, no_pin.cpu_ms, no_pin.rss_mib
+    );
+    println!(
+        "  saving the accounts for restarts (default) vs --bpf.no-pin: {:.2}x time per scrape, {:.2}x CPU per scrape, RSS {:.2}x (medians of 3 alternating rounds)",
+        p.wall_ms / no_pin.wall_ms,
+        p.cpu_ms / no_pin.cpu_ms,
+        p.rss_mib / no_pin.rss_mib
     );
     println!(
         "  static (musl) vs glibc build: {:.2}x time per scrape, {:.2}x CPU per scrape, RSS {:.2}x",
@@ -411,6 +429,18 @@ struct Measured {
     rss_mib: f64,
 }
 
+impl Measured {
+    /// Each field's median over rounds.
+    fn median(rounds: &mut [Measured]) -> Measured {
+        let field = |f: fn(&Measured) -> f64| median(&mut rounds.iter().map(f).collect::<Vec<_>>());
+        Measured {
+            wall_ms: field(|m| m.wall_ms),
+            cpu_ms: field(|m| m.cpu_ms),
+            rss_mib: field(|m| m.rss_mib),
+        }
+    }
+}
+
 fn measure(server: &Server) -> Result<Measured> {
     server.scrape_text()?; // warm up (first scrape reads /proc for every process)
     let cpu0 = cpu_ns(server.pid())?;
@@ -439,10 +469,14 @@ fn cpu_ns(pid: u32) -> Result<u64> {
     Ok(ticks * 1_000_000_000 / hz.max(1))
 }
 
-/// An exporter process on a loopback port, killed on drop.
+/// An exporter process on a loopback port, stopped on drop (probe: SIGTERM, so its programs
+/// are detached, then `probe unpin` of its own pin directory: nothing of it stays attached to
+/// measure the next round's baseline).
 struct Server {
     child: Child,
     port: u16,
+    /// probe's binary, pin directory and state file.
+    pins: Option<(PathBuf, String, String)>,
 }
 
 impl Server {
@@ -457,14 +491,25 @@ impl Server {
     fn probe_binary(bin: &Path, extra: &[&str]) -> Result<Self> {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
+        let pin_dir = format!("/sys/fs/bpf/probe-bench-{}-{port}", std::process::id());
+        let state = std::env::temp_dir()
+            .join(format!("probe-bench-{port}.state"))
+            .to_string_lossy()
+            .into_owned();
         let child = Command::new(bin)
             .args(["serve", "--web.listen-address", &addr])
+            .args(["--bpf.pin-path", &pin_dir, "--state.file", &state])
             .args(extra)
             .env("PROBE_LOG", "error")
             .stdin(Stdio::null())
             .spawn()
             .context("start probe serve")?;
-        Self { child, port }.ready()
+        Self {
+            child,
+            port,
+            pins: Some((bin.to_path_buf(), pin_dir, state)),
+        }
+        .ready()
     }
 
     fn process_exporter(config: &Path, extra: &[&str]) -> Result<Self> {
@@ -479,7 +524,12 @@ impl Server {
             .stdin(Stdio::null())
             .spawn()
             .context("start prometheus-process-exporter (Debian package)")?;
-        Self { child, port }.ready()
+        Self {
+            child,
+            port,
+            pins: None,
+        }
+        .ready()
     }
 
     fn ready(mut self) -> Result<Self> {
@@ -515,6 +565,23 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some((bin, dir, state)) = &self.pins {
+            // SAFETY: kill(2) with our own child's pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = Command::new(bin)
+                .args(["unpin", "--bpf.pin-path", dir, "--state.file", state])
+                .output();
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

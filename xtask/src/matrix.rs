@@ -72,6 +72,9 @@ pub const TESTS: &[(&str, &str)] = &[
     ("tcp", "fallback_counts_data_that_completes_the_handshake"),
     // tcp_retransmit vs the kernel's TcpRetransSegs.
     ("tcp", "retransmits_match_the_kernels_tcp_retrans_segs"),
+    // Pinned maps and links, saved accounts: SIGKILL and restart mid-load lose nothing (CPU,
+    // block, TCP vs ground truth; no counter goes backwards).
+    ("restart", "sigkill_and_restart_lose_nothing"),
 ];
 
 /// The matrix tests whose name contains `filter`, by test file.

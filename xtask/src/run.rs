@@ -68,6 +68,7 @@ pub fn test(filter: Option<&str>, kernels: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the kernel tests load BPF programs and need root: run `sudo -E cargo xtask test`");
     }
+    remove_stale_test_pins();
     let mut failures = Vec::new();
     if kernels.iter().any(|k| k == "host") {
         println!(
@@ -195,4 +196,25 @@ fn kernel_clippy() -> Result<()> {
             &target_dir.to_string_lossy(),
         ],
     )
+}
+
+/// A test or benchmark process killed outright leaves its daemon's pins (and so its programs,
+/// attached and counting) in /sys/fs/bpf/probe-test-* or probe-bench-*: removing a pin
+/// directory detaches them, so no earlier run loads this one.
+fn remove_stale_test_pins() {
+    let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("probe-test-") || name.starts_with("probe-bench-") {
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => println!("xtask: removed stale pins {}", e.path().display()),
+                Err(err) => println!(
+                    "xtask: cannot remove stale pins {}: {err}",
+                    e.path().display()
+                ),
+            }
+        }
+    }
 }

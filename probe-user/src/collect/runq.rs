@@ -51,6 +51,16 @@ pub fn read(
     Ok(out)
 }
 
+/// Deletes the entries of `tids` that are still marked dead (a previous daemon credited them
+/// but died before deleting them; a thread id reused since is left alone).
+pub fn forget_if_dead(map: &mut BpfHashMap<MapData, u32, ThreadRunq>, tids: &[u32]) {
+    for tid in tids {
+        if map.get(tid, 0).is_ok_and(|v| v.dead != 0) {
+            let _ = map.remove(tid);
+        }
+    }
+}
+
 /// Deletes the entries of dead threads (after their final waits were credited). Returns how
 /// many deletions failed.
 pub fn forget_dead(map: &mut BpfHashMap<MapData, u32, ThreadRunq>, dead: &[u32]) -> usize {

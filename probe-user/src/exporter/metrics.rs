@@ -255,6 +255,8 @@ const RELOAD_OK: Desc = (
     None,
     "1 if the last reload of the file (file=rules or web) succeeded, or none failed yet.",
 );
+const RESTORED: Desc = ("probe_state_restored", None, "1 if this daemon carries on from the accounts a previous one saved (--state.file) with the maps it pinned (--bpf.pin-path): its counters continue, no reset.");
+const STATE_SAVE_FAILURES: Desc = ("probe_state_save_failures", None, "Saves of the accounts (--state.file, at every collection) that failed: a restart after one counts from the last good save.");
 const RUNQ_EVENTS: Desc = (
     "probe_runqueue_events",
     None,
@@ -696,6 +698,12 @@ impl Collector for SnapshotCollector {
             ConstGauge::new(s.stats.last_collect.as_secs_f64()),
         )?;
         single(e, COLLECTIONS, ConstCounter::new(s.stats.collections))?;
+        single(e, RESTORED, gauge(i64::from(s.stats.restored)))?;
+        single(
+            e,
+            STATE_SAVE_FAILURES,
+            ConstCounter::new(s.stats.state_save_failures),
+        )?;
         family(
             e,
             BUILD,

@@ -25,6 +25,7 @@ use std::{
 };
 
 use probe_common::COMM_LEN;
+use serde::{Deserialize, Serialize};
 
 use super::{
     cumulative::{credit as credit_dims, credit_by_dim, Cumulative as _},
@@ -40,7 +41,7 @@ use super::{
 pub type ProcessRunq = HashMap<u32, IoCounters>;
 
 /// Bounds on what is exported.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Limits {
     /// Processes exported one by one per resource (CPU, block IO, TCP).
     pub top_k: usize,
@@ -61,7 +62,7 @@ impl Default for Limits {
 }
 
 /// Which instance names are exported: at most `max`, the rest folded into [`OTHER`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Registry {
     /// Admitted instances and when each was last active (s).
     known: HashMap<Arc<str>, f64>,
@@ -90,7 +91,7 @@ impl Registry {
 }
 
 /// Cumulative totals of one instance.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct InstanceTotals {
     pub cpu_ns: u64,
     pub run_delay_ns: u64,
@@ -101,7 +102,7 @@ pub struct InstanceTotals {
 }
 
 /// What is exported for one of the top processes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcessRow {
     pub pid: u32,
     pub comm: Arc<str>,
@@ -114,7 +115,7 @@ pub struct ProcessRow {
 
 /// What is exported for one of the top processes by a resource counted per dimension (block IO
 /// per device and op, TCP per port and role).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TopRow<D, C> {
     pub pid: u32,
     pub comm: Arc<str>,
@@ -143,7 +144,7 @@ pub struct PortRound<'a> {
     pub owners: &'a HashMap<u16, Arc<str>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct ProcState {
     instance: Arc<str>,
     comm_raw: [u8; COMM_LEN],
@@ -183,8 +184,9 @@ pub struct Round<'a> {
     pub page_size: u64,
 }
 
-/// Per-process and per-instance accounting.
-#[derive(Debug)]
+/// Per-process and per-instance accounting. Serialisable: `probe serve` saves it at every
+/// collection and a restarted daemon carries on from it (see `state.rs`).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Accounts {
     procs: HashMap<ProcessKey, ProcState>,
     instances: BTreeMap<Arc<str>, InstanceTotals>,
@@ -215,7 +217,7 @@ pub struct Accounts {
 }
 
 /// The processes exported one by one, per resource (see [`Accounts::end_round`]).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Tops {
     pub cpu: Vec<ProcessRow>,
     pub io: Vec<IoProcessRow>,
@@ -256,6 +258,16 @@ impl Accounts {
     /// Sets the bounds (at start, and when the rules are reloaded).
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
+    }
+
+    /// Sets the time constant of the recent-use ranking (a restored state takes the flags').
+    pub fn set_tau(&mut self, tau_secs: f64) {
+        self.tau_secs = tau_secs;
+    }
+
+    /// Processes and instances known (for logs).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.procs.len(), self.instances.len())
     }
 
     /// Applies one collection. `resolve` names the instance of a key: it is called for every

@@ -5,10 +5,11 @@ use std::{collections::HashMap, sync::Arc};
 use probe_common::block::{
     IoTotals, LATENCY_BUCKETS, OP_DIRTIED, OP_DISCARD, OP_FLUSH, OP_READ, OP_WRITE,
 };
+use serde::{Deserialize, Serialize};
 
 /// What a block counter counts. `Dirtied` is not a block operation: page-cache bytes the
 /// process dirtied (what buffered writes will cost the disk later, charged to the writer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Op {
     Read,
     Write,
@@ -42,7 +43,7 @@ impl Op {
 }
 
 /// Cumulative counters of one (process or instance, device, op).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoCounters {
     pub bytes: u64,
     pub ops: u64,

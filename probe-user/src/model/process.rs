@@ -6,10 +6,11 @@ use probe_common::{
     cpu::{DeadKey, DeadTotals, TaskRecord},
     COMM_LEN,
 };
+use serde::{Deserialize, Serialize};
 
 /// A process, named so that a reused pid is a different process: the thread group id plus
 /// the group leader's start time (ns since boot).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ProcessKey {
     pub tgid: u32,
     pub start_ns: u64,

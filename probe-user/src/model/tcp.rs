@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 
 use probe_common::tcp::{TcpTotals, ROLE_SERVER};
+use serde::{Deserialize, Serialize};
 
 use super::cumulative::Cumulative;
 
 /// Which side of a connection the counted sockets are on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Role {
     /// Sockets on a local listening port (`port` is that port).
     Server,
@@ -18,7 +19,7 @@ pub enum Role {
 
 /// A port and role. Exported as `port="3306"` (server), or `port="ephemeral"` with
 /// `remote_port="3306"` when the remote port is kept (client).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TcpDim {
     pub role: Role,
     pub port: u16,
@@ -49,7 +50,7 @@ impl TcpDim {
 }
 
 /// Cumulative TCP counters of one (process or instance, port, role).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpCounters {
     pub rx_bytes: u64,
     pub tx_bytes: u64,

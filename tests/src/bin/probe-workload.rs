@@ -4,7 +4,8 @@
 //! itself, then stays alive until its stdin closes, so the test can compare at leisure.
 //!
 //!   spin  [--secs S] [--threads N --thread-secs T] [--cpu C]   busy main thread (+ N workers that exit)
-//!   burst --count N --ms M                                     N children, one after another, each burning M ms of CPU
+//!   burst --count N --ms M [--pause-ms P]                      N children, one after another, each burning M ms of CPU
+//!                                                              (P ms apart)
 //!   name  --hex HEX [--ms M]                                   set comm to the given bytes, burn M ms
 //!   write --file F --mb N [--direct] [--sync] [--secs S]       write N MiB to F (O_DIRECT, or buffered
 //!                                                              then sync(2)); with --secs, rewrite it
@@ -23,13 +24,25 @@
 //!                                                              prints `port P rx=B` when done with a port
 //!
 //! `--bind ADDR:PORT` (any command) sets the ready listener's address (default 127.0.0.1:0).
+//! `--until-stop` (burst, write): go on until the line `stop` arrives on stdin (in place of
+//! --count or --secs), so a test decides when the load ends.
 
 use std::{
     io::{BufRead as _, Write as _},
     net::TcpListener,
     os::fd::AsRawFd as _,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
+
+/// `--until-stop`: set when stdin says `stop`; STDIN_CLOSED when it closes.
+static STOP: AtomicBool = AtomicBool::new(false);
+static STDIN_CLOSED: AtomicBool = AtomicBool::new(false);
+static UNTIL_STOP: AtomicBool = AtomicBool::new(false);
+
+fn stopped() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +58,24 @@ fn main() {
         flag(name).map_or(default, |v| v.parse().unwrap_or_else(|_| usage(name)))
     };
 
+    if args.iter().any(|a| a == "--until-stop") {
+        UNTIL_STOP.store(true, Ordering::Relaxed);
+        std::thread::spawn(|| {
+            let mut line = String::new();
+            while std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .is_ok_and(|n| n > 0)
+            {
+                if line.trim() == "stop" {
+                    STOP.store(true, Ordering::Relaxed);
+                }
+                line.clear();
+            }
+            STOP.store(true, Ordering::Relaxed);
+            STDIN_CLOSED.store(true, Ordering::Relaxed);
+        });
+    }
     if let Some(hex) = flag("--hex") {
         set_comm(&decode_hex(&hex));
     }
@@ -76,7 +107,15 @@ fn main() {
         "burst" => {
             let count = num("--count", 1000.0) as usize;
             let cpu = Duration::from_secs_f64(num("--ms", 5.0) / 1000.0);
-            for _ in 0..count {
+            let pause = Duration::from_secs_f64(num("--pause-ms", 0.0) / 1000.0);
+            let until_stop = UNTIL_STOP.load(Ordering::Relaxed);
+            let mut count = if until_stop { 0 } else { count };
+            let mut i = 0;
+            while if until_stop { !stopped() } else { i < count } {
+                i += 1;
+                if until_stop {
+                    count = i;
+                }
                 // SAFETY: single-threaded here; the child only burns CPU and calls _exit.
                 match unsafe { libc::fork() } {
                     0 => {
@@ -89,6 +128,7 @@ fn main() {
                     child => {
                         let mut status = 0;
                         unsafe { libc::waitpid(child, &mut status, 0) };
+                        std::thread::sleep(pause);
                     }
                 }
             }
@@ -199,6 +239,13 @@ fn main() {
 
 /// Stays alive (and idle) until the test is done with us.
 fn wait_for_stdin_to_close() {
+    if UNTIL_STOP.load(Ordering::Relaxed) {
+        // The stdin thread reads it.
+        while !STDIN_CLOSED.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return;
+    }
     let mut line = String::new();
     while std::io::stdin()
         .lock()
@@ -361,7 +408,12 @@ fn write_file(path: &str, mb: usize, direct: bool, min_time: Duration) -> u64 {
             }
             written += n as u64;
         }
-        if t0.elapsed() >= min_time {
+        let done = if UNTIL_STOP.load(Ordering::Relaxed) {
+            stopped()
+        } else {
+            t0.elapsed() >= min_time
+        };
+        if done {
             break;
         }
     }
