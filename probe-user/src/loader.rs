@@ -283,7 +283,14 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
     raise_memlock_limit();
     let generation = pins.as_mut().map_or(0, |p| {
         let active = read_active(&p.map_path(ACTIVE_MAP));
-        p.choose_generation(active)
+        if active.is_none() && p.has_old_links() {
+            // The old programs would read a map this daemon cannot write: they would count
+            // beside the new ones. Detach them first (a gap rather than double counts).
+            warn!("a previous daemon's programs are attached but its {ACTIVE_MAP} map is gone: detaching them before attaching (events until then are lost)");
+            env.push(format!("{ACTIVE_MAP} pin missing: previous programs detached first"));
+            p.release_old();
+        }
+        p.choose_generation(active.unwrap_or(0))
     });
     let prepared = prepare(opts, pins.as_ref(), generation, &mut env);
     match prepared {
@@ -415,7 +422,10 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
                 // The handover: this daemon's programs count from now on, the previous one's
                 // (attached until here, counting) go.
                 match set_active(&mut ebpf, p.generation()) {
-                    Ok(()) => p.release_old(),
+                    Ok(()) => {
+                        p.release_old();
+                        clear_unread(&mut ebpf);
+                    }
                     Err(e) => {
                         warn!(
                             "cannot hand over from the previous daemon's programs, they stay: {e}"
@@ -439,6 +449,9 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
             kernel.ebpf = Some(ebpf);
         }
         Err(reason) => {
+            // Nothing of this daemon reads the pinned maps: it must not save accounts that
+            // claim them (a previous daemon's programs, if any, go on counting for the next).
+            pins = None;
             for s in [
                 &mut cpu,
                 &mut cpu_exit,
@@ -941,13 +954,43 @@ fn set_remote_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), String> {
     Ok(())
 }
 
-/// The generation whose programs count now, from the pinned map (0 if there is none yet).
-fn read_active(path: &Path) -> u32 {
+/// Empties the pinned maps this daemon does not read (their collector is down now): what a
+/// previous daemon's programs left there was partly credited by it, and a later daemon that
+/// reads the map again would credit it a second time.
+fn clear_unread(ebpf: &mut Ebpf) {
+    fn clear<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
+        let Some(map) = ebpf.map_mut(name) else {
+            return; // taken: a collector reads it
+        };
+        let Ok(mut m) = BpfHashMap::<&mut MapData, K, V>::try_from(map) else {
+            return;
+        };
+        let keys: Vec<K> = m.keys().filter_map(Result::ok).collect();
+        if !keys.is_empty() {
+            info!(
+                map = name,
+                entries = keys.len(),
+                "emptying a pinned map no collector reads now"
+            );
+        }
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+    }
+    clear::<DeadKey, DeadTotals>(ebpf, DEAD_MAP);
+    clear::<u32, ThreadRunq>(ebpf, RUNQ_THREADS_MAP);
+    clear::<IoKey, IoTotals>(ebpf, IO_MAP);
+    clear::<u64, IoStart>(ebpf, STARTS_MAP);
+    clear::<TcpKey, TcpTotals>(ebpf, TRAFFIC_MAP);
+    clear::<u16, RttTotals>(ebpf, RTT_MAP);
+}
+
+/// The generation whose programs count now, from the pinned map (None if there is none).
+fn read_active(path: &Path) -> Option<u32> {
     aya::maps::MapData::from_pin(path)
         .ok()
         .and_then(|m| aya::maps::Array::<MapData, u32>::try_from(aya::maps::Map::Array(m)).ok())
         .and_then(|a| a.get(&0, 0).ok())
-        .unwrap_or(0)
 }
 
 /// Makes the programs of `generation` the ones that count (see `ACTIVE_MAP`).
@@ -967,8 +1010,8 @@ fn link_key(program: &str, target: &str) -> String {
 
 impl Attacher<'_> {
     /// Loads (once) and attaches raw tracepoint programs to tracepoints, all or nothing: if one
-    /// fails, the ones attached by this call are detached again. When pinning, each replaces
-    /// the previous daemon's link of the same name just before it attaches, and is pinned.
+    /// fails, the ones attached by this call are detached again. When pinning, the links are
+    /// pinned (this daemon's generation, beside a previous daemon's until the handover).
     fn raw_set(&mut self, set: &[(&str, &str)]) -> Result<(), String> {
         let mut done: Vec<(
             &str,
@@ -999,14 +1042,39 @@ impl Attacher<'_> {
             }
             return result;
         }
-        if let Some(p) = self.pins.as_deref_mut() {
-            for (name, tp, id) in done {
-                let prog = program::<RawTracePoint>(self.ebpf, name)?;
+        let Some(p) = self.pins.as_deref_mut() else {
+            return Ok(());
+        };
+        // All or nothing here too: a link left attached after a failure would count beside the
+        // fallback the caller tries next.
+        let mut pinned = Vec::new();
+        let mut failed = None;
+        for (name, tp, id) in done {
+            if failed.is_some() {
+                if let Ok(prog) = program::<RawTracePoint>(self.ebpf, name) {
+                    let _ = prog.detach(id);
+                }
+                continue;
+            }
+            let key = link_key(name, tp);
+            let kept = program::<RawTracePoint>(self.ebpf, name).and_then(|prog| {
                 let link = prog.take_link(id).map_err(|e| chain(&e))?;
-                p.keep(&link_key(name, tp), FdLink::from(link))?;
+                p.keep(&key, FdLink::from(link))
+            });
+            match kept {
+                Ok(()) => pinned.push(key),
+                Err(e) => failed = Some(e),
             }
         }
-        Ok(())
+        match failed {
+            None => Ok(()),
+            Some(e) => {
+                for key in pinned {
+                    p.unkeep(&key);
+                }
+                Err(e)
+            }
+        }
     }
 }
 

@@ -139,7 +139,7 @@ impl Pins {
     fn open_locked(root: &Path, layout: &str, lock: File) -> Result<Self, String> {
         let mut notes = Vec::new();
         for entry in read_dir_names(root)? {
-            if entry != layout {
+            if entry != layout && is_layout_name(&entry) {
                 let old = root.join(&entry);
                 remove_pins(&old).map_err(|e| format!("cannot remove {}: {e}", old.display()))?;
                 let note = format!(
@@ -245,6 +245,11 @@ impl Pins {
             .map_err(|e| format!("cannot pin link {}: {e}", path.display()))
     }
 
+    /// Removes a link this daemon pinned (it detaches: this daemon holds no other reference).
+    pub fn unkeep(&mut self, key: &str) {
+        let _ = std::fs::remove_file(self.link_path(key));
+    }
+
     /// Detaches the previous daemons' programs (after the handover to this one's).
     pub fn release_old(&mut self) {
         for g in std::mem::take(&mut self.old_generations) {
@@ -275,6 +280,19 @@ impl Pins {
         ids.sort();
         ids
     }
+}
+
+/// Whether a directory name is one of probe's layouts (`v<N>-<8 hex digits>`): only those are
+/// ever removed, so a pin path shared with other software (even bpffs' root) loses nothing else.
+pub fn is_layout_name(name: &str) -> bool {
+    let Some((v, hex)) = name.split_once('-') else {
+        return false;
+    };
+    v.len() > 1
+        && v.starts_with('v')
+        && v[1..].bytes().all(|b| b.is_ascii_digit())
+        && hex.len() == 8
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn read_dir_names(dir: &Path) -> Result<Vec<String>, String> {
@@ -315,12 +333,17 @@ pub fn unpin(root: &Path, state: Option<&Path>) -> Result<Vec<PathBuf>, String> 
             ));
         }
         for name in read_dir_names(root)? {
+            if !is_layout_name(&name) {
+                continue; // not probe's
+            }
             let p = root.join(name);
             remove_pins(&p).map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
             removed.push(p);
         }
-        std::fs::remove_dir(root).map_err(|e| format!("cannot remove {}: {e}", root.display()))?;
-        removed.push(root.to_path_buf());
+        // Only if nothing else is in it (and it is not a mount point, which fails).
+        if std::fs::remove_dir(root).is_ok() {
+            removed.push(root.to_path_buf());
+        }
     }
     if let Some(state) = state {
         match std::fs::remove_file(state) {
@@ -350,6 +373,17 @@ mod tests {
     #[test]
     fn layout_name_follows_shapes_not_order() {
         let a = layout_name(&[shape("A", 10), shape("B", 20)]);
+        assert!(is_layout_name(&a), "{a}");
+        for not in [
+            "v1",
+            "v-0000000a",
+            "vx-0000000a",
+            "v1-000000zz",
+            "cilium",
+            "v1-0000000a0",
+        ] {
+            assert!(!is_layout_name(not), "{not}");
+        }
         assert_eq!(a, layout_name(&[shape("B", 20), shape("A", 10)]));
         assert_ne!(a, layout_name(&[shape("A", 10), shape("B", 21)]));
         assert!(a.starts_with(&format!("v{LAYOUT_VERSION}-")), "{a}");
@@ -360,13 +394,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("probe-pins-gen-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         for g in ["3", "5"] {
-            std::fs::create_dir_all(dir.join("v1-0/links").join(g)).expect("mkdir");
+            std::fs::create_dir_all(dir.join("v1-00000000/links").join(g)).expect("mkdir");
         }
-        std::fs::create_dir_all(dir.join("v1-old/maps")).expect("mkdir");
-        let mut p = Pins::open(&dir, "v1-0").expect("open");
+        std::fs::create_dir_all(dir.join("v1-0000000a/maps")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("someone-else")).expect("mkdir");
+        let mut p = Pins::open(&dir, "v1-00000000").expect("open");
         assert!(
-            !dir.join("v1-old").exists(),
+            !dir.join("v1-0000000a").exists(),
             "another layout's pins were kept"
+        );
+        assert!(
+            dir.join("someone-else").exists(),
+            "a directory not probe's was removed"
         );
         assert!(
             p.notes.iter().any(|n| n.contains("another layout")),
@@ -379,7 +418,9 @@ mod tests {
         assert_eq!(p.choose_generation(u32::MAX), 1, "wraps, never to 0");
         p.release_old();
         assert!(!p.has_old_links());
-        assert!(!dir.join("v1-0/links/3").exists() && !dir.join("v1-0/links/5").exists());
+        assert!(
+            !dir.join("v1-00000000/links/3").exists() && !dir.join("v1-00000000/links/5").exists()
+        );
         drop(p);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -394,9 +435,9 @@ mod tests {
     fn unpin_removes_layouts_and_state_and_respects_the_lock() {
         let dir = std::env::temp_dir().join(format!("probe-unpin-lock-{}", std::process::id()));
         let state = dir.with_extension("state");
-        std::fs::create_dir_all(dir.join("v1-0/links")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("v1-00000000/links")).expect("mkdir");
         std::fs::write(&state, b"x").expect("state");
-        let held = Pins::open(&dir, "v1-0").expect("open");
+        let held = Pins::open(&dir, "v1-00000000").expect("open");
         assert!(
             unpin(&dir, Some(&state)).is_err(),
             "unpin while a daemon holds the pins"

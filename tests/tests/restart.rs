@@ -108,6 +108,20 @@ fn sigkill_and_restart_lose_nothing() {
     daemon.restart();
     println!("restarted and ready in {:.1} s", t0.elapsed().as_secs_f64());
     let after = daemon.scrape();
+    // The handover left one generation of links attached: the new daemon's.
+    let (dir, _) = daemon.pins().expect("pins");
+    let layouts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("pin dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(layouts.len(), 1, "{layouts:?}");
+    let generations = std::fs::read_dir(layouts[0].join("links"))
+        .expect("links")
+        .count();
+    assert_eq!(
+        generations, 1,
+        "the previous daemon's links are still pinned"
+    );
     phase(CLIENTS - 2 * (CLIENTS / 3));
 
     burst.stop();
@@ -191,7 +205,9 @@ fn a_second_daemon_on_the_same_pins_is_refused() {
     let (dir, state) = daemon
         .pins()
         .expect("the harness gives each daemon its pins");
-    let (ok, out) = said(Command::new(probe_bin()).args([
+    // Bounded: if the lock failed, the second daemon would run (and take over the first's
+    // programs) instead of exiting.
+    let (ok, out) = said(Command::new("timeout").arg("60").arg(probe_bin()).args([
         "serve",
         "--web.listen-address",
         "127.0.0.1:0",
@@ -221,15 +237,32 @@ fn a_second_daemon_on_the_same_pins_is_refused() {
 #[test]
 fn another_map_layout_starts_fresh_and_says_so() {
     let mut daemon = Daemon::start(&["--log.level", "info"]);
-    let w = Workload::start(&["spin", "--secs", "0.5"]);
+    let mut w = Workload::start(&["spin", "--secs", "0.5"]);
+    w.wait_done();
     std::thread::sleep(Duration::from_millis(1500));
+    let spun = |m: &Metrics| {
+        m.sum(
+            "probe_cpu_seconds_total",
+            &[("service_instance", &w.instance())],
+        )
+    };
+    let before = spun(&daemon.scrape());
     daemon.terminate();
     daemon.restart();
+    let after = daemon.scrape();
     assert_eq!(
-        daemon.scrape().value("probe_state_restored", &[]),
+        after.value("probe_state_restored", &[]),
         Some(1.0),
         "a graceful restart with the same maps did not carry on; log:\n{}",
         daemon.log()
+    );
+    println!(
+        "spin's instance CPU: {before} s before SIGTERM, {} s after the restart",
+        spun(&after)
+    );
+    assert!(
+        before >= 0.45 && spun(&after) >= before,
+        "the counter did not carry on"
     );
     let (dir, state) = daemon.pins().expect("pins");
     let (dir, state) = (dir.to_string(), state.to_string());

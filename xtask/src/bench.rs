@@ -56,6 +56,8 @@ pub fn run(
     oltp: &oltp::Options,
 ) -> Result<()> {
     let want = |s: &str| only.is_none_or(|o| o == s);
+    // A run killed outright leaves its probe's pins (programs attached): not in this baseline.
+    crate::run::remove_stale_test_pins();
     if want("oltp") {
         oltp::section(oltp)?;
     }

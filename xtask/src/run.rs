@@ -201,7 +201,7 @@ fn kernel_clippy() -> Result<()> {
 /// A test or benchmark process killed outright leaves its daemon's pins (and so its programs,
 /// attached and counting) in /sys/fs/bpf/probe-test-* or probe-bench-*: removing a pin
 /// directory detaches them, so no earlier run loads this one.
-fn remove_stale_test_pins() {
+pub fn remove_stale_test_pins() {
     let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") else {
         return;
     };
