@@ -67,6 +67,8 @@ pub enum StateError {
     Checksum,
     #[error("cannot decode: {0}")]
     Decode(#[from] postcard::Error),
+    #[error("cannot decode: {0} bytes left over")]
+    Trailing(usize),
 }
 
 pub fn encode(saved: &Saved) -> Result<Vec<u8>, postcard::Error> {
@@ -92,7 +94,13 @@ pub fn decode(bytes: &[u8]) -> Result<Saved, StateError> {
     if crc32fast::hash(payload) != word(12) {
         return Err(StateError::Checksum);
     }
-    Ok(postcard::from_bytes(payload)?)
+    // postcard is not self-describing: a payload of another shape may decode into nonsense, and
+    // bytes left over are one sign of it.
+    let (saved, rest) = postcard::take_from_bytes(payload)?;
+    if !rest.is_empty() {
+        return Err(StateError::Trailing(rest.len()));
+    }
+    Ok(saved)
 }
 
 /// Reads a saved state; `Ok(None)` if there is none.
@@ -202,6 +210,85 @@ mod tests {
         assert!(mismatch(&s, &maps, "other").is_some());
         assert!(mismatch(&s, &[("DEAD_TASKS".into(), 8)], "b").is_some());
         assert!(mismatch(&s, &maps, "").is_some());
+    }
+
+    /// Accounts with content: two processes in two instances, one round.
+    fn accounts_with_two_instances() -> Accounts {
+        use std::collections::HashMap;
+
+        use crate::model::{
+            accounts::Round,
+            process::{ProcessKey, ProcessSample},
+        };
+        let live: HashMap<ProcessKey, ProcessSample> = [(1, 3_000_000_000u64), (2, 5_000_000_000)]
+            .into_iter()
+            .map(|(tgid, cpu_ns)| {
+                let key = ProcessKey {
+                    tgid,
+                    start_ns: u64::from(tgid) * 1000,
+                };
+                let sample = ProcessSample {
+                    cpu_ns,
+                    run_delay_ns: cpu_ns / 10,
+                    rss_pages: 256,
+                    threads: 1,
+                    ..ProcessSample::default()
+                };
+                (key, sample)
+            })
+            .collect();
+        let mut acc = Accounts::new(30.0);
+        let round = Round {
+            live: &live,
+            dead: &HashMap::new(),
+            io: None,
+            tcp: None,
+            runq: None,
+            elapsed_secs: 1.0,
+            now_secs: 10.0,
+            page_size: 4096,
+        };
+        acc.apply(&round, &mut |k: &ProcessKey| {
+            format!("mysqld:330{}", k.tgid + 5)
+        });
+        acc.end_round(10.0);
+        acc
+    }
+
+    /// postcard is not self-describing: a change to the shape of [`Saved`] or of anything in it
+    /// (the accounts above all) could make an older file decode into nonsense. A file saved by
+    /// this FORMAT is committed (testdata/state.bin) and must read back to the same accounts;
+    /// after a shape change this fails until FORMAT is bumped (older files are then refused)
+    /// and the file written again: `PROBE_WRITE_STATE_FIXTURE=1 cargo test -p probe-user state`.
+    #[test]
+    fn a_state_saved_by_this_format_reads_back() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/testdata/state.bin");
+        let want = Saved {
+            accounts: accounts_with_two_instances(),
+            ..sample()
+        };
+        if std::env::var_os("PROBE_WRITE_STATE_FIXTURE").is_some() {
+            write(Path::new(path), &encode(&want).expect("encode")).expect("write fixture");
+        }
+        let bytes = std::fs::read(path).expect("testdata/state.bin");
+        let back = decode(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{path}: {e}. If the shape of the saved state changed, bump state::FORMAT and \
+                 write the file again (PROBE_WRITE_STATE_FIXTURE=1)"
+            )
+        });
+        assert_eq!(back.accounts.instances(), want.accounts.instances());
+        assert_eq!(
+            back.accounts.instances()["mysqld:3307"].cpu_ns,
+            5_000_000_000,
+            "the second process's CPU, as fed"
+        );
+        assert_eq!(back.accounts.sizes(), (2, 2));
+        assert_eq!(
+            back.accounts.top_processes(5),
+            want.accounts.top_processes(5)
+        );
+        assert_eq!((back.maps, back.pending), (want.maps, want.pending));
     }
 
     #[test]
