@@ -218,6 +218,8 @@ pub struct Daemon {
     /// CLOCK_MONOTONIC ns at which `started` reads zero (kept across restarts with the state).
     epoch_mono_ns: u64,
     boot_id: String,
+    /// Kernel ids of the pinned maps (a saved state names them); fixed for the daemon's life.
+    map_ids: Vec<(String, u32)>,
 }
 
 impl Daemon {
@@ -228,6 +230,11 @@ impl Daemon {
             .then(|| ProcTasks::new(procfs::ticks_per_second(), crate::sys::cgroup2_mount()));
         let mut accounts = Accounts::new(opts.rank_tau_secs);
         accounts.set_limits(limits(&opts, &opts.rules));
+        let kernel_pins_ids = kernel
+            .pins
+            .as_ref()
+            .map(|p| p.map_ids())
+            .unwrap_or_default();
         let mut daemon = Self {
             kernel,
             accounts,
@@ -252,6 +259,7 @@ impl Daemon {
             stats: SelfStats::default(),
             epoch_mono_ns: crate::state::monotonic_ns(),
             boot_id: crate::state::boot_id(),
+            map_ids: kernel_pins_ids,
         };
         daemon.restore();
         daemon
@@ -276,7 +284,7 @@ impl Daemon {
                 return;
             }
         };
-        if let Some(why) = crate::state::mismatch(&saved, &pins.map_ids(), &self.boot_id) {
+        if let Some(why) = crate::state::mismatch(&saved, &self.map_ids, &self.boot_id) {
             warn!(file = %path.display(), "saved accounts not used, counting from zero: {why}");
             return;
         }
@@ -319,11 +327,11 @@ impl Daemon {
 
     /// Saves the accounts with the deletions about to follow (see [`crate::state::Pending`]).
     fn save(&mut self, pending: crate::state::Pending) {
-        let (Some(pins), Some(path)) = (&self.kernel.pins, &self.opts.state_file) else {
+        let (Some(_), Some(path)) = (&self.kernel.pins, &self.opts.state_file) else {
             return;
         };
         let saved = crate::state::Saved {
-            maps: pins.map_ids(),
+            maps: self.map_ids.clone(),
             boot_id: self.boot_id.clone(),
             epoch_mono_ns: self.epoch_mono_ns,
             accounts: std::mem::replace(&mut self.accounts, Accounts::new(0.0)),
