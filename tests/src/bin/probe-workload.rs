@@ -14,7 +14,8 @@
 //!                                                              ancestry), print its exit status
 //!   tcp-serve  --conns K --recv N --send M                     on the ready listener, K connections one
 //!                                                              after another: read exactly N bytes, send
-//!                                                              M, wait for the peer to close
+//!                                                              M, wait for the peer to close, close
+//!                                                              and wait for its ACK (SO_LINGER)
 //!   tcp-client --to ADDR:PORT --conns K --send N --recv M      K connections one after another: send N,
 //!                                                              read exactly M, close
 //!   churn --procs N --rate R [--rotate-every K] [--send B] [--spin-us U]
@@ -196,6 +197,7 @@ fn main() {
                 // Wait for the peer's close, so every connection ends the same way.
                 let mut sink = [0u8; 64];
                 while std::io::Read::read(&mut s, &mut sink).is_ok_and(|n| n > 0) {}
+                close_and_wait(s);
             }
             say(&format!(
                 "done conns={conns} rx={} tx={}",
@@ -450,6 +452,31 @@ fn exchange(s: &mut std::net::TcpStream, tx: u64, rx: u64) {
         }
     }
     let _ = sender.join();
+}
+
+/// Closes a connection the peer already closed and returns once the kernel is done with it
+/// (the peer acknowledged our FIN: LAST_ACK to CLOSE), so `done` comes after every state change
+/// a test counts. SO_LINGER makes close(2) wait for that, up to 10 s.
+fn close_and_wait(s: std::net::TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 10,
+    };
+    // SAFETY: setsockopt reads `linger` (of the size passed) on a socket this function owns.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        fail(&format!("SO_LINGER: {}", std::io::Error::last_os_error()));
+    }
+    drop(s);
 }
 
 fn say(s: &str) {
