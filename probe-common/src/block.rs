@@ -71,70 +71,6 @@ pub fn op_group(cmd_flags: u32) -> u32 {
     }
 }
 
-/// Latency buckets: bucket `i` counts requests that took at most 2^i microseconds
-/// (1 µs .. 2^24 µs = 16.8 s); the last one everything longer.
-pub const LATENCY_BUCKETS: usize = 26;
-
-/// The bucket of a latency, exactly: the smallest `i` with `ns <= 1000 * 2^i`, at most the last.
-#[inline(always)]
-pub fn latency_bucket(ns: u64) -> usize {
-    let bits = latency_bit_length(ns) as usize;
-    if bits >= LATENCY_BUCKETS - 1 {
-        LATENCY_BUCKETS - 1
-    } else {
-        bits
-    }
-}
-
-/// The smallest `i` with `ns <= 1000 * 2^i` (0..=55), without the cap of [`latency_bucket`]:
-/// the kernel programs cap it themselves in a form every supported verifier can follow.
-/// Branches only (no loop), so it runs in the kernel programs as well.
-#[inline(always)]
-pub fn latency_bit_length(ns: u64) -> u64 {
-    // ceil(ns / 1000) <= 2^i  <=>  ns <= 1000 * 2^i (2^i is an integer).
-    let us = ns.div_ceil(1000);
-    if us <= 1 {
-        return 0;
-    }
-    // i = ceil(log2(us)) = bit length of (us - 1).
-    let mut v = us - 1;
-    let mut bits = 0u64;
-    if v >> 32 != 0 {
-        v >>= 32;
-        bits += 32;
-    }
-    if v >> 16 != 0 {
-        v >>= 16;
-        bits += 16;
-    }
-    if v >> 8 != 0 {
-        v >>= 8;
-        bits += 8;
-    }
-    if v >> 4 != 0 {
-        v >>= 4;
-        bits += 4;
-    }
-    if v >> 2 != 0 {
-        v >>= 2;
-        bits += 2;
-    }
-    if v >> 1 != 0 {
-        v >>= 1;
-        bits += 1;
-    }
-    bits + v // v is 0 or 1 here
-}
-
-/// Upper bound of bucket `i` in seconds (`f64::INFINITY` for the last).
-pub fn bucket_upper_secs(i: usize) -> f64 {
-    if i + 1 >= LATENCY_BUCKETS {
-        f64::INFINITY
-    } else {
-        (1u64 << i) as f64 / 1e6
-    }
-}
-
 /// A device as the kernel encodes dev_t internally: major << 20 | minor.
 #[inline(always)]
 pub fn encode_dev(major: u32, minor: u32) -> u32 {
@@ -173,8 +109,8 @@ pub struct IoTotals {
     /// Sum of the requests' latencies (ns): from when the block layer started accounting the
     /// request (request.start_time_ns, what /sys/block/<dev>/stat uses) to its completion.
     pub latency_ns: u64,
-    /// Latency histogram, see [`latency_bucket`] (not cumulative).
-    pub buckets: [u64; LATENCY_BUCKETS],
+    /// Latency histogram, see [`crate::latency`] (not cumulative).
+    pub buckets: [u64; crate::latency::BUCKETS],
 }
 
 /// Value of [`STARTS_MAP`] (keyed by the request's address).
@@ -201,47 +137,6 @@ pub struct Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn latency_buckets_are_exact_at_the_bounds() {
-        assert_eq!(latency_bucket(0), 0);
-        assert_eq!(latency_bucket(1000), 0);
-        assert_eq!(latency_bucket(1001), 1);
-        assert_eq!(latency_bucket(2000), 1);
-        assert_eq!(latency_bucket(2001), 2);
-        for i in 1..LATENCY_BUCKETS - 1 {
-            let bound = 1000u64 << i;
-            assert_eq!(latency_bucket(bound), i, "at 2^{i} us");
-            assert_eq!(latency_bucket(bound + 1), i + 1, "just above 2^{i} us");
-            assert_eq!(
-                latency_bucket(bound / 2 + 1),
-                i,
-                "just above 2^{} us",
-                i - 1
-            );
-        }
-        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
-        assert_eq!(latency_bit_length(u64::MAX), 55);
-        for ns in [
-            0,
-            999,
-            1000,
-            1001,
-            5_000_000,
-            16_777_216_000,
-            16_777_216_001,
-            u64::MAX / 3,
-        ] {
-            assert_eq!(
-                latency_bucket(ns) as u64,
-                latency_bit_length(ns).min(LATENCY_BUCKETS as u64 - 1),
-                "{ns} ns"
-            );
-        }
-        assert_eq!(bucket_upper_secs(0), 1e-6);
-        assert_eq!(bucket_upper_secs(10), 1024e-6);
-        assert!(bucket_upper_secs(LATENCY_BUCKETS - 1).is_infinite());
-    }
 
     #[test]
     fn op_groups_follow_the_kernel() {

@@ -7,6 +7,7 @@
 pub mod block;
 pub mod config;
 pub mod cpu;
+pub mod latency;
 pub mod ports;
 pub mod runq;
 pub mod tcp;

@@ -10,7 +10,7 @@
 //! timestamps of its own, no wakeup programs, and the sum is exactly what /proc/<pid>/schedstat
 //! reports.
 
-use crate::block::LATENCY_BUCKETS;
+use crate::latency::BUCKETS as LATENCY_BUCKETS;
 
 /// Per thread (thread id -> [`ThreadRunq`]), created at the thread's first switch-out, marked
 /// dead at its last; the daemon deletes dead entries once it has read them.
@@ -48,7 +48,7 @@ pub struct ThreadRunq {
     pub seen_pcount: u64,
     /// Sum of the waits counted (ns).
     pub wait_ns: u64,
-    /// Histogram of the waits, see [`crate::block::latency_bucket`] (not cumulative); the
+    /// Histogram of the waits, see [`crate::latency`] (not cumulative); the
     /// number of waits is its sum.
     pub buckets: [u64; LATENCY_BUCKETS],
 }

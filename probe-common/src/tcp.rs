@@ -123,13 +123,13 @@ pub const OWNER_PASSIVE: u32 = 1;
 pub const OWNER_KEYED: u32 = 2;
 
 /// Value of [`RTT_MAP`]: smoothed RTT samples of server sockets, one per RTT measurement.
-/// Buckets as block latency ([`crate::block::latency_bucket`]), from microseconds.
+/// Buckets as every latency ([`crate::latency`]), from microseconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RttTotals {
     pub count: u64,
     pub sum_us: u64,
-    pub buckets: [u64; crate::block::LATENCY_BUCKETS],
+    pub buckets: [u64; crate::latency::BUCKETS],
 }
 
 impl Default for RttTotals {
@@ -137,7 +137,7 @@ impl Default for RttTotals {
         Self {
             count: 0,
             sum_us: 0,
-            buckets: [0; crate::block::LATENCY_BUCKETS],
+            buckets: [0; crate::latency::BUCKETS],
         }
     }
 }

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
 };
 use probe_common::{
-    block::LATENCY_BUCKETS,
     config::{Offsets, OFFSET_MISSING},
     cpu::PF_KTHREAD,
+    latency::BUCKETS as LATENCY_BUCKETS,
 };
 
 /// Struct offsets, set by the daemon before load (the verifier sees them as constants).
@@ -143,7 +143,7 @@ pub(crate) fn process_of(task: *const u8) -> Option<Process> {
     })
 }
 
-/// A latency histogram bucket ([`probe_common::block::latency_bucket`]); always below
+/// A latency histogram bucket ([`probe_common::latency::bucket`]); always below
 /// [`LATENCY_BUCKETS`].
 #[derive(Clone, Copy)]
 pub(crate) struct Bucket(usize);
@@ -161,7 +161,7 @@ impl Bucket {
     /// can neither drop it nor turn it back into a register compare. Two instructions.
     #[inline(always)]
     pub(crate) fn of(ns: u64) -> Self {
-        let mut b = probe_common::block::latency_bit_length(ns);
+        let mut b = probe_common::latency::bit_length(ns);
         // SAFETY: a compare and a move on one register: no memory, no stack, no side effect.
         unsafe {
             core::arch::asm!(

@@ -45,25 +45,8 @@ pub struct InstanceSample {
     pub tcp: Vec<PortSample>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Histogram {
-    pub count: u64,
-    pub sum_ns: u64,
-    pub buckets: Vec<u64>,
-}
-
-impl Histogram {
-    pub fn add(&mut self, count: u64, sum_ns: u64, buckets: &[u64]) {
-        self.count += count;
-        self.sum_ns += sum_ns;
-        if self.buckets.len() < buckets.len() {
-            self.buckets.resize(buckets.len(), 0);
-        }
-        for (a, b) in self.buckets.iter_mut().zip(buckets) {
-            *a += b;
-        }
-    }
-}
+/// A latency histogram: count, sum (`sum_ns`) and `buckets` (bucket `i`: at most 2^i µs).
+pub use crate::model::latency::Latency as Histogram;
 
 /// TCP payload bytes on one port (`ephemeral`: outgoing connections).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -97,10 +80,7 @@ impl Sample {
             i.runqueue_wait_ns = t.run_delay_ns;
         }
         for (name, c) in &s.runq {
-            inst.entry(name)
-                .or_default()
-                .runqueue
-                .add(c.ops, c.latency_ns, &c.buckets);
+            inst.entry(name).or_default().runqueue.add(c);
         }
         for ((name, (_, op)), c) in &s.io {
             let i = inst.entry(name).or_default();
@@ -109,7 +89,7 @@ impl Sample {
                 Op::Write => i.disk_write_bytes += c.bytes,
                 _ => continue,
             }
-            i.disk_latency.add(c.ops, c.latency_ns, &c.buckets);
+            i.disk_latency.add(&c.latency);
         }
         for ((name, dim), c) in &s.tcp {
             let i = inst.entry(name).or_default();

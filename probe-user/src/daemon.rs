@@ -34,6 +34,7 @@ use crate::{
         },
         instance::{Facts, Resolver},
         io::{IoCounters, IoDim},
+        latency::Latency,
         process::{self, DeadSample, ProcessKey, ProcessSample},
         rules::{CgroupMeta, Rules},
         tcp::{TcpCounters, TcpDim},
@@ -169,12 +170,12 @@ pub struct Snapshot {
     /// TCP per (instance, port and role).
     pub tcp: Vec<((Arc<str>, TcpDim), TcpCounters)>,
     /// RTT histograms per (instance, listening port).
-    pub rtt: Vec<((Arc<str>, u16), IoCounters)>,
+    pub rtt: Vec<((Arc<str>, u16), Latency)>,
     /// Established connections per (instance, listening port).
     pub established: Vec<((Arc<str>, u16), u64)>,
     pub top_tcp: Vec<TcpProcessRow>,
     /// Run-queue latency histogram per instance (count in ops, sum in latency_ns).
-    pub runq: Vec<(Arc<str>, IoCounters)>,
+    pub runq: Vec<(Arc<str>, Latency)>,
     /// What processes outside the top-K used, per instance (the `other` rows).
     pub other_cpu: Vec<(Arc<str>, (u64, u64))>,
     pub other_io: Vec<((Arc<str>, IoDim), IoCounters)>,

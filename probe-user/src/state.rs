@@ -25,7 +25,7 @@ use crate::{daemon::InstanceMeta, model::accounts::Accounts};
 pub const DEFAULT_FILE: &str = "/run/probe/state";
 
 /// Bump whenever [`Saved`] or anything in it changes shape: an older file is then not read.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 const MAGIC: &[u8; 8] = b"PROBEST1";
 const HEADER: usize = 16;
 
@@ -212,14 +212,54 @@ mod tests {
         assert!(mismatch(&s, &maps, "").is_some());
     }
 
-    /// Accounts with content: two processes in two instances, one round.
+    /// Accounts with content: two processes in two instances, one round with CPU, block IO (a
+    /// latency histogram), TCP and run-queue waits.
     fn accounts_with_two_instances() -> Accounts {
         use std::collections::HashMap;
 
         use crate::model::{
             accounts::Round,
+            io::{IoCounters, Op},
+            latency::Latency,
             process::{ProcessKey, ProcessSample},
+            tcp::{Role, TcpCounters, TcpDim},
         };
+        let key = |tgid: u32| ProcessKey {
+            tgid,
+            start_ns: u64::from(tgid) * 1000,
+        };
+        let mut latency = Latency {
+            count: 3,
+            sum_ns: 70_000,
+            ..Latency::default()
+        };
+        latency.buckets[4] = 2;
+        latency.buckets[6] = 1;
+        let io = HashMap::from([(
+            key(1),
+            HashMap::from([(
+                ("vda".into(), Op::Write),
+                IoCounters {
+                    bytes: 12_288,
+                    latency: latency.clone(),
+                },
+            )]),
+        )]);
+        let tcp = HashMap::from([(
+            key(2),
+            HashMap::from([(
+                TcpDim {
+                    role: Role::Server,
+                    port: 3307,
+                },
+                TcpCounters {
+                    rx_bytes: 100,
+                    tx_bytes: 200,
+                    ..TcpCounters::default()
+                },
+            )]),
+        )]);
+        let runq = HashMap::from([(key(2), HashMap::from([(2u32, latency)]))]);
         let live: HashMap<ProcessKey, ProcessSample> = [(1, 3_000_000_000u64), (2, 5_000_000_000)]
             .into_iter()
             .map(|(tgid, cpu_ns)| {
@@ -241,9 +281,9 @@ mod tests {
         let round = Round {
             live: &live,
             dead: &HashMap::new(),
-            io: None,
-            tcp: None,
-            runq: None,
+            io: Some(&io),
+            tcp: Some(&tcp),
+            runq: Some(&runq),
             elapsed_secs: 1.0,
             now_secs: 10.0,
             page_size: 4096,
@@ -287,6 +327,15 @@ mod tests {
         assert_eq!(
             back.accounts.top_processes(5),
             want.accounts.top_processes(5)
+        );
+        assert_eq!(back.accounts.io(), want.accounts.io());
+        assert_eq!(back.accounts.tcp(), want.accounts.tcp());
+        assert_eq!(back.accounts.runq(), want.accounts.runq());
+        assert_eq!(back.accounts.io().len(), 1, "the fixture has block IO");
+        assert_eq!(
+            back.accounts.runq().len(),
+            1,
+            "the fixture has run-queue waits"
         );
         assert_eq!((back.maps, back.pending), (want.maps, want.pending));
     }

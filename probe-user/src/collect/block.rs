@@ -11,6 +11,7 @@ use probe_common::block::{
 
 use super::idle::IdleTracker;
 use crate::model::{
+    cumulative::Cumulative as _,
     io::{IoCounters, Op, ProcessIo},
     process::ProcessKey,
 };

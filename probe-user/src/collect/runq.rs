@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use probe_common::runq::{ThreadRunq, STAT_LOST};
 
-use crate::model::{accounts::ProcessRunq, io::IoCounters, process::ProcessKey};
+use crate::model::{accounts::ProcessRunq, latency::Latency, process::ProcessKey};
 
 /// Threads whose waits were not counted because the map was full (kernel counter).
 pub fn lost(map: &PerCpuArray<MapData, u64>) -> Result<u64, MapError> {
@@ -37,10 +37,9 @@ pub fn read(
             tgid: v.tgid,
             start_ns: v.start_ns / g * g,
         };
-        let c = IoCounters {
-            bytes: 0,
-            ops: v.buckets.iter().sum(),
-            latency_ns: v.wait_ns,
+        let c = Latency {
+            count: v.buckets.iter().sum(),
+            sum_ns: v.wait_ns,
             buckets: v.buckets,
         };
         out.processes.entry(key).or_default().insert(tid, c);

@@ -8,7 +8,7 @@ use probe_common::tcp::{RttTotals, TcpKey, TcpTotals, STAT_LOST};
 
 use super::idle::IdleTracker;
 use crate::model::{
-    io::IoCounters,
+    latency::Latency,
     process::ProcessKey,
     tcp::{ProcessTcp, TcpCounters, TcpDim},
 };
@@ -75,11 +75,10 @@ impl TcpReader {
     }
 }
 
-/// RTT histograms per listening port, in the block latency layout (count in `ops`, sum in
-/// `latency_ns`).
+/// RTT histograms per listening port.
 pub fn read_rtt(
     map: &BpfHashMap<MapData, u16, RttTotals>,
-) -> Result<HashMap<u16, IoCounters>, MapError> {
+) -> Result<HashMap<u16, Latency>, MapError> {
     let mut out = HashMap::new();
     for item in map.iter() {
         let (port, t) = match item {
@@ -89,10 +88,9 @@ pub fn read_rtt(
         };
         out.insert(
             port,
-            IoCounters {
-                bytes: 0,
-                ops: t.count,
-                latency_ns: t.sum_us.saturating_mul(1000),
+            Latency {
+                count: t.count,
+                sum_ns: t.sum_us.saturating_mul(1000),
                 buckets: t.buckets,
             },
         );

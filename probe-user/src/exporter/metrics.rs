@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 
-use probe_common::block::{bucket_upper_secs, LATENCY_BUCKETS};
 use prometheus_client::{
     collector::Collector,
     encoding::{
@@ -18,7 +17,8 @@ use crate::{
     daemon::Snapshot,
     model::{
         accounts::{InstanceTotals, IoProcessRow, ProcessRow, TcpProcessRow},
-        io::{IoCounters, Op},
+        io::Op,
+        latency::Latency,
         tcp::{Role, TcpCounters, TcpDim},
     },
 };
@@ -139,16 +139,14 @@ struct ConstHistogram {
 }
 
 impl ConstHistogram {
-    fn latency(c: &IoCounters) -> Self {
-        let buckets = (0..LATENCY_BUCKETS)
-            .map(|i| {
-                let le = bucket_upper_secs(i);
-                (if le.is_infinite() { f64::MAX } else { le }, c.buckets[i])
-            })
+    fn latency(l: &Latency) -> Self {
+        let buckets = l
+            .bounded_buckets()
+            .map(|(le, n)| (if le.is_infinite() { f64::MAX } else { le }, n))
             .collect();
         Self {
-            sum: secs(c.latency_ns),
-            count: c.ops,
+            sum: secs(l.sum_ns),
+            count: l.count,
             buckets,
         }
     }
@@ -448,12 +446,14 @@ impl Collector for SnapshotCollector {
             BLOCK_OPS,
             block
                 .clone()
-                .map(|((i, (d, op)), c)| (io_labels(i, d, *op), ConstCounter::new(c.ops))),
+                .map(|((i, (d, op)), c)| (io_labels(i, d, *op), ConstCounter::new(c.ops()))),
         )?;
         family(
             e,
             BLOCK_LATENCY,
-            block.map(|((i, (d, op)), c)| (io_labels(i, d, *op), ConstHistogram::latency(c))),
+            block.map(|((i, (d, op)), c)| {
+                (io_labels(i, d, *op), ConstHistogram::latency(&c.latency))
+            }),
         )?;
         family(
             e,
@@ -494,7 +494,7 @@ impl Collector for SnapshotCollector {
         family(
             e,
             PROC_BLOCK_OPS,
-            proc_io(false).map(|(l, c)| (l, ConstCounter::new(c.ops))),
+            proc_io(false).map(|(l, c)| (l, ConstCounter::new(c.ops()))),
         )?;
         family(
             e,
@@ -720,7 +720,7 @@ fn clamp(v: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{daemon::SelfStats, loader::CollectorStatus};
+    use crate::{daemon::SelfStats, loader::CollectorStatus, model::io::IoCounters};
 
     fn snapshot() -> Snapshot {
         Snapshot {
@@ -745,12 +745,14 @@ mod tests {
                 (("mariadbd:3307".into(), ("vda".into(), Op::Write)), {
                     let mut c = IoCounters {
                         bytes: 1 << 20,
-                        ops: 3,
-                        latency_ns: 3_500_000,
-                        ..IoCounters::default()
+                        latency: Latency {
+                            count: 3,
+                            sum_ns: 3_500_000,
+                            ..Latency::default()
+                        },
                     };
-                    c.buckets[0] = 1;
-                    c.buckets[11] = 2;
+                    c.latency.buckets[0] = 1;
+                    c.latency.buckets[11] = 2;
                     c
                 }),
                 (
@@ -770,8 +772,10 @@ mod tests {
                         ("vda".into(), Op::Read),
                         IoCounters {
                             bytes: 4096,
-                            ops: 1,
-                            ..IoCounters::default()
+                            latency: Latency {
+                                count: 1,
+                                ..Latency::default()
+                            },
                         },
                     ),
                     (
@@ -816,10 +820,10 @@ mod tests {
                 ),
             ],
             rtt: vec![(("mariadbd:3307".into(), 3307), {
-                let mut c = IoCounters {
-                    ops: 2,
-                    latency_ns: 60_000,
-                    ..IoCounters::default()
+                let mut c = Latency {
+                    count: 2,
+                    sum_ns: 60_000,
+                    ..Latency::default()
                 };
                 c.buckets[5] = 2;
                 c
@@ -842,10 +846,10 @@ mod tests {
                 score: 1.0,
             }],
             runq: vec![("mariadbd:3307".into(), {
-                let mut c = IoCounters {
-                    ops: 4,
-                    latency_ns: 40_000,
-                    ..IoCounters::default()
+                let mut c = Latency {
+                    count: 4,
+                    sum_ns: 40_000,
+                    ..Latency::default()
                 };
                 c.buckets[4] = 4;
                 c
@@ -855,8 +859,10 @@ mod tests {
                 ("mariadbd:3307".into(), ("vda".into(), Op::Write)),
                 IoCounters {
                     bytes: 512,
-                    ops: 1,
-                    ..IoCounters::default()
+                    latency: Latency {
+                        count: 1,
+                        ..Latency::default()
+                    },
                 },
             )],
             other_tcp: vec![(

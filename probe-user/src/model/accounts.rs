@@ -31,14 +31,14 @@ use super::{
     cumulative::{credit as credit_dims, credit_by_dim, Cumulative as _},
     instance::OTHER,
     io::{IoCounters, IoDim, ProcessIo},
+    latency::Latency,
     names::display_name,
     process::{DeadSample, ProcessKey, ProcessSample},
     tcp::{ProcessTcp, Role, TcpCounters, TcpDim},
 };
 
-/// Cumulative run-queue waits of one process, per thread id: count in `ops`, sum in
-/// `latency_ns`, histogram in `buckets`.
-pub type ProcessRunq = HashMap<u32, IoCounters>;
+/// Cumulative run-queue waits of one process, per thread id.
+pub type ProcessRunq = HashMap<u32, Latency>;
 
 /// Bounds on what is exported.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,8 +136,8 @@ pub struct PortRound<'a> {
     /// Per-port kernel totals (connections; bytes on the per-port fallback; retransmits of
     /// sockets without a known owner); None when they could not be read.
     pub traffic: Option<&'a HashMap<TcpDim, TcpCounters>>,
-    /// RTT histograms per listening port (count in `ops`, sum in `latency_ns`).
-    pub rtt: Option<&'a HashMap<u16, IoCounters>>,
+    /// RTT histograms per listening port.
+    pub rtt: Option<&'a HashMap<u16, Latency>>,
     /// Established connections per local port (the daemon's network namespace).
     pub established: Option<&'a HashMap<u16, u64>>,
     /// Listening ports and the instance that owns each now.
@@ -195,13 +195,13 @@ pub struct Accounts {
     /// TCP per instance, port and role.
     tcp: BTreeMap<(Arc<str>, TcpDim), TcpCounters>,
     /// RTT histograms per instance and listening port.
-    rtt: BTreeMap<(Arc<str>, u16), IoCounters>,
+    rtt: BTreeMap<(Arc<str>, u16), Latency>,
     /// Established connections per instance and listening port (a gauge).
     established: BTreeMap<(Arc<str>, u16), u64>,
     /// Run-queue latency per instance.
-    runq: BTreeMap<Arc<str>, IoCounters>,
+    runq: BTreeMap<Arc<str>, Latency>,
     port_seen: HashMap<TcpDim, TcpCounters>,
-    rtt_seen: HashMap<u16, IoCounters>,
+    rtt_seen: HashMap<u16, Latency>,
     /// What processes outside the exported top-K used, per instance: increases credited while
     /// a process was not listed (so the listed processes plus `other` add up, as rates).
     other_cpu: BTreeMap<Arc<str>, (u64, u64)>,
@@ -465,7 +465,7 @@ impl Accounts {
     }
 
     /// RTT histograms per (instance, listening port).
-    pub fn rtt(&self) -> &BTreeMap<(Arc<str>, u16), IoCounters> {
+    pub fn rtt(&self) -> &BTreeMap<(Arc<str>, u16), Latency> {
         &self.rtt
     }
 
@@ -564,7 +564,7 @@ impl Accounts {
             mix(inst, t.cpu_ns ^ t.run_delay_ns.rotate_left(17));
         }
         for ((inst, _), c) in &self.io {
-            mix(inst, c.bytes ^ c.ops.rotate_left(17));
+            mix(inst, c.bytes ^ c.ops().rotate_left(17));
         }
         for ((inst, _), c) in &self.tcp {
             mix(
@@ -622,7 +622,7 @@ impl Accounts {
     }
 
     /// Run-queue latency per instance.
-    pub fn runq(&self) -> &BTreeMap<Arc<str>, IoCounters> {
+    pub fn runq(&self) -> &BTreeMap<Arc<str>, Latency> {
         &self.runq
     }
 
@@ -722,13 +722,13 @@ fn credit(
 /// counters went down is another thread (reused id) and counts in full.
 fn credit_threads(
     seen: &mut ProcessRunq,
-    instance_map: &mut BTreeMap<Arc<str>, IoCounters>,
+    instance_map: &mut BTreeMap<Arc<str>, Latency>,
     instance: &Arc<str>,
     now: &ProcessRunq,
 ) {
     for (tid, cur) in now {
         let d = match seen.get(tid) {
-            Some(prev) => cur.since(prev),
+            Some(prev) => cur.since(prev).unwrap_or_else(|| cur.clone()),
             None => cur.clone(),
         };
         if !d.is_zero() {
@@ -867,8 +867,10 @@ mod tests {
             for (k, op, bytes) in io {
                 let c = IoCounters {
                     bytes: *bytes,
-                    ops: bytes / 4096,
-                    ..IoCounters::default()
+                    latency: Latency {
+                        count: bytes / 4096,
+                        ..Latency::default()
+                    },
                 };
                 io_map
                     .entry(*k)
@@ -1221,10 +1223,10 @@ mod tests {
     fn run_queue_waits_flow_into_the_instance() {
         let mut h = Harness::new();
         let waits = |n: u64| {
-            let c = IoCounters {
-                ops: n,
-                latency_ns: n * 1000,
-                ..IoCounters::default()
+            let c = Latency {
+                count: n,
+                sum_ns: n * 1000,
+                ..Latency::default()
             };
             HashMap::from([(A, HashMap::from([(7u32, c)]))])
         };
@@ -1252,7 +1254,7 @@ mod tests {
             .acc
             .runq()
             .iter()
-            .map(|(k, c)| (k.to_string(), c.ops, c.latency_ns))
+            .map(|(k, c)| (k.to_string(), c.count, c.sum_ns))
             .collect();
         assert_eq!(got, vec![("a:1".to_string(), 10, 10_000)]);
     }

@@ -2,10 +2,10 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use probe_common::block::{
-    IoTotals, LATENCY_BUCKETS, OP_DIRTIED, OP_DISCARD, OP_FLUSH, OP_READ, OP_WRITE,
-};
+use probe_common::block::{IoTotals, OP_DIRTIED, OP_DISCARD, OP_FLUSH, OP_READ, OP_WRITE};
 use serde::{Deserialize, Serialize};
+
+use super::latency::Latency;
 
 /// What a block counter counts. `Dirtied` is not a block operation: page-cache bytes the
 /// process dirtied (what buffered writes will cost the disk later, charged to the writer).
@@ -42,75 +42,53 @@ impl Op {
     }
 }
 
-/// Cumulative counters of one (process or instance, device, op).
+/// Cumulative counters of one (process or instance, device, op): bytes, and the requests with
+/// their latencies (`latency.count` is the number of requests; page-cache bytes dirtied come
+/// without requests).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoCounters {
     pub bytes: u64,
-    pub ops: u64,
-    /// Sum of the latencies (ns) of the `ops` requests.
-    pub latency_ns: u64,
-    /// Latency histogram (not cumulative), see `probe_common::block::latency_bucket`.
-    pub buckets: [u64; LATENCY_BUCKETS],
+    pub latency: Latency,
 }
 
 impl From<&IoTotals> for IoCounters {
     fn from(t: &IoTotals) -> Self {
         Self {
             bytes: t.bytes,
-            ops: t.ops,
-            latency_ns: t.latency_ns,
-            buckets: t.buckets,
+            latency: Latency {
+                count: t.ops,
+                sum_ns: t.latency_ns,
+                buckets: t.buckets,
+            },
         }
     }
 }
 
 impl IoCounters {
-    /// The increase since `prev`, the previous reading of the same kernel entry. If any counter
-    /// went down, the entry was deleted and created again in between (the daemon deletes idle
-    /// entries of exited processes): then everything in it is new.
-    pub fn since(&self, prev: &Self) -> Self {
-        let reset = self.bytes < prev.bytes
-            || self.ops < prev.ops
-            || self.latency_ns < prev.latency_ns
-            || self.buckets.iter().zip(&prev.buckets).any(|(a, b)| a < b);
-        if reset {
-            return self.clone();
-        }
-        let mut d = Self {
-            bytes: self.bytes - prev.bytes,
-            ops: self.ops - prev.ops,
-            latency_ns: self.latency_ns - prev.latency_ns,
-            buckets: [0; LATENCY_BUCKETS],
-        };
-        for (i, b) in d.buckets.iter_mut().enumerate() {
-            *b = self.buckets[i] - prev.buckets[i];
-        }
-        d
-    }
-
-    pub fn add(&mut self, d: &Self) {
-        self.bytes = self.bytes.saturating_add(d.bytes);
-        self.ops = self.ops.saturating_add(d.ops);
-        self.latency_ns = self.latency_ns.saturating_add(d.latency_ns);
-        for (a, b) in self.buckets.iter_mut().zip(&d.buckets) {
-            *a = a.saturating_add(*b);
-        }
-    }
-
-    pub fn is_zero(&self) -> bool {
-        self.bytes == 0 && self.ops == 0
+    /// Requests.
+    pub fn ops(&self) -> u64 {
+        self.latency.count
     }
 }
 
 impl super::cumulative::Cumulative for IoCounters {
+    /// If any counter went down, the entry was deleted and created again in between (the daemon
+    /// deletes idle entries of exited processes): then everything in it is new.
     fn since(&self, prev: &Self) -> Self {
-        IoCounters::since(self, prev)
+        match (
+            self.bytes.checked_sub(prev.bytes),
+            self.latency.since(&prev.latency),
+        ) {
+            (Some(bytes), Some(latency)) => Self { bytes, latency },
+            _ => self.clone(),
+        }
     }
     fn add(&mut self, d: &Self) {
-        IoCounters::add(self, d);
+        self.bytes = self.bytes.saturating_add(d.bytes);
+        self.latency.add(&d.latency);
     }
     fn is_zero(&self) -> bool {
-        IoCounters::is_zero(self) && self.latency_ns == 0
+        self.bytes == 0 && self.latency.is_zero()
     }
 }
 
@@ -123,15 +101,18 @@ pub type ProcessIo = HashMap<IoDim, IoCounters>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cumulative::Cumulative as _;
 
     fn c(bytes: u64, ops: u64, bucket: usize) -> IoCounters {
         let mut x = IoCounters {
             bytes,
-            ops,
-            latency_ns: ops * 10,
-            ..IoCounters::default()
+            latency: Latency {
+                count: ops,
+                sum_ns: ops * 10,
+                ..Latency::default()
+            },
         };
-        x.buckets[bucket] = ops;
+        x.latency.buckets[bucket] = ops;
         x
     }
 
@@ -139,7 +120,7 @@ mod tests {
     fn increase_since_the_previous_reading() {
         let d = c(300, 3, 2).since(&c(100, 1, 2));
         assert_eq!(
-            (d.bytes, d.ops, d.latency_ns, d.buckets[2]),
+            (d.bytes, d.ops(), d.latency.sum_ns, d.latency.buckets[2]),
             (200, 2, 20, 2)
         );
     }
@@ -149,6 +130,9 @@ mod tests {
         // Deleted at (100, 1) and created again: now (40, 1) in another bucket.
         let d = c(40, 1, 5).since(&c(100, 1, 2));
         assert_eq!(d, c(40, 1, 5));
+        // Bytes only (dirtied pages) that went down.
+        let d = c(40, 0, 0).since(&c(100, 0, 0));
+        assert_eq!(d, c(40, 0, 0));
     }
 
     #[test]

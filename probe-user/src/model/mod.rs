@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod cumulative;
 pub mod instance;
 pub mod io;
+pub mod latency;
 pub mod names;
 pub mod process;
 pub mod rules;

@@ -268,42 +268,20 @@ pub fn compute(prev: &Sample, cur: &Sample) -> View {
     view
 }
 
+/// What happened between two readings of a cumulative histogram (all of `now` if the daemon
+/// started again in between).
 fn delta(now: &Histogram, before: &Histogram) -> Histogram {
-    if now.count < before.count {
-        return now.clone();
-    }
-    Histogram {
-        count: now.count - before.count,
-        sum_ns: now.sum_ns.saturating_sub(before.sum_ns),
-        buckets: now
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, n)| n.saturating_sub(before.buckets.get(i).copied().unwrap_or(0)))
-            .collect(),
-    }
+    now.since(before).unwrap_or_else(|| now.clone())
 }
 
 fn avg(h: &Histogram) -> Option<f64> {
-    (h.count > 0).then(|| h.sum_ns as f64 / h.count as f64 / 1e9)
+    h.mean_secs()
 }
 
 /// Upper bound (s) of the bucket holding the 99th percentile; None without data, +inf for the
 /// last bucket.
 fn p99(h: &Histogram) -> Option<f64> {
-    let total: u64 = h.buckets.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let want = (total as f64 * 0.99).ceil() as u64;
-    let mut seen = 0;
-    for (i, n) in h.buckets.iter().enumerate() {
-        seen += n;
-        if seen >= want {
-            return Some(probe_common::block::bucket_upper_secs(i));
-        }
-    }
-    None
+    h.quantile_upper_secs(0.99)
 }
 
 /// Waits or requests in the window below which nothing is concluded (a handful is noise).
@@ -386,8 +364,8 @@ mod tests {
     use crate::api::PortSample;
 
     fn hist(count: u64, avg_us: u64) -> Histogram {
-        let mut buckets = vec![0; probe_common::block::LATENCY_BUCKETS];
-        buckets[probe_common::block::latency_bucket(avg_us * 1000)] = count;
+        let mut buckets = [0; probe_common::latency::BUCKETS];
+        buckets[probe_common::latency::bucket(avg_us * 1000)] = count;
         Histogram {
             count,
             sum_ns: count * avg_us * 1000,
@@ -423,7 +401,6 @@ mod tests {
             tx_bytes: 0,
         }];
         let mut b = inst("a", 12, hist(200, 10));
-        b.runqueue.add(0, 0, &[]);
         b.tcp = vec![PortSample {
             port: "3306".into(),
             rx_bytes: 5000,
@@ -456,7 +433,7 @@ mod tests {
                 inst("victim", 6, {
                     let mut h = hist(1000, 20);
                     let w = hist(500, 2000);
-                    h.add(w.count, w.sum_ns, &w.buckets);
+                    h.add(&w);
                     h
                 }),
             ],
@@ -475,7 +452,7 @@ mod tests {
                     let mut h = hist(1000, 20);
                     for (n, us) in [(2000, 10), (30, 4000)] {
                         let w = hist(n, us);
-                        h.add(w.count, w.sum_ns, &w.buckets);
+                        h.add(&w);
                     }
                     h
                 }),
