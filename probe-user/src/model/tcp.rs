@@ -43,9 +43,10 @@ impl TcpDim {
         }
     }
 
-    /// The `remote_port` label value, if the series has one.
-    pub fn remote_port_label(&self) -> Option<String> {
-        (self.role == Role::Client && self.port != 0).then(|| self.port.to_string())
+    /// The `remote_port` label, if the series has one: outgoing connections to a port the user
+    /// named.
+    pub fn remote_port(&self) -> Option<u16> {
+        (self.role == Role::Client && self.port != 0).then_some(self.port)
     }
 }
 
@@ -137,13 +138,13 @@ mod tests {
     fn labels() {
         let server = TcpDim::from_kernel(3306, ROLE_SERVER);
         assert_eq!(
-            (server.port_label(), server.remote_port_label()),
+            (server.port_label(), server.remote_port()),
             ("3306".into(), None)
         );
         let client = TcpDim::from_kernel(443, probe_common::tcp::ROLE_CLIENT);
         assert_eq!(client.port_label(), "ephemeral");
-        assert_eq!(client.remote_port_label().as_deref(), Some("443"));
+        assert_eq!(client.remote_port(), Some(443));
         let folded = TcpDim::from_kernel(0, probe_common::tcp::ROLE_CLIENT);
-        assert_eq!(folded.remote_port_label(), None);
+        assert_eq!(folded.remote_port(), None);
     }
 }
