@@ -18,6 +18,7 @@ use probe_user::{
         accounts::{InstanceTotals, IoProcessRow, ProcessRow},
         instance::{Facts, Resolver},
         io::{IoCounters, Op},
+        latency::Latency,
         names::display_name,
         rules::{CgroupMeta, Rules},
     },
@@ -63,11 +64,13 @@ fuzz_target!(|data: &[u8]| {
     // As the kernel writes them: every operation in one histogram bucket.
     let mut io = IoCounters {
         bytes: 4096,
-        ops: 1,
-        latency_ns: 3_000,
-        ..IoCounters::default()
+        latency: Latency {
+            count: 1,
+            sum_ns: 3_000,
+            ..Latency::default()
+        },
     };
-    io.buckets[2] = 1;
+    io.latency.buckets[2] = 1;
     let snapshot = Snapshot {
         instances: vec![(instance.clone(), InstanceTotals::default())],
         top: vec![ProcessRow {

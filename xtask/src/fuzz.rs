@@ -40,12 +40,13 @@ pub fn run(seconds: u32) -> Result<()> {
         "none",
     ];
     let nightly = format!("+{EBPF_TOOLCHAIN}");
+    // Every target first: one that no longer compiles fails the run now, not after the others
+    // have fuzzed.
+    let mut build = vec![nightly.as_str(), "fuzz", "build"];
+    build.extend(common);
+    sh_in(&root, "cargo", &build, &[])?;
     for t in TARGETS {
         let t0 = Instant::now();
-        let mut build = vec![nightly.as_str(), "fuzz", "build"];
-        build.extend(common);
-        build.push(t);
-        sh_in(&root, "cargo", &build, &[])?;
         let regressions = root.join("fuzz/regressions").join(t);
         let saved = files(&regressions)?;
         if saved.is_empty() {
