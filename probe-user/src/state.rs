@@ -25,7 +25,7 @@ use crate::{daemon::InstanceMeta, model::accounts::Accounts};
 pub const DEFAULT_FILE: &str = "/run/probe/state";
 
 /// Bump whenever [`Saved`] or anything in it changes shape: an older file is then not read.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 const MAGIC: &[u8; 8] = b"PROBEST1";
 const HEADER: usize = 16;
 
