@@ -88,11 +88,12 @@ impl super::cumulative::Cumulative for Latency {
     }
 }
 
-/// The buckets as a sequence of at most [`BUCKETS`] numbers (JSON: an array), so that a
-/// reader also takes a shorter one (an empty histogram of an older daemon was `[]`).
+/// The buckets as a sequence (JSON: an array). A reader takes any length: a shorter one (an
+/// empty histogram of an older daemon was `[]`) is padded with zeros, and the buckets of a
+/// longer one past the last are added to the last (it counts everything longer).
 mod buckets {
     use probe_common::latency::BUCKETS;
-    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &[u64; BUCKETS], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(b)
@@ -100,14 +101,11 @@ mod buckets {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; BUCKETS], D::Error> {
         let v = Vec::<u64>::deserialize(d)?;
-        if v.len() > BUCKETS {
-            return Err(D::Error::custom(format!(
-                "{} latency buckets, at most {BUCKETS} expected",
-                v.len()
-            )));
+        let mut out = [0u64; BUCKETS];
+        for (i, n) in v.into_iter().enumerate() {
+            let slot = &mut out[i.min(BUCKETS - 1)];
+            *slot = slot.saturating_add(n);
         }
-        let mut out = [0; BUCKETS];
-        out[..v.len()].copy_from_slice(&v);
         Ok(out)
     }
 }
@@ -166,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn json_is_an_array_and_a_shorter_one_reads() {
+    fn json_is_an_array_and_any_length_reads() {
         let l = events(2, 3);
         let json = serde_json::to_string(&l).expect("json");
         assert!(json.contains("\"buckets\":[0,0,2,0,"), "{json}");
@@ -174,11 +172,12 @@ mod tests {
         let old: Latency =
             serde_json::from_str(r#"{"count":0,"sum_ns":0,"buckets":[]}"#).expect("empty");
         assert_eq!(old, Latency::default());
-        let long = format!(
-            r#"{{"count":0,"sum_ns":0,"buckets":[{}]}}"#,
-            ["0"; 27].join(",")
-        );
-        let err = serde_json::from_str::<Latency>(&long).expect_err("27 buckets");
-        assert!(err.to_string().contains("27 latency buckets"), "{err}");
+        // A newer daemon's 28 buckets: the last three are all in this one's last.
+        let mut b = ["0"; 28];
+        (b[25], b[26], b[27]) = ("1", "2", "3");
+        let long = format!(r#"{{"count":6,"sum_ns":0,"buckets":[{}]}}"#, b.join(","));
+        let read: Latency = serde_json::from_str(&long).expect("28 buckets");
+        assert_eq!(read.buckets[BUCKETS - 1], 6);
+        assert_eq!(read.buckets.iter().sum::<u64>(), 6);
     }
 }

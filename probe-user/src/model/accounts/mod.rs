@@ -281,8 +281,12 @@ impl Accounts {
             let Some(st) = self.procs.get_mut(key) else {
                 continue;
             };
-            let total = self.runq.entry(st.instance.clone()).or_default();
-            st.runq.credit(runq, |_, d| total.add(d));
+            // The instance's entry only with a wait: threads that predate the programs have
+            // entries without any, and an instance must not get an empty histogram from them.
+            let (by_instance, instance) = (&mut self.runq, &st.instance);
+            st.runq.credit(runq, |_, d| {
+                by_instance.entry(instance.clone()).or_default().add(d);
+            });
         }
 
         self.forget_gone(round)

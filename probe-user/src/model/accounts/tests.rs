@@ -493,3 +493,26 @@ fn run_queue_waits_flow_into_the_instance() {
         .collect();
     assert_eq!(got, vec![("a:1".to_string(), 10, 10_000)]);
 }
+
+#[test]
+fn threads_without_waits_give_no_histogram() {
+    let mut h = Harness::new();
+    let runq = HashMap::from([(A, HashMap::from([(7u32, Latency::default())]))]);
+    let live_a = HashMap::from([(A, live(1, 0))]);
+    let names = h.names.clone();
+    let mut resolve = |k: &ProcessKey| names[k].to_string();
+    h.acc.apply(
+        &Round {
+            live: &live_a,
+            dead: &HashMap::new(),
+            io: None,
+            tcp: None,
+            runq: Some(&runq),
+            elapsed_secs: 1.0,
+            now_secs: 0.0,
+            page_size: 4096,
+        },
+        &mut resolve,
+    );
+    assert!(h.acc.runq().is_empty(), "{:?}", h.acc.runq());
+}
