@@ -22,6 +22,7 @@ use crate::{
         cpu::DeadRead,
         ports::Listeners,
         proctasks::ProcTasks,
+        reading::{Cleanup, Reading},
         runq::RunqRead,
         sockdiag::ListenSockets,
         tcp::{monotonic_ns, TcpReader},
@@ -174,7 +175,7 @@ pub struct Snapshot {
     /// Established connections per (instance, listening port).
     pub established: Vec<((Arc<str>, u16), u64)>,
     pub top_tcp: Vec<TcpProcessRow>,
-    /// Run-queue latency histogram per instance (count in ops, sum in latency_ns).
+    /// Run-queue latency histogram per instance.
     pub runq: Vec<(Arc<str>, Latency)>,
     /// What processes outside the top-K used, per instance (the `other` rows).
     pub other_cpu: Vec<(Arc<str>, (u64, u64))>,
@@ -398,34 +399,42 @@ impl Daemon {
         self.stats.failing.insert(collector);
     }
 
-    /// Reads everything once and updates the accounts.
+    /// One collection: read everything, account it, then clean up the kernel maps.
     pub fn collect(&mut self) -> Summary {
         let t0 = Instant::now();
         self.last_started = Some(t0);
         let mut summary = Summary::default();
         self.stats.failing.clear();
-        self.cgroups.new_round();
+        if let Some(reading) = self.read(&mut summary) {
+            let cleanup = self.account(&reading);
+            self.cleanup(&reading, cleanup);
+            self.last = Some(Instant::now());
+            self.procinfo.retain(|k, _| reading.live.contains_key(k));
+        }
+        self.finish(t0, &mut summary);
+        debug!(?summary, "collected");
+        summary
+    }
 
+    /// Reads the kernel and /proc, in the order the accounting needs. None if the live threads
+    /// or the dead-thread map could not be read: the round is skipped whole (accounting it
+    /// would take every process for dead, or fold exited ones in short), and nothing is lost by
+    /// waiting for the next one.
+    fn read(&mut self, summary: &mut Summary) -> Option<Reading> {
+        self.cgroups.new_round();
         // The dead-thread map first, then the live threads: a thread that dies in between is
         // briefly in neither (harmless, see model::accounts), never in both.
-        let granularity = self
-            .proc_tasks
-            .as_ref()
-            .map_or(1, ProcTasks::start_granularity_ns);
-        let mut dead_read = DeadRead::default();
+        let granularity = self.granularity();
+        let mut dead = DeadRead::default();
         if let Some(map) = &self.kernel.dead_tasks {
             match collect::cpu::read_dead(map, granularity) {
-                Ok(d) => dead_read = d,
+                Ok(d) => dead = d,
                 Err(e) => {
-                    // Accounting a round without the dead threads would fold exited processes
-                    // in short; skip it, nothing is lost by waiting for the next one.
                     self.failed(names::CPU_EXIT, &e);
-                    self.finish(t0, &mut summary);
-                    return summary;
+                    return None;
                 }
             }
         }
-        let dead = &dead_read.samples;
         let records = match (&self.kernel.task_iter, &mut self.proc_tasks) {
             (Some(link), _) => collect::cpu::read_tasks(link, &mut self.buf),
             (None, Some(proc_tasks)) => proc_tasks.read().map_err(collect::cpu::CpuError::Proc),
@@ -436,11 +445,8 @@ impl Daemon {
         let records = match records {
             Ok(r) => r,
             Err(e) => {
-                // Without the live view this round cannot be accounted; skip it whole rather
-                // than take every process for dead.
                 self.failed(names::CPU, &e);
-                self.finish(t0, &mut summary);
-                return summary;
+                return None;
             }
         };
         summary.threads = records.len();
@@ -483,24 +489,55 @@ impl Daemon {
             None => Some(RunqRead::default()),
         };
         summary.processes = live.len();
-        summary.exited_processes = dead.keys().filter(|k| !live.contains_key(k)).count();
+        summary.exited_processes = dead
+            .samples
+            .keys()
+            .filter(|k| !live.contains_key(k))
+            .count();
 
         self.refresh_listeners();
         summary.listening_processes = self.listeners.len();
+        let rtt = self.read_rtt();
+        let established = self.read_established();
+        let mut listening: HashSet<u16> = self.listeners.values().flatten().copied().collect();
+        listening.extend(self.listen_sockets.iter().flat_map(|s| s.values().copied()));
 
         self.read_new_procinfo(&live);
         let facts = self.facts(&live);
-        let cgroup_paths = self.cgroup_paths(&live, dead);
-        let lookup = |id: u64| cgroup_paths.get(&id).cloned();
+        let cgroup_paths = self.cgroup_paths(&live, &dead.samples);
+        Some(Reading {
+            elapsed_secs: self.last.map_or(0.0, |l| l.elapsed().as_secs_f64()),
+            now_secs: self.started.elapsed().as_secs_f64(),
+            dead,
+            live,
+            io,
+            tcp,
+            runq,
+            rtt,
+            established,
+            listeners: self.listeners.clone(),
+            listening,
+            listeners_seen_at: self.listeners_seen_at,
+            facts,
+            cgroup_paths,
+        })
+    }
+
+    /// Accounts one reading: resolves instances, credits processes, instances and ports, fixes
+    /// the top-K rows. Touches neither the kernel nor /proc. Returns what the kernel maps no
+    /// longer need.
+    fn account(&mut self, r: &Reading) -> Cleanup {
+        let dead = &r.dead.samples;
+        let lookup = |id: u64| r.cgroup_paths.get(&id).cloned();
         let rules = self.opts.rules.clone();
         let resolver = Resolver {
             rules: &rules,
-            live: &facts,
+            live: &r.facts,
             cgroup_paths: &lookup,
         };
         let mut metas: HashMap<String, InstanceMeta> = HashMap::new();
         let mut resolve = |key: &ProcessKey| -> String {
-            let (named, cgroup_id) = match (live.contains_key(key), facts.get(&key.tgid)) {
+            let (named, cgroup_id) = match (r.live.contains_key(key), r.facts.get(&key.tgid)) {
                 (true, Some(f)) => (resolver.resolve(f), f.identity.cgroup_id),
                 _ => {
                     let identity = dead
@@ -532,42 +569,56 @@ impl Daemon {
             }
             named.instance
         };
-        let elapsed = self.last.map_or(0.0, |l| l.elapsed().as_secs_f64());
-        let now = self.started.elapsed().as_secs_f64();
         let round = Round {
-            live: &live,
+            live: &r.live,
             dead,
-            io: io.as_ref(),
-            tcp: tcp.as_ref().map(|t| &t.processes),
-            runq: runq.as_ref().map(|r| &r.processes),
-            elapsed_secs: elapsed,
-            now_secs: now,
+            io: r.io.as_ref(),
+            tcp: r.tcp.as_ref().map(|t| &t.processes),
+            runq: r.runq.as_ref().map(|r| &r.processes),
+            elapsed_secs: r.elapsed_secs,
+            now_secs: r.now_secs,
             page_size: self.page_size,
         };
         let forget = self.accounts.apply(&round, &mut resolve);
-        let owners = self.port_owners(&live, &facts, &resolver, now);
-        self.apply_tcp_ports(tcp.as_ref().map(|t| &t.ports), &owners);
-        self.accounts.end_round(now);
+        let owners = self.port_owners(r, &resolver);
+        if self.kernel.tcp.is_some() {
+            self.accounts.apply_ports(&PortRound {
+                traffic: r.tcp.as_ref().map(|t| &t.ports),
+                rtt: r.rtt.as_ref(),
+                established: r.established.as_ref(),
+                owners: &owners,
+            });
+        }
+        self.accounts.end_round(r.now_secs);
         for (name, m) in metas {
             self.meta.insert(Arc::from(name), m);
         }
         let exported = self.accounts.instances();
         self.meta.retain(|k, _| exported.contains_key(k));
-        self.last = Some(Instant::now());
-        let dead_keys: Vec<DeadKey> = forget
-            .iter()
-            .filter_map(|k| dead_read.kernel_keys.get(k))
-            .flatten()
-            .copied()
-            .collect();
+        Cleanup {
+            dead: forget
+                .iter()
+                .filter_map(|k| r.dead.kernel_keys.get(k))
+                .flatten()
+                .copied()
+                .collect(),
+            runq_dead: r.runq.as_ref().map(|r| r.dead.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Saves the accounts with the deletions about to follow (a successor of a daemon killed
+    /// in between makes them), then deletes what the kernel maps no longer need and brings the
+    /// kernel's listening-port set in line.
+    fn cleanup(&mut self, r: &Reading, cleanup: Cleanup) {
         self.save(crate::state::Pending {
-            dead: dead_keys.iter().map(|k| (k.tgid, k.start_ns)).collect(),
-            runq_dead: runq.as_ref().map(|r| r.dead.clone()).unwrap_or_default(),
+            dead: cleanup.dead.iter().map(|k| (k.tgid, k.start_ns)).collect(),
+            runq_dead: cleanup.runq_dead.clone(),
         });
         if let Some(map) = &mut self.kernel.dead_tasks {
-            self.stats.dead_delete_failures += collect::cpu::forget_dead(map, &dead_keys) as u64;
+            self.stats.dead_delete_failures += collect::cpu::forget_dead(map, &cleanup.dead) as u64;
         }
-        let is_live = |tgid, start_ns| live.contains_key(&ProcessKey { tgid, start_ns });
+        let granularity = self.granularity();
+        let is_live = |tgid, start_ns| r.live.contains_key(&ProcessKey { tgid, start_ns });
         if let Some(map) = &mut self.kernel.block_io {
             self.stats.io_delete_failures +=
                 self.io_reader.forget_idle(map, is_live, granularity) as u64;
@@ -576,15 +627,23 @@ impl Daemon {
             self.stats.tcp_map_failures +=
                 self.tcp_reader
                     .forget_idle(&mut maps.traffic, is_live, granularity) as u64;
+            self.stats.tcp_map_failures += collect::tcp::sync_listen_ports(
+                &mut maps.listen,
+                &r.listening,
+                r.listeners_seen_at,
+            ) as u64;
         }
-        if let (Some(maps), Some(read)) = (&mut self.kernel.runq, &runq) {
+        if let Some(maps) = &mut self.kernel.runq {
             self.stats.runq_delete_failures +=
-                collect::runq::forget_dead(&mut maps.threads, &read.dead) as u64;
+                collect::runq::forget_dead(&mut maps.threads, &cleanup.runq_dead) as u64;
         }
-        self.procinfo.retain(|k, _| live.contains_key(k));
-        self.finish(t0, &mut summary);
-        debug!(?summary, "collected");
-        summary
+    }
+
+    /// Start times are rounded to this (1 with the task iterator; a clock tick from /proc).
+    fn granularity(&self) -> u64 {
+        self.proc_tasks
+            .as_ref()
+            .map_or(1, ProcTasks::start_granularity_ns)
     }
 
     fn finish(&mut self, t0: Instant, summary: &mut Summary) {
@@ -706,79 +765,45 @@ impl Daemon {
         }
     }
 
-    /// The instance that owns each listening port now (the lowest pid among its listeners), and
-    /// the kernel's listening-port set brought in line with it.
-    fn port_owners(
-        &mut self,
-        live: &HashMap<ProcessKey, ProcessSample>,
-        facts: &HashMap<u32, Facts>,
-        resolver: &Resolver<'_>,
-        now: f64,
-    ) -> HashMap<u16, Arc<str>> {
+    /// The instance that owns each listening port now (the lowest pid among its live
+    /// listeners).
+    fn port_owners(&mut self, r: &Reading, resolver: &Resolver<'_>) -> HashMap<u16, Arc<str>> {
         let mut by_port: HashMap<u16, u32> = HashMap::new();
-        for (&tgid, ports) in &self.listeners {
+        for (&tgid, ports) in &r.listeners {
             for &port in ports {
                 let owner = by_port.entry(port).or_insert(tgid);
                 *owner = (*owner).min(tgid);
             }
         }
-        let live_tgids: HashSet<u32> = live.keys().map(|k| k.tgid).collect();
-        let owners = by_port
+        let live_tgids: HashSet<u32> = r.live.keys().map(|k| k.tgid).collect();
+        by_port
             .into_iter()
             .filter(|(_, tgid)| live_tgids.contains(tgid))
-            .filter_map(|(port, tgid)| Some((port, resolver.resolve(facts.get(&tgid)?).instance)))
+            .filter_map(|(port, tgid)| Some((port, resolver.resolve(r.facts.get(&tgid)?).instance)))
             .collect::<Vec<_>>()
             .into_iter()
-            .map(|(port, name)| (port, self.accounts.admit(name, now)))
-            .collect();
-        if let Some(maps) = &mut self.kernel.tcp {
-            let mut listening: HashSet<u16> = self.listeners.values().flatten().copied().collect();
-            listening.extend(self.listen_sockets.iter().flat_map(|s| s.values().copied()));
-            self.stats.tcp_map_failures += collect::tcp::sync_listen_ports(
-                &mut maps.listen,
-                &listening,
-                self.listeners_seen_at,
-            ) as u64;
-        }
-        owners
+            .map(|(port, name)| (port, self.accounts.admit(name, r.now_secs)))
+            .collect()
     }
 
-    /// Per-port TCP totals (connections, RTT, established), charged to each port's owner.
-    fn apply_tcp_ports(
-        &mut self,
-        traffic: Option<&HashMap<TcpDim, TcpCounters>>,
-        owners: &HashMap<u16, Arc<str>>,
-    ) {
-        let Some(maps) = &self.kernel.tcp else {
-            return;
-        };
-        let rtt = match collect::tcp::read_rtt(&maps.rtt) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                self.failed(names::TCP_RTT, &e);
-                None
-            }
-        };
-        // The dump lists every established connection on the host: skip it when no listening
-        // port has an owner to show it for.
-        let dump = if owners.is_empty() {
-            Ok(HashMap::new())
-        } else {
-            collect::sockdiag::established_by_port()
-        };
-        let established = match dump {
-            Ok(e) => Some(e),
-            Err(e) => {
-                self.failed(names::TCP_STATE, &e);
-                None
-            }
-        };
-        self.accounts.apply_ports(&PortRound {
-            traffic,
-            rtt: rtt.as_ref(),
-            established: established.as_ref(),
-            owners,
-        });
+    /// RTT histograms per listening port.
+    fn read_rtt(&mut self) -> Option<HashMap<u16, Latency>> {
+        let maps = self.kernel.tcp.as_ref()?;
+        collect::tcp::read_rtt(&maps.rtt)
+            .map_err(|e| self.failed(names::TCP_RTT, &e))
+            .ok()
+    }
+
+    /// Established connections per local port. The dump lists every established connection on
+    /// the host: skipped when no process listens.
+    fn read_established(&mut self) -> Option<HashMap<u16, u64>> {
+        self.kernel.tcp.as_ref()?;
+        if self.listeners.is_empty() {
+            return Some(HashMap::new());
+        }
+        collect::sockdiag::established_by_port()
+            .map_err(|e| self.failed(names::TCP_STATE, &e))
+            .ok()
     }
 
     /// /proc facts for processes seen for the first time (kernel threads have none).

@@ -9,6 +9,7 @@ pub mod idle;
 pub mod ports;
 pub mod procinfo;
 pub mod proctasks;
+pub mod reading;
 pub mod runq;
 pub mod sockdiag;
 pub mod tcp;
