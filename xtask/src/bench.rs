@@ -17,8 +17,9 @@
 //! 5. Cost per event of every kernel program under one fixed workload, on this machine and in
 //!    VMs of Debian's kernels (see `programs`).
 //! 6. Scrape cost with N extra sleeping processes: wall time and CPU per scrape, and daemon RSS,
-//!    side by side with Debian's prometheus-process-exporter scraped on the same host.
-//!    Goal: probe >= 10x faster per scrape, RSS no larger.
+//!    side by side with Debian's prometheus-process-exporter scraped on the same host, and with
+//!    `--scrape.baseline PROBE` against another probe binary (an earlier commit's build) in the
+//!    same alternating rounds. Goal: probe >= 10x faster per scrape, RSS no larger.
 //!
 //! Numbers are printed, not asserted: they depend on the machine.
 
@@ -54,6 +55,7 @@ pub fn run(
     only: Option<&str>,
     kernels: &[String],
     oltp: &oltp::Options,
+    scrape_baseline: Option<&Path>,
 ) -> Result<()> {
     let want = |s: &str| only.is_none_or(|o| o == s);
     // A run killed outright leaves its probe's pins (programs attached): not in this baseline.
@@ -74,7 +76,7 @@ pub fn run(
         programs::section(kernels)?;
     }
     if want("scrape") {
-        scrape_cost(processes)?;
+        scrape_cost(processes, scrape_baseline)?;
     }
     Ok(())
 }
@@ -127,7 +129,7 @@ fn sched_overhead() -> Result<()> {
     Ok(())
 }
 
-fn scrape_cost(processes: usize) -> Result<()> {
+fn scrape_cost(processes: usize, baseline: Option<&Path>) -> Result<()> {
     println!("\n== scrape cost with {processes} extra sleeping processes ({SCRAPES} scrapes each, medians)");
     let sleepers = Sleepers::spawn(processes)?;
     let config = std::env::temp_dir().join("probe-bench-process-exporter.yml");
@@ -137,13 +139,18 @@ fn scrape_cost(processes: usize) -> Result<()> {
     )?;
     // The default saves the accounts at every collection (restarts lose nothing); `--bpf.no-pin`
     // does not: alternating rounds, medians.
-    let (mut saving, mut not_saving) = (Vec::new(), Vec::new());
+    // With `--scrape.baseline`, that binary runs in the same alternation.
+    let (mut saving, mut not_saving, mut base) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         saving.push(measure(&Server::probe()?)?);
         not_saving.push(measure(&Server::probe_with(&["--bpf.no-pin"])?)?);
+        if let Some(bin) = baseline {
+            base.push(measure(&Server::probe_binary(bin, &[])?)?);
+        }
     }
     let mut rows = vec![("probe", Measured::median(&mut saving))];
     let no_pin = Measured::median(&mut not_saving);
+    let base = (!base.is_empty()).then(|| Measured::median(&mut base));
     // What users install: the static build (musl's allocator, not glibc's).
     let shipped = crate::dist::dir().join("probe");
     let shipped = measure(&Server::probe_binary(&shipped, &[])?)?;
@@ -185,6 +192,19 @@ fn scrape_cost(processes: usize) -> Result<()> {
         shipped.cpu_ms / p.cpu_ms,
         shipped.rss_mib / p.rss_mib
     );
+    if let (Some(b), Some(bin)) = (&base, baseline) {
+        println!(
+            "  {:<38} {:>12.2} {:>14.2} {:>10.1}",
+            "baseline (--scrape.baseline)", b.wall_ms, b.cpu_ms, b.rss_mib
+        );
+        println!(
+            "  this build vs {}: {:.2}x time per scrape, {:.2}x CPU per scrape, RSS {:.2}x (medians of 3 alternating rounds)",
+            bin.display(),
+            p.wall_ms / b.wall_ms,
+            p.cpu_ms / b.cpu_ms,
+            p.rss_mib / b.rss_mib
+        );
+    }
     for (name, m) in &rows[1..] {
         println!(
             "  probe vs {name}: {:.1}x faster per scrape, {:.1}x less CPU per scrape, RSS {:.2}x",

@@ -74,6 +74,10 @@ enum Task {
         /// Also run the oltp workloads with each hot-path collector skipped in turn.
         #[arg(long = "oltp.skips")]
         oltp_skips: bool,
+        /// Another probe binary (e.g. a build of an earlier commit) to compare this build's scrape
+        /// cost and RSS with, in alternating rounds.
+        #[arg(long = "scrape.baseline", value_name = "PROBE")]
+        scrape_baseline: Option<std::path::PathBuf>,
     },
     /// (Inside a VM, for `bench`.) Run the programs section's workload on this kernel and
     /// write the programs' costs as JSON.
@@ -144,6 +148,7 @@ fn main() -> ExitCode {
             oltp_rounds,
             oltp_seconds,
             oltp_skips,
+            scrape_baseline,
         } => setup::toolchain()
             .and_then(|()| setup::packages(setup::BENCH_PACKAGES))
             .and_then(|()| setup::packages(setup::TEST_PACKAGES))
@@ -155,7 +160,13 @@ fn main() -> ExitCode {
                     seconds: oltp_seconds,
                     skips: oltp_skips,
                 };
-                bench::run(processes, only.as_deref(), &kernels, &oltp)
+                bench::run(
+                    processes,
+                    only.as_deref(),
+                    &kernels,
+                    &oltp,
+                    scrape_baseline.as_deref(),
+                )
             }),
         Task::ProgramCosts { out } => bench::programs::guest_main(&out),
         Task::Vm(args) => {
