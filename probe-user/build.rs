@@ -1,6 +1,6 @@
 //! Builds the kernel programs (probe-ebpf) for bpfel-unknown-none and leaves the object in
-//! OUT_DIR, where src/loader.rs embeds it. Needs bpf-linker and the nightly toolchain's rust-src:
-//! `cargo xtask setup` installs both.
+//! OUT_DIR, where src/loader/mod.rs embeds it. Needs bpf-linker and the nightly toolchain's
+//! rust-src: `cargo xtask setup` installs both.
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
