@@ -3,21 +3,19 @@
 //! even when nobody scrapes); [`Daemon::snapshot`] is what the exporter encodes.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use probe_common::cpu::DeadKey;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::{
     collect::{
         self,
-        block::{BlockStats, IoReader},
-        bpfstats::ProgramStats,
+        block::IoReader,
         cgroups::CgroupPaths,
         cpu::DeadRead,
         ports::Listeners,
@@ -27,20 +25,20 @@ use crate::{
         sockdiag::ListenSockets,
         tcp::{monotonic_ns, TcpReader},
     },
-    loader::{names, CollectorStatus, Kernel},
+    loader::{names, Kernel},
     model::{
-        accounts::{
-            Accounts, InstanceTotals, IoProcessRow, Limits, PortRound, ProcessRow, Round,
-            TcpProcessRow,
-        },
+        accounts::{Accounts, Limits, PortRound, Round},
         instance::{Facts, Resolver},
-        io::{IoCounters, IoDim},
         latency::Latency,
         process::{self, DeadSample, ProcessKey, ProcessSample},
         rules::{CgroupMeta, Rules},
-        tcp::{TcpCounters, TcpDim},
     },
 };
+
+mod persist;
+mod snapshot;
+
+pub use snapshot::{Reloads, SelfStats, Snapshot};
 
 /// Listening sockets are mapped to processes again at least this often even when the set of
 /// listening sockets did not change (a socket can change hands: fork, SCM_RIGHTS).
@@ -87,69 +85,6 @@ struct Known {
     exe: Option<Arc<str>>,
 }
 
-/// Counters about the daemon itself.
-#[derive(Clone, Debug, Default)]
-pub struct SelfStats {
-    pub collections: u64,
-    pub last_collect: Duration,
-    /// Failed reads per collector since start.
-    pub errors: BTreeMap<&'static str, u64>,
-    /// Collectors whose last read failed.
-    pub failing: HashSet<&'static str>,
-    /// Exit hook: thread deaths recorded / lost because the map was full (kernel counters).
-    pub exits_recorded: u64,
-    pub exits_lost: u64,
-    /// Dead-thread map entries that could not be deleted.
-    pub dead_delete_failures: u64,
-    /// Block programs' self-counters (kernel).
-    pub block: BlockStats,
-    /// Requests whose end was missed, found by the daemon (device idle, entry left; see
-    /// collect::block::missed_ends); the kernel counts the ones found at slot reuse.
-    pub block_ends_found: u64,
-    /// Block IO map entries that could not be deleted.
-    pub io_delete_failures: u64,
-    /// TCP events not counted because a TCP map was full (kernel).
-    pub tcp_lost: u64,
-    /// TCP map entries that could not be deleted, listening-port updates that failed.
-    pub tcp_map_failures: u64,
-    /// Switch-outs whose run-queue wait was not counted (map full; kernel), and dead-thread
-    /// entries that could not be deleted.
-    pub runq_lost: u64,
-    pub runq_delete_failures: u64,
-    /// Rule reloads (SIGHUP) that took effect / were rejected (the previous rules stay).
-    pub rule_reloads: Reloads,
-    pub web_reloads: Reloads,
-    /// Saves of the accounts (`--state.file`) that failed; whether this daemon carries on from a
-    /// previous one's accounts.
-    pub state_save_failures: u64,
-    pub restored: bool,
-    pub programs: Vec<ProgramStats>,
-}
-
-/// Reloads of one file on SIGHUP.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Reloads {
-    pub ok: u64,
-    pub failed: u64,
-    /// The last reload succeeded, or none failed yet.
-    pub last_ok: bool,
-}
-
-impl Reloads {
-    pub fn record(&mut self, ok: bool) {
-        if ok {
-            self.ok += 1;
-        } else {
-            self.failed += 1;
-        }
-        self.last_ok = ok;
-    }
-
-    pub fn last_successful(&self) -> bool {
-        self.last_ok || self.failed == 0
-    }
-}
-
 /// What one collection saw (for `probe check` and logs).
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
@@ -158,36 +93,6 @@ pub struct Summary {
     pub exited_processes: usize,
     pub listening_processes: usize,
     pub duration: Duration,
-}
-
-/// Everything the exporter needs for one scrape.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub instances: Vec<(Arc<str>, InstanceTotals)>,
-    pub top: Vec<ProcessRow>,
-    /// Block IO per (instance, (device, op)).
-    pub io: Vec<((Arc<str>, IoDim), IoCounters)>,
-    pub top_io: Vec<IoProcessRow>,
-    /// TCP per (instance, port and role).
-    pub tcp: Vec<((Arc<str>, TcpDim), TcpCounters)>,
-    /// RTT histograms per (instance, listening port).
-    pub rtt: Vec<((Arc<str>, u16), Latency)>,
-    /// Established connections per (instance, listening port).
-    pub established: Vec<((Arc<str>, u16), u64)>,
-    pub top_tcp: Vec<TcpProcessRow>,
-    /// Run-queue latency histogram per instance.
-    pub runq: Vec<(Arc<str>, Latency)>,
-    /// What processes outside the top-K used, per instance (the `other` rows).
-    pub other_cpu: Vec<(Arc<str>, (u64, u64))>,
-    pub other_io: Vec<((Arc<str>, IoDim), IoCounters)>,
-    pub other_tcp: Vec<((Arc<str>, TcpDim), TcpCounters)>,
-    /// Rule, container and pod of each exported instance.
-    pub meta: Vec<(Arc<str>, InstanceMeta)>,
-    /// Instance names folded into `other` by the cap.
-    pub folded_instances: usize,
-    pub collectors: Vec<(CollectorStatus, bool)>,
-    pub stats: SelfStats,
-    pub processes: usize,
 }
 
 pub struct Daemon {
@@ -265,95 +170,6 @@ impl Daemon {
         };
         daemon.restore();
         daemon
-    }
-
-    /// Carries on from a previous daemon's saved accounts, if they belong to the pinned maps
-    /// this one reuses; then deletes what that daemon credited but did not delete.
-    fn restore(&mut self) {
-        let (Some(pins), Some(path)) = (&self.kernel.pins, self.opts.state_file.clone()) else {
-            return;
-        };
-        let saved = match crate::state::load(&path) {
-            Ok(Some(saved)) => saved,
-            Ok(None) => {
-                if pins.reused {
-                    info!(file = %path.display(), "no saved accounts: instance counters start from zero (the kernel maps' totals are kept)");
-                }
-                return;
-            }
-            Err(e) => {
-                warn!(file = %path.display(), "saved accounts not used, counting from zero: {e}");
-                return;
-            }
-        };
-        if let Some(why) = crate::state::mismatch(&saved, &self.map_ids, &self.boot_id) {
-            warn!(file = %path.display(), "saved accounts not used, counting from zero: {why}");
-            return;
-        }
-        let crate::state::Saved {
-            epoch_mono_ns,
-            mut accounts,
-            meta,
-            pending,
-            ..
-        } = saved;
-        accounts.set_limits(limits(&self.opts, &self.opts.rules));
-        accounts.set_tau(self.opts.rank_tau_secs);
-        let (procs, instances) = accounts.sizes();
-        self.accounts = accounts;
-        self.meta = meta.into_iter().collect();
-        self.epoch_mono_ns = epoch_mono_ns;
-        let since =
-            Duration::from_nanos(crate::state::monotonic_ns().saturating_sub(epoch_mono_ns));
-        self.started = Instant::now()
-            .checked_sub(since)
-            .unwrap_or_else(Instant::now);
-        if let Some(map) = &mut self.kernel.dead_tasks {
-            let keys: Vec<DeadKey> = pending
-                .dead
-                .iter()
-                .map(|&(tgid, start_ns)| DeadKey {
-                    tgid,
-                    _pad: 0,
-                    start_ns,
-                })
-                .collect();
-            collect::cpu::forget_dead(map, keys.iter());
-        }
-        if let Some(maps) = &mut self.kernel.runq {
-            collect::runq::forget_if_dead(&mut maps.threads, &pending.runq_dead);
-        }
-        self.stats.restored = true;
-        info!(file = %path.display(), processes = procs, instances, "carrying on from the previous daemon's accounts");
-    }
-
-    /// Saves the accounts with the deletions about to follow (see [`crate::state::Pending`]).
-    fn save(&mut self, pending: crate::state::Pending) {
-        let (Some(_), Some(path)) = (&self.kernel.pins, &self.opts.state_file) else {
-            return;
-        };
-        let saved = crate::state::Saved {
-            maps: self.map_ids.clone(),
-            boot_id: self.boot_id.clone(),
-            epoch_mono_ns: self.epoch_mono_ns,
-            accounts: std::mem::replace(&mut self.accounts, Accounts::new(0.0)),
-            meta: self
-                .meta
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            pending,
-        };
-        let written = crate::state::encode(&saved)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| crate::state::write(path, &bytes));
-        self.accounts = saved.accounts;
-        if let Err(e) = written {
-            if self.stats.state_save_failures == 0 {
-                warn!(file = %path.display(), error = %e, "cannot save the accounts: a restart will count from zero (further failures are only counted)");
-            }
-            self.stats.state_save_failures += 1;
-        }
     }
 
     pub fn kernel(&self) -> &Kernel {
@@ -858,86 +674,6 @@ impl Daemon {
         ids.into_iter()
             .filter_map(|id| Some((id, self.cgroups.get(id)?)))
             .collect()
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            instances: self
-                .accounts
-                .instances()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            top: self.accounts.tops().cpu.clone(),
-            io: self
-                .accounts
-                .io()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            top_io: self.accounts.tops().io.clone(),
-            tcp: self
-                .accounts
-                .tcp()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            rtt: self
-                .accounts
-                .rtt()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            established: self
-                .accounts
-                .established()
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
-            top_tcp: self.accounts.tops().tcp.clone(),
-            runq: self
-                .accounts
-                .runq()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            other_cpu: self
-                .accounts
-                .other_cpu()
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
-            other_io: self
-                .accounts
-                .other_io()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            other_tcp: self
-                .accounts
-                .other_tcp()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            meta: {
-                let mut m: Vec<_> = self
-                    .meta
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                m.sort_by(|a, b| a.0.cmp(&b.0));
-                m
-            },
-            folded_instances: self.accounts.folded_instances(),
-            collectors: self
-                .kernel
-                .statuses
-                .iter()
-                .map(|s| (s.clone(), s.up() && !self.stats.failing.contains(s.name)))
-                .collect(),
-            stats: self.stats.clone(),
-            processes: self.accounts.live_processes(),
-        }
     }
 }
 
