@@ -53,6 +53,10 @@ pub enum Command {
     /// counting for the next start) and remove its pinned maps and saved accounts: the next start
     /// counts from zero. Run it after stopping probe for good; refused while a daemon runs.
     Unpin(PinArgs),
+    /// Run a recording (`probe serve --record-readings FILE`) through the accounting again and
+    /// print the metrics after its last reading (the accounts' families, not the daemon's
+    /// own). Needs neither root nor the kernel the recording came from.
+    Replay(ReplayArgs),
     /// Write man pages (probe.1 and one per subcommand) into a directory; the packages ship them.
     #[command(hide = true)]
     Man {
@@ -71,6 +75,16 @@ pub enum ConfigCommand {
     },
     /// Print the built-in rules (a starting point for a file of your own).
     Defaults,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// The recording.
+    pub file: std::path::PathBuf,
+    /// Compare, after every reading, the replayed metrics with the ones the recording daemon
+    /// produced (recorded with --record-readings.expositions); exit code 1 if any differ.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -186,6 +200,22 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub hooks: HookArgs,
+
+    /// Record what every collection reads (processes, their /proc facts, kernel counters) and
+    /// every rule change into FILE, for `probe replay FILE` on another machine (e.g. attached to
+    /// a bug report). Grows by about the size of one /metrics per collection: for debugging,
+    /// not for running all the time.
+    #[arg(long = "record-readings", value_name = "FILE")]
+    pub record_readings: Option<std::path::PathBuf>,
+
+    /// With --record-readings: also record the accounts' metrics after each reading, which
+    /// `probe replay --check` compares with (tests).
+    #[arg(
+        long = "record-readings.expositions",
+        hide = true,
+        requires = "record_readings"
+    )]
+    pub record_expositions: bool,
 }
 
 /// A TCP port number 1-65535.

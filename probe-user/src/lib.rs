@@ -18,6 +18,7 @@ pub mod exporter;
 pub mod loader;
 pub mod model;
 pub mod pins;
+pub mod record;
 pub mod service;
 pub mod state;
 pub mod sys;

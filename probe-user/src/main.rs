@@ -58,6 +58,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Replay(args) => probe_user::record::run(&args),
         Command::Top(args) => match probe_user::top::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -153,7 +154,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             state_file: (!args.no_pin).then(|| args.pins.state_file.clone()),
             ..Options::default()
         };
-        let app = Arc::new(App::new(Daemon::new(kernel, opts), web));
+        let mut daemon = Daemon::new(kernel, opts);
+        if let Some(path) = &args.record_readings {
+            let recorder = probe_user::record::Recorder::create(path, args.record_expositions)
+                .with_context(|| format!("cannot record readings to {}", path.display()))?;
+            daemon.record(recorder);
+        }
+        let app = Arc::new(App::new(daemon, web));
         {
             let app = app.clone();
             tokio::task::spawn_blocking(move || app.collect()).await.context("first collection")?;

@@ -779,6 +779,34 @@ pub fn check_bracketed(what: &str, got: f64, (lo, hi): (f64, f64), tolerance: f6
     check_close(what, got, got.clamp(lo, hi), tolerance);
 }
 
+/// `probe replay --check RECORDING`: Ok(readings compared) if, after every reading, the replay
+/// produced exactly the metrics the recording daemon produced; Err(its report) otherwise.
+pub fn replay_check(recording: &std::path::Path) -> Result<u32, String> {
+    let out = Command::new(probe_bin())
+        .args(["replay", "--check"])
+        .arg(recording)
+        .output()
+        .map_err(|e| format!("run probe replay: {e}"))?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(format!("the replay differs:\n{report}"));
+    }
+    let counts = report
+        .split_once(" readings replayed: ")
+        .and_then(|(n, rest)| {
+            let identical = rest.split_whitespace().next()?.parse::<u32>().ok()?;
+            Some((n.trim().parse::<u32>().ok()?, identical))
+        });
+    match counts {
+        Some((n, identical)) if n == identical => Ok(n),
+        _ => Err(format!("unexpected report: {report}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

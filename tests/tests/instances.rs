@@ -391,3 +391,114 @@ fn top_once_ranks_the_busy_instance_first_with_its_cpu() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `probe serve` running there?"));
 }
+
+/// Records a run with process churn, exits, a port reused by a new process and a SIGHUP rule
+/// change (`--record-readings`), then replays it (`probe replay --check`): after every reading
+/// the replay must produce exactly the metrics the live daemon produced. With
+/// PROBE_WRITE_READINGS_FIXTURE=PATH the recording is kept there (the unit tests replay the one
+/// committed in probe-user/src/testdata/).
+#[test]
+fn a_recorded_run_replays_to_the_same_metrics() {
+    let rules = temp_file("record-rules.toml");
+    let rule = |template: &str| {
+        format!(
+            "[[rule]]\nname = \"tagged\"\ncmdline = '--tag (\\w+)'\ninstance = \"{template}\"\n"
+        )
+    };
+    write_rules(&rules, &rule("first-{1}"));
+    let recording = temp_file("readings.bin");
+    let d = Daemon::start(&[
+        "--config",
+        rules.to_str().expect("utf-8 path"),
+        "--process.top-k",
+        "3",
+        "--record-readings",
+        recording.to_str().expect("utf-8 path"),
+        "--record-readings.expositions",
+    ]);
+    let cpu = |m: &probe_tests::Metrics, inst: &str| {
+        m.sum("probe_cpu_seconds_total", &[("service_instance", inst)])
+    };
+    let rx = |m: &probe_tests::Metrics, inst: &str| {
+        m.sum(
+            "probe_tcp_bytes_total",
+            &[("service_instance", inst), ("direction", "rx")],
+        )
+    };
+    let _spin = Workload::start(&["spin", "--secs", "20", "--tag", "alpha"]);
+    let mut churn = Workload::start(&[
+        "churn",
+        "--procs",
+        "200",
+        "--rate",
+        "100",
+        "--rotate-every",
+        "50",
+        "--until-stop",
+    ]);
+    // A server that exits, then another process serving on the same port. Each stays until
+    // a collection has seen its bytes, so they are in its instance (a process that exits
+    // unseen is named without its ports).
+    let instance = |port: u16| format!("probe-workload:{port}");
+    let mut server = Workload::start(&["tcp-serve", "--conns", "3", "--recv", "100000"]);
+    let port = server.port;
+    let to = format!("127.0.0.1:{port}");
+    let clients = |conns: &str| {
+        let mut c = Workload::start(&[
+            "tcp-client",
+            "--to",
+            &to,
+            "--conns",
+            conns,
+            "--send",
+            "100000",
+        ]);
+        c.wait_done();
+    };
+    clients("2");
+    wait_for(&d, "the first server's bytes", |m| {
+        rx(m, &instance(port)) >= 200_000.0
+    });
+    clients("1");
+    server.wait_done();
+    drop(server);
+    let bind = format!("127.0.0.1:{port}");
+    let mut server = Workload::start(&[
+        "tcp-serve",
+        "--bind",
+        &bind,
+        "--conns",
+        "3",
+        "--recv",
+        "100000",
+    ]);
+    clients("2");
+    wait_for(&d, "the second server's bytes", |m| {
+        rx(m, &instance(port)) >= 500_000.0
+    });
+    clients("1");
+    server.wait_done();
+    wait_for(&d, "first-alpha", |m| cpu(m, "first-alpha") > 0.5);
+
+    write_rules(&rules, &rule("second-{1}"));
+    // SAFETY: kill(2) with the pid of our own child.
+    unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+    let m = wait_for(&d, "second-alpha after SIGHUP", |m| {
+        cpu(m, "second-alpha") > 0.3
+    });
+    assert!(cpu(&m, "first-alpha") > 0.5, "{}", m.lines_with(&["alpha"]));
+    churn.stop();
+    let _ = churn.line(); // done
+    std::thread::sleep(Duration::from_secs(2));
+    let mut d = d;
+    d.terminate();
+
+    let readings = probe_tests::replay_check(&recording).unwrap_or_else(|e| panic!("{e}"));
+    println!("{readings} readings replayed to the same metrics");
+    assert!(readings >= 8, "{readings} readings recorded");
+    if let Ok(path) = std::env::var("PROBE_WRITE_READINGS_FIXTURE") {
+        std::fs::copy(&recording, &path).expect("keep the recording");
+    }
+    let _ = std::fs::remove_file(recording);
+    let _ = std::fs::remove_file(rules);
+}

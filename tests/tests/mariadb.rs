@@ -390,7 +390,14 @@ fn the_hot_mariadb_instance_ranks_first_and_matches_the_kernel() {
         "INSERT INTO probe.t (pad) SELECT REPEAT(SHA2(RAND(), 256), 30) FROM probe.seq_1_to_{COPY_ROWS}"
     ));
 
-    let daemon = Daemon::start(&[]);
+    // Every reading is recorded and replayed at the end (golden test of the accounting on a
+    // real database host).
+    let recording = base.join("readings.bin");
+    let daemon = Daemon::start(&[
+        "--record-readings",
+        recording.to_str().expect("utf-8 path"),
+        "--record-readings.expositions",
+    ]);
     let m = daemon.scrape();
     for collector in ["cpu", "tcp", "block"] {
         m.assert_hook(collector, probe_tests::kernel::best_hook(collector));
@@ -482,8 +489,16 @@ fn the_hot_mariadb_instance_ranks_first_and_matches_the_kernel() {
     ));
 
     println!("all phases done in {:.1} s", t0.elapsed().as_secs_f64());
-    // `probe top` last, so that everything above runs even with a daemon that lacks it.
+    let mut daemon = daemon;
+    daemon.terminate();
+    // `probe top` and the replay last, so that everything above runs even with a daemon that
+    // lacks them.
     let mut failed = Vec::new();
+    match probe_tests::replay_check(&recording) {
+        Ok(n) => println!("replay: {n} readings, the same metrics after each"),
+        Err(e) => failed.push(format!("replay of the recorded readings: {e}")),
+    }
+    let _ = std::fs::remove_file(&recording);
     for (phase, r) in &tops {
         match r {
             Ok(s) => println!("{phase}: probe top: {s}"),

@@ -4,6 +4,7 @@ use std::{collections::HashMap, io};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use probe_common::cpu::{DeadKey, DeadTotals, TaskRecord, EXIT_STAT_LOST, EXIT_STAT_RECORDED};
+use serde::{Deserialize, Serialize};
 
 use super::decode;
 use crate::{
@@ -30,11 +31,12 @@ pub fn read_tasks(link: &IterLink, buf: &mut Vec<u8>) -> Result<Vec<TaskRecord>,
 }
 
 /// The dead-thread map as read in one collection.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DeadRead {
     pub samples: HashMap<ProcessKey, DeadSample>,
-    /// The kernel map's own keys behind each sample (to delete them later).
-    pub kernel_keys: HashMap<ProcessKey, Vec<DeadKey>>,
+    /// The kernel map's own keys (start times not rounded) behind each sample, to delete them
+    /// later.
+    pub kernel_keys: HashMap<ProcessKey, Vec<ProcessKey>>,
 }
 
 /// Reads every entry of the dead-thread map. Start times are rounded down to
@@ -64,7 +66,7 @@ pub fn read_dead(
                         s.threads += sample.threads;
                     })
                     .or_insert(sample);
-                out.kernel_keys.entry(key).or_default().push(k);
+                out.kernel_keys.entry(key).or_default().push(k.into());
             }
             Err(MapError::KeyNotFound) => continue,
             Err(e) => return Err(e.into()),
@@ -74,12 +76,17 @@ pub fn read_dead(
 }
 
 /// Deletes entries the accounting no longer needs. Returns how many could not be deleted.
-pub fn forget_dead<'a>(
+pub fn forget_dead(
     map: &mut BpfHashMap<MapData, DeadKey, DeadTotals>,
-    keys: impl IntoIterator<Item = &'a DeadKey>,
+    keys: impl IntoIterator<Item = ProcessKey>,
 ) -> usize {
     keys.into_iter()
-        .filter(|k| !matches!(map.remove(k), Ok(()) | Err(MapError::KeyNotFound)))
+        .filter(|&k| {
+            !matches!(
+                map.remove(&DeadKey::from(k)),
+                Ok(()) | Err(MapError::KeyNotFound)
+            )
+        })
         .count()
 }
 

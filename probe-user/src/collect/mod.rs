@@ -4,6 +4,7 @@
 pub mod block;
 pub mod bpfstats;
 pub mod cgroups;
+pub mod collector;
 pub mod cpu;
 pub mod idle;
 pub mod ports;

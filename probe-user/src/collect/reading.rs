@@ -1,9 +1,10 @@
 //! What one collection read, whole: the only input of the accounting
-//! ([`crate::daemon::Daemon::collect`] reads, accounts, then cleans up).
+//! ([`crate::daemon::Daemon::collect`] reads, accounts, then cleans up). Serialisable, so that a
+//! run can be recorded (`probe serve --record-readings`) and replayed (`probe replay`).
 
 use std::collections::{HashMap, HashSet};
 
-use probe_common::cpu::DeadKey;
+use serde::{Deserialize, Serialize};
 
 use super::{cpu::DeadRead, ports::Listeners, runq::RunqRead, tcp::TcpRead};
 use crate::model::{
@@ -16,7 +17,7 @@ use crate::model::{
 /// Everything read from the kernel and /proc for one collection. A source that could not be
 /// read is None (nothing is concluded from its absence); the live threads and the dead-thread
 /// map are required (without them the collection is skipped).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Reading {
     /// Final totals of threads that exited (read first: see [`crate::model::accounts`]).
     pub dead: DeadRead,
@@ -29,6 +30,8 @@ pub struct Reading {
     pub rtt: Option<HashMap<u16, Latency>>,
     /// Established connections per local port (the daemon's network namespace).
     pub established: Option<HashMap<u16, u64>>,
+    /// Whether the TCP collector is loaded (per-port rows are kept only then).
+    pub tcp_loaded: bool,
     /// Listening ports per process, and every port listened on (any namespace).
     pub listeners: Listeners,
     pub listening: HashSet<u16>,
@@ -41,13 +44,15 @@ pub struct Reading {
     /// Seconds since the previous collection, and the daemon's clock (s).
     pub elapsed_secs: f64,
     pub now_secs: f64,
+    /// Bytes per page (resident memory is read in pages).
+    pub page_size: u64,
 }
 
 /// What the kernel maps no longer need once a reading is accounted.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Cleanup {
-    /// Dead-thread map entries of processes the accounts forgot.
-    pub dead: Vec<DeadKey>,
+    /// Dead-thread map entries (the kernel's keys) of processes the accounts forgot.
+    pub dead: Vec<ProcessKey>,
     /// Run-queue entries of threads that did their final switch.
     pub runq_dead: Vec<u32>,
 }

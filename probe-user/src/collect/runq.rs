@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use probe_common::runq::{ThreadRunq, STAT_LOST};
+use serde::{Deserialize, Serialize};
 
 use crate::model::{accounts::ProcessRunq, latency::Latency, process::ProcessKey};
 
@@ -13,7 +14,7 @@ pub fn lost(map: &PerCpuArray<MapData, u64>) -> Result<u64, MapError> {
 }
 
 /// One read of the thread map.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct RunqRead {
     /// Cumulative waits per process, by thread id.
     pub processes: HashMap<ProcessKey, ProcessRunq>,

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use probe_common::tcp::{RttTotals, TcpKey, TcpTotals, STAT_LOST};
+use serde::{Deserialize, Serialize};
 
 use super::idle::IdleTracker;
 use crate::model::{
@@ -14,7 +15,7 @@ use crate::model::{
 };
 
 /// One read of the TCP map.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct TcpRead {
     /// Per process (bytes, and retransmits of sockets whose owner is known).
     pub processes: HashMap<ProcessKey, ProcessTcp>,

@@ -115,81 +115,14 @@ pub struct Snapshot {
 impl Daemon {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            instances: self
-                .accounts
-                .instances()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            top: self.accounts.tops().cpu.clone(),
-            io: self
-                .accounts
-                .io()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            top_io: self.accounts.tops().io.clone(),
-            tcp: self
-                .accounts
-                .tcp()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            rtt: self
-                .accounts
-                .rtt()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            established: self
-                .accounts
-                .established()
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
-            top_tcp: self.accounts.tops().tcp.clone(),
-            runq: self
-                .accounts
-                .runq()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            other_cpu: self
-                .accounts
-                .other_cpu()
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
-            other_io: self
-                .accounts
-                .other_io()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            other_tcp: self
-                .accounts
-                .other_tcp()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            meta: {
-                let mut m: Vec<_> = self
-                    .meta
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                m.sort_by(|a, b| a.0.cmp(&b.0));
-                m
-            },
-            folded_instances: self.accounts.folded_instances(),
             collectors: self
-                .kernel
+                .kernel()
                 .statuses
                 .iter()
                 .map(|s| (s.clone(), s.up() && !self.stats.failing.contains(s.name)))
                 .collect(),
             stats: self.stats.clone(),
-            processes: self.accounts.live_processes(),
+            ..self.ledger.snapshot()
         }
     }
 }

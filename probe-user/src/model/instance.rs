@@ -11,6 +11,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use serde::{Deserialize, Serialize};
+
 use super::rules::{clean_cgroup, cmdline_text, Named, Rules, Subject};
 use crate::model::process::Identity;
 
@@ -21,7 +23,7 @@ pub const OTHER: &str = "other";
 const MAX_ANCESTORS: usize = 64;
 
 /// What resolution looks at for one process.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Facts {
     pub identity: Identity,
     /// TCP ports the process listens on (any order, duplicates allowed).

@@ -36,7 +36,7 @@ impl From<ProcessKey> for DeadKey {
 }
 
 /// Who a process is, as far as grouping it into an instance needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub ppid: u32,
     pub comm: [u8; COMM_LEN],
@@ -46,7 +46,7 @@ pub struct Identity {
 }
 
 /// One live process in one collection.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessSample {
     pub identity: Identity,
     /// Sum over the live threads of their on-CPU time (ns).
@@ -87,7 +87,7 @@ pub fn aggregate(
 }
 
 /// The final totals of a process's threads that died, as the exit hook recorded them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadSample {
     pub identity: Identity,
     pub cpu_ns: u64,

@@ -42,6 +42,9 @@ pub struct Rules {
     pub cgroup: Vec<Rule>,
     pub max_instances: usize,
     pub expire_after: Duration,
+    /// The rule file's text (None: the built-in rules alone), so that a recording
+    /// (`--record-readings`) can be replayed with the same rules.
+    pub file: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug)]
@@ -340,6 +343,7 @@ pub fn parse(text: &str, builtin: Option<&str>) -> Result<Rules, ConfigErrors> {
         cgroup: Vec::new(),
         max_instances: DEFAULT_MAX_INSTANCES,
         expire_after: DEFAULT_EXPIRE_AFTER,
+        file: builtin.map(|_| Arc::from(text)),
     };
     let mut with_builtin = true;
     if let Some(t) = &file.instances {

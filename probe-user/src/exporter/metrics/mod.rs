@@ -20,23 +20,46 @@ use crate::{daemon::Snapshot, model::latency::Latency};
 
 /// Encodes the snapshot as OpenMetrics text.
 pub fn encode_openmetrics(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
+    encode(SnapshotCollector {
+        snapshot,
+        daemon: true,
+    })
+}
+
+/// Encodes only the families the accounts make (instances, processes, block IO, TCP), not the
+/// daemon's own: what a replay of a recording reproduces exactly.
+pub fn encode_accounts(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
+    encode(SnapshotCollector {
+        snapshot,
+        daemon: false,
+    })
+}
+
+fn encode(collector: SnapshotCollector) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(SnapshotCollector(snapshot)));
+    registry.register_collector(Box::new(collector));
     let mut out = String::with_capacity(16 * 1024);
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
 }
 
 #[derive(Debug)]
-struct SnapshotCollector(Snapshot);
+struct SnapshotCollector {
+    snapshot: Snapshot,
+    /// Whether the daemon's own families (`selfstats`) are written too.
+    daemon: bool,
+}
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.0;
+        let s = &self.snapshot;
         instances::encode(s, &mut enc)?;
         block::encode(s, &mut enc)?;
         tcp::encode(s, &mut enc)?;
-        selfstats::encode(s, &mut enc)
+        if self.daemon {
+            selfstats::encode(s, &mut enc)?;
+        }
+        Ok(())
     }
 }
 

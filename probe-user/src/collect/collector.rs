@@ -1,0 +1,472 @@
+//! The kernel and /proc side of a collection: [`Collector`] owns the kernel handles, the
+//! listener tracker and what /proc said of each process; [`Collector::read`] returns one
+//! owned [`Reading`], doing all I/O in the order ARCHITECTURE.md's invariants require, and
+//! [`Collector::cleanup`] deletes what the accounting no longer needs.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, warn};
+
+use super::{
+    block::IoReader,
+    cgroups::CgroupPaths,
+    cpu::DeadRead,
+    ports::Listeners,
+    proctasks::ProcTasks,
+    reading::{Cleanup, Reading},
+    runq::RunqRead,
+    sockdiag::ListenSockets,
+    tcp::{monotonic_ns, TcpReader},
+};
+use crate::{
+    daemon::{SelfStats, Summary},
+    loader::{names, Kernel},
+    model::{
+        instance::Facts,
+        latency::Latency,
+        process::{self, DeadSample, ProcessKey, ProcessSample},
+    },
+    state::Pending,
+};
+
+/// Listening sockets are mapped to processes again at least this often even when the set of
+/// listening sockets did not change (a socket can change hands: fork, SCM_RIGHTS).
+const LISTEN_FULL_REFRESH: Duration = Duration::from_secs(30);
+
+/// What /proc told about a process, in the form rules read it.
+#[derive(Clone, Debug, Default)]
+struct Known {
+    cmdline: Option<Arc<str>>,
+    exe: Option<Arc<str>>,
+}
+
+/// The daemon's clock at a reading (s).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub now_secs: f64,
+    /// Since the previous reading (0 for the first).
+    pub elapsed_secs: f64,
+}
+
+pub struct Collector {
+    kernel: Kernel,
+    /// /proc facts per process, read once when it is first seen (None: a kernel thread, or
+    /// gone before it was read).
+    procinfo: HashMap<ProcessKey, Option<Known>>,
+    cgroups: CgroupPaths,
+    listeners: Listeners,
+    io_reader: IoReader,
+    tcp_reader: TcpReader,
+    /// CLOCK_MONOTONIC ns when `listeners` was last built (see super::tcp::sync_listen_ports).
+    listeners_seen_at: u64,
+    /// The kernel's listening ports when `listeners` was last built.
+    listen_ports_checked: HashSet<u16>,
+    /// Live threads from /proc, where the task iterator is not available.
+    proc_tasks: Option<ProcTasks>,
+    /// Listening sockets when `listeners` was last built.
+    listen_sockets: Option<ListenSockets>,
+    last_listen_walk: Option<Instant>,
+    buf: Vec<u8>,
+    ticks_per_sec: u64,
+    page_size: u64,
+}
+
+/// Logs a failed read and counts it for the self-metrics.
+fn failed(stats: &mut SelfStats, collector: &'static str, err: &dyn std::fmt::Display) {
+    warn!(collector, error = %err, "read failed");
+    *stats.errors.entry(collector).or_default() += 1;
+    stats.failing.insert(collector);
+}
+
+impl Collector {
+    pub fn new(kernel: Kernel) -> Self {
+        let proc_tasks = kernel
+            .task_iter
+            .is_none()
+            .then(|| ProcTasks::new(procfs::ticks_per_second(), crate::sys::cgroup2_mount()));
+        Self {
+            kernel,
+            procinfo: HashMap::new(),
+            cgroups: CgroupPaths::new(crate::sys::cgroup2_mount()),
+            listeners: HashMap::new(),
+            io_reader: IoReader::default(),
+            tcp_reader: TcpReader::default(),
+            listeners_seen_at: 0,
+            listen_ports_checked: HashSet::new(),
+            proc_tasks,
+            listen_sockets: None,
+            last_listen_walk: None,
+            buf: Vec::with_capacity(1 << 20),
+            ticks_per_sec: procfs::ticks_per_second(),
+            page_size: procfs::page_size(),
+        }
+    }
+
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// Forgets the /proc facts of processes that are gone.
+    pub fn retain_live(&mut self, r: &Reading) {
+        self.procinfo.retain(|k, _| r.live.contains_key(k));
+    }
+
+    /// Deletes the entries a previous daemon credited but did not delete (it was killed
+    /// between its save and its deletions).
+    pub fn forget_pending(&mut self, pending: &Pending) {
+        if let Some(map) = &mut self.kernel.dead_tasks {
+            let keys = pending
+                .dead
+                .iter()
+                .map(|&(tgid, start_ns)| ProcessKey { tgid, start_ns });
+            super::cpu::forget_dead(map, keys);
+        }
+        if let Some(maps) = &mut self.kernel.runq {
+            super::runq::forget_if_dead(&mut maps.threads, &pending.runq_dead);
+        }
+    }
+
+    /// Reads the kernel and /proc, in the order the accounting needs. None if the live threads
+    /// or the dead-thread map could not be read: the round is skipped whole (accounting it
+    /// would take every process for dead, or fold exited ones in short), and nothing is lost by
+    /// waiting for the next one.
+    pub fn read(
+        &mut self,
+        clock: Clock,
+        stats: &mut SelfStats,
+        summary: &mut Summary,
+    ) -> Option<Reading> {
+        self.cgroups.new_round();
+        // The dead-thread map first, then the live threads: a thread that dies in between is
+        // briefly in neither (harmless, see model::accounts), never in both.
+        let granularity = self.granularity();
+        let mut dead = DeadRead::default();
+        if let Some(map) = &self.kernel.dead_tasks {
+            match super::cpu::read_dead(map, granularity) {
+                Ok(d) => dead = d,
+                Err(e) => {
+                    failed(stats, names::CPU_EXIT, &e);
+                    return None;
+                }
+            }
+        }
+        let records = match (&self.kernel.task_iter, &mut self.proc_tasks) {
+            (Some(link), _) => super::cpu::read_tasks(link, &mut self.buf),
+            (None, Some(proc_tasks)) => proc_tasks.read().map_err(super::cpu::CpuError::Proc),
+            (None, None) => Err(super::cpu::CpuError::Proc(std::io::Error::other(
+                "no task source",
+            ))),
+        };
+        let records = match records {
+            Ok(r) => r,
+            Err(e) => {
+                failed(stats, names::CPU, &e);
+                return None;
+            }
+        };
+        summary.threads = records.len();
+        let live = process::aggregate(records);
+        let io = match &self.kernel.block_io {
+            Some(map) => match self.io_reader.read(map, granularity) {
+                Ok(io) => Some(io),
+                Err(e) => {
+                    failed(stats, names::BLOCK, &e);
+                    None
+                }
+            },
+            None => Some(HashMap::new()),
+        };
+        let tcp = match &self.kernel.tcp {
+            Some(maps) => match self.tcp_reader.read(&maps.traffic, granularity) {
+                Ok(t) => {
+                    debug!(
+                        processes = t.processes.len(),
+                        ports = t.ports.len(),
+                        "tcp read"
+                    );
+                    Some(t)
+                }
+                Err(e) => {
+                    failed(stats, names::TCP, &e);
+                    None
+                }
+            },
+            None => Some(super::tcp::TcpRead::default()),
+        };
+        let runq = match &self.kernel.runq {
+            Some(maps) => match super::runq::read(&maps.threads, granularity) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    failed(stats, names::RUNQ, &e);
+                    None
+                }
+            },
+            None => Some(RunqRead::default()),
+        };
+        summary.processes = live.len();
+        summary.exited_processes = dead
+            .samples
+            .keys()
+            .filter(|k| !live.contains_key(k))
+            .count();
+
+        self.refresh_listeners(stats);
+        summary.listening_processes = self.listeners.len();
+        let rtt = self.read_rtt(stats);
+        let established = self.read_established(stats);
+        let mut listening: HashSet<u16> = self.listeners.values().flatten().copied().collect();
+        listening.extend(self.listen_sockets.iter().flat_map(|s| s.values().copied()));
+
+        self.read_new_procinfo(&live);
+        let facts = self.facts(&live);
+        let cgroup_paths = self.cgroup_paths(&live, &dead.samples);
+        Some(Reading {
+            elapsed_secs: clock.elapsed_secs,
+            now_secs: clock.now_secs,
+            dead,
+            live,
+            io,
+            tcp,
+            runq,
+            rtt,
+            established,
+            tcp_loaded: self.kernel.tcp.is_some(),
+            listeners: self.listeners.clone(),
+            listening,
+            listeners_seen_at: self.listeners_seen_at,
+            facts,
+            cgroup_paths,
+            page_size: self.page_size,
+        })
+    }
+
+    /// Deletes what the kernel maps no longer need and brings the kernel's listening-port set
+    /// in line.
+    pub fn cleanup(&mut self, r: &Reading, cleanup: &Cleanup, stats: &mut SelfStats) {
+        if let Some(map) = &mut self.kernel.dead_tasks {
+            stats.dead_delete_failures +=
+                super::cpu::forget_dead(map, cleanup.dead.iter().copied()) as u64;
+        }
+        let granularity = self.granularity();
+        let is_live = |tgid, start_ns| r.live.contains_key(&ProcessKey { tgid, start_ns });
+        if let Some(map) = &mut self.kernel.block_io {
+            stats.io_delete_failures +=
+                self.io_reader.forget_idle(map, is_live, granularity) as u64;
+        }
+        if let Some(maps) = &mut self.kernel.tcp {
+            stats.tcp_map_failures +=
+                self.tcp_reader
+                    .forget_idle(&mut maps.traffic, is_live, granularity) as u64;
+            stats.tcp_map_failures +=
+                super::tcp::sync_listen_ports(&mut maps.listen, &r.listening, r.listeners_seen_at)
+                    as u64;
+        }
+        if let Some(maps) = &mut self.kernel.runq {
+            stats.runq_delete_failures +=
+                super::runq::forget_dead(&mut maps.threads, &cleanup.runq_dead) as u64;
+        }
+    }
+
+    /// Start times are rounded to this (1 with the task iterator; a clock tick from /proc).
+    fn granularity(&self) -> u64 {
+        self.proc_tasks
+            .as_ref()
+            .map_or(1, ProcTasks::start_granularity_ns)
+    }
+
+    /// Reads the kernel programs' own counters (what they could not count, their run time) and
+    /// finds block requests whose completion was missed.
+    pub fn health(&mut self, stats: &mut SelfStats) {
+        if let Some(map) = &self.kernel.exit_stats {
+            match super::cpu::exit_stats(map) {
+                Ok((recorded, lost)) => {
+                    if lost > stats.exits_lost {
+                        warn!(
+                            lost = lost - stats.exits_lost,
+                            "dead-thread map full: exited threads not counted"
+                        );
+                    }
+                    stats.exits_recorded = recorded;
+                    stats.exits_lost = lost;
+                }
+                Err(e) => failed(stats, names::CPU_EXIT, &e),
+            }
+        }
+        if let Some(map) = &mut self.kernel.block_starts {
+            let now = super::tcp::monotonic_ns();
+            let found = super::block::missed_ends(map, now, super::block::in_flight) as u64;
+            if found > 0 {
+                debug!(
+                    found,
+                    "block requests whose completion the kernel did not report"
+                );
+            }
+            stats.block_ends_found += found;
+        }
+        if let Some(map) = &self.kernel.block_stats {
+            match super::block::stats(map) {
+                Ok(s) => {
+                    if s.lost > stats.block.lost {
+                        warn!(
+                            lost = s.lost - stats.block.lost,
+                            "block IO map full: IO not counted (raise --block.map-size)"
+                        );
+                    }
+                    stats.block = s;
+                }
+                Err(e) => failed(stats, names::BLOCK, &e),
+            }
+        }
+        if let Some(maps) = &self.kernel.tcp {
+            match super::tcp::lost(&maps.stats) {
+                Ok(lost) => {
+                    if lost > stats.tcp_lost {
+                        warn!(
+                            lost = lost - stats.tcp_lost,
+                            "TCP map full: events not counted (raise --tcp.map-size)"
+                        );
+                    }
+                    stats.tcp_lost = lost;
+                }
+                Err(e) => failed(stats, names::TCP, &e),
+            }
+        }
+        if let Some(maps) = &self.kernel.runq {
+            match super::runq::lost(&maps.stats) {
+                Ok(lost) => {
+                    if lost > stats.runq_lost {
+                        warn!(
+                            threads = lost - stats.runq_lost,
+                            "run-queue thread map full: waits not counted"
+                        );
+                    }
+                    stats.runq_lost = lost;
+                }
+                Err(e) => failed(stats, names::RUNQ, &e),
+            }
+        }
+        // Skipped runs are always counted; runs and run time only with statistics on.
+        stats.programs = match &self.kernel.ebpf {
+            Some(ebpf) => {
+                super::bpfstats::read(ebpf, &self.kernel.attached, self.kernel.bpf_stats_on())
+            }
+            None => Vec::new(),
+        };
+    }
+
+    /// Maps listening sockets to processes again, but only when the set of listening sockets
+    /// changed (a cheap sock_diag dump tells) or the last walk is [`LISTEN_FULL_REFRESH`] old:
+    /// walking every process's files is the most expensive part of a collection.
+    fn refresh_listeners(&mut self, stats: &mut SelfStats) {
+        let sockets = super::sockdiag::listening().ok();
+        let changed = sockets.is_none() || sockets != self.listen_sockets;
+        let stale = self
+            .last_listen_walk
+            .is_none_or(|t| t.elapsed() >= LISTEN_FULL_REFRESH);
+        // sock_diag sees the daemon's network namespace only; the TCP state program adds every
+        // new listening port, in any namespace, to the kernel's port set.
+        let kernel_ports: HashSet<u16> = self
+            .kernel
+            .tcp
+            .as_ref()
+            .map(|m| m.listen.keys().filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        let elsewhere = !kernel_ports.is_subset(&self.listen_ports_checked);
+        if !changed && !stale && !elsewhere {
+            return;
+        }
+        self.listen_ports_checked = kernel_ports;
+        let seen_at = monotonic_ns();
+        let ports = match &self.kernel.listen_iter {
+            Some(link) => super::ports::from_iter(link, &mut self.buf),
+            None => super::ports::from_procfs(std::process::id()),
+        };
+        match ports {
+            Ok(l) => {
+                self.listeners = l;
+                self.listen_sockets = sockets;
+                self.last_listen_walk = Some(Instant::now());
+                self.listeners_seen_at = seen_at;
+            }
+            Err(e) => failed(stats, names::PORTS, &e), // keep the previous view, retry next time
+        }
+    }
+
+    /// RTT histograms per listening port.
+    fn read_rtt(&mut self, stats: &mut SelfStats) -> Option<HashMap<u16, Latency>> {
+        let maps = self.kernel.tcp.as_ref()?;
+        super::tcp::read_rtt(&maps.rtt)
+            .map_err(|e| failed(stats, names::TCP_RTT, &e))
+            .ok()
+    }
+
+    /// Established connections per local port. The dump lists every established connection on
+    /// the host: skipped when no process listens.
+    fn read_established(&mut self, stats: &mut SelfStats) -> Option<HashMap<u16, u64>> {
+        self.kernel.tcp.as_ref()?;
+        if self.listeners.is_empty() {
+            return Some(HashMap::new());
+        }
+        super::sockdiag::established_by_port()
+            .map_err(|e| failed(stats, names::TCP_STATE, &e))
+            .ok()
+    }
+
+    /// /proc facts for processes seen for the first time (kernel threads have none).
+    fn read_new_procinfo(&mut self, live: &HashMap<ProcessKey, ProcessSample>) {
+        for (key, sample) in live {
+            if self.procinfo.contains_key(key) {
+                continue;
+            }
+            let info = if sample.identity.kthread {
+                None
+            } else {
+                super::procinfo::read(*key, self.ticks_per_sec)
+            };
+            if let Some(path) = info.as_ref().and_then(|i| i.cgroup.as_deref()) {
+                self.cgroups.learn(sample.identity.cgroup_id, path);
+            }
+            let known = info.map(|i| Known {
+                cmdline: i.cmdline.as_deref().map(Facts::cmdline_from_raw),
+                exe: i
+                    .exe
+                    .map(|e| Arc::from(crate::model::names::display_name(e.as_bytes()))),
+            });
+            self.procinfo.insert(*key, known);
+        }
+    }
+
+    fn facts(&self, live: &HashMap<ProcessKey, ProcessSample>) -> HashMap<u32, Facts> {
+        live.iter()
+            .map(|(key, s)| {
+                let info = self.procinfo.get(key).and_then(Option::as_ref);
+                let facts = Facts {
+                    identity: s.identity.clone(),
+                    ports: self.listeners.get(&key.tgid).cloned().unwrap_or_default(),
+                    cmdline: info.and_then(|i| i.cmdline.clone()),
+                    exe: info.and_then(|i| i.exe.clone()),
+                };
+                (key.tgid, facts)
+            })
+            .collect()
+    }
+
+    fn cgroup_paths(
+        &mut self,
+        live: &HashMap<ProcessKey, ProcessSample>,
+        dead: &HashMap<ProcessKey, DeadSample>,
+    ) -> HashMap<u64, String> {
+        let ids: HashSet<u64> = live
+            .values()
+            .map(|s| s.identity.cgroup_id)
+            .chain(dead.values().map(|d| d.identity.cgroup_id))
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| Some((id, self.cgroups.get(id)?)))
+            .collect()
+    }
+}
