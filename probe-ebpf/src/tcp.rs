@@ -5,6 +5,9 @@
 //! cgroup_skb on the cgroup2 root, per port only. Connection events and retransmits run in
 //! softirq context: they are keyed by port, and retransmits by the socket's owner where
 //! [`TCP_SOCK_OWNERS`] knows it (learnt when the owner sent, received or connected).
+//!
+//! Over 500 lines: every TCP program shares the socket-owner cache and the key rules; split, the
+//! verifier-sensitive helpers they inline would be spread over files.
 
 use aya_ebpf::{
     bindings::{

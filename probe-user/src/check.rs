@@ -166,7 +166,7 @@ fn collector(s: &CollectorStatus, summary: &Summary, failing: &HashSet<&str>) ->
         state,
         hook: s.hook,
         detail,
-        reasons: s.notes.clone(),
+        reasons: s.notes.iter().map(ToString::to_string).collect(),
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! These tests need root and a BTF kernel; `cargo xtask test` runs them with PROBE_BIN set to
 //! the daemon it just built. A test that cannot run fails with the reason; none is skipped.
+//!
+//! Over 500 lines: the one harness every kernel test file shares (the daemon, its metrics,
+//! workloads, ground-truth readers, tolerance checks); each section is small and stands alone.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},

@@ -5,6 +5,9 @@
 //! Needs the Debian packages mariadb-server, mariadb-client and sysbench (`cargo xtask test`
 //! installs them). Servers are started directly (no systemd, no mysqld_safe), as root, with
 //! `--no-defaults`, so nothing of a system-wide MariaDB configuration or server is used.
+//!
+//! Over 500 lines: the servers, their clients and the kernel's per-connection counters are used
+//! together.
 
 use std::{
     collections::BTreeMap,

@@ -3,6 +3,8 @@
 //!
 //! Files live under cargo's per-target scratch directory, which is on the disk the repository is
 //! on (not on tmpfs): block IO needs a real disk.
+//!
+//! Over 500 lines: one test file per collector, as for the others; each test stands alone.
 
 use std::{
     path::{Path, PathBuf},

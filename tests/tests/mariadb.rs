@@ -39,6 +39,8 @@
 //! and right after each scrape, so its value at the scrape lies between the two reads: a
 //! measurement passes when it is within the tolerance of some value in that bracket (printed
 //! with its width: a few ms of load at each end).
+//!
+//! Over 500 lines: one test in three phases, with the helpers that read each phase's ground truth.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -1,6 +1,8 @@
 //! TCP per port and per instance against ground truth: the bytes the workloads moved (each
 //! side counts what it sent and received itself), the connections it made, and the kernel's own
 //! TcpRetransSegs (nstat) for retransmits. Run as root by `cargo xtask test`.
+//!
+//! Over 500 lines: one test file per collector, as for the others; each test stands alone.
 
 use std::{process::Command, time::Duration};
 

@@ -22,6 +22,9 @@
 //!    same alternating rounds. Goal: probe >= 10x faster per scrape, RSS no larger.
 //!
 //! Numbers are printed, not asserted: they depend on the machine.
+//!
+//! Over 500 lines: the bench sections (sched, block, TCP, scrape) share the alternating-rounds
+//! driver here; the MariaDB, compare and per-program parts are modules of their own.
 
 use std::{
     io::{Read as _, Write as _},

@@ -75,6 +75,9 @@ pub const TESTS: &[(&str, &str)] = &[
     // Pinned maps and links, saved accounts: SIGKILL and restart mid-load lose nothing (CPU,
     // block, TCP vs ground truth; no counter goes backwards).
     ("restart", "sigkill_and_restart_lose_nothing"),
+    // A recorded run (churn, exits, a reused port, a SIGHUP) replays to the live metrics
+    // exactly: the Reading holds all the accounting needs, whatever hooks the kernel offers.
+    ("instances", "a_recorded_run_replays_to_the_same_metrics"),
 ];
 
 /// The matrix tests whose name contains `filter`, by test file.

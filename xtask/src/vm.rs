@@ -15,6 +15,10 @@
 //! host), cached under target/vm/kernels. qemu uses TCG, not KVM, unless `kvm_intel` or
 //! `kvm_amd` drives /dev/kvm: on machines whose /dev/kvm is a nested PVM hypervisor, stock kernels
 //! do not run under KVM at all.
+//!
+//! Over 500 lines: booting a guest is one sequence (fetch and unpack the kernel package, the
+//! initramfs, qemu's command line, the guest's init script, streaming and the exit status) that
+//! reads best in order.
 
 use std::{
     fs,

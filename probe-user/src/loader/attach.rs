@@ -1,10 +1,12 @@
-//! Loading and attaching programs, one collector at a time: each hook is tried in order of
-//! preference, and [`CollectorStatus`] records which one worked and why the others did not.
+//! Loading and attaching the table ([`super::table`]): a collector's hooks tried in order of
+//! preference (`attach_collector`); each kind of attachment, its link pinned when the daemon
+//! pins, all or nothing (a half-attached hook would count beside the fallback tried next); the
+//! maps of the collectors that are up (`take_maps`).
 
-use std::os::fd::AsFd as _;
+use std::{collections::HashMap, fs::File, os::fd::AsFd as _};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData},
     programs::{
         cgroup_skb::CgroupSkbAttachType, links::FdLink, BtfTracePoint, CgroupAttachMode, CgroupSkb,
         Iter, RawTracePoint, SockOps,
@@ -12,312 +14,132 @@ use aya::{
     Btf, Ebpf,
 };
 use probe_common::{
-    block::{
-        DIRTY_PROGRAM, IO_DONE_PROGRAM, IO_START_PROGRAM, RQ_BYTES_PROGRAM, RQ_DONE_PROGRAM,
-        RQ_MERGE_PROGRAM, RQ_START_PROGRAM,
-    },
-    cpu::{SWITCH_BTF_PROGRAM, SWITCH_RAW_PROGRAM},
-    tcp::{
-        LISTEN_MAP, RECV_PROGRAM, REMOTE_PORTS_MAP, RETRANSMIT_PROGRAM, RETRANSMIT_SYNACK_PROGRAM,
-        RTT_MAP, SEND_PROGRAM, SKB_EGRESS_PROGRAM, SKB_INGRESS_PROGRAM, SOCKOPS_PROGRAM,
-        STATE_PROGRAM, STATS_MAP as TCP_STATS_MAP, TRAFFIC_MAP,
-    },
+    block::{IO_MAP, STARTS_MAP, STATS_MAP as BLOCK_STATS_MAP},
+    cpu::{DEAD_MAP, EXIT_STATS_MAP},
+    runq::{STATS_MAP as RUNQ_STATS_MAP, THREADS_MAP as RUNQ_THREADS_MAP},
+    tcp::{LISTEN_MAP, REMOTE_PORTS_MAP, RTT_MAP, STATS_MAP as TCP_STATS_MAP, TRAFFIC_MAP},
 };
 
-use super::{chain, hooks, CollectorStatus, LoadOptions, TcpMaps};
+use super::{
+    chain,
+    table::{self, Attach, Hook},
+    CollectorStatus, HookError, Kernel, LoadOptions, Note, RunqMaps, TcpMaps,
+};
 use crate::{pins::Pins, sys::IterLink};
 
-/// Loads and attaches programs, recording in a [`CollectorStatus`] which hook worked and why
-/// the others did not.
+/// What attaching a hook gave.
+#[derive(Default)]
+pub(super) struct Attached {
+    /// The programs attached (for BPF run-time statistics).
+    pub programs: Vec<&'static str>,
+    /// The iterator's link (iterator hooks).
+    pub iter: Option<IterLink>,
+}
+
+/// Loads and attaches programs of one object.
 pub(super) struct Attacher<'a> {
     pub ebpf: &'a mut Ebpf,
     pub btf: &'a Btf,
-    pub skip: &'a [String],
     /// Links are pinned here, when pinning (see [`crate::pins`]).
     pub pins: Option<&'a mut Pins>,
-}
-
-impl Attacher<'_> {
-    /// Runs `attach` for `hook` unless the user asked to skip it; records the outcome.
-    pub(super) fn attempt<T>(
-        &mut self,
-        st: &mut CollectorStatus,
-        hook: &'static str,
-        attach: impl FnOnce(&mut Self) -> Result<T, String>,
-    ) -> Option<T> {
-        if self.skip.iter().any(|h| h == hook) {
-            st.notes.push(format!("{hook}: skipped (--hooks.skip)"));
-            return None;
-        }
-        match attach(self) {
-            Ok(v) => {
-                st.hook = Some(hook);
-                Some(v)
-            }
-            Err(e) => {
-                st.notes.push(format!("{hook}: {e}"));
-                None
-            }
-        }
-    }
-
-    /// An iterator program for `target` (e.g. "task") with a re-readable link.
-    pub(super) fn iter(
-        &mut self,
-        st: &mut CollectorStatus,
-        hook: &'static str,
-        name: &str,
-        target: &str,
-        needs: &str,
-    ) -> Option<IterLink> {
-        let r = self.attempt(st, hook, |a| {
-            let prog: &mut Iter = program(a.ebpf, name)?;
-            prog.load(target, a.btf).map_err(|e| chain(&e))?;
-            let fd = prog.fd().map_err(|e| chain(&e))?;
-            IterLink::attach(fd.as_fd()).map_err(|e| format!("BPF_LINK_CREATE: {e}"))
-        });
-        let skipped = self.skip.iter().any(|h| h == hook);
-        if r.is_none() && !skipped {
-            if let Some(last) = st.notes.last_mut() {
-                last.push_str(&format!(" ({needs})"));
-            }
-        }
-        r
-    }
-
-    /// The exit hook: BTF tracepoint, else raw tracepoint. Returns the program attached.
-    pub(super) fn exit_hook(&mut self, st: &mut CollectorStatus) -> Option<&'static str> {
-        let btf_tp = self.attempt(st, hooks::EXIT_BTF, |a| {
-            let key = link_key(SWITCH_BTF_PROGRAM, "sched_switch");
-            let prog: &mut BtfTracePoint = program(a.ebpf, SWITCH_BTF_PROGRAM)?;
-            prog.load("sched_switch", a.btf).map_err(|e| chain(&e))?;
-            let id = prog.attach().map_err(|e| chain(&e))?;
-            if let Some(p) = a.pins.as_deref_mut() {
-                let link = prog.take_link(id).map_err(|e| chain(&e))?;
-                p.keep(&key, FdLink::from(link))?;
-            }
-            Ok(())
-        });
-        if btf_tp.is_some() {
-            return Some(SWITCH_BTF_PROGRAM);
-        }
-        let raw = self.attempt(st, hooks::EXIT_RAW, |a| {
-            a.raw_set(&[(SWITCH_RAW_PROGRAM, "sched_switch")])
-        });
-        if raw.is_none() {
-            st.notes.push(
-                "threads and processes that exit between two collections are not counted".into(),
-            );
-            return None;
-        }
-        Some(SWITCH_RAW_PROGRAM)
-    }
-
-    /// Block IO: block_io_start/done where the kernel has them (6.5+), else the block_rq_*
-    /// tracepoints. Completion programs are attached before the start program, so no start
-    /// is recorded without a program to end it. Returns the programs attached.
-    pub(super) fn block(&mut self, st: &mut CollectorStatus) -> Option<Vec<&'static str>> {
-        const MAIN: &[(&str, &str)] = &[
-            (IO_DONE_PROGRAM, "block_io_done"),
-            (RQ_BYTES_PROGRAM, "block_rq_complete"),
-            (IO_START_PROGRAM, "block_io_start"),
-        ];
-        const FALLBACK: &[(&str, &str)] = &[
-            (RQ_DONE_PROGRAM, "block_rq_complete"),
-            (RQ_START_PROGRAM, "block_rq_insert"),
-            (RQ_START_PROGRAM, "block_rq_issue"),
-        ];
-        let mut progs = if self
-            .attempt(st, hooks::BLOCK_IO, |a| a.raw_set(MAIN))
-            .is_some()
-        {
-            vec![IO_DONE_PROGRAM, RQ_BYTES_PROGRAM, IO_START_PROGRAM]
-        } else {
-            self.attempt(st, hooks::BLOCK_RQ, |a| a.raw_set(FALLBACK))?;
-            vec![RQ_DONE_PROGRAM, RQ_START_PROGRAM]
-        };
-        // block_rq_merge (5.9+) lets a merged-away request's start go at once: otherwise it
-        // would age out of the LRU map, and on the main hooks count as an end not seen.
-        match self.raw_set(&[(RQ_MERGE_PROGRAM, "block_rq_merge")]) {
-            Ok(()) => progs.push(RQ_MERGE_PROGRAM),
-            Err(e) => st.notes.push(format!("raw_tp/block_rq_merge: {e}")),
-        }
-        if progs[0] == IO_DONE_PROGRAM {
-            return Some(progs);
-        }
-        st.notes.push(
-            "fallback (block_io_start/done need Linux 6.5+): requests that kblockd workers start \
-             are charged to them"
-                .into(),
-        );
-        Some(progs)
-    }
-
-    /// Dirtied bytes: writeback_dirty_folio, else writeback_dirty_page (same arguments).
-    pub(super) fn dirty(&mut self, st: &mut CollectorStatus) -> Option<&'static str> {
-        for (hook, tp) in [
-            (hooks::DIRTY_FOLIO, "writeback_dirty_folio"),
-            (hooks::DIRTY_PAGE, "writeback_dirty_page"),
-        ] {
-            if self
-                .attempt(st, hook, |a| a.raw_set(&[(DIRTY_PROGRAM, tp)]))
-                .is_some()
-            {
-                return Some(DIRTY_PROGRAM);
-            }
-        }
-        st.notes
-            .push("buffered writes are charged to the kernel threads that write them back".into());
-        None
-    }
+    /// The cgroup2 root the socket programs attach to, or why it cannot be opened.
+    pub cgroup: &'a Result<File, String>,
 }
 
 /// cgroup programs attach as BPF links (5.7+), which coexist with other programs on the same
 /// cgroup whatever the mode; the kernel rejects any mode flag on a link (EINVAL), so it is 0.
 const CGROUP_LINK: CgroupAttachMode = CgroupAttachMode::Single;
 
-/// Attaches the TCP collectors (bytes, connection states, retransmits, RTT) and takes their
-/// maps. Returns the programs attached and the maps (None if no TCP collector is up).
-pub(super) fn attach_tcp(
-    a: &mut Attacher<'_>,
-    opts: &LoadOptions,
-    [bytes, state, retransmit, rtt]: [&mut CollectorStatus; 4],
-) -> (Vec<&'static str>, Option<TcpMaps>) {
-    let mut progs = Vec::new();
-    if let Err(e) = set_remote_ports(a.ebpf, &opts.tcp_remote_ports) {
-        for s in [&mut *bytes, &mut *retransmit] {
-            s.notes.push(format!("remote ports not set: {e}"));
-        }
-    }
-    let cgroup = crate::sys::cgroup2_root(opts.cgroup_path.as_deref()).and_then(|p| {
-        std::fs::File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))
-    });
-    let sock_length = &[
-        (RECV_PROGRAM, "sock_recv_length"),
-        (SEND_PROGRAM, "sock_send_length"),
-    ];
-    if a.attempt(bytes, hooks::TCP_SOCK_LENGTH, |a| a.raw_set(sock_length))
-        .is_some()
-    {
-        progs.extend([RECV_PROGRAM, SEND_PROGRAM]);
-    } else if a
-        .attempt(bytes, hooks::TCP_CGROUP_SKB, |a| {
-            let cg = cgroup.as_ref().map_err(Clone::clone)?;
-            for (name, dir) in [
-                (SKB_INGRESS_PROGRAM, CgroupSkbAttachType::Ingress),
-                (SKB_EGRESS_PROGRAM, CgroupSkbAttachType::Egress),
-            ] {
-                let key = link_key(name, "cgroup");
-                let prog: &mut CgroupSkb = program(a.ebpf, name)?;
-                prog.load().map_err(|e| chain(&e))?;
-                let id = prog.attach(cg, dir, CGROUP_LINK).map_err(|e| chain(&e))?;
-                if let Some(p) = a.pins.as_deref_mut() {
-                    let link = prog.take_link(id).map_err(|e| chain(&e))?;
-                    p.keep(&key, FdLink::try_from(link).map_err(|e| chain(&e))?)?;
-                }
-            }
-            Ok(())
-        })
-        .is_some()
-    {
-        progs.extend([SKB_INGRESS_PROGRAM, SKB_EGRESS_PROGRAM]);
-        bytes.notes.push(
-            "fallback (sock_send_length needs Linux 6.3+): bytes per port only, charged to the \
-             port's listener or to \"other\""
-                .into(),
-        );
-    }
-    if a.attempt(state, hooks::TCP_STATE, |a| {
-        a.raw_set(&[(STATE_PROGRAM, "inet_sock_set_state")])
-    })
-    .is_some()
-    {
-        progs.push(STATE_PROGRAM);
-    } else {
-        state.notes.push(
-            "no connection counts; listeners count as server ports only once the daemon sees them"
-                .into(),
-        );
-    }
-    if a.attempt(retransmit, hooks::TCP_RETRANSMIT, |a| {
-        a.raw_set(&[(RETRANSMIT_PROGRAM, "tcp_retransmit_skb")])
-    })
-    .is_some()
-    {
-        progs.push(RETRANSMIT_PROGRAM);
-        match a.raw_set(&[(RETRANSMIT_SYNACK_PROGRAM, "tcp_retransmit_synack")]) {
-            Ok(()) => progs.push(RETRANSMIT_SYNACK_PROGRAM),
-            Err(e) => retransmit
-                .notes
-                .push(format!("raw_tp/tcp_retransmit_synack: {e}")),
-        }
-    }
-    if a.attempt(rtt, hooks::TCP_SOCKOPS, |a| {
-        let cg = cgroup.as_ref().map_err(Clone::clone)?;
-        let key = link_key(SOCKOPS_PROGRAM, "cgroup");
-        let prog: &mut SockOps = program(a.ebpf, SOCKOPS_PROGRAM)?;
-        prog.load().map_err(|e| chain(&e))?;
-        let id = prog.attach(cg, CGROUP_LINK).map_err(|e| chain(&e))?;
-        if let Some(p) = a.pins.as_deref_mut() {
-            let link = prog.take_link(id).map_err(|e| chain(&e))?;
-            p.keep(&key, FdLink::try_from(link).map_err(|e| chain(&e))?)?;
-        }
-        Ok(())
-    })
-    .is_some()
-    {
-        progs.push(SOCKOPS_PROGRAM);
-        rtt.notes
-            .push("connections accepted before probe started have no RTT samples".into());
-    }
-    if ![&*bytes, &*state, &*retransmit, &*rtt]
-        .iter()
-        .any(|s| s.up())
-    {
-        return (progs, None);
-    }
-    let ebpf = &mut *a.ebpf;
-    let maps = (|| {
-        Some(TcpMaps {
-            traffic: BpfHashMap::try_from(ebpf.take_map(TRAFFIC_MAP)?).ok()?,
-            listen: BpfHashMap::try_from(ebpf.take_map(LISTEN_MAP)?).ok()?,
-            rtt: BpfHashMap::try_from(ebpf.take_map(RTT_MAP)?).ok()?,
-            stats: PerCpuArray::try_from(ebpf.take_map(TCP_STATS_MAP)?).ok()?,
-        })
-    })();
-    if maps.is_none() {
-        for s in [bytes, state, retransmit, rtt] {
-            s.hook = None;
-            s.notes.push("TCP maps missing from the object".into());
-        }
-    }
-    (progs, maps)
-}
-
-/// Writes the user's well-known remote ports into the kernel map (before any program runs).
-fn set_remote_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), String> {
-    let map = ebpf
-        .map_mut(REMOTE_PORTS_MAP)
-        .ok_or_else(|| format!("map {REMOTE_PORTS_MAP} missing from the object"))?;
-    let mut map: BpfHashMap<&mut MapData, u16, u8> =
-        BpfHashMap::try_from(map).map_err(|e| chain(&e))?;
-    for &p in ports {
-        map.insert(p, 1, 0)
-            .map_err(|e| format!("port {p}: {}", chain(&e)))?;
-    }
-    Ok(())
-}
-
-/// The name a link is pinned under: `program@target`.
-pub(super) fn link_key(program: &str, target: &str) -> String {
-    format!("{program}@{target}")
+fn kernel(e: &(dyn std::error::Error + 'static)) -> HookError {
+    HookError::Kernel(chain(e))
 }
 
 impl Attacher<'_> {
+    /// Attaches `hook`'s programs (not its extras). [`Attach::Within`] and [`Attach::Procfs`]
+    /// have none: the caller decides those.
+    pub(super) fn attach(&mut self, hook: &Hook) -> Result<Attached, HookError> {
+        let mut out = Attached::default();
+        match hook.attach {
+            Attach::Iter { program, target } => {
+                let prog: &mut Iter = find(self.ebpf, program)?;
+                prog.load(target, self.btf).map_err(|e| kernel(&e))?;
+                let fd = prog.fd().map_err(|e| kernel(&e))?;
+                let link = IterLink::attach(fd.as_fd())
+                    .map_err(|e| HookError::Kernel(format!("BPF_LINK_CREATE: {e}")))?;
+                out.iter = Some(link);
+                out.programs.push(program);
+            }
+            Attach::BtfTracepoint {
+                program,
+                tracepoint,
+            } => {
+                let prog: &mut BtfTracePoint = find(self.ebpf, program)?;
+                prog.load(tracepoint, self.btf).map_err(|e| kernel(&e))?;
+                let id = prog.attach().map_err(|e| kernel(&e))?;
+                if let Some(p) = self.pins.as_deref_mut() {
+                    let link = prog.take_link(id).map_err(|e| kernel(&e))?;
+                    p.keep(&link_key(program, tracepoint), FdLink::from(link))
+                        .map_err(HookError::Pin)?;
+                }
+                out.programs.push(program);
+            }
+            Attach::Raw(set) => {
+                self.raw_set(set)?;
+                for &(program, _) in set {
+                    if !out.programs.contains(&program) {
+                        out.programs.push(program);
+                    }
+                }
+            }
+            Attach::CgroupSkb { ingress, egress } => {
+                let cg = self
+                    .cgroup
+                    .as_ref()
+                    .map_err(|e| HookError::Cgroup(e.clone()))?;
+                for (program, dir) in [
+                    (ingress, CgroupSkbAttachType::Ingress),
+                    (egress, CgroupSkbAttachType::Egress),
+                ] {
+                    let prog: &mut CgroupSkb = find(self.ebpf, program)?;
+                    prog.load().map_err(|e| kernel(&e))?;
+                    let id = prog.attach(cg, dir, CGROUP_LINK).map_err(|e| kernel(&e))?;
+                    if let Some(p) = self.pins.as_deref_mut() {
+                        let link = prog.take_link(id).map_err(|e| kernel(&e))?;
+                        let link = FdLink::try_from(link).map_err(|e| kernel(&e))?;
+                        p.keep(&link_key(program, "cgroup"), link)
+                            .map_err(HookError::Pin)?;
+                    }
+                    out.programs.push(program);
+                }
+            }
+            Attach::SockOps { program } => {
+                let cg = self
+                    .cgroup
+                    .as_ref()
+                    .map_err(|e| HookError::Cgroup(e.clone()))?;
+                let prog: &mut SockOps = find(self.ebpf, program)?;
+                prog.load().map_err(|e| kernel(&e))?;
+                let id = prog.attach(cg, CGROUP_LINK).map_err(|e| kernel(&e))?;
+                if let Some(p) = self.pins.as_deref_mut() {
+                    let link = prog.take_link(id).map_err(|e| kernel(&e))?;
+                    let link = FdLink::try_from(link).map_err(|e| kernel(&e))?;
+                    p.keep(&link_key(program, "cgroup"), link)
+                        .map_err(HookError::Pin)?;
+                }
+                out.programs.push(program);
+            }
+            Attach::Within { .. } | Attach::Procfs => {}
+        }
+        Ok(out)
+    }
+
     /// Loads (once) and attaches raw tracepoint programs to tracepoints, all or nothing: if one
     /// fails, the ones attached by this call are detached again. When pinning, the links are
     /// pinned (this daemon's generation, beside a previous daemon's until the handover).
-    pub(super) fn raw_set(&mut self, set: &[(&str, &str)]) -> Result<(), String> {
+    pub(super) fn raw_set(
+        &mut self,
+        set: &[(&'static str, &'static str)],
+    ) -> Result<(), HookError> {
         let mut done: Vec<(
             &str,
             &str,
@@ -325,11 +147,12 @@ impl Attacher<'_> {
         )> = Vec::new();
         let mut result = Ok(());
         for &(name, tp) in set {
-            let attached = program::<RawTracePoint>(self.ebpf, name).and_then(|prog| {
+            let attached = find::<RawTracePoint>(self.ebpf, name).and_then(|prog| {
                 if prog.fd().is_err() {
-                    prog.load().map_err(|e| chain(&e))?;
+                    prog.load().map_err(|e| kernel(&e))?;
                 }
-                prog.attach(tp).map_err(|e| format!("{tp}: {}", chain(&e)))
+                prog.attach(tp)
+                    .map_err(|e| HookError::Kernel(format!("{tp}: {}", chain(&e))))
             });
             match attached {
                 Ok(id) => done.push((name, tp, id)),
@@ -341,7 +164,7 @@ impl Attacher<'_> {
         }
         if result.is_err() {
             for (name, _, id) in done {
-                if let Ok(prog) = program::<RawTracePoint>(self.ebpf, name) {
+                if let Ok(prog) = find::<RawTracePoint>(self.ebpf, name) {
                     let _ = prog.detach(id);
                 }
             }
@@ -356,15 +179,15 @@ impl Attacher<'_> {
         let mut failed = None;
         for (name, tp, id) in done {
             if failed.is_some() {
-                if let Ok(prog) = program::<RawTracePoint>(self.ebpf, name) {
+                if let Ok(prog) = find::<RawTracePoint>(self.ebpf, name) {
                     let _ = prog.detach(id);
                 }
                 continue;
             }
             let key = link_key(name, tp);
-            let kept = program::<RawTracePoint>(self.ebpf, name).and_then(|prog| {
-                let link = prog.take_link(id).map_err(|e| chain(&e))?;
-                p.keep(&key, FdLink::from(link))
+            let kept = find::<RawTracePoint>(self.ebpf, name).and_then(|prog| {
+                let link = prog.take_link(id).map_err(|e| kernel(&e))?;
+                p.keep(&key, FdLink::from(link)).map_err(HookError::Pin)
             });
             match kept {
                 Ok(()) => pinned.push(key),
@@ -383,13 +206,261 @@ impl Attacher<'_> {
     }
 }
 
-pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+/// Writes the user's well-known remote ports into the kernel map (before any program runs).
+pub(super) fn set_remote_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), String> {
+    let map = ebpf
+        .map_mut(REMOTE_PORTS_MAP)
+        .ok_or_else(|| format!("map {REMOTE_PORTS_MAP} missing from the object"))?;
+    let mut map: BpfHashMap<&mut MapData, u16, u8> =
+        BpfHashMap::try_from(map).map_err(|e| chain(&e))?;
+    for &p in ports {
+        map.insert(p, 1, 0)
+            .map_err(|e| format!("port {p}: {}", chain(&e)))?;
+    }
+    Ok(())
+}
+
+/// The name a link is pinned under: `program@target`.
+pub(super) fn link_key(program: &str, target: &str) -> String {
+    format!("{program}@{target}")
+}
+
+fn find<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, HookError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     let prog = ebpf
         .program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the object"))?;
+        .ok_or(HookError::MissingProgram(name))?;
     prog.try_into()
-        .map_err(|e: aya::programs::ProgramError| chain(&e))
+        .map_err(|e: aya::programs::ProgramError| kernel(&e))
+}
+
+/// Tries `spec`'s hooks in order of preference and returns its status and what the hook in
+/// use attached. Without `a` (the object did not load) only /proc hooks are tried.
+pub(super) fn attach_collector(
+    mut a: Option<&mut Attacher<'_>>,
+    spec: &table::Spec,
+    earlier: &[CollectorStatus],
+    opts: &LoadOptions,
+) -> (CollectorStatus, Attached) {
+    let mut st = CollectorStatus::new(spec.name);
+    for hook in spec.hooks {
+        let tried = if opts.skip_hooks.iter().any(|h| h == hook.name) {
+            Err(HookError::Skipped)
+        } else {
+            match (&hook.attach, a.as_deref_mut()) {
+                (Attach::Procfs, _) => std::fs::read_dir("/proc")
+                    .map(|_| Attached::default())
+                    .map_err(|e| HookError::Proc(e.to_string())),
+                (Attach::Within { collector }, _) => {
+                    match earlier
+                        .iter()
+                        .find(|s| s.name == *collector)
+                        .and_then(|s| s.hook)
+                    {
+                        Some(theirs) => {
+                            st.hook = Some(theirs);
+                            return (st, Attached::default());
+                        }
+                        None => Err(HookError::Within(collector)),
+                    }
+                }
+                // The object did not load: said once, by the caller.
+                (_, None) => continue,
+                (_, Some(a)) => a.attach(hook),
+            }
+        };
+        match tried {
+            Ok(mut attached) => {
+                st.hook = Some(hook.name);
+                if let Some(a) = a.as_deref_mut() {
+                    for &(program, tracepoint) in hook.extras {
+                        match a.raw_set(&[(program, tracepoint)]) {
+                            Ok(()) => attached.programs.push(program),
+                            Err(e) => st
+                                .notes
+                                .push(Note::Text(format!("raw_tp/{tracepoint}: {e}"))),
+                        }
+                    }
+                }
+                st.notes.extend(hook.used.map(Note::from));
+                return (st, attached);
+            }
+            Err(error) => st.notes.push(Note::Hook {
+                hook: hook.name,
+                needs: hook.needs.filter(|_| error != HookError::Skipped),
+                error,
+            }),
+        }
+    }
+    st.notes.extend(spec.down.map(Note::from));
+    (st, Attached::default())
+}
+
+/// Takes the maps the daemon reads, of every collector that is up; a collector whose required
+/// map is missing goes down.
+pub(super) fn take_maps(ebpf: &mut Ebpf, kernel: &mut Kernel, statuses: &mut [CollectorStatus]) {
+    let mut maps: HashMap<&'static str, aya::maps::Map> = HashMap::new();
+    for (spec, st) in table::COLLECTORS.iter().zip(statuses.iter()) {
+        if !st.up() {
+            continue;
+        }
+        for m in spec.maps {
+            if !maps.contains_key(m.name) {
+                if let Some(map) = ebpf.take_map(m.name) {
+                    maps.insert(m.name, map);
+                }
+            }
+        }
+    }
+    for (spec, st) in table::COLLECTORS.iter().zip(statuses.iter_mut()) {
+        if let Some(m) = spec
+            .maps
+            .iter()
+            .find(|m| st.up() && m.required && !maps.contains_key(m.name))
+        {
+            st.hook = None;
+            st.notes.push(Note::Text(format!(
+                "map {} missing from the object",
+                m.name
+            )));
+        }
+    }
+    fn typed<T: TryFrom<aya::maps::Map>>(
+        maps: &mut HashMap<&'static str, aya::maps::Map>,
+        name: &str,
+    ) -> Option<T> {
+        T::try_from(maps.remove(name)?).ok()
+    }
+    kernel.dead_tasks = typed(&mut maps, DEAD_MAP);
+    kernel.exit_stats = typed(&mut maps, EXIT_STATS_MAP);
+    kernel.block_io = typed(&mut maps, IO_MAP);
+    kernel.block_stats = typed(&mut maps, BLOCK_STATS_MAP);
+    kernel.block_starts = typed(&mut maps, STARTS_MAP);
+    kernel.runq = (|| {
+        Some(RunqMaps {
+            threads: typed(&mut maps, RUNQ_THREADS_MAP)?,
+            stats: typed(&mut maps, RUNQ_STATS_MAP)?,
+        })
+    })();
+    kernel.tcp = (|| {
+        Some(TcpMaps {
+            traffic: typed(&mut maps, TRAFFIC_MAP)?,
+            listen: typed(&mut maps, LISTEN_MAP)?,
+            rtt: typed(&mut maps, RTT_MAP)?,
+            stats: typed(&mut maps, TCP_STATS_MAP)?,
+        })
+    })();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::{hooks, names};
+
+    /// The table walked without a kernel object (it did not load): only /proc hooks work, a
+    /// collector riding on another that is down says so, skipped hooks say so.
+    fn walk(skip: &[&str]) -> Vec<CollectorStatus> {
+        let opts = LoadOptions {
+            skip_hooks: skip.iter().map(|s| s.to_string()).collect(),
+            ..LoadOptions::default()
+        };
+        let mut statuses = Vec::new();
+        for spec in table::COLLECTORS {
+            let (st, attached) = attach_collector(None, spec, &statuses, &opts);
+            assert!(attached.programs.is_empty() && attached.iter.is_none());
+            statuses.push(st);
+        }
+        statuses
+    }
+
+    fn status<'a>(all: &'a [CollectorStatus], name: &str) -> &'a CollectorStatus {
+        all.iter().find(|s| s.name == name).expect("listed")
+    }
+
+    #[test]
+    fn without_the_object_only_proc_hooks_work_and_each_down_collector_says_what_is_lost() {
+        let all = walk(&[]);
+        let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                names::CPU,
+                names::CPU_EXIT,
+                names::PORTS,
+                names::BLOCK,
+                names::BLOCK_DIRTY,
+                names::TCP,
+                names::TCP_STATE,
+                names::TCP_RETRANSMIT,
+                names::TCP_RTT,
+                names::RUNQ,
+                names::PROCESS_TABLE
+            ]
+        );
+        for up in [names::CPU, names::PORTS, names::PROCESS_TABLE] {
+            assert_eq!(status(&all, up).hook, Some(hooks::PROCFS), "{up}");
+        }
+        let cpu = status(&all, names::CPU);
+        assert_eq!(
+            cpu.notes,
+            [Note::from(
+                "reading /proc/<pid>/task/*/schedstat instead (slower)"
+            )]
+        );
+        let exit = status(&all, names::CPU_EXIT);
+        assert!(!exit.up());
+        assert_eq!(
+            exit.notes,
+            [Note::from(
+                "threads and processes that exit between two collections are not counted"
+            )]
+        );
+        let runq = status(&all, names::RUNQ);
+        assert!(!runq.up());
+        assert_eq!(
+            runq.notes,
+            [Note::Hook {
+                hook: hooks::RUNQ,
+                error: HookError::Within(names::CPU_EXIT),
+                needs: None
+            }]
+        );
+        assert_eq!(
+            runq.notes[0].to_string(),
+            "runq: needs the program of cpu_exit, which is not attached"
+        );
+    }
+
+    #[test]
+    fn a_skipped_hook_is_said_without_what_it_needs() {
+        let all = walk(&[hooks::TASK_ITER, hooks::RUNQ]);
+        let cpu = status(&all, names::CPU);
+        assert_eq!(
+            cpu.notes[0],
+            Note::Hook {
+                hook: hooks::TASK_ITER,
+                error: HookError::Skipped,
+                needs: None
+            }
+        );
+        assert_eq!(
+            cpu.notes[0].to_string(),
+            "iter/task: skipped (--hooks.skip)"
+        );
+        let failed = Note::Hook {
+            hook: hooks::TASK_ITER,
+            error: HookError::Kernel("Invalid argument".into()),
+            needs: Some("needs Linux 5.8+ with BTF"),
+        };
+        assert_eq!(
+            failed.to_string(),
+            "iter/task: Invalid argument (needs Linux 5.8+ with BTF)"
+        );
+        assert_eq!(
+            status(&all, names::RUNQ).notes[0].to_string(),
+            "runq: skipped (--hooks.skip)"
+        );
+    }
 }

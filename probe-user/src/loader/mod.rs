@@ -13,13 +13,12 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use probe_common::{
-    block::{IoKey, IoStart, IoTotals, IO_MAP, STARTS_MAP, STATS_MAP as BLOCK_STATS_MAP},
+    block::{IoKey, IoStart, IoTotals, IO_MAP},
     config::{Offsets, ACTIVE_MAP, GENERATION_GLOBAL, OFFSETS_GLOBAL, SELF_TGID_GLOBAL},
-    cpu::{DeadKey, DeadTotals, DEAD_MAP, EXIT_STATS_MAP, TASK_ITER_PROGRAM},
-    ports::LISTEN_ITER_PROGRAM,
+    cpu::{DeadKey, DeadTotals, DEAD_MAP},
     runq::{
         ThreadRunq, ENABLED_GLOBAL as RUNQ_ENABLED_GLOBAL, LOADED_AT_GLOBAL,
-        STATS_MAP as RUNQ_STATS_MAP, THREADS_MAP as RUNQ_THREADS_MAP,
+        THREADS_MAP as RUNQ_THREADS_MAP,
     },
     tcp::{RttTotals, TcpKey, TcpTotals, TRAFFIC_MAP},
 };
@@ -27,9 +26,12 @@ use tracing::{info, warn};
 
 mod attach;
 mod handover;
+mod status;
+pub mod table;
 
-use attach::{attach_tcp, Attacher};
+use attach::{attach_collector, set_remote_ports, take_maps, Attacher};
 use handover::{clear_unread, read_active, set_active};
+pub use status::{hooks, names, CollectorStatus, HookError, Note};
 
 use crate::{
     btf::{self, KernelBtf},
@@ -39,55 +41,6 @@ use crate::{
 
 /// The kernel programs, built by build.rs for bpfel-unknown-none.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
-
-/// Collector names, as they appear in `probe_collector_up{collector="..."}`.
-pub mod names {
-    /// Per-task CPU and run-queue totals, read by the task iterator on each collection.
-    pub const CPU: &str = "cpu";
-    /// Final totals of exiting threads (so processes that die between reads are counted).
-    pub const CPU_EXIT: &str = "cpu_exit";
-    /// Listening TCP ports per process (the zero-config instance rule).
-    pub const PORTS: &str = "ports";
-    /// cmdline, exe and cgroup path per process, from /proc.
-    pub const PROCESS_TABLE: &str = "process_table";
-    /// Block IO per process, device and operation (block-layer tracepoints).
-    pub const BLOCK: &str = "block";
-    /// Page-cache bytes dirtied per process (the writer of buffered writes).
-    pub const BLOCK_DIRTY: &str = "block_dirty";
-    /// TCP payload bytes per port and process.
-    pub const TCP: &str = "tcp";
-    /// TCP connections accepted and closed per listening port; listeners as they appear.
-    pub const TCP_STATE: &str = "tcp_state";
-    /// Retransmitted TCP segments.
-    pub const TCP_RETRANSMIT: &str = "tcp_retransmit";
-    /// RTT of connections to listening ports.
-    pub const TCP_RTT: &str = "tcp_rtt";
-    /// Run-queue latency histograms per thread (the scheduler's sched_info, at switch-out).
-    pub const RUNQ: &str = "runq";
-}
-
-/// What one collector runs on, on this kernel.
-#[derive(Clone, Debug)]
-pub struct CollectorStatus {
-    pub name: &'static str,
-    /// The hook in use (`iter/task`, `tp_btf/sched_switch`, `procfs`, ...), if any works.
-    pub hook: Option<&'static str>,
-    /// Why other hooks were not used, or why the collector is down.
-    pub notes: Vec<String>,
-}
-
-impl CollectorStatus {
-    fn new(name: &'static str) -> Self {
-        Self {
-            name,
-            hook: None,
-            notes: Vec::new(),
-        }
-    }
-    pub fn up(&self) -> bool {
-        self.hook.is_some()
-    }
-}
 
 /// Everything loaded into the kernel. Dropping it detaches every program, except those whose
 /// links are pinned (`probe serve`: they count on until the next daemon takes over).
@@ -241,16 +194,6 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
         }
     }
 
-    let mut cpu = CollectorStatus::new(names::CPU);
-    let mut cpu_exit = CollectorStatus::new(names::CPU_EXIT);
-    let mut ports = CollectorStatus::new(names::PORTS);
-    let mut block = CollectorStatus::new(names::BLOCK);
-    let mut dirty = CollectorStatus::new(names::BLOCK_DIRTY);
-    let mut tcp = CollectorStatus::new(names::TCP);
-    let mut tcp_state = CollectorStatus::new(names::TCP_STATE);
-    let mut tcp_retransmit = CollectorStatus::new(names::TCP_RETRANSMIT);
-    let mut tcp_rtt = CollectorStatus::new(names::TCP_RTT);
-    let mut runq = CollectorStatus::new(names::RUNQ);
     let mut kernel = Kernel {
         ebpf: None,
         task_iter: None,
@@ -282,8 +225,8 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
         }
         p.choose_generation(active.unwrap_or(0))
     });
-    let prepared = prepare(opts, pins.as_ref(), generation, &mut env);
-    match prepared {
+    let mut statuses = Vec::new();
+    match prepare(opts, pins.as_ref(), generation, &mut env) {
         Ok((mut ebpf, aya_btf)) => {
             // Nobody counts before this daemon: its programs count from their first event.
             if pins.as_ref().is_some_and(|p| !p.has_old_links()) {
@@ -296,118 +239,31 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
                 Ok(logger) => kernel.logger = Some(logger),
                 Err(e) => tracing::debug!(error = %e, "no kernel log map"),
             }
+            let remote_ports = set_remote_ports(&mut ebpf, &opts.tcp_remote_ports);
+            let cgroup = crate::sys::cgroup2_root(opts.cgroup_path.as_deref()).and_then(|p| {
+                std::fs::File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+            });
             let mut a = Attacher {
                 ebpf: &mut ebpf,
                 btf: &aya_btf,
-                skip: &opts.skip_hooks,
                 pins: pins.as_mut(),
+                cgroup: &cgroup,
             };
-            if let Some(link) = a.iter(
-                &mut cpu,
-                hooks::TASK_ITER,
-                TASK_ITER_PROGRAM,
-                "task",
-                "needs Linux 5.8+ with BTF",
-            ) {
-                kernel.task_iter = Some(link);
-                kernel.attached.push(TASK_ITER_PROGRAM);
-            }
-            if let Some(prog) = a.exit_hook(&mut cpu_exit) {
-                kernel.attached.push(prog);
-                kernel.dead_tasks = ebpf
-                    .take_map(DEAD_MAP)
-                    .and_then(|m| BpfHashMap::try_from(m).ok());
-                kernel.exit_stats = ebpf
-                    .take_map(EXIT_STATS_MAP)
-                    .and_then(|m| PerCpuArray::try_from(m).ok());
-                if kernel.dead_tasks.is_none() {
-                    cpu_exit.hook = None;
-                    cpu_exit
-                        .notes
-                        .push(format!("map {DEAD_MAP} missing from the object"));
+            for spec in table::COLLECTORS {
+                let (mut st, attached) = attach_collector(Some(&mut a), spec, &statuses, opts);
+                if let (Err(e), names::TCP | names::TCP_RETRANSMIT) = (&remote_ports, spec.name) {
+                    st.notes
+                        .push(Note::Text(format!("remote ports not set: {e}")));
                 }
-            }
-            let mut a = Attacher {
-                ebpf: &mut ebpf,
-                btf: &aya_btf,
-                skip: &opts.skip_hooks,
-                pins: pins.as_mut(),
-            };
-            let why = "needs Linux 5.11+ for bpf_sock_from_file";
-            if let Some(link) = a.iter(
-                &mut ports,
-                hooks::TASK_FILE_ITER,
-                LISTEN_ITER_PROGRAM,
-                "task_file",
-                why,
-            ) {
-                kernel.listen_iter = Some(link);
-                kernel.attached.push(LISTEN_ITER_PROGRAM);
-            }
-            let mut a = Attacher {
-                ebpf: &mut ebpf,
-                btf: &aya_btf,
-                skip: &opts.skip_hooks,
-                pins: pins.as_mut(),
-            };
-            if let Some(progs) = a.block(&mut block) {
-                kernel.attached.extend(progs);
-            }
-            if let Some(prog) = a.dirty(&mut dirty) {
-                kernel.attached.push(prog);
-            }
-            if block.up() || dirty.up() {
-                kernel.block_io = ebpf
-                    .take_map(IO_MAP)
-                    .and_then(|m| BpfHashMap::try_from(m).ok());
-                kernel.block_stats = ebpf
-                    .take_map(BLOCK_STATS_MAP)
-                    .and_then(|m| PerCpuArray::try_from(m).ok());
-                kernel.block_starts = ebpf
-                    .take_map(STARTS_MAP)
-                    .and_then(|m| BpfHashMap::try_from(m).ok());
-                if kernel.block_io.is_none() {
-                    for s in [&mut block, &mut dirty] {
-                        s.hook = None;
-                        s.notes
-                            .push(format!("map {IO_MAP} missing from the object"));
-                    }
+                match (spec.name, attached.iter) {
+                    (names::CPU, Some(link)) => kernel.task_iter = Some(link),
+                    (names::PORTS, Some(link)) => kernel.listen_iter = Some(link),
+                    _ => {}
                 }
+                kernel.attached.extend(attached.programs);
+                statuses.push(st);
             }
-            // Run-queue latency is kept by the same sched_switch program as the exit hook.
-            if opts.skip_hooks.iter().any(|h| h == hooks::RUNQ) {
-                runq.notes
-                    .push(format!("{}: skipped (--hooks.skip)", hooks::RUNQ));
-            } else if cpu_exit.up() {
-                runq.hook = cpu_exit.hook;
-                let threads = ebpf
-                    .take_map(RUNQ_THREADS_MAP)
-                    .and_then(|m| BpfHashMap::try_from(m).ok());
-                let stats = ebpf
-                    .take_map(RUNQ_STATS_MAP)
-                    .and_then(|m| PerCpuArray::try_from(m).ok());
-                match (threads, stats) {
-                    (Some(threads), Some(stats)) => kernel.runq = Some(RunqMaps { threads, stats }),
-                    _ => {
-                        runq.hook = None;
-                        runq.notes.push(format!(
-                            "map {RUNQ_THREADS_MAP} or {RUNQ_STATS_MAP} missing from the object"
-                        ));
-                    }
-                }
-            } else {
-                runq.notes.push(
-                    "needs the sched_switch program of cpu_exit, which is not attached".into(),
-                );
-            }
-            let tcp_sts = [&mut tcp, &mut tcp_state, &mut tcp_retransmit, &mut tcp_rtt];
-            let mut a = Attacher {
-                ebpf: &mut ebpf,
-                btf: &aya_btf,
-                skip: &opts.skip_hooks,
-                pins: pins.as_mut(),
-            };
-            let (progs, maps) = attach_tcp(&mut a, opts, tcp_sts);
+            take_maps(&mut ebpf, &mut kernel, &mut statuses);
             if let Some(p) = pins.as_mut() {
                 // The handover: this daemon's programs count from now on, the previous one's
                 // (attached until here, counting) go.
@@ -424,8 +280,6 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
                     }
                 }
             }
-            kernel.attached.extend(progs);
-            kernel.tcp = maps;
             if opts.bpf_stats {
                 match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                     Ok(fd) => kernel._stats = Some(fd),
@@ -442,70 +296,21 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
             // Nothing of this daemon reads the pinned maps: it must not save accounts that
             // claim them (a previous daemon's programs, if any, go on counting for the next).
             pins = None;
-            for s in [
-                &mut cpu,
-                &mut cpu_exit,
-                &mut ports,
-                &mut block,
-                &mut dirty,
-                &mut tcp,
-                &mut tcp_state,
-                &mut tcp_retransmit,
-                &mut tcp_rtt,
-                &mut runq,
-            ] {
-                s.notes.push(reason.clone());
+            for spec in table::COLLECTORS {
+                let (mut st, _) = attach_collector(None, spec, &statuses, opts);
+                st.notes.insert(0, Note::Load(reason.clone()));
+                statuses.push(st);
             }
         }
     }
-    if cpu.hook.is_none() {
-        cpu.hook = Some(hooks::PROCFS);
-        cpu.notes
-            .push("reading /proc/<pid>/task/*/schedstat instead (slower)".into());
-    }
-    if ports.hook.is_none() {
-        ports.hook = Some(hooks::PROCFS);
-        ports
-            .notes
-            .push("using /proc/net/tcp{,6} and /proc/<pid>/fd instead (slower)".into());
-    }
-    let mut table = CollectorStatus::new(names::PROCESS_TABLE);
-    match std::fs::read_dir("/proc") {
-        Ok(_) => table.hook = Some(hooks::PROCFS),
-        Err(e) => table.notes.push(format!("/proc is not readable: {e}")),
-    }
-    for s in [
-        &cpu,
-        &cpu_exit,
-        &ports,
-        &block,
-        &dirty,
-        &tcp,
-        &tcp_state,
-        &tcp_retransmit,
-        &tcp_rtt,
-        &runq,
-        &table,
-    ] {
+    for s in &statuses {
         if s.up() {
-            info!(collector = s.name, hook = s.hook, notes = ?s.notes, "collector up");
+            info!(collector = s.name, hook = s.hook, notes = ?s.notes.iter().map(ToString::to_string).collect::<Vec<_>>(), "collector up");
         } else {
-            warn!(collector = s.name, reasons = ?s.notes, "collector down");
+            warn!(collector = s.name, reasons = ?s.notes.iter().map(ToString::to_string).collect::<Vec<_>>(), "collector down");
         }
     }
-    kernel.statuses = vec![
-        cpu,
-        cpu_exit,
-        ports,
-        block,
-        dirty,
-        tcp,
-        tcp_state,
-        tcp_retransmit,
-        tcp_rtt,
-        runq,
-        table,
-    ];
+    kernel.statuses = statuses;
     kernel.environment = env;
     kernel.pins = pins;
     release_freed_memory();
@@ -617,50 +422,6 @@ pub fn spawn_log_drain(mut logger: KernelLogger) {
             guard.clear_ready();
         }
     });
-}
-
-/// Hook names, as `probe check`, `probe_collector_hook_info` and `--hooks.skip` spell them.
-pub mod hooks {
-    pub const TASK_ITER: &str = "iter/task";
-    pub const EXIT_BTF: &str = "tp_btf/sched_switch";
-    pub const EXIT_RAW: &str = "raw_tp/sched_switch";
-    pub const TASK_FILE_ITER: &str = "iter/task_file";
-    /// Block IO, Linux 6.5+: block_io_start / block_io_done (+ block_rq_complete for bytes).
-    pub const BLOCK_IO: &str = "raw_tp/block_io_start";
-    /// Block IO fallback: block_rq_insert + block_rq_issue / block_rq_complete.
-    pub const BLOCK_RQ: &str = "raw_tp/block_rq_issue";
-    /// Dirtied page-cache bytes: writeback_dirty_folio (5.18+), writeback_dirty_page before.
-    pub const DIRTY_FOLIO: &str = "raw_tp/writeback_dirty_folio";
-    pub const DIRTY_PAGE: &str = "raw_tp/writeback_dirty_page";
-    /// TCP bytes in the process's context: sock_send_length / sock_recv_length (6.3+).
-    pub const TCP_SOCK_LENGTH: &str = "raw_tp/sock_send_length";
-    /// TCP bytes fallback, per port only: cgroup_skb ingress/egress on the cgroup2 root.
-    pub const TCP_CGROUP_SKB: &str = "cgroup_skb";
-    pub const TCP_STATE: &str = "raw_tp/inet_sock_set_state";
-    pub const TCP_RETRANSMIT: &str = "raw_tp/tcp_retransmit_skb";
-    /// RTT callbacks of accepted connections: sock_ops on the cgroup2 root.
-    pub const TCP_SOCKOPS: &str = "sock_ops";
-    /// Not a hook of its own: the run-queue part of the sched_switch program (skipping it
-    /// leaves the exit hook alone).
-    pub const RUNQ: &str = "runq";
-    pub const PROCFS: &str = "procfs";
-    /// Every hook `--hooks.skip` accepts.
-    pub const ALL: &[&str] = &[
-        TASK_ITER,
-        EXIT_BTF,
-        EXIT_RAW,
-        TASK_FILE_ITER,
-        BLOCK_IO,
-        BLOCK_RQ,
-        DIRTY_FOLIO,
-        DIRTY_PAGE,
-        TCP_SOCK_LENGTH,
-        TCP_CGROUP_SKB,
-        TCP_STATE,
-        TCP_RETRANSMIT,
-        TCP_SOCKOPS,
-        RUNQ,
-    ];
 }
 
 /// An error with its causes, on one line. A verifier rejection is boiled down to its error, the

@@ -102,7 +102,13 @@ fn standalone(args: &TopArgs) -> anyhow::Result<Daemon> {
     {
         let why = kernel
             .status(loader::names::CPU_EXIT)
-            .map(|s| s.notes.join("; "))
+            .map(|s| {
+                s.notes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
             .unwrap_or_default();
         anyhow::bail!(
             "cannot load the kernel programs ({why}).\nprobe top needs root (or CAP_BPF, CAP_PERFMON, \

@@ -27,6 +27,8 @@
 //! `--bind ADDR:PORT` (any command) sets the ready listener's address (default 127.0.0.1:0).
 //! `--until-stop` (burst, write): go on until the line `stop` arrives on stdin (in place of
 //! --count or --secs), so a test decides when the load ends.
+//!
+//! Over 500 lines: one binary for every workload, so each test starts the same kind of process.
 
 use std::{
     io::{BufRead as _, Write as _},

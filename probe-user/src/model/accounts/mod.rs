@@ -18,6 +18,10 @@
 //! collection adds their increase to the process's current instance. A process that exited
 //! stays known for as long as the kernel still has IO entries for it (writeback can charge it
 //! after it exited).
+//!
+//! Over 500 lines: `Accounts` is one state machine (crediting every signal, the end of a round,
+//! expiry) whose invariants span all of it; the registry, the top-K rows and the crediting path
+//! are already modules of their own.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

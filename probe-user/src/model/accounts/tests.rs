@@ -1,3 +1,6 @@
+//! Tests of the accounts. Over 500 lines: one scenario per test, each building its own
+//! readings.
+
 use super::*;
 use crate::model::{io::Op, process::Identity};
 

@@ -1,0 +1,403 @@
+//! Every collector in one table: its hooks in order of preference (the first that loads and
+//! attaches is used), what each fallback costs, and the maps the daemon reads from it and why.
+//! [`super::load_pinned`] walks it in this order; adding a collector is adding an entry here
+//! and a reader in `collect/`.
+
+use probe_common::{
+    block::{
+        DIRTY_PROGRAM, IO_DONE_PROGRAM, IO_MAP, IO_START_PROGRAM, RQ_BYTES_PROGRAM,
+        RQ_DONE_PROGRAM, RQ_MERGE_PROGRAM, RQ_START_PROGRAM, STARTS_MAP, STATS_MAP as BLOCK_STATS,
+    },
+    cpu::{DEAD_MAP, EXIT_STATS_MAP, SWITCH_BTF_PROGRAM, SWITCH_RAW_PROGRAM, TASK_ITER_PROGRAM},
+    ports::LISTEN_ITER_PROGRAM,
+    runq::{STATS_MAP as RUNQ_STATS, THREADS_MAP as RUNQ_THREADS},
+    tcp::{
+        LISTEN_MAP, RECV_PROGRAM, RETRANSMIT_PROGRAM, RETRANSMIT_SYNACK_PROGRAM, RTT_MAP,
+        SEND_PROGRAM, SKB_EGRESS_PROGRAM, SKB_INGRESS_PROGRAM, SOCKOPS_PROGRAM, STATE_PROGRAM,
+        STATS_MAP as TCP_STATS, TRAFFIC_MAP,
+    },
+};
+
+use super::{hooks, names};
+
+/// How a hook's programs are attached.
+#[derive(Debug)]
+pub enum Attach {
+    /// An iterator program over `target` ("task", "task_file"), its link re-readable.
+    Iter {
+        program: &'static str,
+        target: &'static str,
+    },
+    /// A BTF-typed tracepoint.
+    BtfTracepoint {
+        program: &'static str,
+        tracepoint: &'static str,
+    },
+    /// Raw tracepoints, (program, tracepoint), all or none; a program named twice is loaded
+    /// once and attached to both.
+    Raw(&'static [(&'static str, &'static str)]),
+    /// cgroup_skb programs (ingress, egress) on the cgroup2 root.
+    CgroupSkb {
+        ingress: &'static str,
+        egress: &'static str,
+    },
+    /// A sock_ops program on the cgroup2 root.
+    SockOps { program: &'static str },
+    /// No program of its own: a part of the program another collector attached, up when it is.
+    Within { collector: &'static str },
+    /// Read by the daemon from /proc, no kernel program.
+    Procfs,
+}
+
+#[derive(Debug)]
+pub struct Hook {
+    /// As `probe check` and `--hooks.skip` spell it ([`hooks`]).
+    pub name: &'static str,
+    pub attach: Attach,
+    /// Added to its failure: what the hook needs.
+    pub needs: Option<&'static str>,
+    /// Said when this hook is the one in use: what the fallback loses.
+    pub used: Option<&'static str>,
+    /// Raw tracepoints attached beside it when they can be; their failure is only a note.
+    pub extras: &'static [(&'static str, &'static str)],
+}
+
+const fn hook(name: &'static str, attach: Attach) -> Hook {
+    Hook {
+        name,
+        attach,
+        needs: None,
+        used: None,
+        extras: &[],
+    }
+}
+
+/// A map the daemon reads from a collector's programs.
+#[derive(Debug)]
+pub struct MapUse {
+    pub name: &'static str,
+    /// Without it the collector is down (else it only loses what `why` says).
+    pub required: bool,
+    pub why: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Spec {
+    pub name: &'static str,
+    /// In order of preference.
+    pub hooks: &'static [Hook],
+    /// Said when no hook works: what is not counted.
+    pub down: Option<&'static str>,
+    pub maps: &'static [MapUse],
+}
+
+const PROCFS_CPU: Hook = Hook {
+    used: Some("reading /proc/<pid>/task/*/schedstat instead (slower)"),
+    ..hook(hooks::PROCFS, Attach::Procfs)
+};
+
+/// Every collector, in the order they are loaded and listed (`probe check`,
+/// probe_collector_up): the exit hook before the run queue, which is a part of its program.
+pub const COLLECTORS: &[Spec] = &[
+    Spec {
+        name: names::CPU,
+        hooks: &[
+            Hook {
+                needs: Some("needs Linux 5.8+ with BTF"),
+                ..hook(
+                    hooks::TASK_ITER,
+                    Attach::Iter {
+                        program: TASK_ITER_PROGRAM,
+                        target: "task",
+                    },
+                )
+            },
+            PROCFS_CPU,
+        ],
+        down: None,
+        maps: &[],
+    },
+    Spec {
+        name: names::CPU_EXIT,
+        hooks: &[
+            hook(
+                hooks::EXIT_BTF,
+                Attach::BtfTracepoint {
+                    program: SWITCH_BTF_PROGRAM,
+                    tracepoint: "sched_switch",
+                },
+            ),
+            hook(
+                hooks::EXIT_RAW,
+                Attach::Raw(&[(SWITCH_RAW_PROGRAM, "sched_switch")]),
+            ),
+        ],
+        down: Some("threads and processes that exit between two collections are not counted"),
+        maps: &[
+            MapUse {
+                name: DEAD_MAP,
+                required: true,
+                why: "the final totals of threads that exited since the last collection",
+            },
+            MapUse {
+                name: EXIT_STATS_MAP,
+                required: false,
+                why: "exits not recorded because the dead-thread map was full",
+            },
+        ],
+    },
+    Spec {
+        name: names::PORTS,
+        hooks: &[
+            Hook {
+                needs: Some("needs Linux 5.11+ for bpf_sock_from_file"),
+                ..hook(
+                    hooks::TASK_FILE_ITER,
+                    Attach::Iter {
+                        program: LISTEN_ITER_PROGRAM,
+                        target: "task_file",
+                    },
+                )
+            },
+            Hook {
+                used: Some("using /proc/net/tcp{,6} and /proc/<pid>/fd instead (slower)"),
+                ..hook(hooks::PROCFS, Attach::Procfs)
+            },
+        ],
+        down: None,
+        maps: &[],
+    },
+    Spec {
+        name: names::BLOCK,
+        hooks: &[
+            Hook {
+                // Completion programs before the start program: no start is recorded without
+                // a program to end it. block_rq_merge (5.9+) lets a merged-away request's
+                // start go at once (else it ages out of the LRU map as an end not seen).
+                extras: &[(RQ_MERGE_PROGRAM, "block_rq_merge")],
+                ..hook(
+                    hooks::BLOCK_IO,
+                    Attach::Raw(&[
+                        (IO_DONE_PROGRAM, "block_io_done"),
+                        (RQ_BYTES_PROGRAM, "block_rq_complete"),
+                        (IO_START_PROGRAM, "block_io_start"),
+                    ]),
+                )
+            },
+            Hook {
+                used: Some(
+                    "fallback (block_io_start/done need Linux 6.5+): requests that kblockd \
+                     workers start are charged to them",
+                ),
+                extras: &[(RQ_MERGE_PROGRAM, "block_rq_merge")],
+                ..hook(
+                    hooks::BLOCK_RQ,
+                    Attach::Raw(&[
+                        (RQ_DONE_PROGRAM, "block_rq_complete"),
+                        (RQ_START_PROGRAM, "block_rq_insert"),
+                        (RQ_START_PROGRAM, "block_rq_issue"),
+                    ]),
+                )
+            },
+        ],
+        down: None,
+        maps: BLOCK_MAPS,
+    },
+    Spec {
+        name: names::BLOCK_DIRTY,
+        hooks: &[
+            hook(
+                hooks::DIRTY_FOLIO,
+                Attach::Raw(&[(DIRTY_PROGRAM, "writeback_dirty_folio")]),
+            ),
+            hook(
+                hooks::DIRTY_PAGE,
+                Attach::Raw(&[(DIRTY_PROGRAM, "writeback_dirty_page")]),
+            ),
+        ],
+        down: Some("buffered writes are charged to the kernel threads that write them back"),
+        maps: BLOCK_MAPS,
+    },
+    Spec {
+        name: names::TCP,
+        hooks: &[
+            hook(
+                hooks::TCP_SOCK_LENGTH,
+                Attach::Raw(&[
+                    (RECV_PROGRAM, "sock_recv_length"),
+                    (SEND_PROGRAM, "sock_send_length"),
+                ]),
+            ),
+            Hook {
+                used: Some(
+                    "fallback (sock_send_length needs Linux 6.3+): bytes per port only, charged \
+                     to the port's listener or to \"other\"",
+                ),
+                ..hook(
+                    hooks::TCP_CGROUP_SKB,
+                    Attach::CgroupSkb {
+                        ingress: SKB_INGRESS_PROGRAM,
+                        egress: SKB_EGRESS_PROGRAM,
+                    },
+                )
+            },
+        ],
+        down: None,
+        maps: TCP_MAPS,
+    },
+    Spec {
+        name: names::TCP_STATE,
+        hooks: &[hook(
+            hooks::TCP_STATE,
+            Attach::Raw(&[(STATE_PROGRAM, "inet_sock_set_state")]),
+        )],
+        down: Some(
+            "no connection counts; listeners count as server ports only once the daemon sees them",
+        ),
+        maps: TCP_MAPS,
+    },
+    Spec {
+        name: names::TCP_RETRANSMIT,
+        hooks: &[Hook {
+            extras: &[(RETRANSMIT_SYNACK_PROGRAM, "tcp_retransmit_synack")],
+            ..hook(
+                hooks::TCP_RETRANSMIT,
+                Attach::Raw(&[(RETRANSMIT_PROGRAM, "tcp_retransmit_skb")]),
+            )
+        }],
+        down: None,
+        maps: TCP_MAPS,
+    },
+    Spec {
+        name: names::TCP_RTT,
+        hooks: &[Hook {
+            used: Some("connections accepted before probe started have no RTT samples"),
+            ..hook(
+                hooks::TCP_SOCKOPS,
+                Attach::SockOps {
+                    program: SOCKOPS_PROGRAM,
+                },
+            )
+        }],
+        down: None,
+        maps: TCP_MAPS,
+    },
+    Spec {
+        name: names::RUNQ,
+        hooks: &[hook(
+            hooks::RUNQ,
+            Attach::Within {
+                collector: names::CPU_EXIT,
+            },
+        )],
+        down: None,
+        maps: &[
+            MapUse {
+                name: RUNQ_THREADS,
+                required: true,
+                why: "each thread's run-queue waits since the last collection",
+            },
+            MapUse {
+                name: RUNQ_STATS,
+                required: true,
+                why: "waits not counted because the thread map was full",
+            },
+        ],
+    },
+    Spec {
+        name: names::PROCESS_TABLE,
+        hooks: &[hook(hooks::PROCFS, Attach::Procfs)],
+        down: None,
+        maps: &[],
+    },
+];
+
+const BLOCK_MAPS: &[MapUse] = &[
+    MapUse {
+        name: IO_MAP,
+        required: true,
+        why: "bytes, operations and latency per (process, disk, op), and dirtied bytes",
+    },
+    MapUse {
+        name: BLOCK_STATS,
+        required: false,
+        why: "IO not counted because a map was full, completions without a start",
+    },
+    MapUse {
+        name: STARTS_MAP,
+        required: false,
+        why: "requests in flight, to find those whose completion the kernel did not report",
+    },
+];
+
+/// Read by every TCP collector: the daemon reads them together.
+const TCP_MAPS: &[MapUse] = &[
+    MapUse {
+        name: TRAFFIC_MAP,
+        required: true,
+        why: "payload bytes, connections and retransmits per (process, port, role)",
+    },
+    MapUse {
+        name: LISTEN_MAP,
+        required: true,
+        why: "the listening ports the programs key by; the daemon removes closed ones",
+    },
+    MapUse {
+        name: RTT_MAP,
+        required: true,
+        why: "RTT histograms per listening port",
+    },
+    MapUse {
+        name: TCP_STATS,
+        required: true,
+        why: "TCP events not counted because a map was full",
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_hook_can_be_skipped_by_name_and_appears_once_per_collector() {
+        for spec in COLLECTORS {
+            for (i, h) in spec.hooks.iter().enumerate() {
+                assert!(
+                    h.name == hooks::PROCFS || hooks::ALL.contains(&h.name),
+                    "{}: {} is not in hooks::ALL",
+                    spec.name,
+                    h.name
+                );
+                assert!(
+                    spec.hooks[..i].iter().all(|o| o.name != h.name),
+                    "{}: {} twice",
+                    spec.name,
+                    h.name
+                );
+            }
+        }
+        for name in hooks::ALL {
+            assert!(
+                COLLECTORS
+                    .iter()
+                    .any(|s| s.hooks.iter().any(|h| h.name == *name)),
+                "{name} is in no collector's hooks"
+            );
+        }
+    }
+
+    #[test]
+    fn a_collector_another_one_rides_on_is_loaded_first() {
+        for (i, spec) in COLLECTORS.iter().enumerate() {
+            for h in spec.hooks {
+                if let Attach::Within { collector } = h.attach {
+                    assert!(
+                        COLLECTORS[..i].iter().any(|s| s.name == collector),
+                        "{} rides on {collector}, loaded after it",
+                        spec.name
+                    );
+                }
+            }
+        }
+    }
+}
