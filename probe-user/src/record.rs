@@ -101,6 +101,12 @@ impl Recorder {
         let written = postcard::to_stdvec(frame)
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
+                if bytes.len() > MAX_FRAME {
+                    return Err(std::io::Error::other(format!(
+                        "a frame of {} bytes (at most {MAX_FRAME} are read back)",
+                        bytes.len()
+                    )));
+                }
                 let len = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
                 out.write_all(&len.to_le_bytes())?;
                 out.write_all(&crc32fast::hash(&bytes).to_le_bytes())?;

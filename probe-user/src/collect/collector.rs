@@ -136,7 +136,7 @@ impl Collector {
     /// waiting for the next one.
     pub fn read(
         &mut self,
-        clock: Clock,
+        clock: impl FnOnce() -> Clock,
         stats: &mut SelfStats,
         summary: &mut Summary,
     ) -> Option<Reading> {
@@ -224,6 +224,8 @@ impl Collector {
         self.read_new_procinfo(&live);
         let facts = self.facts(&live);
         let cgroup_paths = self.cgroup_paths(&live, &dead.samples);
+        // The reading's time is when it is complete.
+        let clock = clock();
         Some(Reading {
             elapsed_secs: clock.elapsed_secs,
             now_secs: clock.now_secs,

@@ -138,6 +138,8 @@ impl Ledger {
             }
         }
         let live_tgids: HashSet<u32> = r.live.keys().map(|k| k.tgid).collect();
+        let mut by_port: Vec<(u16, u32)> = by_port.into_iter().collect();
+        by_port.sort_unstable();
         by_port
             .into_iter()
             .filter(|(_, tgid)| live_tgids.contains(tgid))

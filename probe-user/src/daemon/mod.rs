@@ -179,9 +179,10 @@ impl Daemon {
         self.last_started = Some(t0);
         let mut summary = Summary::default();
         self.stats.failing.clear();
-        let clock = Clock {
-            now_secs: self.started.elapsed().as_secs_f64(),
-            elapsed_secs: self.last.map_or(0.0, |l| l.elapsed().as_secs_f64()),
+        let (started, last) = (self.started, self.last);
+        let clock = || Clock {
+            now_secs: started.elapsed().as_secs_f64(),
+            elapsed_secs: last.map_or(0.0, |l| l.elapsed().as_secs_f64()),
         };
         if let Some(reading) = self.collector.read(clock, &mut self.stats, &mut summary) {
             let cleanup = self.ledger.account(&reading, &self.opts.rules);

@@ -327,6 +327,31 @@ pub(super) fn take_maps(ebpf: &mut Ebpf, kernel: &mut Kernel, statuses: &mut [Co
             )));
         }
     }
+    // A collector that is a part of another one's program goes down with it.
+    for (i, spec) in table::COLLECTORS.iter().enumerate() {
+        let within = spec.hooks.iter().find_map(|h| match h.attach {
+            Attach::Within { collector } => Some((h.name, collector)),
+            _ => None,
+        });
+        let Some((hook, collector)) = within else {
+            continue;
+        };
+        if statuses[i].up() && statuses.iter().any(|s| s.name == collector && !s.up()) {
+            statuses[i].hook = None;
+            statuses[i].notes.push(Note::Hook {
+                hook,
+                error: HookError::Within(collector),
+                needs: None,
+            });
+        }
+    }
+    // Only the maps of collectors still up are read.
+    maps.retain(|name, _| {
+        table::COLLECTORS
+            .iter()
+            .zip(statuses.iter())
+            .any(|(spec, st)| st.up() && spec.maps.iter().any(|m| m.name == *name))
+    });
     fn typed<T: TryFrom<aya::maps::Map>>(
         maps: &mut HashMap<&'static str, aya::maps::Map>,
         name: &str,

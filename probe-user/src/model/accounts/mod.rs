@@ -208,7 +208,7 @@ impl Accounts {
             t.processes = 0;
         }
 
-        for (key, sample) in round.live {
+        for (key, sample) in by_key(round.live) {
             let dead = round.dead.get(key);
             let cpu = sample.cpu_ns.saturating_add(dead.map_or(0, |d| d.cpu_ns));
             let delay = sample
@@ -233,7 +233,7 @@ impl Accounts {
             totals.processes += 1;
         }
 
-        for (key, dead) in round.dead {
+        for (key, dead) in by_key(round.dead) {
             if round.live.contains_key(key) {
                 continue;
             }
@@ -249,7 +249,7 @@ impl Accounts {
         // A process known only from its IO or TCP entries (it lived and died between two
         // collections, or exited long ago and its writeback lands now) is charged by identity.
         let comm = |key: &ProcessKey| round.dead.get(key).map(|d| d.identity.comm);
-        for (key, io) in round.io.into_iter().flatten() {
+        for (key, io) in round.io.into_iter().flat_map(by_key) {
             let st = self
                 .procs
                 .entry(*key)
@@ -266,7 +266,7 @@ impl Accounts {
             });
         }
 
-        for (key, tcp) in round.tcp.into_iter().flatten() {
+        for (key, tcp) in round.tcp.into_iter().flat_map(by_key) {
             let st = self
                 .procs
                 .entry(*key)
@@ -280,7 +280,7 @@ impl Accounts {
             });
         }
 
-        for (key, runq) in round.runq.into_iter().flatten() {
+        for (key, runq) in round.runq.into_iter().flat_map(by_key) {
             // Every process with waits was seen live or in the dead-thread map above.
             let Some(st) = self.procs.get_mut(key) else {
                 continue;
@@ -590,6 +590,15 @@ fn add_other_cpu(other: &mut BTreeMap<Arc<str>, (u64, u64)>, instance: &Arc<str>
     let o = other.entry(instance.clone()).or_default();
     o.0 = o.0.saturating_add(d.0);
     o.1 = o.1.saturating_add(d.1);
+}
+
+/// The entries of `m` in key order: instances are admitted (under the cap) and described in
+/// the order processes are met, which must not depend on a hash map's random order (a replay
+/// of a recording must give what the live daemon gave).
+fn by_key<K: Ord, V>(m: &HashMap<K, V>) -> Vec<(&K, &V)> {
+    let mut v: Vec<_> = m.iter().collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    v
 }
 
 #[cfg(test)]

@@ -384,8 +384,21 @@ fn instances_beyond_the_cap_are_folded_into_other_and_counted() {
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.contains(&OTHER));
     assert_eq!(h.acc.folded_instances(), 1);
-    // Whatever was admitted first keeps its name; the other one is in `other`.
     assert_eq!(h.cpu("a:1") + h.cpu("b:2") + h.cpu(OTHER), 150);
+}
+
+#[test]
+fn under_the_cap_the_lowest_process_is_admitted_whatever_the_map_order() {
+    // Each harness hashes with new random keys: the order processes are met in must not
+    // decide which instance keeps its name (a replay would differ from the live daemon).
+    for _ in 0..32 {
+        let mut h = Harness::new();
+        h.acc.set_limits(limits(5, 1, 600.0));
+        h.round(&[(B, live(50, 0)), (A, live(100, 0))], &[]);
+        h.acc.end_round(h.now);
+        assert_eq!(h.cpu("a:1"), 100, "A (pid 10) is admitted");
+        assert_eq!(h.cpu(OTHER), 50);
+    }
 }
 
 #[test]
