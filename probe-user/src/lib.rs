@@ -15,6 +15,7 @@ pub mod collect;
 pub mod config;
 pub mod daemon;
 pub mod exporter;
+pub mod history;
 pub mod loader;
 pub mod model;
 pub mod pins;

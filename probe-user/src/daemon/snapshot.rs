@@ -7,6 +7,8 @@ use std::{
     time::Duration,
 };
 
+use serde::{Deserialize, Serialize};
+
 use super::{Daemon, InstanceMeta};
 use crate::{
     collect::{block::BlockStats, bpfstats::ProgramStats},
@@ -82,8 +84,9 @@ impl Reloads {
     }
 }
 
-/// Everything the exporter needs for one scrape.
-#[derive(Clone, Debug, Default)]
+/// Everything the exporter needs for one scrape. Serialised (history frames) without the
+/// daemon's own part (`collectors`, `stats`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     pub instances: Vec<(Arc<str>, InstanceTotals)>,
     pub top: Vec<ProcessRow>,
@@ -107,7 +110,9 @@ pub struct Snapshot {
     pub meta: Vec<(Arc<str>, InstanceMeta)>,
     /// Instance names folded into `other` by the cap.
     pub folded_instances: usize,
+    #[serde(skip)]
     pub collectors: Vec<(CollectorStatus, bool)>,
+    #[serde(skip)]
     pub stats: SelfStats,
     pub processes: usize,
 }
