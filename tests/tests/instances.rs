@@ -39,6 +39,11 @@ fn wait_for(
     }
 }
 
+/// A rule naming processes started with `--tag NAME` by `template` (`{1}` is NAME).
+fn tagged_rule(template: &str) -> String {
+    format!("[[rule]]\nname = \"tagged\"\ncmdline = '--tag (\\w+)'\ninstance = \"{template}\"\n")
+}
+
 fn config_check(file: &std::path::Path) -> std::process::Output {
     Command::new(probe_bin())
         .args(["config", "check"])
@@ -112,12 +117,7 @@ fn config_check_reports_every_error_with_line_and_column() {
 #[test]
 fn sighup_applies_good_rules_keeps_counts_and_rejects_bad_ones() {
     let rules = temp_file("rules.toml");
-    let rule = |template: &str| {
-        format!(
-            "[[rule]]\nname = \"tagged\"\ncmdline = '--tag (\\w+)'\ninstance = \"{template}\"\n"
-        )
-    };
-    write_rules(&rules, &rule("first-{1}"));
+    write_rules(&rules, &tagged_rule("first-{1}"));
     let path = rules.to_str().expect("utf-8 path").to_string();
     let d = Daemon::start(&["--config", &path]);
     let _w = Workload::start(&["spin", "--secs", "30", "--tag", "alpha"]);
@@ -134,7 +134,7 @@ fn sighup_applies_good_rules_keeps_counts_and_rejects_bad_ones() {
     );
     let before = cpu(&m, "first-alpha");
 
-    write_rules(&rules, &rule("second-{1}"));
+    write_rules(&rules, &tagged_rule("second-{1}"));
     unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
     let m = wait_for(&d, "second-alpha after SIGHUP", |m| {
         cpu(m, "second-alpha") > 0.3
@@ -402,12 +402,7 @@ fn top_once_ranks_the_busy_instance_first_with_its_cpu() {
 #[test]
 fn a_recorded_run_replays_to_the_same_metrics() {
     let rules = temp_file("record-rules.toml");
-    let rule = |template: &str| {
-        format!(
-            "[[rule]]\nname = \"tagged\"\ncmdline = '--tag (\\w+)'\ninstance = \"{template}\"\n"
-        )
-    };
-    write_rules(&rules, &rule("first-{1}"));
+    write_rules(&rules, &tagged_rule("first-{1}"));
     let recording = temp_file("readings.bin");
     let d = Daemon::start(&[
         "--config",
@@ -481,7 +476,7 @@ fn a_recorded_run_replays_to_the_same_metrics() {
     server.wait_done();
     wait_for(&d, "first-alpha", |m| cpu(m, "first-alpha") > 0.5);
 
-    write_rules(&rules, &rule("second-{1}"));
+    write_rules(&rules, &tagged_rule("second-{1}"));
     // SAFETY: kill(2) with the pid of our own child.
     unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
     let m = wait_for(&d, "second-alpha after SIGHUP", |m| {

@@ -182,15 +182,20 @@ impl Store {
             .conn
             .execute("DELETE FROM frames WHERE t_ms < ?1", params![oldest_kept])
             .map_err(|e| self.sql(e))?;
-        // By size: drop the oldest tenth of what is over, until under (never the newest).
+        // By size: drop the oldest frames that make up what is over, until under (never the
+        // newest). The size is three pragmas; frames are counted (a scan) only when over.
         loop {
-            let stats = self.stats()?;
-            if stats.bytes <= retention.max_bytes || stats.frames <= 1 {
+            let bytes = self.bytes_in_use()?;
+            if bytes <= retention.max_bytes {
                 break;
             }
-            let over = stats.bytes - retention.max_bytes;
-            let per_frame = (stats.bytes / stats.frames).max(1);
-            let n = (over / per_frame + 1).min(stats.frames - 1);
+            let frames = self.count()?;
+            if frames <= 1 {
+                break;
+            }
+            let over = bytes - retention.max_bytes;
+            let per_frame = (bytes / frames).max(1);
+            let n = (over / per_frame + 1).min(frames - 1);
             deleted += self
                 .conn
                 .execute(
@@ -207,24 +212,33 @@ impl Store {
         Ok(())
     }
 
-    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+    /// Bytes in pages that hold data (free pages not counted).
+    fn bytes_in_use(&self) -> Result<u64, StoreError> {
         let pragma = |name: &str| -> Result<u64, StoreError> {
             self.conn
                 .query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))
                 .map(|v| v.max(0) as u64)
                 .map_err(|e| self.sql(e))
         };
-        let page = pragma("page_size")?;
-        let bytes = pragma("page_count")?.saturating_sub(pragma("freelist_count")?) * page;
-        let (frames, oldest_ms) = self
+        Ok(pragma("page_count")?.saturating_sub(pragma("freelist_count")?) * pragma("page_size")?)
+    }
+
+    fn count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM frames", [], |r| r.get::<_, i64>(0))
+            .map(|v| v.max(0) as u64)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// What the store holds. Counting frames reads the whole index: not for every frame.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let oldest_ms = self
             .conn
-            .query_row("SELECT COUNT(*), MIN(t_ms) FROM frames", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
-            })
+            .query_row("SELECT MIN(t_ms) FROM frames", [], |r| r.get(0))
             .map_err(|e| self.sql(e))?;
         Ok(StoreStats {
-            frames: frames.max(0) as u64,
-            bytes,
+            frames: self.count()?,
+            bytes: self.bytes_in_use()?,
             oldest_ms,
         })
     }
