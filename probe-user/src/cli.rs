@@ -57,6 +57,10 @@ pub enum Command {
     /// print the metrics after its last reading (the accounts' families, not the daemon's
     /// own). Needs neither root nor the kernel the recording came from.
     Replay(ReplayArgs),
+    /// Read the history `probe serve` records (--history.dir): what it holds, or a window of
+    /// it exported for Prometheus (promtool), scripts or spreadsheets.
+    #[command(subcommand)]
+    History(HistoryCommand),
     /// Write man pages (probe.1 and one per subcommand) into a directory; the packages ship them.
     #[command(hide = true)]
     Man {
@@ -75,6 +79,35 @@ pub enum ConfigCommand {
     },
     /// Print the built-in rules (a starting point for a file of your own).
     Defaults,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HistoryCommand {
+    /// What the store holds: frames, first and last frame, bytes.
+    Info {
+        /// The history directory (e.g. a copy from another host).
+        #[arg(long = "history", value_name = "DIR", default_value = crate::history::DEFAULT_DIR)]
+        dir: std::path::PathBuf,
+    },
+    /// Print a window of history: OpenMetrics with timestamps (backfill into Prometheus with
+    /// `promtool tsdb create-blocks-from openmetrics FILE DIR`), JSON lines or CSV. Counters are
+    /// cumulative as the daemon exported them (a daemon restart is a counter reset).
+    Dump(DumpArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DumpArgs {
+    /// The history directory (e.g. a copy from another host).
+    #[arg(long = "history", value_name = "DIR", default_value = crate::history::DEFAULT_DIR)]
+    pub dir: std::path::PathBuf,
+    /// Start of the window (TIME as for `probe top --begin`); default: the first frame.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub begin: Option<String>,
+    /// End of the window; default: the last frame.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub end: Option<String>,
+    #[arg(long, value_enum)]
+    pub format: crate::history::dump::DumpFormat,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -201,6 +234,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub hooks: HookArgs,
 
+    #[command(flatten)]
+    pub history: HistoryArgs,
+
     /// Record what every collection reads (processes, their /proc facts, kernel counters) and
     /// every rule change into FILE, for `probe replay FILE` on another machine (e.g. attached to
     /// a bug report). Grows by about the size of one /metrics per collection: for debugging,
@@ -216,6 +252,74 @@ pub struct ServeArgs {
         requires = "record_readings"
     )]
     pub record_expositions: bool,
+}
+
+/// History on the host: what `probe top --at/--begin` and `probe history` read.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HistoryArgs {
+    /// Directory of the history store: a frame of every instance's counters and the top
+    /// processes at every collection (a few hundred bytes each), for `probe top --begin/--end`
+    /// after the fact. A disk that is full or read-only stops recording (logged, and
+    /// probe_history_recording 0), never serving.
+    #[arg(long = "history.dir", value_name = "DIR", default_value = crate::history::DEFAULT_DIR)]
+    pub dir: std::path::PathBuf,
+
+    /// How long frames are kept, e.g. 7d, 12h, 90m; older ones are dropped at every frame.
+    #[arg(long = "history.retention", value_name = "AGE", default_value = "7d", value_parser = parse_age)]
+    pub retention: Duration,
+
+    /// Most bytes the store may use, e.g. 512MiB, 2GiB; past it the oldest frames go first,
+    /// at every frame (the file shrinks with them).
+    #[arg(long = "history.max-size", value_name = "SIZE", default_value = "512MiB", value_parser = parse_size)]
+    pub max_size: u64,
+
+    /// Record no history.
+    #[arg(long = "history.disable")]
+    pub disable: bool,
+}
+
+/// "7d", "12h", "90m", "30s": from a minute to ten years.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not an age like 7d, 12h or 90m");
+    let i = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: u64 = s[..i].parse().map_err(|_| bad())?;
+    let unit = match &s[i..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(unit).ok_or_else(bad)?;
+    if !(60..=10 * 366 * 86_400).contains(&secs) {
+        return Err(format!("{s:?} is out of range (1m to 10 years)"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// "512MiB", "2GiB", "100MB", "1000000" (bytes): at least 1 MiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size like 512MiB, 2GiB or 100MB");
+    let i = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..i].parse().map_err(|_| bad())?;
+    let unit: u64 = match s[i..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    let bytes = n.checked_mul(unit).ok_or_else(bad)?;
+    if bytes < 1 << 20 {
+        return Err(format!("{s:?} is too small (at least 1MiB)"));
+    }
+    Ok(bytes)
 }
 
 /// A TCP port number 1-65535.
@@ -263,6 +367,23 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         for bad in ["", "5", "5h", "-1s", "10ms", "61m", "s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ages_and_sizes() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_age("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        for bad in ["", "7", "d", "30s", "7y", "-1d", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("100MB"), Ok(100_000_000));
+        assert_eq!(parse_size("2000000"), Ok(2_000_000));
+        for bad in ["", "MiB", "1KiB", "12 parsecs", "-5MiB", "99999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -59,6 +59,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Replay(args) => probe_user::record::run(&args),
+        Command::History(cmd) => match probe_user::history::command(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("probe history: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Top(args) => match probe_user::top::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -159,6 +166,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let recorder = probe_user::record::Recorder::create(path, args.record_expositions)
                 .with_context(|| format!("cannot record readings to {}", path.display()))?;
             daemon.record(recorder);
+        }
+        if !args.history.disable {
+            let recorder = probe_user::history::writer::Recorder::start(
+                probe_user::history::writer::Settings {
+                    dir: args.history.dir.clone(),
+                    retention: probe_user::history::store::Retention {
+                        max_age: args.history.retention,
+                        max_bytes: args.history.max_size,
+                    },
+                },
+            )
+            .context("starting the history writer")?;
+            info!(dir = %args.history.dir.display(), "recording history");
+            daemon.record_history(recorder);
         }
         let app = Arc::new(App::new(daemon, web));
         {

@@ -67,6 +67,8 @@ pub struct Daemon {
     /// Pins and saved accounts of its own (removed with `probe unpin` when dropped), when the
     /// program is probe itself.
     pins: Option<(String, String)>,
+    /// Its history directory (removed when dropped), when the program is probe itself.
+    history: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -111,6 +113,19 @@ impl Daemon {
         if own {
             args.extend(["--bpf.pin-path", &pin_dir, "--state.file", &state]);
         }
+        // And records history into a directory of its own, not the host's /var/lib/probe.
+        let history = (program.last().is_some_and(|p| p.ends_with("/probe"))
+            && !extra
+                .iter()
+                .any(|a| a.starts_with("--history.dir") || *a == "--history.disable"))
+        .then(|| {
+            std::env::temp_dir().join(format!("probe-test-{}-{port}.history", std::process::id()))
+        });
+        let history_arg = history.as_ref().map(|h| h.to_string_lossy().into_owned());
+        if let Some(h) = &history_arg {
+            let _ = std::fs::remove_dir_all(h);
+            args.extend(["--history.dir", h]);
+        }
         args.extend_from_slice(extra);
         let log = std::env::temp_dir().join(format!("probe-test-{port}.log"));
         let mut command: Vec<String> = program.iter().map(|s| s.to_string()).collect();
@@ -121,6 +136,7 @@ impl Daemon {
             log,
             command,
             pins: own.then(|| (pin_dir.clone(), state.clone())),
+            history,
         };
         d.wait_ready();
         d
@@ -198,6 +214,11 @@ impl Daemon {
         self.pins.as_ref().map(|(d, s)| (d.as_str(), s.as_str()))
     }
 
+    /// Its history directory, if [`Daemon::start`] chose it.
+    pub fn history_dir(&self) -> Option<&Path> {
+        self.history.as_deref()
+    }
+
     /// What the daemon logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -225,6 +246,9 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+        if let Some(h) = &self.history {
+            let _ = std::fs::remove_dir_all(h);
+        }
         // A killed daemon leaves its links attached (that is the point of pinning): detach them.
         if let Some((dir, state)) = &self.pins {
             let (ok, out) = said(Command::new(probe_bin()).args([

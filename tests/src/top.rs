@@ -96,6 +96,41 @@ impl Drop for TopRun {
     }
 }
 
+/// `probe top --format json --history DIR --begin @BEGIN --end @END` (unix seconds): the view
+/// of a past window from the history a daemon recorded; its interval is the frames' span.
+pub fn from_history(dir: &std::path::Path, begin_s: f64, end_s: f64) -> Result<TopReport, String> {
+    let (begin, end) = (format!("@{begin_s:.3}"), format!("@{end_s:.3}"));
+    let args = [
+        "top",
+        "--format",
+        "json",
+        "--history",
+        dir.to_str().unwrap_or_default(),
+        "--begin",
+        &begin,
+        "--end",
+        &end,
+    ];
+    let cmd = format!("probe {}", args.join(" "));
+    let out = Command::new(probe_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("`{cmd}`: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "`{cmd}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let json: Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("`{cmd}`: output is not one JSON object ({e}): {stdout}"))?;
+    let interval = json["interval_seconds"].as_f64().unwrap_or(-1.0);
+    TopReport::parse(&stdout, interval).map_err(|e| format!("`{cmd}`: {e}"))
+}
+
 /// What `probe top --once --format json` printed.
 #[derive(Debug)]
 pub struct TopReport {

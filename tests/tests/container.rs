@@ -2,9 +2,9 @@
 //! deploy/kubernetes/daemonset.yaml runs it: its arguments, only its capabilities (all others
 //! dropped), host PID and network namespaces, its volumes (the host's cgroup filesystem
 //! read-only, the rules ConfigMap, the host's bpffs and /run/probe for what survives a
-//! restart), a read-only root, no privilege escalation, and the seccomp
-//! profile it names. Every collector must come up on this kernel's best hook and count a busy
-//! thread's CPU time as the kernel does (schedstat).
+//! restart, /var/lib/probe for history), a read-only root, no privilege escalation, and the
+//! seccomp profile it names. Every collector must come up on this kernel's best hook and count
+//! a busy thread's CPU time as the kernel does (schedstat), and history must be recorded.
 //!
 //! What podman needs on this machine and Kubernetes does not (measured): runc (crun 1.8 rejects
 //! this hybrid cgroup layout) and explicit ulimits (root lacks CAP_SYS_RESOURCE here, so podman
@@ -61,17 +61,30 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Removes the container when the test ends, whatever happens, and what it pinned on the host
-/// (the DaemonSet's default pins and saved state).
-struct Container(String);
+/// Removes the container when the test ends, whatever happens, what it pinned on the host (the
+/// DaemonSet's default pins and saved state), and the history it recorded in the host's
+/// /var/lib/probe unless a history was there before.
+struct Container(String, bool);
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = Command::new("podman")
             .args(["rm", "-f", "-t", "2", &self.0])
             .output();
         let _ = Command::new(probe_tests::probe_bin()).arg("unpin").output();
+        if !self.1 {
+            for f in [
+                "history.db",
+                "history.db-wal",
+                "history.db-shm",
+                "history.lock",
+            ] {
+                let _ = std::fs::remove_file(std::path::Path::new(HISTORY).join(f));
+            }
+        }
     }
 }
+
+const HISTORY: &str = "/var/lib/probe";
 
 #[test]
 fn image_runs_as_the_daemonset_does_with_every_collector_up_and_counting() {
@@ -135,7 +148,10 @@ fn image_runs_as_the_daemonset_does_with_every_collector_up_and_counting() {
 
     let name = format!("probe-test-{}", std::process::id());
     let _ = Command::new("podman").args(["rm", "-f", &name]).output();
-    let _container = Container(name.clone());
+    let _container = Container(
+        name.clone(),
+        std::path::Path::new(HISTORY).join("history.db").exists(),
+    );
     let image = format!("localhost/probe:{}", env!("CARGO_PKG_VERSION"));
     let seccomp_opt = format!("seccomp={}", profile.display());
     let mut program: Vec<String> = [
@@ -200,6 +216,19 @@ fn image_runs_as_the_daemonset_does_with_every_collector_up_and_counting() {
         "the container pinned nothing in the host's /sys/fs/bpf/probe or saved no /run/probe/state; its log:\n{}",
         daemon.log()
     );
+
+    // History goes to the host's disk (through the seccomp profile: SQLite's system calls).
+    // (The writer is a thread of its own: its first frame may be a moment behind readiness.)
+    let t0 = std::time::Instant::now();
+    while daemon.scrape().value("probe_history_recording", &[]) != Some(1.0) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "no history recorded in the container; its log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(std::path::Path::new(HISTORY).join("history.db").exists());
 
     // Counting: a busy thread's CPU time as the kernel accounts it.
     let mut w = Workload::start(&["spin", "--secs", "2"]);

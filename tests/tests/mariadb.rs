@@ -15,7 +15,9 @@
 //! The ranking is among the three servers: other processes on a shared machine (a build) may
 //! use more, so the ranking of all instances is printed, not asserted. `probe top --once
 //! --format json` must rank the hot server first too; it runs inside each window and is
-//! checked last, after all phases.
+//! checked last, after all phases. So is the history the daemon recorded: after it stopped,
+//! `probe top --begin --end` over each phase's window must rank the hot server first the same
+//! way and give the CPU the live scrapes gave, within 2%.
 //!
 //! Ground truth for the hot server, over the same window: its CPU from its process CPU clock
 //! (all threads, exited ones included), within 2%; its TCP payload bytes from the kernel's
@@ -104,6 +106,9 @@ impl Truth {
 /// A scrape, with the hot server's ground truth read right before and right after it.
 struct Reading {
     at: Instant,
+    /// Unix seconds just before and just after the scrape (the history frame of its
+    /// collection lies between).
+    wall: (f64, f64),
     metrics: Metrics,
     before: Truth,
     after: Truth,
@@ -112,10 +117,13 @@ struct Reading {
 fn reading(daemon: &Daemon, hot: &MariaDb, disk: &str) -> Reading {
     let before = Truth::read(hot, disk);
     let at = Instant::now();
+    let wall_before = unix_secs();
     let metrics = daemon.scrape();
+    let wall = (wall_before, unix_secs());
     let after = Truth::read(hot, disk);
     Reading {
         at,
+        wall,
         metrics,
         before,
         after,
@@ -335,6 +343,50 @@ fn disk_writes(phase: &str, w: &Window, hot: &MariaDb, disk: &str, tolerance: Op
     }
 }
 
+fn unix_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// After the run, `probe top --begin --end` over the window's frames in the daemon's history
+/// must rank the hot server first by `fields`, and give the CPU the live scrapes gave, within
+/// CPU_TOLERANCE.
+fn history_check(
+    dir: &Path,
+    w: &Window,
+    fields: &[&str],
+    hot: &MariaDb,
+    dbs: &[MariaDb],
+) -> Result<String, String> {
+    let report = probe_tests::top::from_history(dir, w.start.wall.0, w.end.wall.1)?;
+    let among: Vec<String> = dbs.iter().map(MariaDb::instance).collect();
+    let rank = report.ranking(fields, &among)?;
+    let first = rank.first().map(|r| r.0.as_str());
+    if first != Some(hot.instance().as_str()) {
+        return Err(format!(
+            "{} is not first: {} ranks {rank:?}",
+            hot.instance(),
+            fields.join(" + ")
+        ));
+    }
+    let cpu = report.ranking(&["cpu_percent"], &[hot.instance()])?;
+    let history = cpu.first().map_or(0.0, |r| r.1 / 100.0);
+    let live = w.delta(CPU, &hot.instance(), any) / w.secs();
+    let ratio = history / live;
+    let shown = format!(
+        "{} first by {}; CPU {history:.4} s/s from history vs {live:.4} live (ratio {ratio:.5}), {} frames",
+        hot.instance(),
+        fields.join(" + "),
+        report.json["history"]["frames"]
+    );
+    if (ratio - 1.0).abs() > CPU_TOLERANCE {
+        return Err(shown);
+    }
+    Ok(shown)
+}
+
 /// `probe top` must rank the hot server first among the three by `fields` (summed).
 fn top_check(
     top: TopRun,
@@ -419,6 +471,8 @@ fn the_hot_mariadb_instance_ranks_first_and_matches_the_kernel() {
         );
     }
     let mut tops: Vec<(&str, Result<String, String>)> = Vec::new();
+    // Each phase's window, checked against the history after the daemon is stopped.
+    let mut windows: Vec<(&str, Window, &[&str], &MariaDb)> = Vec::new();
 
     // Phase 1: network. sysbench keeps its 4 connections open for the whole run.
     let phase = "phase 1 (sysbench oltp_read_write on A)";
@@ -454,6 +508,12 @@ fn the_hot_mariadb_instance_ranks_first_and_matches_the_kernel() {
             &dbs,
         ),
     ));
+    windows.push((
+        phase,
+        w,
+        &["tcp_rx_bytes_per_second", "tcp_tx_bytes_per_second"],
+        a,
+    ));
 
     // Phase 2: CPU. One connection evaluating SHA2 over and over (~0.7 s per statement).
     let phase = "phase 2 (SELECT BENCHMARK on B)";
@@ -468,6 +528,7 @@ fn the_hot_mariadb_instance_ranks_first_and_matches_the_kernel() {
     check_cpu(phase, &w, b);
     check_tcp(phase, &w, b);
     tops.push((phase, top_check(top, &["cpu_percent"], b, &dbs)));
+    windows.push((phase, w, &["cpu_percent"], b));
 
     // Phase 3: disk writes. Each statement copies COPY_ROWS rows of the table into itself.
     let phase = "phase 3 (INSERT ... SELECT on C)";
@@ -489,6 +550,7 @@ fn the_hot_mariadb_instance_ranks_first_and_matches_the_kernel() {
         phase,
         top_check(top, &["disk_write_bytes_per_second"], c, &dbs),
     ));
+    windows.push((phase, w, &["disk_write_bytes_per_second"], c));
 
     println!("all phases done in {:.1} s", t0.elapsed().as_secs_f64());
     let mut daemon = daemon;
@@ -501,6 +563,15 @@ fn the_hot_mariadb_instance_ranks_first_and_matches_the_kernel() {
         Err(e) => failed.push(format!("replay of the recorded readings: {e}")),
     }
     let _ = std::fs::remove_file(&recording);
+    let history = daemon
+        .history_dir()
+        .expect("the test daemon records history");
+    for (phase, w, fields, hot) in &windows {
+        match history_check(history, w, fields, hot, &dbs) {
+            Ok(s) => println!("{phase}: history: {s}"),
+            Err(e) => failed.push(format!("{phase}: history: {e}")),
+        }
+    }
     for (phase, r) in &tops {
         match r {
             Ok(s) => println!("{phase}: probe top: {s}"),

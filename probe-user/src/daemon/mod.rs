@@ -82,6 +82,9 @@ pub struct Daemon {
     map_ids: Vec<(String, u32)>,
     /// Where readings are recorded (`--record-readings`).
     recorder: Option<Recorder>,
+    /// Where history frames go (`--history.dir`), and when this daemon started (unix ms).
+    history: Option<crate::history::writer::Recorder>,
+    started_unix_ms: i64,
 }
 
 impl Daemon {
@@ -107,6 +110,8 @@ impl Daemon {
             boot_id: crate::state::boot_id(),
             map_ids,
             recorder: None,
+            history: None,
+            started_unix_ms: unix_ms(),
         };
         daemon.restore(reused);
         daemon
@@ -147,6 +152,16 @@ impl Daemon {
             self.ledger = ledger;
         }
         self.recorder = Some(recorder);
+    }
+
+    /// Writes a history frame after every collection from now on.
+    pub fn record_history(&mut self, recorder: crate::history::writer::Recorder) {
+        self.history = Some(recorder);
+    }
+
+    /// The history recorder's counters, for the self-metrics.
+    pub fn history_stats(&self) -> Option<&crate::history::writer::Stats> {
+        self.history.as_ref().map(|h| &*h.stats)
     }
 
     /// Replaces the instance rules (SIGHUP). Counts are kept: processes whose instance changes
@@ -198,11 +213,34 @@ impl Daemon {
             self.record_reading(reading);
         }
         self.collector.health(&mut self.stats);
+        self.offer_history();
         summary.duration = t0.elapsed();
         self.stats.last_collect = summary.duration;
         self.stats.collections += 1;
         debug!(?summary, "collected");
         summary
+    }
+
+    /// The accounts as of this collection, to the history writer (which never blocks).
+    fn offer_history(&self) {
+        let Some(history) = &self.history else { return };
+        history.offer(crate::history::Frame {
+            t_ms: unix_ms(),
+            daemon_started_ms: self.started_unix_ms,
+            restored: self.stats.restored,
+            snapshot: self.ledger.snapshot(),
+            collectors: self
+                .kernel()
+                .statuses
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.to_string(),
+                        s.up() && !self.stats.failing.contains(s.name),
+                    )
+                })
+                .collect(),
+        });
     }
 
     fn record_reading(&mut self, reading: Reading) {
@@ -218,4 +256,11 @@ impl Daemon {
             exposition,
         });
     }
+}
+
+/// Wall-clock time in unix milliseconds (history frames are found by it).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -58,6 +58,8 @@ pub struct SelfStats {
     pub state_save_failures: u64,
     pub restored: bool,
     pub programs: Vec<ProgramStats>,
+    /// The history recorder's counters (None: --history.disable).
+    pub history: Option<crate::history::writer::Usage>,
 }
 
 /// Reloads of one file on SIGHUP.
@@ -126,7 +128,10 @@ impl Daemon {
                 .iter()
                 .map(|s| (s.clone(), s.up() && !self.stats.failing.contains(s.name)))
                 .collect(),
-            stats: self.stats.clone(),
+            stats: SelfStats {
+                history: self.history_stats().map(|h| h.usage()),
+                ..self.stats.clone()
+            },
             ..self.ledger.snapshot()
         }
     }

@@ -11,10 +11,14 @@ use std::{
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use super::Encoded;
+
 /// Version of the store's layout and of its frames' encoding; a store of another version is
 /// refused with a message, not misread.
 pub const FORMAT: i64 = 1;
 pub const FILE: &str = "history.db";
+/// Held (flock) by the one daemon recording into a directory.
+const LOCK: &str = "history.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,6 +35,18 @@ pub enum StoreError {
     },
     #[error("cannot create {0}: {1}")]
     Dir(PathBuf, std::io::Error),
+    #[error("{0}: another probe serve records there (its lock file history.lock is held)")]
+    Busy(PathBuf),
+}
+
+/// One stored frame, as [`super::Decoder`] takes it.
+#[derive(Debug)]
+pub struct Stored {
+    pub t_ms: i64,
+    pub format: i64,
+    /// The frame it is a delta against; None: a keyframe.
+    pub base_ms: Option<i64>,
+    pub data: Vec<u8>,
 }
 
 /// How much history is kept.
@@ -54,18 +70,36 @@ pub struct StoreStats {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The writer's lock on the directory (None for readers).
+    _lock: Option<std::fs::File>,
 }
 
 impl Store {
-    /// Opens the store in `dir` for writing, creating both if needed.
+    /// Opens the store in `dir` for writing, creating both if needed. One writer per
+    /// directory: a second one is refused ([`StoreError::Busy`]).
     pub fn create(dir: &Path) -> Result<Self, StoreError> {
+        use std::os::fd::AsRawFd as _;
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir(dir.to_owned(), e))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))
+            .map_err(|e| StoreError::Dir(dir.to_owned(), e))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is passed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StoreError::Busy(dir.to_owned()));
+        }
         let path = dir.join(FILE);
         let conn = Connection::open(&path).map_err(|error| StoreError::Sqlite {
             path: path.clone(),
             error,
         })?;
-        let store = Self { conn, path };
+        let store = Self {
+            conn,
+            path,
+            _lock: Some(lock),
+        };
         store.init()?;
         Ok(store)
     }
@@ -84,7 +118,16 @@ impl Store {
             path: path.clone(),
             error,
         })?;
-        let store = Self { conn, path };
+        let store = Self {
+            conn,
+            path,
+            _lock: None,
+        };
+        // A reader waits out the writer's checkpoints rather than failing.
+        store
+            .conn
+            .busy_timeout(Duration::from_secs(2))
+            .map_err(|e| store.sql(e))?;
         store.check_format()?;
         Ok(store)
     }
@@ -120,6 +163,7 @@ impl Store {
                  CREATE TABLE IF NOT EXISTS frames (
                      t_ms INTEGER PRIMARY KEY,
                      format INTEGER NOT NULL,
+                     base_ms INTEGER,
                      data BLOB NOT NULL
                  );",
             )
@@ -159,21 +203,16 @@ impl Store {
         Ok(())
     }
 
-    /// Writes one frame at `t_ms` (unix ms; a second frame in the same millisecond replaces
-    /// the first), then drops what `retention` no longer keeps.
-    pub fn append(
-        &mut self,
-        t_ms: i64,
-        frame: &[u8],
-        retention: &Retention,
-    ) -> Result<(), StoreError> {
+    /// Writes one frame (unix ms; a second frame in the same millisecond replaces the
+    /// first), then drops what `retention` no longer keeps.
+    pub fn append(&mut self, frame: &Encoded, retention: &Retention) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO frames (t_ms, format, data) VALUES (?1, ?2, ?3)",
-                params![t_ms, FORMAT, frame],
+                "INSERT OR REPLACE INTO frames (t_ms, format, base_ms, data) VALUES (?1, ?2, ?3, ?4)",
+                params![frame.t_ms, FORMAT, frame.base_ms, frame.data],
             )
             .map_err(|e| self.sql(e))?;
-        self.retain(t_ms, retention)
+        self.retain(frame.t_ms, retention)
     }
 
     fn retain(&mut self, now_ms: i64, retention: &Retention) -> Result<(), StoreError> {
@@ -205,6 +244,13 @@ impl Store {
                 .map_err(|e| self.sql(e))?;
         }
         if deleted > 0 {
+            // Deltas whose chain lost its keyframe cannot be read: they go too.
+            self.conn
+                .execute(
+                    "DELETE FROM frames WHERE t_ms < (SELECT MIN(t_ms) FROM frames WHERE base_ms IS NULL)",
+                    [],
+                )
+                .map_err(|e| self.sql(e))?;
             self.conn
                 .execute_batch("PRAGMA incremental_vacuum;")
                 .map_err(|e| self.sql(e))?;
@@ -230,6 +276,15 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
+    /// Bytes in use and the oldest frame's time: cheap enough for every frame.
+    pub fn usage(&self) -> Result<(u64, Option<i64>), StoreError> {
+        let oldest = self
+            .conn
+            .query_row("SELECT MIN(t_ms) FROM frames", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        Ok((self.bytes_in_use()?, oldest))
+    }
+
     /// What the store holds. Counting frames reads the whole index: not for every frame.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let oldest_ms = self
@@ -243,24 +298,42 @@ impl Store {
         })
     }
 
-    /// Frames with `begin_ms <= t_ms <= end_ms`, oldest first: (t_ms, format, bytes).
-    pub fn frames(
-        &self,
-        begin_ms: i64,
-        end_ms: i64,
-    ) -> Result<Vec<(i64, i64, Vec<u8>)>, StoreError> {
+    /// Frames with `begin_ms <= t_ms <= end_ms`, oldest first, after the frames from the
+    /// keyframe at or before `begin_ms` that a decoder needs first.
+    pub fn frames(&self, begin_ms: i64, end_ms: i64) -> Result<Vec<Stored>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT t_ms, format, data FROM frames WHERE t_ms BETWEEN ?1 AND ?2 ORDER BY t_ms",
+                "SELECT t_ms, format, base_ms, data FROM frames
+                 WHERE t_ms >= COALESCE(
+                     (SELECT MAX(t_ms) FROM frames WHERE t_ms <= ?1 AND base_ms IS NULL), ?1)
+                   AND t_ms <= ?2
+                 ORDER BY t_ms",
             )
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map(params![begin_ms, end_ms], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok(Stored {
+                    t_ms: r.get(0)?,
+                    format: r.get(1)?,
+                    base_ms: r.get(2)?,
+                    data: r.get(3)?,
+                })
             })
             .map_err(|e| self.sql(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// The time of the last frame at or before `t_ms`, and of the first after it.
+    pub fn around(&self, t_ms: i64) -> Result<(Option<i64>, Option<i64>), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT MAX(t_ms) FROM frames WHERE t_ms <= ?1),
+                        (SELECT MIN(t_ms) FROM frames WHERE t_ms > ?1)",
+                params![t_ms],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.sql(e))
     }
 
     /// The first and last frame times, if any.
@@ -288,6 +361,14 @@ mod tests {
         d
     }
 
+    fn key(t_ms: i64, data: &[u8]) -> Encoded {
+        Encoded {
+            t_ms,
+            base_ms: None,
+            data: data.to_vec(),
+        }
+    }
+
     const DAY: Retention = Retention {
         max_age: Duration::from_secs(86_400),
         max_bytes: 1 << 30,
@@ -298,15 +379,16 @@ mod tests {
         let d = dir("window");
         let mut w = Store::create(&d).expect("create");
         for i in 0..10 {
-            w.append(1_000 * i, &[i as u8; 100], &DAY).expect("append");
+            w.append(&key(1_000 * i, &[i as u8; 100]), &DAY)
+                .expect("append");
         }
         let r = Store::open_read(&d).expect("open for reading while the writer is open");
         let got = r.frames(3_000, 5_000).expect("frames");
         assert_eq!(
-            got.iter().map(|f| f.0).collect::<Vec<_>>(),
+            got.iter().map(|f| f.t_ms).collect::<Vec<_>>(),
             [3_000, 4_000, 5_000]
         );
-        assert_eq!(got[0].2, vec![3u8; 100]);
+        assert_eq!(got[0].data, vec![3u8; 100]);
         assert_eq!(r.range().expect("range"), Some((0, 9_000)));
         let _ = std::fs::remove_dir_all(d);
     }
@@ -320,7 +402,7 @@ mod tests {
             max_bytes: 1 << 30,
         };
         for s in 0..=300 {
-            w.append(s * 1_000, b"frame", &keep).expect("append");
+            w.append(&key(s * 1_000, b"frame"), &keep).expect("append");
         }
         let st = w.stats().expect("stats");
         assert_eq!(st.oldest_ms, Some(240_000));
@@ -338,7 +420,7 @@ mod tests {
         };
         let frame = vec![7u8; 4_000];
         for i in 0..500 {
-            w.append(i * 1_000, &frame, &keep).expect("append");
+            w.append(&key(i * 1_000, &frame), &keep).expect("append");
             assert!(
                 w.stats().expect("stats").bytes <= keep.max_bytes,
                 "over the bound after frame {i}"
@@ -350,6 +432,44 @@ mod tests {
         // The file shrinks with it (incremental vacuum), not only the pages in use.
         let file = std::fs::metadata(d.join(FILE)).expect("file").len();
         assert!(file <= keep.max_bytes + 64 * 1024, "file {file} bytes");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_window_starts_at_its_keyframe_and_retention_drops_orphaned_deltas() {
+        let d = dir("chains");
+        let mut w = Store::create(&d).expect("create");
+        let frame = |t_ms: i64| Encoded {
+            t_ms,
+            // A keyframe every 4 frames, as the encoder makes them.
+            base_ms: (t_ms % 4_000 != 0).then_some(t_ms - 1_000),
+            data: vec![1; 10],
+        };
+        for i in 0..12 {
+            w.append(&frame(i * 1_000), &DAY).expect("append");
+        }
+        let got = w.frames(6_000, 7_000).expect("frames");
+        assert_eq!(
+            got.iter().map(|f| f.t_ms).collect::<Vec<_>>(),
+            [4_000, 5_000, 6_000, 7_000]
+        );
+        assert_eq!(w.around(6_500).expect("around"), (Some(6_000), Some(7_000)));
+        // Retention by age cuts the chain of 4 s-7 s after 5 s: 6 s and 7 s go with it.
+        let keep = Retention {
+            max_age: Duration::from_millis(12_000 - 5_500),
+            max_bytes: 1 << 30,
+        };
+        w.append(&frame(12_000), &keep).expect("append");
+        assert_eq!(w.range().expect("range"), Some((8_000, 12_000)));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused() {
+        let d = dir("busy");
+        let _w = Store::create(&d).expect("create");
+        let e = Store::create(&d).err().expect("refused");
+        assert!(matches!(e, StoreError::Busy(_)), "{e}");
         let _ = std::fs::remove_dir_all(d);
     }
 

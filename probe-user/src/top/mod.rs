@@ -4,6 +4,7 @@
 //! [`crate::api`] is what the daemon serves and what a standalone `probe top` builds itself;
 //! [`view`] turns two samples into rates, rankings and marks (pure); [`tui`] draws them.
 
+pub mod past;
 pub mod source;
 pub mod tui;
 pub mod view;
@@ -50,9 +51,40 @@ pub struct TopArgs {
 
     #[command(flatten)]
     pub hooks: HookArgs,
+
+    /// Show a past window from the history `probe serve` records, instead of now: rates over
+    /// --begin to --end (default: the last frame), with the same ranking and marks as live.
+    /// TIME: 2026-12-05T03:10:00Z (RFC 3339), 2026-12-05 03:10 or 03:10 (today) in local
+    /// time, -15m / -2h / -1d ago, or @UNIX_SECONDS. Prints once (table or --format json).
+    #[arg(
+        long,
+        value_name = "TIME",
+        conflicts_with = "from",
+        allow_hyphen_values = true
+    )]
+    pub begin: Option<String>,
+
+    /// End of the past window (with --begin); default: the last frame recorded.
+    #[arg(
+        long,
+        value_name = "TIME",
+        requires = "begin",
+        allow_hyphen_values = true
+    )]
+    pub end: Option<String>,
+
+    /// The history directory to read (e.g. a copy from another host).
+    #[arg(long = "history", value_name = "DIR", default_value = crate::history::DEFAULT_DIR)]
+    pub history_dir: PathBuf,
 }
 
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
+    if let Some(begin) = &args.begin {
+        let mut view = past_view(&args.history_dir, begin, args.end.as_deref())?;
+        sort(&mut view, args.sort, false);
+        print!("{}", render(&view, args.format)?);
+        return Ok(());
+    }
     let mut source = match &args.from {
         Some(url) => Source::remote(url)?,
         None => Source::local(standalone(&args)?),
@@ -65,14 +97,70 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
             );
         }
         let view = once(&mut source, args.interval, args.sort)?;
-        let out = match args.format {
-            Format::Json => serde_json::to_string_pretty(&view)? + "\n",
-            Format::Table => table(&view),
-        };
-        print!("{out}");
+        print!("{}", render(&view, args.format)?);
         return Ok(());
     }
     tui::run(source, args.interval, args.sort)
+}
+
+fn render(view: &View, format: Format) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Json => serde_json::to_string_pretty(view)? + "\n",
+        Format::Table => table(view),
+    })
+}
+
+/// The view of a past window read from the history in `dir`.
+pub fn past_view(dir: &std::path::Path, begin: &str, end: Option<&str>) -> anyhow::Result<View> {
+    use crate::history::{read::History, time};
+    let history = History::open(dir)?;
+    let begin_ms = time::parse_now(begin).map_err(|e| anyhow::anyhow!("--begin {e}"))?;
+    let end_ms = match end {
+        Some(end) => time::parse_now(end).map_err(|e| anyhow::anyhow!("--end {e}"))?,
+        None => history.range()?.1,
+    };
+    let window = history.window(begin_ms, end_ms)?;
+    let (a, b) = past::window_samples(&window.frames).ok_or_else(|| {
+        anyhow::anyhow!(
+            "only {} frame(s) recorded between {} and {}: a rate needs two; widen the window \
+             (frames are one collection apart, 5s by default)",
+            window.frames.len(),
+            time::show_local(begin_ms),
+            time::show_local(end_ms)
+        )
+    })?;
+    if window.damaged > 0 {
+        eprintln!(
+            "probe top: {} damaged frame(s) in the window were left out",
+            window.damaged
+        );
+    }
+    let mut view = view::compute(&a, &b);
+    // A window sees every process that was in a top-K list at any of its frames: only those
+    // that used something in it are shown.
+    view.processes.retain(|p| {
+        [
+            p.cpu_percent,
+            p.runqueue_wait_percent,
+            p.disk_read_bytes_per_second,
+            p.disk_write_bytes_per_second,
+            p.tcp_rx_bytes_per_second,
+            p.tcp_tx_bytes_per_second,
+        ]
+        .iter()
+        .any(|r| r.is_some_and(|r| r > 0.0))
+    });
+    let (first, last) = (
+        window.frames.first().map_or(0, |f| f.t_ms),
+        window.frames.last().map_or(0, |f| f.t_ms),
+    );
+    view.history = Some(view::HistoryWindow {
+        begin: time::rfc3339(first),
+        end: time::rfc3339(last),
+        frames: window.frames.len(),
+        damaged_frames: window.damaged,
+    });
+    Ok(view)
 }
 
 /// Two samples `interval` apart, as a view.
@@ -215,11 +303,18 @@ pub fn process_cells(p: &view::ProcessView) -> Vec<String> {
 
 /// The view as aligned plain text (for --once and pipes).
 pub fn table(view: &View) -> String {
-    let mut out = format!(
+    let mut out = String::new();
+    if let Some(h) = &view.history {
+        out.push_str(&format!(
+            "history: {} to {} ({} frames)\n",
+            h.begin, h.end, h.frames
+        ));
+    }
+    out.push_str(&format!(
         "probe top: {} instances over {:.1}s (! noisy: dominates a resource while another instance's latency rises; ~ suffering)\n",
         view.instances.len(),
         view.interval_seconds
-    );
+    ));
     let rows: Vec<Vec<String>> = view.instances.iter().map(instance_cells).collect();
     out.push_str(&align(&INSTANCE_COLUMNS, &rows));
     if !view.processes.is_empty() {

@@ -19,8 +19,21 @@ use crate::{
 pub struct View {
     pub version: u32,
     pub interval_seconds: f64,
+    /// Set when the view is of a past window (`probe top --begin/--end`), absent live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryWindow>,
     pub instances: Vec<InstanceView>,
     pub processes: Vec<ProcessView>,
+}
+
+/// The past window a view covers: its first and last frame (RFC 3339, UTC), and frames.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryWindow {
+    pub begin: String,
+    pub end: String,
+    pub frames: usize,
+    /// Stored frames in the window that could not be read (damaged), left out.
+    pub damaged_frames: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -261,6 +274,7 @@ pub fn compute(prev: &Sample, cur: &Sample) -> View {
     let mut view = View {
         version: FORMAT_VERSION,
         interval_seconds: dt,
+        history: None,
         instances,
         processes,
     };

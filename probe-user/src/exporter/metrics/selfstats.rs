@@ -76,6 +76,32 @@ const COLLECTIONS: Desc = (
 );
 const RESTORED: Desc = ("probe_state_restored", None, "1 if this daemon carries on from the accounts a previous one saved (--state.file) with the maps it pinned (--bpf.pin-path): its counters continue, no reset.");
 const STATE_SAVE_FAILURES: Desc = ("probe_state_save_failures", None, "Saves of the accounts (--state.file, at every collection) that failed: a restart after one counts from the last good save.");
+const HISTORY_RECORDING: Desc = ("probe_history_recording", None, "1 if the last history frame was written (--history.dir); 0 after a write failed (full or read-only disk: see the log; tried again every 10 s).");
+const HISTORY_FRAMES: Desc = (
+    "probe_history_frames_written",
+    None,
+    "History frames written, one per collection.",
+);
+const HISTORY_DROPPED: Desc = (
+    "probe_history_frames_dropped",
+    None,
+    "History frames not written: recording was stopped by an error, or the writer was behind.",
+);
+const HISTORY_ERRORS: Desc = (
+    "probe_history_write_errors",
+    None,
+    "History writes that failed (each is logged once until recording works again).",
+);
+const HISTORY_BYTES: Desc = (
+    "probe_history_size",
+    Some(Unit::Bytes),
+    "Bytes the history store uses (bounded by --history.max-size).",
+);
+const HISTORY_OLDEST: Desc = (
+    "probe_history_oldest_frame_timestamp",
+    Some(Unit::Seconds),
+    "Unix time of the oldest history frame kept (--history.retention).",
+);
 const BUILD: Desc = (
     "probe_build_info",
     None,
@@ -171,6 +197,16 @@ pub(super) fn encode(s: &Snapshot, e: &mut DescriptorEncoder) -> Result<(), std:
         STATE_SAVE_FAILURES,
         ConstCounter::new(s.stats.state_save_failures),
     )?;
+    if let Some(h) = &s.stats.history {
+        single(e, HISTORY_RECORDING, gauge(i64::from(h.recording)))?;
+        single(e, HISTORY_FRAMES, ConstCounter::new(h.frames_written))?;
+        single(e, HISTORY_DROPPED, ConstCounter::new(h.frames_dropped))?;
+        single(e, HISTORY_ERRORS, ConstCounter::new(h.write_errors))?;
+        single(e, HISTORY_BYTES, gauge(clamp(h.bytes)))?;
+        if let Some(t) = h.oldest_ms {
+            single(e, HISTORY_OLDEST, ConstGauge::new(t as f64 / 1e3))?;
+        }
+    }
     family(
         e,
         BUILD,
