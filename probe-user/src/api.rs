@@ -10,6 +10,10 @@ use crate::{daemon::Snapshot, model::io::Op};
 
 /// The daemon's JSON endpoint.
 pub const API_PATH: &str = "/api/v1/top";
+/// The daemon's history: `?begin=MS&end=MS` (unix ms) answers the view of that window,
+/// `?at=MS[&step=N][&span=MS]` the view at a moment (`probe top --at`), both in the schema of
+/// `probe top --once --format json`.
+pub const HISTORY_PATH: &str = "/api/v1/history";
 
 /// Version of the sample and view formats; bumped on incompatible changes.
 pub const FORMAT_VERSION: u32 = 1;

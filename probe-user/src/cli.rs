@@ -93,6 +93,9 @@ pub enum HistoryCommand {
     /// `promtool tsdb create-blocks-from openmetrics FILE DIR`), JSON lines or CSV. Counters are
     /// cumulative as the daemon exported them (a daemon restart is a counter reset).
     Dump(DumpArgs),
+    /// Write a synthetic host's history (cargo xtask bench --only history).
+    #[command(hide = true)]
+    Synth(crate::history::synth::SynthArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -264,7 +267,8 @@ pub struct HistoryArgs {
     #[arg(long = "history.dir", value_name = "DIR", default_value = crate::history::DEFAULT_DIR)]
     pub dir: std::path::PathBuf,
 
-    /// How long frames are kept, e.g. 7d, 12h, 90m; older ones are dropped at every frame.
+    /// How long frames are kept, e.g. 7d, 12h, 90m (at least 1h); older ones are dropped at
+    /// every frame.
     #[arg(long = "history.retention", value_name = "AGE", default_value = "7d", value_parser = parse_age)]
     pub retention: Duration,
 
@@ -278,7 +282,8 @@ pub struct HistoryArgs {
     pub disable: bool,
 }
 
-/// "7d", "12h", "90m", "30s": from a minute to ten years.
+/// "7d", "12h", "90m": from an hour (frames are read from a keyframe, one every 60 frames)
+/// to ten years.
 pub fn parse_age(s: &str) -> Result<Duration, String> {
     let bad = || format!("{s:?} is not an age like 7d, 12h or 90m");
     let i = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
@@ -292,8 +297,8 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     let secs = n.checked_mul(unit).ok_or_else(bad)?;
-    if !(60..=10 * 366 * 86_400).contains(&secs) {
-        return Err(format!("{s:?} is out of range (1m to 10 years)"));
+    if !(3_600..=10 * 366 * 86_400).contains(&secs) {
+        return Err(format!("{s:?} is out of range (1h to 10 years)"));
     }
     Ok(Duration::from_secs(secs))
 }
@@ -375,7 +380,16 @@ mod tests {
         assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5_400)));
         assert_eq!(parse_age("2w"), Ok(Duration::from_secs(14 * 86_400)));
-        for bad in ["", "7", "d", "30s", "7y", "-1d", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "7",
+            "d",
+            "30s",
+            "30m",
+            "7y",
+            "-1d",
+            "99999999999999999999d",
+        ] {
             assert!(parse_age(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));

@@ -99,18 +99,27 @@ impl Drop for TopRun {
 /// `probe top --format json --history DIR --begin @BEGIN --end @END` (unix seconds): the view
 /// of a past window from the history a daemon recorded; its interval is the frames' span.
 pub fn from_history(dir: &std::path::Path, begin_s: f64, end_s: f64) -> Result<TopReport, String> {
+    history_view(
+        &["--history", dir.to_str().unwrap_or_default()],
+        begin_s,
+        end_s,
+    )
+}
+
+/// The same view from a running daemon's /api/v1/history (`probe top --from URL --begin`).
+pub fn from_daemon_history(port: u16, begin_s: f64, end_s: f64) -> Result<TopReport, String> {
+    history_view(
+        &["--from", &format!("http://127.0.0.1:{port}")],
+        begin_s,
+        end_s,
+    )
+}
+
+fn history_view(source: &[&str], begin_s: f64, end_s: f64) -> Result<TopReport, String> {
     let (begin, end) = (format!("@{begin_s:.3}"), format!("@{end_s:.3}"));
-    let args = [
-        "top",
-        "--format",
-        "json",
-        "--history",
-        dir.to_str().unwrap_or_default(),
-        "--begin",
-        &begin,
-        "--end",
-        &end,
-    ];
+    let mut args = vec!["top", "--format", "json"];
+    args.extend_from_slice(source);
+    args.extend(["--begin", &begin, "--end", &end]);
     let cmd = format!("probe {}", args.join(" "));
     let out = Command::new(probe_bin())
         .args(args)

@@ -102,6 +102,12 @@ fn history_survives_kill_9_and_matches_the_cpu_clock_across_it() {
     daemon.restart();
     std::thread::sleep(Duration::from_secs(3));
     let end = mark(&daemon, spin.pid);
+    // The writer is a thread of its own: wait until the mark's frame is in the store (frames
+    // are written in order, so one offered after it being written is enough).
+    let written = metric(&daemon, "probe_history_frames_written_total");
+    wait_for("the mark's frame", Duration::from_secs(10), || {
+        metric(&daemon, "probe_history_frames_written_total") > written
+    });
     let report = from_history(&dir, begin.wall.0, end.wall.1).expect("history across restart");
     let got = cpu_secs(&report, &instance);
     let (lo, hi) = (end.cpu.0 - begin.cpu.1, end.cpu.1 - begin.cpu.0);
@@ -112,6 +118,14 @@ fn history_survives_kill_9_and_matches_the_cpu_clock_across_it() {
     assert!(
         got >= lo * (1.0 - CPU_TOLERANCE) && got <= hi * (1.0 + CPU_TOLERANCE),
         "{instance}: {got} CPU s in history, its clock {lo}..{hi} (tolerance {CPU_TOLERANCE})"
+    );
+    // The same window over HTTP from the running daemon (`probe top --from URL --begin`).
+    let remote = probe_tests::top::from_daemon_history(daemon.port, begin.wall.0, end.wall.1)
+        .expect("history over HTTP");
+    let over_http = cpu_secs(&remote, &instance);
+    assert!(
+        (over_http - got).abs() <= got * 1e-9,
+        "the daemon's /api/v1/history ({over_http}) and the store read directly ({got}) differ"
     );
     drop(spin);
 }
@@ -251,8 +265,8 @@ fn a_dump_backfills_into_prometheus_blocks_with_promtool() {
         .arg(&blocks)
         .output()
         .expect("promtool tsdb dump");
-    let text = String::from_utf8_lossy(&dump.stdout).into_owned()
-        + &String::from_utf8_lossy(&dump.stderr);
+    let text =
+        String::from_utf8_lossy(&dump.stdout).into_owned() + &String::from_utf8_lossy(&dump.stderr);
     let want = format!("service_instance=\"{instance}\"");
     let values: Vec<f64> = text
         .lines()

@@ -20,6 +20,8 @@
 //!    side by side with Debian's prometheus-process-exporter scraped on the same host, and with
 //!    `--scrape.baseline PROBE` against another probe binary (an earlier commit's build) in the
 //!    same alternating rounds. Goal: probe >= 10x faster per scrape, RSS no larger.
+//! 7. History: bytes and CPU per frame, the daemon's cost of recording, window queries (see
+//!    `history`).
 //!
 //! Numbers are printed, not asserted: they depend on the machine.
 //!
@@ -40,6 +42,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::run::probe_bin;
 
 pub mod compare;
+pub mod history;
 pub mod oltp;
 pub mod programs;
 
@@ -50,7 +53,9 @@ const PIPE_LOOPS: &str = "60000";
 const SCRAPES: usize = 20;
 
 /// The benchmark sections, as `--only` names them.
-pub const SECTIONS: &[&str] = &["oltp", "sched", "block", "tcp", "programs", "scrape"];
+pub const SECTIONS: &[&str] = &[
+    "oltp", "sched", "block", "tcp", "programs", "scrape", "history",
+];
 
 /// Runs the sections (all, or `only`); `kernels` are where the `programs` section measures.
 pub fn run(
@@ -80,6 +85,9 @@ pub fn run(
     }
     if want("scrape") {
         scrape_cost(processes, scrape_baseline)?;
+    }
+    if want("history") {
+        history::section()?;
     }
     Ok(())
 }
@@ -502,6 +510,8 @@ struct Server {
     port: u16,
     /// probe's binary, pin directory and state file.
     pins: Option<(PathBuf, String, String)>,
+    /// A history directory of its own (removed on drop), unless the caller chose one.
+    history: Option<PathBuf>,
 }
 
 impl Server {
@@ -521,9 +531,20 @@ impl Server {
             .join(format!("probe-bench-{port}.state"))
             .to_string_lossy()
             .into_owned();
+        // Recording history as users run it, into a directory of its own (not the host's
+        // /var/lib/probe), if this probe records at all (a --scrape.baseline may be older).
+        let history = (!extra.iter().any(|a| a.starts_with("--history.")) && records_history(bin))
+            .then(|| std::env::temp_dir().join(format!("probe-bench-history-{port}")));
+        let mut history_args = Vec::new();
+        if let Some(h) = &history {
+            let _ = std::fs::remove_dir_all(h);
+            history_args.push("--history.dir".to_string());
+            history_args.push(h.to_string_lossy().into_owned());
+        }
         let child = Command::new(bin)
             .args(["serve", "--web.listen-address", &addr])
             .args(["--bpf.pin-path", &pin_dir, "--state.file", &state])
+            .args(&history_args)
             .args(extra)
             .env("PROBE_LOG", "error")
             .stdin(Stdio::null())
@@ -533,6 +554,7 @@ impl Server {
             child,
             port,
             pins: Some((bin.to_path_buf(), pin_dir, state)),
+            history,
         }
         .ready()
     }
@@ -553,6 +575,7 @@ impl Server {
             child,
             port,
             pins: None,
+            history: None,
         }
         .ready()
     }
@@ -590,6 +613,16 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.stop();
+        // After the daemon is gone (it would create the directory again).
+        if let Some(h) = &self.history {
+            let _ = std::fs::remove_dir_all(h);
+        }
+    }
+}
+
+impl Server {
+    fn stop(&mut self) {
         if let Some((bin, dir, state)) = &self.pins {
             // SAFETY: kill(2) with our own child's pid.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -610,6 +643,14 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether this probe binary has `serve --history.dir`.
+fn records_history(bin: &Path) -> bool {
+    Command::new(bin)
+        .args(["serve", "--help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--history.dir"))
 }
 
 fn free_port() -> Result<u16> {

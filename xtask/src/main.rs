@@ -58,7 +58,7 @@ enum Task {
         /// Extra sleeping processes for the scrape benchmark.
         #[arg(long, default_value_t = 5000)]
         processes: usize,
-        /// Run one section only: oltp, sched, block, tcp, programs or scrape.
+        /// Run one section only: oltp, sched, block, tcp, programs, scrape or history.
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
         only: Option<String>,
         /// Where the `programs` section measures: `host` and Debian kernel releases booted in

@@ -159,6 +159,11 @@ impl Daemon {
         self.history = Some(recorder);
     }
 
+    /// Where this daemon records history, if it does.
+    pub fn history_dir(&self) -> Option<PathBuf> {
+        self.history.as_ref().map(|h| h.dir.clone())
+    }
+
     /// The history recorder's counters, for the self-metrics.
     pub fn history_stats(&self) -> Option<&crate::history::writer::Stats> {
         self.history.as_ref().map(|h| &*h.stats)
@@ -224,11 +229,17 @@ impl Daemon {
     /// The accounts as of this collection, to the history writer (which never blocks).
     fn offer_history(&self) {
         let Some(history) = &self.history else { return };
+        let mut snapshot = self.ledger.snapshot();
+        // The ranking scores (decayed floats, different in every frame) are not history: a
+        // third of a frame's compressed size with them (740 B against 531 B measured).
+        snapshot.top.iter_mut().for_each(|r| r.score = 0.0);
+        snapshot.top_io.iter_mut().for_each(|r| r.score = 0.0);
+        snapshot.top_tcp.iter_mut().for_each(|r| r.score = 0.0);
         history.offer(crate::history::Frame {
             t_ms: unix_ms(),
             daemon_started_ms: self.started_unix_ms,
             restored: self.stats.restored,
-            snapshot: self.ledger.snapshot(),
+            snapshot,
             collectors: self
                 .kernel()
                 .statuses

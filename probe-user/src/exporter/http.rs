@@ -285,6 +285,31 @@ async fn handle(
             tokio::task::spawn_blocking(move || serde_json::to_string(&app.top_sample(asked)))
                 .await,
         ),
+        crate::api::HISTORY_PATH => {
+            let query = req.uri().query().unwrap_or_default().to_string();
+            // The daemon's lock is taken on the blocking pool: it may wait for a collection.
+            let answer = tokio::task::spawn_blocking(move || match app.daemon().history_dir() {
+                Some(d) => crate::top::past::answer(&d, &query),
+                None => Err((
+                    404,
+                    "this daemon records no history (--history.disable)\n".into(),
+                )),
+            })
+            .await;
+            match answer {
+                Ok(Ok(view)) => collected("application/json", Ok(serde_json::to_string(&view))),
+                Ok(Err((code, msg))) => text(
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+                    PLAIN,
+                    msg,
+                ),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN,
+                    format!("reading the history failed: {e}\n"),
+                ),
+            }
+        }
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" if app.ready() => text(StatusCode::OK, PLAIN, "ready\n"),
         "/readyz" => text(

@@ -4,7 +4,7 @@
 //! cumulative, as the daemon exported them: a daemon restart is a counter reset, which
 //! Prometheus' rate() handles.
 
-use std::{collections::BTreeMap, io::Write};
+use std::{collections::BTreeMap, io::Write, path::PathBuf};
 
 use serde::Serialize;
 
@@ -36,7 +36,7 @@ impl<W: Write> Dumper<W> {
         Ok(match format {
             DumpFormat::Openmetrics => Self::OpenMetrics {
                 out,
-                doc: OpenMetrics::default(),
+                doc: OpenMetrics::new()?,
             },
             DumpFormat::Json => Self::Json { out },
             DumpFormat::Csv => {
@@ -63,7 +63,9 @@ impl<W: Write> Dumper<W> {
                     };
                     out.write_record([
                         time.clone(),
-                        i.name.clone(),
+                        // Escaped as everywhere probe prints names: CSV quoting does not stop
+                        // a terminal escape.
+                        crate::top::view::safe(&i.name),
                         i.processes.to_string(),
                         secs(i.cpu_ns),
                         secs(i.runqueue_wait_ns),
@@ -80,7 +82,7 @@ impl<W: Write> Dumper<W> {
 
     pub fn finish(self) -> anyhow::Result<()> {
         match self {
-            Self::OpenMetrics { mut out, doc } => {
+            Self::OpenMetrics { mut out, mut doc } => {
                 doc.write(&mut out)?;
                 out.flush()?;
             }
@@ -129,10 +131,13 @@ impl JsonFrame {
 }
 
 /// The accounts' exposition of every frame, regrouped: each family once (its HELP, TYPE and
-/// UNIT from its first frame), each series' points in time order, a histogram's buckets, count
-/// and sum together per timestamp.
-#[derive(Default)]
+/// UNIT from its first frame), its samples in time order. A metric family may appear only once
+/// in the text, so each family's lines wait in a file of their own (in a temporary directory,
+/// removed at the end): a dump of days is not held in memory. Within a family the series are
+/// interleaved frame by frame, each in time order, which `promtool tsdb
+/// create-blocks-from openmetrics` reads.
 pub struct OpenMetrics {
+    dir: PathBuf,
     families: Vec<Family>,
     index: BTreeMap<String, usize>,
     frames: usize,
@@ -141,11 +146,26 @@ pub struct OpenMetrics {
 struct Family {
     headers: Vec<String>,
     first_frame: usize,
-    /// Series (labels without `le`) → its lines with timestamps.
-    series: BTreeMap<String, Vec<String>>,
+    lines: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
 }
 
 impl OpenMetrics {
+    pub fn new() -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "probe-dump-{}-{}",
+            std::process::id(),
+            crate::daemon::unix_ms()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir,
+            families: Vec::new(),
+            index: BTreeMap::new(),
+            frames: 0,
+        })
+    }
+
     pub fn add(&mut self, frame: Frame) -> anyhow::Result<()> {
         let text = crate::exporter::metrics::encode_accounts(frame.snapshot)
             .map_err(|_| anyhow::anyhow!("cannot encode a frame's metrics"))?;
@@ -164,10 +184,12 @@ impl OpenMetrics {
                 let i = match self.index.get(name) {
                     Some(&i) => i,
                     None => {
+                        let path = self.dir.join(format!("{}.om", self.families.len()));
                         self.families.push(Family {
                             headers: Vec::new(),
                             first_frame: self.frames,
-                            series: BTreeMap::new(),
+                            lines: std::io::BufWriter::new(std::fs::File::create(&path)?),
+                            path,
                         });
                         self.index.insert(name.to_string(), self.families.len() - 1);
                         self.families.len() - 1
@@ -183,41 +205,27 @@ impl OpenMetrics {
             let (Some(i), Some((series, value))) = (current, line.rsplit_once(' ')) else {
                 anyhow::bail!("unexpected line in a frame's metrics: {line:?}");
             };
-            self.families[i]
-                .series
-                .entry(series_key(series))
-                .or_default()
-                .push(format!("{series} {value} {ts}"));
+            writeln!(self.families[i].lines, "{series} {value} {ts}")?;
         }
         self.frames += 1;
         Ok(())
     }
 
-    pub fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
-        for f in &self.families {
+    pub fn write(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        for f in &mut self.families {
             for h in &f.headers {
                 writeln!(out, "{h}")?;
             }
-            for lines in f.series.values() {
-                for l in lines {
-                    writeln!(out, "{l}")?;
-                }
-            }
+            f.lines.flush()?;
+            std::io::copy(&mut std::fs::File::open(&f.path)?, out)?;
         }
         writeln!(out, "# EOF")
     }
 }
 
-/// A series' labels without the histogram bucket's `le` (the encoder writes it last), so that
-/// a histogram's buckets, sum and count group as one series.
-fn series_key(series: &str) -> String {
-    let labels = series.find('{').map_or("", |i| &series[i..]);
-    match labels.rfind("le=\"") {
-        Some(i) => {
-            let start = if labels[..i].ends_with(',') { i - 1 } else { i };
-            format!("{}}}", &labels[..start])
-        }
-        None => labels.to_string(),
+impl Drop for OpenMetrics {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -252,7 +260,7 @@ mod tests {
         let mut d = Dumper::new(DumpFormat::Openmetrics, Vec::new()).expect("dumper");
         d.frame(frame(1_000, "a", 1_500_000_000)).expect("frame");
         d.frame(frame(2_500, "a", 2_000_000_000)).expect("frame");
-        let Dumper::OpenMetrics { doc, .. } = d else {
+        let Dumper::OpenMetrics { mut doc, .. } = d else {
             panic!("format")
         };
         let mut out = Vec::new();
@@ -274,20 +282,6 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_group_with_their_series() {
-        assert_eq!(
-            series_key("x_bucket{service_instance=\"a\",le=\"0.001\"}"),
-            "{service_instance=\"a\"}"
-        );
-        assert_eq!(
-            series_key("x_sum{service_instance=\"a\"}"),
-            "{service_instance=\"a\"}"
-        );
-        assert_eq!(series_key("x_bucket{le=\"+Inf\"}"), "{}");
-        assert_eq!(series_key("x_total"), "");
-    }
-
-    #[test]
     fn csv_quotes_hostile_names_and_json_is_one_line_per_frame() {
         let mut out = Vec::new();
         let mut d = Dumper::new(DumpFormat::Csv, &mut out).expect("dumper");
@@ -297,7 +291,8 @@ mod tests {
         let text = String::from_utf8(out).expect("utf-8");
         let mut r = csv::Reader::from_reader(text.as_bytes());
         let row = r.records().next().expect("a row").expect("valid csv");
-        assert_eq!(&row[1], "evil,\"name\"\n");
+        // Commas and quotes survive CSV quoting; control characters are escaped.
+        assert_eq!(&row[1], "evil,\"name\"\\x0a");
         assert_eq!(&row[3], "3.000000001");
 
         let mut out = Vec::new();

@@ -6,6 +6,7 @@
 pub mod dump;
 pub mod read;
 pub mod store;
+pub mod synth;
 pub mod time;
 pub mod writer;
 
@@ -26,6 +27,11 @@ pub fn command(cmd: crate::cli::HistoryCommand) -> anyhow::Result<()> {
             println!("history: {}", dir.display());
             println!("frames:  {}", st.frames);
             println!("size:    {:.1} MiB", st.bytes as f64 / (1 << 20) as f64);
+            let data = s.data_bytes()?;
+            println!(
+                "data:    {data} bytes of frames ({:.0} per frame)",
+                data as f64 / st.frames.max(1) as f64
+            );
             match s.range()? {
                 Some((a, b)) => {
                     println!("first:   {}", time::show_local(a));
@@ -35,6 +41,7 @@ pub fn command(cmd: crate::cli::HistoryCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        HistoryCommand::Synth(args) => synth::run(&args),
         HistoryCommand::Dump(args) => {
             let h = read::History::open(&args.dir)?;
             let (first, last) = h.range()?;

@@ -13,18 +13,16 @@ pub struct History {
     dir: PathBuf,
 }
 
-/// The frames of a window, and how many stored frames in it could not be read.
-pub struct Window {
-    pub frames: Vec<Frame>,
-    pub damaged: usize,
-}
-
 impl History {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
             store: Store::open_read(dir)?,
             dir: dir.to_owned(),
         })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// First and last frame times; an error if there is no frame.
@@ -35,15 +33,6 @@ impl History {
                 self.dir.display()
             )
         })
-    }
-
-    /// Frames with `begin_ms <= t <= end_ms`. A window that misses the stored range is an
-    /// error saying what is stored, not an empty answer.
-    pub fn window(&self, begin_ms: i64, end_ms: i64) -> anyhow::Result<Window> {
-        self.check_window(begin_ms, end_ms)?;
-        let mut frames = Vec::new();
-        let damaged = self.each(begin_ms, end_ms, |f| frames.push(f))?;
-        Ok(Window { frames, damaged })
     }
 
     /// A window that is backwards or misses the stored range is an error saying what is
@@ -80,12 +69,12 @@ impl History {
     ) -> anyhow::Result<usize> {
         let mut decoder = Decoder::default();
         let mut damaged = 0;
-        for f0 in self.store.frames(begin_ms, end_ms)? {
+        self.store.each_frame(begin_ms, end_ms, |f0| {
             let in_window = f0.t_ms >= begin_ms;
             if f0.format != super::store::FORMAT {
                 damaged += usize::from(in_window);
                 decoder = Decoder::default();
-                continue;
+                return;
             }
             match decoder.decode(f0.t_ms, f0.base_ms, &f0.data) {
                 Ok(Some(frame)) if in_window => f(frame),
@@ -97,7 +86,7 @@ impl History {
                     decoder = Decoder::default();
                 }
             }
-        }
+        })?;
         Ok(damaged)
     }
 

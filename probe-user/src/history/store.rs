@@ -100,6 +100,11 @@ impl Store {
             path,
             _lock: Some(lock),
         };
+        // Readers' locks are short; wait them out rather than fail a frame.
+        store
+            .conn
+            .busy_timeout(Duration::from_secs(2))
+            .map_err(|e| store.sql(e))?;
         store.init()?;
         Ok(store)
     }
@@ -285,6 +290,18 @@ impl Store {
         Ok((self.bytes_in_use()?, oldest))
     }
 
+    /// Bytes of the frames' data (without SQLite's pages and index): a scan.
+    pub fn data_bytes(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM frames",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v.max(0) as u64)
+            .map_err(|e| self.sql(e))
+    }
+
     /// What the store holds. Counting frames reads the whole index: not for every frame.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let oldest_ms = self
@@ -301,6 +318,18 @@ impl Store {
     /// Frames with `begin_ms <= t_ms <= end_ms`, oldest first, after the frames from the
     /// keyframe at or before `begin_ms` that a decoder needs first.
     pub fn frames(&self, begin_ms: i64, end_ms: i64) -> Result<Vec<Stored>, StoreError> {
+        let mut v = Vec::new();
+        self.each_frame(begin_ms, end_ms, |f| v.push(f))?;
+        Ok(v)
+    }
+
+    /// The same, one row at a time (a long window is never held in memory).
+    pub fn each_frame(
+        &self,
+        begin_ms: i64,
+        end_ms: i64,
+        mut f: impl FnMut(Stored),
+    ) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -321,7 +350,10 @@ impl Store {
                 })
             })
             .map_err(|e| self.sql(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.sql(e))
+        for row in rows {
+            f(row.map_err(|e| self.sql(e))?);
+        }
+        Ok(())
     }
 
     /// The time of the last frame at or before `t_ms`, and of the first after it.

@@ -56,13 +56,20 @@ pub struct TopArgs {
     /// --begin to --end (default: the last frame), with the same ranking and marks as live.
     /// TIME: 2026-12-05T03:10:00Z (RFC 3339), 2026-12-05 03:10 or 03:10 (today) in local
     /// time, -15m / -2h / -1d ago, or @UNIX_SECONDS. Prints once (table or --format json).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub begin: Option<String>,
+
+    /// Open at a moment of the history instead of now: Left/Right step one frame, [ and ]
+    /// one minute, g jumps to a TIME; rates at a moment are over --interval before it, or
+    /// the gap since the frame before, whichever is longer. With --once (or no terminal):
+    /// that moment's view, printed. TIME as for --begin.
     #[arg(
         long,
         value_name = "TIME",
-        conflicts_with = "from",
+        conflicts_with = "begin",
         allow_hyphen_values = true
     )]
-    pub begin: Option<String>,
+    pub at: Option<String>,
 
     /// End of the past window (with --begin); default: the last frame recorded.
     #[arg(
@@ -73,23 +80,44 @@ pub struct TopArgs {
     )]
     pub end: Option<String>,
 
-    /// The history directory to read (e.g. a copy from another host).
+    /// The history directory to read (e.g. a copy from another host); with --from, the
+    /// daemon's own history is read over HTTP instead.
     #[arg(long = "history", value_name = "DIR", default_value = crate::history::DEFAULT_DIR)]
     pub history_dir: PathBuf,
 }
 
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
     if let Some(begin) = &args.begin {
-        let mut view = past_view(&args.history_dir, begin, args.end.as_deref())?;
+        let mut view = match &args.from {
+            Some(url) => remote_past_view(url, begin, args.end.as_deref())?,
+            None => past_view(&args.history_dir, begin, args.end.as_deref())?,
+        };
         sort(&mut view, args.sort, false);
         print!("{}", render(&view, args.format)?);
         return Ok(());
+    }
+    let tty = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if let Some(at) = &args.at {
+        let t = crate::history::time::parse_now(at).map_err(|e| anyhow::anyhow!("--at {e}"))?;
+        let cursor = match &args.from {
+            Some(url) => past::Cursor::remote(&source::authority(url)?, t, args.interval)?,
+            None => {
+                let history = crate::history::read::History::open(&args.history_dir)?;
+                past::Cursor::new(history, t, args.interval)?
+            }
+        };
+        if args.once || !tty {
+            let mut view = cursor.view()?;
+            sort(&mut view, args.sort, false);
+            print!("{}", render(&view, args.format)?);
+            return Ok(());
+        }
+        return tui::run(tui::Feed::Past(cursor), args.interval, args.sort);
     }
     let mut source = match &args.from {
         Some(url) => Source::remote(url)?,
         None => Source::local(standalone(&args)?),
     };
-    let tty = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     if args.once || !tty {
         if !args.once {
             eprintln!(
@@ -100,7 +128,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         print!("{}", render(&view, args.format)?);
         return Ok(());
     }
-    tui::run(source, args.interval, args.sort)
+    tui::run(tui::Feed::Live(source), args.interval, args.sort)
 }
 
 fn render(view: &View, format: Format) -> anyhow::Result<String> {
@@ -108,6 +136,20 @@ fn render(view: &View, format: Format) -> anyhow::Result<String> {
         Format::Json => serde_json::to_string_pretty(view)? + "\n",
         Format::Table => table(view),
     })
+}
+
+/// The view of a past window from the history of the daemon at `url`.
+fn remote_past_view(url: &str, begin: &str, end: Option<&str>) -> anyhow::Result<View> {
+    use crate::history::time;
+    let authority = source::authority(url)?;
+    let begin_ms = time::parse_now(begin).map_err(|e| anyhow::anyhow!("--begin {e}"))?;
+    let mut path = format!("{}?begin={begin_ms}", crate::api::HISTORY_PATH);
+    if let Some(end) = end {
+        let end_ms = time::parse_now(end).map_err(|e| anyhow::anyhow!("--end {e}"))?;
+        path.push_str(&format!("&end={end_ms}"));
+    }
+    let raw = source::get(&authority, &path)?;
+    source::parse_history_response(&authority, &raw)
 }
 
 /// The view of a past window read from the history in `dir`.
@@ -119,47 +161,13 @@ pub fn past_view(dir: &std::path::Path, begin: &str, end: Option<&str>) -> anyho
         Some(end) => time::parse_now(end).map_err(|e| anyhow::anyhow!("--end {e}"))?,
         None => history.range()?.1,
     };
-    let window = history.window(begin_ms, end_ms)?;
-    let (a, b) = past::window_samples(&window.frames).ok_or_else(|| {
-        anyhow::anyhow!(
-            "only {} frame(s) recorded between {} and {}: a rate needs two; widen the window \
-             (frames are one collection apart, 5s by default)",
-            window.frames.len(),
-            time::show_local(begin_ms),
-            time::show_local(end_ms)
-        )
-    })?;
-    if window.damaged > 0 {
+    let view = past::window_view(&history, begin_ms, end_ms)?;
+    if let Some(h) = view.history.as_ref().filter(|h| h.damaged_frames > 0) {
         eprintln!(
             "probe top: {} damaged frame(s) in the window were left out",
-            window.damaged
+            h.damaged_frames
         );
     }
-    let mut view = view::compute(&a, &b);
-    // A window sees every process that was in a top-K list at any of its frames: only those
-    // that used something in it are shown.
-    view.processes.retain(|p| {
-        [
-            p.cpu_percent,
-            p.runqueue_wait_percent,
-            p.disk_read_bytes_per_second,
-            p.disk_write_bytes_per_second,
-            p.tcp_rx_bytes_per_second,
-            p.tcp_tx_bytes_per_second,
-        ]
-        .iter()
-        .any(|r| r.is_some_and(|r| r > 0.0))
-    });
-    let (first, last) = (
-        window.frames.first().map_or(0, |f| f.t_ms),
-        window.frames.last().map_or(0, |f| f.t_ms),
-    );
-    view.history = Some(view::HistoryWindow {
-        begin: time::rfc3339(first),
-        end: time::rfc3339(last),
-        frames: window.frames.len(),
-        damaged_frames: window.damaged,
-    });
     Ok(view)
 }
 
@@ -362,6 +370,46 @@ mod tests {
         assert_eq!(secs(Some(16e-6)), "16us");
         assert_eq!(secs(Some(0.0042)), "4.2ms");
         assert_eq!(secs(Some(f64::INFINITY)), ">16s");
+    }
+
+    /// A store written by history format 1 (commit 76dea64; the README's "After the fact"
+    /// incident: two CPU-bound query loops on mariadbd:3307 from 02:41:14 to 02:42:14 UTC on
+    /// a 2-CPU VM, sysbench at 200 tps against 3306) must keep reading as what happened.
+    #[test]
+    fn a_store_of_format_1_still_reads_as_the_incident_it_recorded() {
+        let d = std::env::temp_dir().join(format!("probe-history-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("dir");
+        std::fs::write(
+            d.join(crate::history::store::FILE),
+            include_bytes!("../testdata/history-v1.db"),
+        )
+        .expect("copy");
+        let during = past_view(&d, "2026-12-05T02:41:29Z", Some("2026-12-05T02:42:09Z"))
+            .expect("the incident's window");
+        let i = &during.instances[0];
+        assert_eq!(i.name, "mariadbd:3307", "{during:?}");
+        assert!((150.0..=200.0).contains(&i.cpu_percent), "{i:?}");
+        assert_eq!(i.noisy, ["cpu"]);
+        let victim = during
+            .instances
+            .iter()
+            .find(|i| i.name == "mariadbd:3306")
+            .expect("3306");
+        assert!(
+            victim.suffering.contains(&"runqueue".to_string()),
+            "{victim:?}"
+        );
+        let before = past_view(&d, "2026-12-05T02:40:00Z", Some("2026-12-05T02:41:10Z"))
+            .expect("the window before");
+        let quiet = before
+            .instances
+            .iter()
+            .find(|i| i.name == "mariadbd:3307")
+            .expect("3307");
+        assert!(quiet.cpu_percent < 1.0, "{quiet:?}");
+        assert!(before.instances.iter().all(|i| i.noisy.is_empty()));
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]

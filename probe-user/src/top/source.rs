@@ -9,8 +9,9 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
+use super::view::View;
 use crate::{
-    api::{Sample, API_PATH, FORMAT_VERSION},
+    api::{Sample, API_PATH, FORMAT_VERSION, HISTORY_PATH},
     daemon::Daemon,
 };
 
@@ -31,19 +32,8 @@ pub enum Source {
 impl Source {
     /// `http://host:port` (a path, if any, is ignored: the API path is fixed).
     pub fn remote(url: &str) -> anyhow::Result<Self> {
-        let rest = match url.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some((scheme, _)) => {
-                bail!("--from {url:?}: {scheme}:// is not supported, only http://")
-            }
-            None => url,
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        if authority.is_empty() || !authority.contains(':') {
-            bail!("--from {url:?}: expected http://HOST:PORT, e.g. http://127.0.0.1:19135");
-        }
         Ok(Self::Remote {
-            authority: authority.to_string(),
+            authority: authority(url)?,
         })
     }
 
@@ -76,7 +66,29 @@ impl Source {
     }
 }
 
+/// HOST:PORT of `http://host:port[/path]` (--from).
+pub fn authority(url: &str) -> anyhow::Result<String> {
+    let rest = match url.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => {
+            bail!("--from {url:?}: {scheme}:// is not supported, only http://")
+        }
+        None => url,
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || !authority.contains(':') {
+        bail!("--from {url:?}: expected http://HOST:PORT, e.g. http://127.0.0.1:19135");
+    }
+    Ok(authority.to_string())
+}
+
 fn fetch(authority: &str) -> anyhow::Result<Sample> {
+    let raw = get(authority, API_PATH)?;
+    parse_response(authority, &raw)
+}
+
+/// GET `path` (with its query) from the daemon: the raw response.
+pub fn get(authority: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     let addr = authority
         .to_socket_addrs()
         .with_context(|| format!("resolving {authority}"))?
@@ -89,13 +101,50 @@ fn fetch(authority: &str) -> anyhow::Result<Sample> {
     conn.set_write_timeout(Some(TIMEOUT))?;
     write!(
         conn,
-        "GET {API_PATH} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     conn.take(MAX_BODY)
         .read_to_end(&mut raw)
         .with_context(|| format!("reading from {authority}"))?;
-    parse_response(authority, &raw)
+    Ok(raw)
+}
+
+/// A daemon's answer to GET /api/v1/history: a view of the past, or its error message.
+pub fn parse_history_response(authority: &str, raw: &[u8]) -> anyhow::Result<View> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("{authority} sent no HTTP response"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    let body = &raw[split + 4..];
+    match status {
+        "200" => {
+            let mut view: View = serde_json::from_slice(body).with_context(|| {
+                format!("{authority}{HISTORY_PATH} did not send a view of the past")
+            })?;
+            if view.version != FORMAT_VERSION {
+                bail!(
+                    "{authority} speaks format version {}, this probe {FORMAT_VERSION}: use the same probe version on both sides",
+                    view.version
+                );
+            }
+            view.sanitize();
+            Ok(view)
+        }
+        // The daemon's own message (a window outside the history, no history there).
+        "400" | "404" | "422" => bail!(
+            "{authority}: {}",
+            super::view::safe(String::from_utf8_lossy(body).trim())
+        ),
+        _ => {
+            let first = head.lines().next().unwrap_or_default();
+            bail!(
+                "{authority}{HISTORY_PATH} answered {first:?} (is it a probe daemon of this version, recording history?)"
+            )
+        }
+    }
 }
 
 /// A daemon's HTTP answer to GET /api/v1/top, as read from the socket: a 200 with a sample, or
@@ -139,5 +188,27 @@ mod tests {
         for bad in ["https://h:1", "http://", "http://host", ""] {
             assert!(Source::remote(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_history_answer_is_a_clean_view_or_the_daemons_message() {
+        let body = r#"{"version":1,"interval_seconds":5.0,"instances":[{"name":"evil\u001b]0;x\u0007",
+            "rule":"","container":null,"pod_uid":null,"processes":1,"cpu_percent":1.0,
+            "runqueue_wait_percent":0.0,"runqueue_latency_avg_seconds":null,
+            "runqueue_latency_p99_seconds":null,"disk_read_bytes_per_second":0.0,
+            "disk_write_bytes_per_second":0.0,"disk_latency_avg_seconds":null,
+            "disk_latency_p99_seconds":null,"tcp_rx_bytes_per_second":0.0,
+            "tcp_tx_bytes_per_second":0.0,"ports":[],"noisy":[],"suffering":[]}],"processes":[]}"#;
+        let ok = format!("HTTP/1.1 200 OK\r\n\r\n{body}");
+        let view = parse_history_response("h:1", ok.as_bytes()).expect("a view");
+        assert_eq!(view.instances[0].name, "evil\\x1b]0;x\\x07");
+        let e = parse_history_response(
+            "h:1",
+            b"HTTP/1.1 404 Not Found\r\n\r\nnothing recorded\x1b[2J\n",
+        )
+        .expect_err("an error");
+        assert_eq!(e.to_string(), "h:1: nothing recorded\\x1b[2J");
+        let e = parse_history_response("h:1", b"HTTP/1.1 500 Oops\r\n\r\n").expect_err("an error");
+        assert!(e.to_string().contains("500 Oops"), "{e}");
     }
 }

@@ -17,7 +17,9 @@ use ratatui::{
 };
 
 use super::{
-    instance_cells, process_cells,
+    instance_cells,
+    past::Cursor,
+    process_cells,
     source::Source,
     view::{compute, sort, SortBy, View},
     INSTANCE_COLUMNS, PROCESS_COLUMNS,
@@ -42,6 +44,23 @@ impl Drop for Restore {
     }
 }
 
+/// Where the views come from: now (a daemon or probe's own programs), or history (`--at`).
+pub enum Feed {
+    Live(Source),
+    Past(Cursor),
+}
+
+/// What a key asks for.
+#[derive(Debug, PartialEq)]
+enum Action {
+    Quit,
+    Redraw,
+    /// History: move by frames, by milliseconds, or to a TIME.
+    Step(i64),
+    Shift(i64),
+    Jump(String),
+}
+
 struct State {
     view: Option<View>,
     error: Option<String>,
@@ -53,14 +72,20 @@ struct State {
     selected: TableState,
     source: String,
     interval: Duration,
+    /// History: the moment shown (unix ms), and a TIME being typed after `g`.
+    at_ms: Option<i64>,
+    editing_time: Option<String>,
 }
 
-pub fn run(mut source: Source, interval: Duration, sort_by: SortBy) -> anyhow::Result<()> {
+pub fn run(mut feed: Feed, interval: Duration, sort_by: SortBy) -> anyhow::Result<()> {
     for sig in [libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
-    let mut prev = source.sample()?;
+    let (mut prev, describe) = match &mut feed {
+        Feed::Live(source) => (Some(source.sample()?), source.describe()),
+        Feed::Past(cursor) => (None, cursor.describe()),
+    };
     let mut terminal = ratatui::try_init()?;
     let _restore = Restore;
     let mut st = State {
@@ -72,9 +97,14 @@ pub fn run(mut source: Source, interval: Duration, sort_by: SortBy) -> anyhow::R
         editing_filter: false,
         show_processes: false,
         selected: TableState::default().with_selected(Some(0)),
-        source: source.describe(),
+        source: describe,
         interval,
+        at_ms: None,
+        editing_time: None,
     };
+    if let Feed::Past(cursor) = &feed {
+        show_past(&mut st, cursor);
+    }
     let mut next = Instant::now() + interval;
     loop {
         terminal.draw(|f| draw(f, &mut st))?;
@@ -84,23 +114,46 @@ pub fn run(mut source: Source, interval: Duration, sort_by: SortBy) -> anyhow::R
         let wait = next.saturating_duration_since(Instant::now());
         if event::poll(wait.min(Duration::from_millis(250)))? {
             if let Event::Key(k) = event::read()? {
-                if k.kind == KeyEventKind::Press && !key(&mut st, k) {
+                if k.kind != KeyEventKind::Press {
+                    continue;
+                }
+                let action = key(&mut st, k);
+                if action == Action::Quit {
                     return Ok(());
+                }
+                if let Feed::Past(cursor) = &mut feed {
+                    let moved = match action {
+                        Action::Step(n) => cursor.step(n),
+                        Action::Shift(ms) => cursor.seek(cursor.at_ms + ms),
+                        Action::Jump(t) => crate::history::time::parse_now(&t)
+                            .map_err(anyhow::Error::msg)
+                            .and_then(|t| cursor.seek(t)),
+                        Action::Quit | Action::Redraw => continue,
+                    };
+                    match moved {
+                        Ok(()) => show_past(&mut st, cursor),
+                        Err(e) => st.error = Some(format!("{e:#}")),
+                    }
                 }
             }
             continue;
         }
+        let Feed::Live(source) = &mut feed else {
+            continue;
+        };
         if Instant::now() < next {
             continue;
         }
         next = Instant::now() + interval;
         match source.sample() {
             Ok(cur) => {
-                let mut v = compute(&prev, &cur);
-                sort(&mut v, st.sort, st.reverse);
-                st.view = Some(v);
+                if let Some(prev) = &prev {
+                    let mut v = compute(prev, &cur);
+                    sort(&mut v, st.sort, st.reverse);
+                    st.view = Some(v);
+                }
                 st.error = None;
-                prev = cur;
+                prev = Some(cur);
             }
             // Keep showing the last view; say what went wrong.
             Err(e) => st.error = Some(format!("{e:#}")),
@@ -108,10 +161,54 @@ pub fn run(mut source: Source, interval: Duration, sort_by: SortBy) -> anyhow::R
     }
 }
 
-/// Handles a key; false to quit.
-fn key(st: &mut State, k: KeyEvent) -> bool {
+/// The view at the cursor, and the moment in the header.
+fn show_past(st: &mut State, cursor: &Cursor) {
+    st.at_ms = Some(cursor.at_ms);
+    match cursor.view() {
+        Ok(mut v) => {
+            sort(&mut v, st.sort, st.reverse);
+            st.view = Some(v);
+            st.error = None;
+        }
+        Err(e) => {
+            st.view = None;
+            st.error = Some(format!("{e:#}"));
+        }
+    }
+}
+
+/// Handles a key.
+fn key(st: &mut State, k: KeyEvent) -> Action {
     if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
-        return false;
+        return Action::Quit;
+    }
+    if let Some(t) = &mut st.editing_time {
+        match k.code {
+            KeyCode::Enter => {
+                let t = std::mem::take(t);
+                st.editing_time = None;
+                return Action::Jump(t);
+            }
+            KeyCode::Esc => st.editing_time = None,
+            KeyCode::Backspace => {
+                t.pop();
+            }
+            KeyCode::Char(c) if !c.is_control() && t.len() < 40 => t.push(c),
+            _ => {}
+        }
+        return Action::Redraw;
+    }
+    let past = st.at_ms.is_some() && !st.editing_filter;
+    match k.code {
+        KeyCode::Left if past => return Action::Step(-1),
+        KeyCode::Right if past => return Action::Step(1),
+        KeyCode::Char('[') if past => return Action::Shift(-60_000),
+        KeyCode::Char(']') if past => return Action::Shift(60_000),
+        KeyCode::Char('g') if past => {
+            st.editing_time = Some(String::new());
+            return Action::Redraw;
+        }
+        _ => {}
     }
     if st.editing_filter {
         match k.code {
@@ -122,10 +219,10 @@ fn key(st: &mut State, k: KeyEvent) -> bool {
             KeyCode::Char(c) if !c.is_control() && st.filter.len() < 64 => st.filter.push(c),
             _ => {}
         }
-        return true;
+        return Action::Redraw;
     }
     match k.code {
-        KeyCode::Char('q') | KeyCode::Esc => return false,
+        KeyCode::Char('q') | KeyCode::Esc => return Action::Quit,
         KeyCode::Char('s') | KeyCode::Tab => st.sort = st.sort.next(),
         KeyCode::Char('r') => st.reverse = !st.reverse,
         KeyCode::Char('/') => st.editing_filter = true,
@@ -141,7 +238,7 @@ fn key(st: &mut State, k: KeyEvent) -> bool {
     if let Some(v) = &mut st.view {
         sort(v, st.sort, st.reverse);
     }
-    true
+    Action::Redraw
 }
 
 fn draw(f: &mut Frame, st: &mut State) {
@@ -179,23 +276,46 @@ fn draw(f: &mut Frame, st: &mut State) {
             if st.editing_filter { "_" } else { "" }
         )
     };
+    let (source, header_style) = match st.at_ms {
+        Some(t) => (
+            format!(
+                "HISTORY at {} ({}){}",
+                crate::history::time::show_local(t),
+                st.source,
+                st.editing_time
+                    .as_ref()
+                    .map(|t| format!(" - go to: {t}_"))
+                    .unwrap_or_default()
+            ),
+            Style::default()
+                .add_modifier(Modifier::BOLD)
+                .fg(Color::Black)
+                .bg(Color::Cyan),
+        ),
+        None => (
+            st.source.clone(),
+            Style::default().add_modifier(Modifier::BOLD),
+        ),
+    };
     f.render_widget(
         Paragraph::new(format!(
-            "probe top - {} - sort: {:?}{}{} - {status}",
-            st.source,
+            "probe top - {source} - sort: {:?}{}{} - {status}",
             st.sort,
             if st.reverse { " (reversed)" } else { "" },
             filter
         ))
-        .style(Style::default().add_modifier(Modifier::BOLD)),
+        .style(header_style),
         header,
     );
+    let keys = if st.at_ms.is_some() {
+        "q quit  left/right frame  [/] minute  g go to time  enter processes  s/1-8 sort  \
+         r reverse  / filter  ! noisy  ~ suffering"
+    } else {
+        "q quit  up/down select  enter processes  s/1-8 sort  r reverse  / filter   \
+         ! noisy (dominates while others' latency rises)  ~ suffering"
+    };
     f.render_widget(
-        Paragraph::new(
-            "q quit  up/down select  enter processes  s/1-8 sort  r reverse  / filter   \
-             ! noisy (dominates while others' latency rises)  ~ suffering",
-        )
-        .style(Style::default().fg(Color::DarkGray)),
+        Paragraph::new(keys).style(Style::default().fg(Color::DarkGray)),
         footer,
     );
     let Some(view) = &st.view else {
@@ -303,6 +423,8 @@ mod tests {
             selected: TableState::default().with_selected(Some(0)),
             source: "test".into(),
             interval: Duration::from_secs(2),
+            at_ms: None,
+            editing_time: None,
         }
     }
 
@@ -349,21 +471,57 @@ mod tests {
     fn keys_sort_filter_and_quit() {
         let mut st = state(None);
         let press = |c| KeyEvent::new(c, KeyModifiers::NONE);
-        assert!(key(&mut st, press(KeyCode::Char('s'))));
+        assert_eq!(key(&mut st, press(KeyCode::Char('s'))), Action::Redraw);
         assert_eq!(st.sort, SortBy::Runq);
-        assert!(key(&mut st, press(KeyCode::Char('1'))));
+        assert_eq!(key(&mut st, press(KeyCode::Char('1'))), Action::Redraw);
         assert_eq!(st.sort, SortBy::Name);
-        assert!(key(&mut st, press(KeyCode::Char('/'))));
-        assert!(
+        assert_eq!(key(&mut st, press(KeyCode::Char('/'))), Action::Redraw);
+        assert_eq!(
             key(&mut st, press(KeyCode::Char('q'))),
+            Action::Redraw,
             "typed into the filter"
         );
         assert_eq!(st.filter, "q");
-        assert!(key(&mut st, press(KeyCode::Enter)));
-        assert!(!key(&mut st, press(KeyCode::Char('q'))));
-        assert!(!key(
-            &mut st,
-            KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)
-        ));
+        assert_eq!(key(&mut st, press(KeyCode::Enter)), Action::Redraw);
+        // Live, the history keys do nothing.
+        assert_eq!(key(&mut st, press(KeyCode::Left)), Action::Redraw);
+        assert_eq!(key(&mut st, press(KeyCode::Char('q'))), Action::Quit);
+        assert_eq!(
+            key(
+                &mut st,
+                KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)
+            ),
+            Action::Quit
+        );
+    }
+
+    #[test]
+    fn history_keys_step_shift_and_jump_and_the_header_says_history() {
+        let mut st = state(None);
+        st.at_ms = Some(1_796_438_474_000);
+        let press = |c| KeyEvent::new(c, KeyModifiers::NONE);
+        assert_eq!(key(&mut st, press(KeyCode::Left)), Action::Step(-1));
+        assert_eq!(key(&mut st, press(KeyCode::Right)), Action::Step(1));
+        assert_eq!(
+            key(&mut st, press(KeyCode::Char('['))),
+            Action::Shift(-60_000)
+        );
+        assert_eq!(
+            key(&mut st, press(KeyCode::Char(']'))),
+            Action::Shift(60_000)
+        );
+        assert_eq!(key(&mut st, press(KeyCode::Char('g'))), Action::Redraw);
+        for c in "03:10".chars() {
+            assert_eq!(key(&mut st, press(KeyCode::Char(c))), Action::Redraw);
+        }
+        let s = screen(120, 20, &mut st);
+        assert!(s.contains("HISTORY at "), "{s}");
+        assert!(s.contains("go to: 03:10_"), "{s}");
+        assert_eq!(
+            key(&mut st, press(KeyCode::Enter)),
+            Action::Jump("03:10".into())
+        );
+        assert!(st.editing_time.is_none());
+        assert!(!screen(120, 20, &mut st).contains("go to:"));
     }
 }

@@ -31,6 +31,9 @@ pub struct View {
 pub struct HistoryWindow {
     pub begin: String,
     pub end: String,
+    /// The same, in unix milliseconds.
+    pub begin_ms: i64,
+    pub end_ms: i64,
     pub frames: usize,
     /// Stored frames in the window that could not be read (damaged), left out.
     pub damaged_frames: usize,
@@ -176,6 +179,31 @@ pub fn safe(s: &str) -> String {
         display_name(s.as_bytes())
     } else {
         s.to_string()
+    }
+}
+
+impl View {
+    /// Escapes control characters in every name (a view read from elsewhere, e.g. a daemon's
+    /// /api/v1/history, is printed on a terminal).
+    pub fn sanitize(&mut self) {
+        let clean = |s: &mut String| *s = safe(s);
+        for i in &mut self.instances {
+            clean(&mut i.name);
+            clean(&mut i.rule);
+            i.container.iter_mut().for_each(clean);
+            i.pod_uid.iter_mut().for_each(clean);
+            i.ports.iter_mut().for_each(|p| clean(&mut p.port));
+            i.noisy.iter_mut().for_each(clean);
+            i.suffering.iter_mut().for_each(clean);
+        }
+        for p in &mut self.processes {
+            clean(&mut p.comm);
+            clean(&mut p.instance);
+        }
+        if let Some(h) = &mut self.history {
+            clean(&mut h.begin);
+            clean(&mut h.end);
+        }
     }
 }
 
