@@ -572,6 +572,17 @@ fn the_hot_mariadb_instance_ranks_first_and_matches_the_kernel() {
             Err(e) => failed.push(format!("{phase}: history: {e}")),
         }
     }
+    // What the store holds (a frame every second here and at every scrape; printed only).
+    let info = probe_tests::sh(
+        probe_tests::probe_bin().to_str().expect("utf-8 path"),
+        &[
+            "history",
+            "info",
+            "--history",
+            history.to_str().expect("utf-8 path"),
+        ],
+    );
+    println!("history of this run:\n{info}");
     for (phase, r) in &tops {
         match r {
             Ok(s) => println!("{phase}: probe top: {s}"),

@@ -371,14 +371,20 @@ impl Store {
     /// The first and last frame times, if any.
     pub fn range(&self) -> Result<Option<(i64, i64)>, StoreError> {
         self.conn
-            .query_row("SELECT MIN(t_ms), MAX(t_ms) FROM frames", [], |r| {
-                Ok(
-                    match (r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?) {
-                        (Some(a), Some(b)) => Some((a, b)),
-                        _ => None,
-                    },
-                )
-            })
+            // Two subqueries: SQLite answers MIN or MAX alone from the key's b-tree, both in
+            // one SELECT by scanning the table (the whole store).
+            .query_row(
+                "SELECT (SELECT MIN(t_ms) FROM frames), (SELECT MAX(t_ms) FROM frames)",
+                [],
+                |r| {
+                    Ok(
+                        match (r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?) {
+                            (Some(a), Some(b)) => Some((a, b)),
+                            _ => None,
+                        },
+                    )
+                },
+            )
             .map_err(|e| self.sql(e))
     }
 }

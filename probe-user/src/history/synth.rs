@@ -36,6 +36,11 @@ pub struct SynthArgs {
     /// Top-K processes per resource (probe serve --process.top-k).
     #[arg(long, default_value_t = 20)]
     pub top_k: usize,
+    /// Instances with queries running (CPU, IO, TCP and their latencies change at every
+    /// frame); the others are idle servers: a few background wakeups per frame, IO and TCP
+    /// once a minute. Default: all of them (the worst case for compression).
+    #[arg(long)]
+    pub busy: Option<usize>,
 }
 
 /// xorshift64*: reproducible numbers without a dependency.
@@ -125,8 +130,10 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
 /// Cumulative counters of the synthetic host.
 struct Host {
     names: Vec<Arc<str>>,
-    /// How busy each instance is (CPUs).
+    /// How busy each instance is (CPUs), and whether it runs queries at all.
     load: Vec<f64>,
+    busy: Vec<bool>,
+    frame: u64,
     totals: Vec<InstanceTotals>,
     runq: Vec<Latency>,
     io: Vec<[IoCounters; 2]>,
@@ -152,9 +159,12 @@ impl Host {
                 }
             })
             .collect();
+        let busy_n = args.busy.unwrap_or(n);
         Self {
             names,
             load,
+            busy: (0..n).map(|i| i < busy_n).collect(),
+            frame: 0,
             totals: vec![InstanceTotals::default(); n],
             runq: vec![Latency::default(); n],
             io: vec![[IoCounters::default(), IoCounters::default()]; n],
@@ -177,7 +187,28 @@ impl Host {
                 h.sum_ns += k * (1_000 << b) / 2;
             }
         }
+        self.frame += 1;
         for i in 0..self.names.len() {
+            if !self.busy[i] {
+                // An idle server: background threads wake up a few times (one bucket of the
+                // run-queue histogram), it flushes and answers a health check once a minute.
+                let cpu = 1_000_000 + rng.below(1_000_000);
+                let t = &mut self.totals[i];
+                t.cpu_ns += cpu;
+                t.run_delay_ns += cpu / 100;
+                let k = 20 + rng.below(10);
+                self.runq[i].buckets[3] += k;
+                self.runq[i].count += k;
+                self.runq[i].sum_ns += k * 4_000;
+                if self.frame % 12 == i as u64 % 12 {
+                    self.io[i][1].bytes += 16_384;
+                    self.io[i][1].latency.buckets[8] += 1;
+                    self.io[i][1].latency.count += 1;
+                    self.tcp[i].rx_bytes += 100;
+                    self.tcp[i].tx_bytes += 1_000;
+                }
+                continue;
+            }
             let cpu = (self.load[i] * secs * 1e9 * jitter(rng)) as u64;
             let t = &mut self.totals[i];
             t.cpu_ns += cpu;
@@ -197,6 +228,13 @@ impl Host {
         }
         let procs = self.procs.len() as u64;
         for p in &mut self.procs {
+            if !self.busy[p.0] {
+                // Idle: its instance's trickle of CPU goes to one process.
+                if p.1 as usize % (procs as usize / self.names.len()).max(1) == p.0 % 7 {
+                    p.2[0] += 1_000_000;
+                }
+                continue;
+            }
             // Each instance's CPU spread over its processes, a few of them busy.
             let busy = u64::from(p.1 % 10 == 0) * 9 + 1;
             let share = (self.load[p.0] * secs * 1e9) as u64 * busy / (procs / 5).max(1);

@@ -1,9 +1,10 @@
 //! `cargo xtask bench --only history`: what recording history costs and what reading it takes.
 //!
 //! - Bytes per frame and per day (at the default 5 s) of the real daemon on this host, and of
-//!   synthetic hosts (`probe history synth`: every instance active at every frame, the worst
-//!   case for compression) of 3 instances / 100 processes and 50 instances / 5,000 processes.
-//!   Goals: <= 10 MB/day for 3 instances, <= 50 MB/day for 50.
+//!   synthetic hosts (`probe history synth`) of 3 instances / 100 processes and 50 instances /
+//!   5,000 processes, with 3 instances running queries and the others idle, and with all 50
+//!   busy at every frame (the worst case for compression). Goals: <= 10 MB/day for 3
+//!   instances, <= 50 MB/day for 50.
 //! - CPU per frame written (encode + insert + retention, the writer thread's clock): <= 1 ms.
 //! - The daemon with and without recording (`--history.disable`), alternating rounds, medians:
 //!   CPU per scrape and RSS. Goal: <= 8 MiB more RSS.
@@ -74,16 +75,22 @@ fn run(work: &Path) -> Result<()> {
     }
 
     println!(
-        "  {:<38} {:>10} {:>10} {:>16} {:>14}",
+        "  {:<42} {:>10} {:>10} {:>16} {:>14}",
         "synthetic host (1 h of frames)", "B/frame", "MB/day", "CPU us/frame p50", "p99"
     );
-    for (instances, processes, goal) in [(3, 100, 10.0), (50, 5_000, 50.0)] {
-        let dir = work.join(format!("synth-{instances}"));
-        let s = synth(&dir, instances, processes, "1h")?;
+    // All instances busy at every frame (the worst case for compression), and a database host
+    // as they are: 3 instances with queries running, the others idle.
+    for (instances, processes, busy, goal) in [
+        (3, 100, 3, 10.0),
+        (50, 5_000, 3, 50.0),
+        (50, 5_000, 50, 50.0),
+    ] {
+        let dir = work.join(format!("synth-{instances}-{busy}"));
+        let s = synth(&dir, instances, processes, busy, "1h")?;
         let per_frame = s["bytes_per_frame"].as_f64().unwrap_or(0.0);
         println!(
-            "  {:<38} {:>10.0} {:>10.1} {:>16.0} {:>14.0}   (goals: <= {goal} MB/day, <= 1000 us)",
-            format!("{instances} instances, {processes} processes"),
+            "  {:<42} {:>10.0} {:>10.1} {:>16.0} {:>14.0}   (goals: <= {goal} MB/day, <= 1000 us)",
+            format!("{instances} instances ({busy} busy), {processes} processes"),
             per_frame,
             per_frame * DAY_FRAMES / 1e6,
             s["cpu_us_per_frame_median"].as_f64().unwrap_or(0.0),
@@ -95,7 +102,7 @@ fn run(work: &Path) -> Result<()> {
     // default --history.max-size).
     let dir = work.join("synth-7d");
     let t0 = Instant::now();
-    let s = synth(&dir, 3, 100, "7d")?;
+    let s = synth(&dir, 3, 100, 3, "7d")?;
     let last_s = s["last_ms"].as_f64().unwrap_or(0.0) / 1e3;
     println!(
         "  7-day store: {} frames, {:.1} MiB, written in {:.1} s",
@@ -133,12 +140,19 @@ fn run(work: &Path) -> Result<()> {
     Ok(())
 }
 
-fn synth(dir: &Path, instances: usize, processes: usize, span: &str) -> Result<serde_json::Value> {
+fn synth(
+    dir: &Path,
+    instances: usize,
+    processes: usize,
+    busy: usize,
+    span: &str,
+) -> Result<serde_json::Value> {
     let out = Command::new(probe_bin())
         .args(["history", "synth", "--dir"])
         .arg(dir)
         .args(["--instances", &instances.to_string()])
         .args(["--processes", &processes.to_string()])
+        .args(["--busy", &busy.to_string()])
         .args(["--span", span])
         .output()
         .context("probe history synth")?;
