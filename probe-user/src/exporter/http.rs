@@ -224,6 +224,9 @@ fn collected<E: std::fmt::Display>(
     }
 }
 
+/// History queries running at once (`/api/v1/history`).
+static HISTORY_QUERIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 async fn handle(
     req: Request<Incoming>,
     app: Arc<App>,
@@ -287,13 +290,27 @@ async fn handle(
         ),
         crate::api::HISTORY_PATH => {
             let query = req.uri().query().unwrap_or_default().to_string();
-            // The daemon's lock is taken on the blocking pool: it may wait for a collection.
-            let answer = tokio::task::spawn_blocking(move || match app.daemon().history_dir() {
-                Some(d) => crate::top::past::answer(&d, &query),
-                None => Err((
-                    404,
-                    "this daemon records no history (--history.disable)\n".into(),
-                )),
+            // A fold reads and decodes up to a day of frames: two at a time, the others are
+            // told to come back (a scrape port is often reachable by many).
+            let Ok(permit) = HISTORY_QUERIES.try_acquire() else {
+                return Ok(text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    PLAIN,
+                    "two history queries are running; try again\n",
+                ));
+            };
+            // The daemon's lock is taken on the blocking pool (it may wait for a collection)
+            // and released before the history is read.
+            let answer = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let dir = app.daemon().history_dir();
+                match dir {
+                    Some(d) => crate::top::past::answer(&d, &query),
+                    None => Err((
+                        404,
+                        "this daemon records no history (--history.disable)\n".into(),
+                    )),
+                }
             })
             .await;
             match answer {

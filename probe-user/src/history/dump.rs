@@ -4,7 +4,10 @@
 //! cumulative, as the daemon exported them: a daemon restart is a counter reset, which
 //! Prometheus' rate() handles.
 
-use std::{collections::BTreeMap, io::Write, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    io::{Seek as _, Write},
+};
 
 use serde::Serialize;
 
@@ -36,7 +39,7 @@ impl<W: Write> Dumper<W> {
         Ok(match format {
             DumpFormat::Openmetrics => Self::OpenMetrics {
                 out,
-                doc: OpenMetrics::new()?,
+                doc: OpenMetrics::default(),
             },
             DumpFormat::Json => Self::Json { out },
             DumpFormat::Csv => {
@@ -132,12 +135,12 @@ impl JsonFrame {
 
 /// The accounts' exposition of every frame, regrouped: each family once (its HELP, TYPE and
 /// UNIT from its first frame), its samples in time order. A metric family may appear only once
-/// in the text, so each family's lines wait in a file of their own (in a temporary directory,
-/// removed at the end): a dump of days is not held in memory. Within a family the series are
-/// interleaved frame by frame, each in time order, which `promtool tsdb
-/// create-blocks-from openmetrics` reads.
+/// in the text, so each family's lines wait in a temporary file of their own, unlinked as soon
+/// as it is created (nothing is left behind however the dump ends): a dump of days is not held
+/// in memory. Within a family the series are interleaved frame by frame, each in time order,
+/// which `promtool tsdb create-blocks-from openmetrics` reads.
+#[derive(Default)]
 pub struct OpenMetrics {
-    dir: PathBuf,
     families: Vec<Family>,
     index: BTreeMap<String, usize>,
     frames: usize,
@@ -147,25 +150,26 @@ struct Family {
     headers: Vec<String>,
     first_frame: usize,
     lines: std::io::BufWriter<std::fs::File>,
-    path: PathBuf,
+}
+
+/// A file nobody else can open: created, then unlinked at once.
+fn anonymous_file() -> std::io::Result<std::fs::File> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "probe-dump-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
 }
 
 impl OpenMetrics {
-    pub fn new() -> std::io::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "probe-dump-{}-{}",
-            std::process::id(),
-            crate::daemon::unix_ms()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self {
-            dir,
-            families: Vec::new(),
-            index: BTreeMap::new(),
-            frames: 0,
-        })
-    }
-
     pub fn add(&mut self, frame: Frame) -> anyhow::Result<()> {
         let text = crate::exporter::metrics::encode_accounts(frame.snapshot)
             .map_err(|_| anyhow::anyhow!("cannot encode a frame's metrics"))?;
@@ -184,12 +188,10 @@ impl OpenMetrics {
                 let i = match self.index.get(name) {
                     Some(&i) => i,
                     None => {
-                        let path = self.dir.join(format!("{}.om", self.families.len()));
                         self.families.push(Family {
                             headers: Vec::new(),
                             first_frame: self.frames,
-                            lines: std::io::BufWriter::new(std::fs::File::create(&path)?),
-                            path,
+                            lines: std::io::BufWriter::new(anonymous_file()?),
                         });
                         self.index.insert(name.to_string(), self.families.len() - 1);
                         self.families.len() - 1
@@ -217,15 +219,11 @@ impl OpenMetrics {
                 writeln!(out, "{h}")?;
             }
             f.lines.flush()?;
-            std::io::copy(&mut std::fs::File::open(&f.path)?, out)?;
+            let file = f.lines.get_mut();
+            file.seek(std::io::SeekFrom::Start(0))?;
+            std::io::copy(file, out)?;
         }
         writeln!(out, "# EOF")
-    }
-}
-
-impl Drop for OpenMetrics {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -58,10 +58,10 @@ pub fn command(cmd: crate::cli::HistoryCommand) -> anyhow::Result<()> {
             let out = std::io::BufWriter::new(std::io::stdout().lock());
             let mut dumper = dump::Dumper::new(args.format, out)?;
             let mut error = None;
+            // Stops at the first error (a reader gone: `| head`).
             let damaged = h.each(begin, end, |f| {
-                if error.is_none() {
-                    error = dumper.frame(f).err();
-                }
+                error = dumper.frame(f).err();
+                error.is_none()
             })?;
             // A reader that stopped early (`| head`) is not an error.
             let broken_pipe = |e: &anyhow::Error| {

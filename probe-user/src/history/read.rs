@@ -60,12 +60,13 @@ impl History {
     }
 
     /// Calls `f` with each frame of the window in time order, one decoded at a time (a long
-    /// window is not held in memory); returns how many could not be read.
+    /// window is not held in memory), until it says false; returns how many could not be
+    /// read.
     pub fn each(
         &self,
         begin_ms: i64,
         end_ms: i64,
-        mut f: impl FnMut(Frame),
+        mut f: impl FnMut(Frame) -> bool,
     ) -> anyhow::Result<usize> {
         let mut decoder = Decoder::default();
         let mut damaged = 0;
@@ -74,10 +75,10 @@ impl History {
             if f0.format != super::store::FORMAT {
                 damaged += usize::from(in_window);
                 decoder = Decoder::default();
-                return;
+                return true;
             }
             match decoder.decode(f0.t_ms, f0.base_ms, &f0.data) {
-                Ok(Some(frame)) if in_window => f(frame),
+                Ok(Some(frame)) if in_window => return f(frame),
                 Ok(Some(_)) => {}
                 // A delta whose chain is broken by a damaged frame before it.
                 Ok(None) => damaged += usize::from(in_window),
@@ -86,6 +87,7 @@ impl History {
                     decoder = Decoder::default();
                 }
             }
+            true
         })?;
         Ok(damaged)
     }

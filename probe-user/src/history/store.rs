@@ -319,16 +319,20 @@ impl Store {
     /// keyframe at or before `begin_ms` that a decoder needs first.
     pub fn frames(&self, begin_ms: i64, end_ms: i64) -> Result<Vec<Stored>, StoreError> {
         let mut v = Vec::new();
-        self.each_frame(begin_ms, end_ms, |f| v.push(f))?;
+        self.each_frame(begin_ms, end_ms, |f| {
+            v.push(f);
+            true
+        })?;
         Ok(v)
     }
 
-    /// The same, one row at a time (a long window is never held in memory).
+    /// The same, one row at a time (a long window is never held in memory), until `f` says
+    /// false.
     pub fn each_frame(
         &self,
         begin_ms: i64,
         end_ms: i64,
-        mut f: impl FnMut(Stored),
+        mut f: impl FnMut(Stored) -> bool,
     ) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
@@ -351,7 +355,9 @@ impl Store {
             })
             .map_err(|e| self.sql(e))?;
         for row in rows {
-            f(row.map_err(|e| self.sql(e))?);
+            if !f(row.map_err(|e| self.sql(e))?) {
+                break;
+            }
         }
         Ok(())
     }

@@ -36,6 +36,8 @@ pub struct Fold {
     first_ms: i64,
     last_ms: i64,
     frames: usize,
+    /// Steps between frames whose increases are known (not across a restart).
+    steps: usize,
     /// Where each instance and process is in `acc` and `base`.
     acc_instances: HashMap<String, usize>,
     acc_processes: HashMap<(u32, String), usize>,
@@ -59,15 +61,19 @@ impl Fold {
             // A daemon that started again without the accounts of the one before: no increase
             // is known for this step.
             Some((_, started)) if started != f.daemon_started_ms && !f.restored => {}
-            Some((prev, _)) => self.advance(&prev, &cur),
+            Some((prev, _)) => {
+                self.advance(&prev, &cur);
+                self.steps += 1;
+            }
         }
         self.acc.taken_at_seconds = cur.taken_at_seconds;
         self.prev = Some((cur, f.daemon_started_ms));
     }
 
-    /// The window's view, or None with fewer than two frames.
+    /// The window's view, or None with fewer than two frames or only a daemon restart
+    /// between them (nothing known to have happened: not the same as nothing happened).
     pub fn view(self, damaged: usize) -> Option<View> {
-        if self.frames < 2 {
+        if self.steps == 0 {
             return None;
         }
         let mut view = super::view::compute(&self.base, &self.acc);
@@ -259,22 +265,34 @@ pub fn window_samples(frames: &[Frame]) -> Option<(Sample, Sample)> {
     for f in frames {
         fold.push(f);
     }
-    (fold.frames >= 2).then_some((fold.base, fold.acc))
+    (fold.steps > 0).then_some((fold.base, fold.acc))
 }
 
 /// The view of the window `begin_ms..=end_ms` of `history`, folded frame by frame.
 pub fn window_view(history: &History, begin_ms: i64, end_ms: i64) -> anyhow::Result<View> {
     history.check_window(begin_ms, end_ms)?;
     let mut fold = Fold::default();
-    let damaged = history.each(begin_ms, end_ms, |f| fold.push(&f))?;
+    let damaged = history.each(begin_ms, end_ms, |f| {
+        fold.push(&f);
+        true
+    })?;
     let frames = fold.frames;
     fold.view(damaged).ok_or_else(|| {
-        anyhow::anyhow!(
-            "only {frames} frame(s) recorded between {} and {}: a rate needs two; widen the \
-             window (frames are one collection apart, 5s by default)",
-            time::show_local(begin_ms),
-            time::show_local(end_ms)
-        )
+        if frames >= 2 {
+            anyhow::anyhow!(
+                "between {} and {} the daemon restarted without its saved accounts: no rates \
+                 are known across it; widen the window",
+                time::show_local(begin_ms),
+                time::show_local(end_ms)
+            )
+        } else {
+            anyhow::anyhow!(
+                "only {frames} frame(s) recorded between {} and {}: a rate needs two; widen \
+                 the window (frames are one collection apart, 5s by default)",
+                time::show_local(begin_ms),
+                time::show_local(end_ms)
+            )
+        }
     })
 }
 
@@ -427,6 +445,34 @@ impl Cursor {
         Ok(())
     }
 
+    /// To a TIME typed after `g`: the frame at or before it, an error outside the history.
+    pub fn jump(&mut self, t_ms: i64) -> anyhow::Result<()> {
+        if let Backend::Local(history) = &self.backend {
+            let (first, last) = history.range()?;
+            if t_ms > last + 60_000 || t_ms < first - 60_000 {
+                anyhow::bail!(
+                    "{} is outside the history: it holds {} to {}",
+                    time::show_local(t_ms),
+                    time::show_local(first),
+                    time::show_local(last)
+                );
+            }
+        }
+        self.seek(t_ms)
+    }
+
+    /// `ms` later or earlier (`[`, `]`); past a gap longer than that (the daemon was not
+    /// running), to the next frame after it.
+    pub fn shift(&mut self, ms: i64) -> anyhow::Result<()> {
+        let at = self.at_ms;
+        self.seek(at + ms)?;
+        if ms > 0 && self.at_ms <= at {
+            self.at_ms = at;
+            self.step(1)?;
+        }
+        Ok(())
+    }
+
     /// `n` frames later (or earlier, negative); stops at the ends.
     pub fn step(&mut self, n: i64) -> anyhow::Result<()> {
         let history = match &self.backend {
@@ -540,6 +586,9 @@ mod tests {
         frames[1].restored = true;
         let (a, b) = window_samples(&frames).expect("two frames");
         assert!((compute(&a, &b).instances[0].cpu_percent - 100.0).abs() < 1e-9);
+        // Only a restart between two frames: nothing known, not "idle".
+        frames[1].restored = false;
+        assert!(window_samples(&frames).is_none());
     }
 
     #[test]
@@ -579,7 +628,8 @@ mod tests {
             max_bytes: 1 << 30,
         };
         let mut enc = Encoder::default();
-        // 5 s apart, "a" using one CPU until 60 s, then two.
+        // 5 s apart, "a" using one CPU until 60 s, then two; then the daemon is down for
+        // five minutes and one more frame comes at 445 s.
         let mut cpu = 0;
         for i in 0..30 {
             cpu += if i * 5 <= 60 { 5 * S } else { 10 * S };
@@ -587,6 +637,9 @@ mod tests {
             w.append(&enc.encode(&f).expect("encode"), &keep)
                 .expect("append");
         }
+        let f = frame(445, 1, &[("a", cpu + 600 * S)], &[]);
+        w.append(&enc.encode(&f).expect("encode"), &keep)
+            .expect("append");
         let history = History::open(&d).expect("open");
         let mut c = Cursor::new(history, 42_000, std::time::Duration::from_secs(2)).expect("at");
         assert_eq!(c.at_ms, 40_000, "the frame at or before");
@@ -601,7 +654,18 @@ mod tests {
         c.step(-3).expect("back");
         assert_eq!(c.at_ms, 90_000);
         c.step(100).expect("to the end");
-        assert_eq!(c.at_ms, 145_000, "stops at the last frame");
+        assert_eq!(c.at_ms, 445_000, "stops at the last frame");
+        c.step(-1).expect("back over the gap");
+        assert_eq!(c.at_ms, 145_000);
+        c.shift(60_000).expect("a minute on");
+        assert_eq!(
+            c.at_ms, 445_000,
+            "past a gap longer than a minute, the next frame"
+        );
+        assert!(c.jump(10_000_000).is_err(), "a time outside the history");
+        assert_eq!(c.at_ms, 445_000, "stays where it was");
+        c.jump(100_000).expect("jump");
+        assert_eq!(c.at_ms, 100_000);
         c.step(-100).expect("to the start");
         assert_eq!(c.at_ms, 0);
         assert!(c.view().is_err(), "no rates at the first frame");

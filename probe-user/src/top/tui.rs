@@ -124,10 +124,10 @@ pub fn run(mut feed: Feed, interval: Duration, sort_by: SortBy) -> anyhow::Resul
                 if let Feed::Past(cursor) = &mut feed {
                     let moved = match action {
                         Action::Step(n) => cursor.step(n),
-                        Action::Shift(ms) => cursor.seek(cursor.at_ms + ms),
+                        Action::Shift(ms) => cursor.shift(ms),
                         Action::Jump(t) => crate::history::time::parse_now(&t)
                             .map_err(anyhow::Error::msg)
-                            .and_then(|t| cursor.seek(t)),
+                            .and_then(|t| cursor.jump(t)),
                         Action::Quit | Action::Redraw => continue,
                     };
                     match moved {
@@ -139,6 +139,8 @@ pub fn run(mut feed: Feed, interval: Duration, sort_by: SortBy) -> anyhow::Resul
             continue;
         }
         let Feed::Live(source) = &mut feed else {
+            // History moves only on keys: nothing to refresh until one comes.
+            next = Instant::now() + Duration::from_secs(3_600);
             continue;
         };
         if Instant::now() < next {
