@@ -442,7 +442,7 @@ fn parse_line(line: &str) -> Option<Sample> {
 }
 
 /// The workload binary, built by cargo next to the test executables (target/<profile>/).
-fn workload_bin() -> PathBuf {
+pub fn workload_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe
         .parent()

@@ -498,3 +498,62 @@ fn a_recorded_run_replays_to_the_same_metrics() {
     let _ = std::fs::remove_file(recording);
     let _ = std::fs::remove_file(rules);
 }
+
+/// A process seen before it execs (here a shell that sleeps, then execs the workload, as
+/// wrapper scripts and container entrypoints do) is named by its new command line once it has
+/// exec'd: /proc is read again when its comm changes. Its CPU after the exec is the instance's,
+/// against the process's own rusage.
+#[test]
+fn a_process_that_execs_is_named_by_its_new_command_line() {
+    let rules = temp_file("exec-rules.toml");
+    write_rules(&rules, &tagged_rule("exec-{1}"));
+    let d = Daemon::start(&["--config", rules.to_str().expect("utf-8 path")]);
+    let workload = probe_tests::workload_bin();
+    // The shell's own command line has no --tag: only the exec'd one does.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "sleep 2; exec \"$0\" spin --secs 3 --tag \"$1\" > /dev/null",
+        ])
+        .arg(&workload)
+        .arg("late")
+        .spawn()
+        .expect("spawn sh");
+    let pid = child.id() as i32;
+    // The daemon collects every second: it sees the shell first.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let seen = d.scrape();
+    assert_eq!(
+        seen.sum(
+            "probe_cpu_seconds_total",
+            &[("service_instance", "exec-late")]
+        ),
+        0.0,
+        "named before the exec"
+    );
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child's pid, writing only the two locals passed.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4");
+    let _ = child.try_wait();
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let truth = tv(usage.ru_utime) + tv(usage.ru_stime);
+    // Exited: folded in at the next collection.
+    let t0 = Instant::now();
+    let got = loop {
+        std::thread::sleep(Duration::from_millis(1_200));
+        let m = d.scrape();
+        let got = m.sum(
+            "probe_cpu_seconds_total",
+            &[("service_instance", "exec-late")],
+        );
+        if got >= truth * 0.98 || t0.elapsed() > Duration::from_secs(10) {
+            break got;
+        }
+    };
+    // The shell's few ms before the exec stay where it was counted then.
+    check_close("exec'd process CPU s vs its rusage", got, truth, 0.02);
+    let _ = std::fs::remove_file(rules);
+}

@@ -54,9 +54,11 @@ pub struct Clock {
 
 pub struct Collector {
     kernel: Kernel,
-    /// /proc facts per process, read once when it is first seen (None: a kernel thread, or
+    /// /proc facts per process, read when it is first seen and again when its comm changes
+    /// (an exec keeps the pid and start time: a process seen between fork and exec had its
+    /// parent's command line), with the comm they were read under (None: a kernel thread, or
     /// gone before it was read).
-    procinfo: HashMap<ProcessKey, Option<Known>>,
+    procinfo: HashMap<ProcessKey, ([u8; probe_common::COMM_LEN], Option<Known>)>,
     cgroups: CgroupPaths,
     listeners: Listeners,
     io_reader: IoReader,
@@ -418,10 +420,15 @@ impl Collector {
             .ok()
     }
 
-    /// /proc facts for processes seen for the first time (kernel threads have none).
+    /// /proc facts for processes seen for the first time or under a new comm (kernel threads
+    /// have none).
     fn read_new_procinfo(&mut self, live: &HashMap<ProcessKey, ProcessSample>) {
         for (key, sample) in live {
-            if self.procinfo.contains_key(key) {
+            if self
+                .procinfo
+                .get(key)
+                .is_some_and(|(comm, _)| *comm == sample.identity.comm)
+            {
                 continue;
             }
             let info = if sample.identity.kthread {
@@ -438,14 +445,14 @@ impl Collector {
                     .exe
                     .map(|e| Arc::from(crate::model::names::display_name(e.as_bytes()))),
             });
-            self.procinfo.insert(*key, known);
+            self.procinfo.insert(*key, (sample.identity.comm, known));
         }
     }
 
     fn facts(&self, live: &HashMap<ProcessKey, ProcessSample>) -> HashMap<u32, Facts> {
         live.iter()
             .map(|(key, s)| {
-                let info = self.procinfo.get(key).and_then(Option::as_ref);
+                let info = self.procinfo.get(key).and_then(|(_, k)| k.as_ref());
                 let facts = Facts {
                     identity: s.identity.clone(),
                     ports: self.listeners.get(&key.tgid).cloned().unwrap_or_default(),
