@@ -41,14 +41,16 @@ pub enum Frame {
         top_k: u64,
         rank_tau_secs: f64,
         rules: Option<String>,
-        ledger: Ledger,
+        /// Boxed, as `reading` below: large, and a replay holds every frame (a box is
+        /// serialised as what it holds).
+        ledger: Box<Ledger>,
     },
     /// The rules were replaced (SIGHUP).
     Rules { rules: Option<String> },
     /// One collection. `exposition`: the accounts' families as the live daemon encoded them
     /// after this reading (tests compare a replay with it).
     Reading {
-        reading: Reading,
+        reading: Box<Reading>,
         exposition: Option<String>,
     },
 }
@@ -218,7 +220,7 @@ pub fn replay(
                 rules = Arc::new(rules_of(text.as_deref(), i)?);
                 l.accounts.set_tau(rank_tau_secs);
                 l.accounts.set_limits(limits(top_k, &rules));
-                ledger = Some(l);
+                ledger = Some(*l);
             }
             Frame::Rules { rules: text } => {
                 rules = Arc::new(rules_of(text.as_deref(), i)?);
@@ -441,10 +443,10 @@ mod tests {
             top_k: 2,
             rank_tau_secs: 30.0,
             rules: None,
-            ledger: Ledger::new(30.0, limits(2, &Rules::defaults())),
+            ledger: Box::new(Ledger::new(30.0, limits(2, &Rules::defaults()))),
         });
         rec.write(&Frame::Reading {
-            reading: Reading::default(),
+            reading: Box::default(),
             exposition: None,
         });
         let back = read(&path).expect("ok");

@@ -262,9 +262,13 @@ impl Collector {
                 self.io_reader.forget_idle(map, is_live, granularity) as u64;
         }
         if let Some(maps) = &mut self.kernel.tcp {
-            stats.tcp_map_failures +=
-                self.tcp_reader
-                    .forget_idle(&mut maps.traffic, is_live, granularity) as u64;
+            stats.tcp_map_failures += self.tcp_reader.forget_idle(
+                &mut maps.traffic,
+                &mut maps.rtt,
+                is_live,
+                &r.listening,
+                granularity,
+            ) as u64;
             stats.tcp_map_failures +=
                 super::tcp::sync_listen_ports(&mut maps.listen, &r.listening, r.listeners_seen_at)
                     as u64;
@@ -403,7 +407,8 @@ impl Collector {
     /// RTT histograms per listening port.
     fn read_rtt(&mut self, stats: &mut SelfStats) -> Option<HashMap<u16, Latency>> {
         let maps = self.kernel.tcp.as_ref()?;
-        super::tcp::read_rtt(&maps.rtt)
+        self.tcp_reader
+            .read_rtt(&maps.rtt)
             .map_err(|e| failed(stats, names::TCP_RTT, &e))
             .ok()
     }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
-use probe_common::tcp::{RttTotals, TcpKey, TcpTotals, STAT_LOST};
+use probe_common::tcp::{RttTotals, TcpKey, TcpTotals, ROLE_SERVER, STAT_LOST};
 use serde::{Deserialize, Serialize};
 
 use super::idle::IdleTracker;
@@ -27,6 +27,7 @@ pub struct TcpRead {
 #[derive(Debug, Default)]
 pub struct TcpReader {
     tracker: IdleTracker<TcpKey, TcpTotals>,
+    rtt: IdleTracker<u16, RttTotals>,
 }
 
 impl TcpReader {
@@ -59,44 +60,52 @@ impl TcpReader {
         Ok(out)
     }
 
-    /// Deletes entries of processes that are gone once idle for
-    /// [`super::idle::TCP_IDLE_FORGET`] (per-port entries stay: they are bounded by the
-    /// listening ports). Returns how many deletions failed.
+    /// Deletes entries of processes that are gone, and per-port entries of ports nobody listens
+    /// on any more (their late closes and RTT samples are over), once idle for
+    /// [`super::idle::TCP_IDLE_FORGET`]. Otherwise a host whose services move ports would fill
+    /// the maps with the ports of the past. Returns how many deletions failed.
     pub fn forget_idle(
         &mut self,
-        map: &mut BpfHashMap<MapData, TcpKey, TcpTotals>,
+        traffic: &mut BpfHashMap<MapData, TcpKey, TcpTotals>,
+        rtt: &mut BpfHashMap<MapData, u16, RttTotals>,
         is_live: impl Fn(u32, u64) -> bool,
+        listening: &HashSet<u16>,
         start_granularity_ns: u64,
     ) -> usize {
         let g = start_granularity_ns.max(1);
-        self.tracker
-            .forget_idle(map, super::idle::TCP_IDLE_FORGET, |k| {
-                k.tgid != 0 && !is_live(k.tgid, k.start_ns / g * g)
-            })
+        let after = super::idle::TCP_IDLE_FORGET;
+        let failed = self.tracker.forget_idle(traffic, after, |k| {
+            if k.tgid == 0 {
+                k.role == ROLE_SERVER && !listening.contains(&k.port)
+            } else {
+                !is_live(k.tgid, k.start_ns / g * g)
+            }
+        });
+        failed
+            + self
+                .rtt
+                .forget_idle(rtt, after, |port| !listening.contains(port))
     }
-}
 
-/// RTT histograms per listening port.
-pub fn read_rtt(
-    map: &BpfHashMap<MapData, u16, RttTotals>,
-) -> Result<HashMap<u16, Latency>, MapError> {
-    let mut out = HashMap::new();
-    for item in map.iter() {
-        let (port, t) = match item {
-            Ok(kv) => kv,
-            Err(MapError::KeyNotFound) => continue,
-            Err(e) => return Err(e),
-        };
-        out.insert(
-            port,
-            Latency {
-                count: t.count,
-                sum_ns: t.sum_us.saturating_mul(1000),
-                buckets: t.buckets,
-            },
-        );
+    /// RTT histograms per port (those of ports nobody listens on go once idle: see
+    /// [`TcpReader::forget_idle`]).
+    pub fn read_rtt(
+        &mut self,
+        map: &BpfHashMap<MapData, u16, RttTotals>,
+    ) -> Result<HashMap<u16, Latency>, MapError> {
+        let mut out = HashMap::new();
+        self.rtt.read(map, |&port, t| {
+            out.insert(
+                port,
+                Latency {
+                    count: t.count,
+                    sum_ns: t.sum_us.saturating_mul(1000),
+                    buckets: t.buckets,
+                },
+            );
+        })?;
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// Events the TCP programs could not count (map full), summed over CPUs.

@@ -145,11 +145,11 @@ impl Daemon {
             top_k: self.opts.top_k as u64,
             rank_tau_secs: self.opts.rank_tau_secs,
             rules: self.opts.rules.file.as_deref().map(str::to_owned),
-            ledger: std::mem::replace(&mut self.ledger, placeholder),
+            ledger: Box::new(std::mem::replace(&mut self.ledger, placeholder)),
         };
         recorder.write(&start);
         if let Frame::Start { ledger, .. } = start {
-            self.ledger = ledger;
+            self.ledger = *ledger;
         }
         self.recorder = Some(recorder);
     }
@@ -263,7 +263,7 @@ impl Daemon {
             .then(|| crate::exporter::metrics::encode_accounts(self.ledger.snapshot()).ok())
             .flatten();
         recorder.write(&Frame::Reading {
-            reading,
+            reading: Box::new(reading),
             exposition,
         });
     }

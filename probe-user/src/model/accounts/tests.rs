@@ -97,7 +97,12 @@ impl Harness {
                 .insert((Arc::from("vda"), *op), c);
         }
         let names = self.names.clone();
-        let mut resolve = |k: &ProcessKey| names.get(k).copied().unwrap_or("other").to_string();
+        // As the daemon: who a process is, is known only while it is live or in the dead map.
+        let mut resolve = |k: &ProcessKey| {
+            let known = live.contains_key(k) || dead.contains_key(k);
+            let name = names.get(k).copied().filter(|_| known);
+            name.unwrap_or("other").to_string()
+        };
         self.acc.apply(
             &Round {
                 live: &live,
@@ -208,6 +213,108 @@ fn per_port_totals_go_to_the_ports_listener_or_other() {
 }
 
 #[test]
+fn others_series_of_a_port_nobody_listens_on_expire_once_idle() {
+    let mut acc = Accounts::new(30.0);
+    acc.set_limits(limits(5, 10, 30.0));
+    let conns = |closed| TcpCounters {
+        closed,
+        ..TcpCounters::default()
+    };
+    let server = |port| TcpDim {
+        role: Role::Server,
+        port,
+    };
+    let client = TcpDim {
+        role: Role::Client,
+        port: 0,
+    };
+    let nobody = HashMap::new();
+    let round = |acc: &mut Accounts, now: f64, closed_4000: u64, closed_5000: u64| {
+        let traffic = HashMap::from([
+            (server(4000), conns(closed_4000)),
+            (server(5000), conns(closed_5000)),
+            (client, rx_bytes(now as u64)),
+        ]);
+        let rtt = HashMap::from([(
+            4000,
+            Latency {
+                count: closed_4000,
+                ..Latency::default()
+            },
+        )]);
+        acc.apply_ports(&PortRound {
+            traffic: Some(&traffic),
+            rtt: Some(&rtt),
+            established: None,
+            owners: &nobody,
+        });
+        acc.end_round(now);
+    };
+    let has = |acc: &Accounts, d: TcpDim| acc.tcp().contains_key(&(Arc::from(OTHER), d));
+    // Late closes on ports 4000 and 5000; 5000 keeps getting them, 4000 stops at 10 s.
+    round(&mut acc, 0.0, 3, 1);
+    round(&mut acc, 10.0, 5, 2);
+    for (now, closed_5000) in [(20.0, 3), (30.0, 4)] {
+        round(&mut acc, now, 5, closed_5000);
+    }
+    assert!(has(&acc, server(4000)), "idle for 20 s of 30: stays");
+    round(&mut acc, 40.0, 5, 5);
+    assert!(!has(&acc, server(4000)), "idle for 30 s: expired");
+    assert!(
+        !acc.rtt().contains_key(&(Arc::from(OTHER), 4000)),
+        "its RTT series too"
+    );
+    assert!(has(&acc, server(5000)), "still moving: stays");
+    assert!(
+        has(&acc, client),
+        "client series are not per listening port: kept"
+    );
+    // Traffic comes back to 4000: counted from zero, as a reset.
+    round(&mut acc, 50.0, 9, 6);
+    assert_eq!(acc.tcp()[&(Arc::from(OTHER), server(4000))], conns(4));
+}
+
+#[test]
+fn a_child_that_sends_before_it_is_seen_is_charged_to_its_instance_not_other() {
+    let mut h = Harness::new();
+    let tcp = |rx| {
+        Some(HashMap::from([(
+            A,
+            HashMap::from([(SERVER_3306, rx_bytes(rx))]),
+        )]))
+    };
+    h.round_all(&[], &[], &[], None);
+    // Born after the task read, it sent before the TCP read: nothing says whose it is yet.
+    h.round_all(&[], &[], &[], tcp(100).as_ref());
+    assert_eq!(tcp_rx(&h, "other"), 0, "not charged to other");
+    // It died before the next collection: the dead-thread map names it.
+    h.round_all(&[], &[(A, dead(7, 0))], &[], tcp(150).as_ref());
+    assert_eq!((tcp_rx(&h, "a:1"), h.cpu("a:1")), (150, 7));
+    assert_eq!(h.cpu(OTHER), 0);
+    // One the next collection cannot name either goes to `other`, a round late.
+    h.round_all(
+        &[],
+        &[],
+        &[],
+        Some(&HashMap::from([(
+            B,
+            HashMap::from([(SERVER_3306, rx_bytes(5))]),
+        )])),
+    );
+    assert_eq!(tcp_rx(&h, "other"), 0);
+    h.round_all(
+        &[],
+        &[],
+        &[],
+        Some(&HashMap::from([(
+            B,
+            HashMap::from([(SERVER_3306, rx_bytes(9))]),
+        )])),
+    );
+    assert_eq!(tcp_rx(&h, "other"), 9, "counted in full");
+}
+
+#[test]
 fn io_increases_flow_into_the_current_instance() {
     let mut h = Harness::new();
     h.round_io(&[(A, live(1, 0))], &[], &[(A, Op::Write, 4096)]);
@@ -281,7 +388,10 @@ fn a_deleted_and_recreated_entry_is_counted_in_full() {
     let mut h = Harness::new();
     h.round_io(&[], &[(B, dead(1, 0))], &[(B, Op::Write, 8192)]);
     h.round_io(&[], &[], &[]);
-    // The entry was deleted; the kernel charges B again (late writeback) from zero.
+    // The entry was deleted; the kernel charges B again (late writeback) from zero. B is
+    // forgotten by then: its entry waits a round for an identity, then counts in full.
+    h.round_io(&[], &[], &[(B, Op::Write, 4096)]);
+    assert_eq!(h.io("b:2", Op::Write) + h.io("other", Op::Write), 8192);
     h.round_io(&[], &[], &[(B, Op::Write, 4096)]);
     assert_eq!(h.io("b:2", Op::Write) + h.io("other", Op::Write), 12288);
 }
