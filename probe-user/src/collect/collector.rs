@@ -262,13 +262,23 @@ impl Collector {
                 self.io_reader.forget_idle(map, is_live, granularity) as u64;
         }
         if let Some(maps) = &mut self.kernel.tcp {
-            stats.tcp_map_failures += self.tcp_reader.forget_idle(
-                &mut maps.traffic,
-                &mut maps.rtt,
-                is_live,
-                &r.listening,
-                granularity,
-            ) as u64;
+            // Ports nobody listens on: known only once a walk of the listeners succeeded, and
+            // never one the kernel added to its listening set since.
+            let listening = (r.listeners_seen_at != 0).then(|| {
+                let mut l = r.listening.clone();
+                l.extend(maps.listen.keys().filter_map(Result::ok));
+                l
+            });
+            if r.tcp.is_some() {
+                let rtt = r.rtt.is_some().then_some(&mut maps.rtt);
+                stats.tcp_map_failures += self.tcp_reader.forget_idle(
+                    &mut maps.traffic,
+                    rtt,
+                    is_live,
+                    listening.as_ref(),
+                    granularity,
+                ) as u64;
+            }
             stats.tcp_map_failures +=
                 super::tcp::sync_listen_ports(&mut maps.listen, &r.listening, r.listeners_seen_at)
                     as u64;

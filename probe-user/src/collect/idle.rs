@@ -77,6 +77,17 @@ impl<K: Pod + Eq + Hash, V: Pod + PartialEq> IdleTracker<K, V> {
         after: Duration,
         gone: impl Fn(&K) -> bool,
     ) -> usize {
+        self.forget_idle_noting(map, after, gone, |_| {})
+    }
+
+    /// [`IdleTracker::forget_idle`], calling `deleted` with each key deleted.
+    pub fn forget_idle_noting(
+        &mut self,
+        map: &mut BpfHashMap<MapData, K, V>,
+        after: Duration,
+        gone: impl Fn(&K) -> bool,
+        mut deleted: impl FnMut(&K),
+    ) -> usize {
         let idle: Vec<K> = self
             .last
             .iter()
@@ -88,6 +99,7 @@ impl<K: Pod + Eq + Hash, V: Pod + PartialEq> IdleTracker<K, V> {
             match map.remove(&k) {
                 Ok(()) | Err(MapError::KeyNotFound) => {
                     self.last.remove(&k);
+                    deleted(&k);
                 }
                 Err(_) => failed += 1,
             }

@@ -28,6 +28,11 @@ pub struct TcpRead {
 pub struct TcpReader {
     tracker: IdleTracker<TcpKey, TcpTotals>,
     rtt: IdleTracker<u16, RttTotals>,
+    /// Per-port entries deleted since the last read. One back already is a new entry, maybe
+    /// with the very totals the model saw last (one close, say): it is left out of one reading
+    /// so the model forgets the old one, and counts in full at the next.
+    deleted_ports: HashSet<TcpKey>,
+    deleted_rtt: HashSet<u16>,
 }
 
 impl TcpReader {
@@ -39,52 +44,74 @@ impl TcpReader {
     ) -> Result<TcpRead, MapError> {
         let g = start_granularity_ns.max(1);
         let mut out = TcpRead::default();
-        self.tracker.read(map, |k, v| {
-            let dim = TcpDim::from_kernel(k.port, k.role);
-            let counters = TcpCounters::from(v);
-            let slot = if k.tgid == 0 {
-                out.ports.entry(dim).or_default()
-            } else {
-                let key = ProcessKey {
-                    tgid: k.tgid,
-                    start_ns: k.start_ns / g * g,
+        let deleted = std::mem::take(&mut self.deleted_ports);
+        self.tracker
+            .read(map, |k, v| {
+                if deleted.contains(k) {
+                    return;
+                }
+                let dim = TcpDim::from_kernel(k.port, k.role);
+                let counters = TcpCounters::from(v);
+                let slot = if k.tgid == 0 {
+                    out.ports.entry(dim).or_default()
+                } else {
+                    let key = ProcessKey {
+                        tgid: k.tgid,
+                        start_ns: k.start_ns / g * g,
+                    };
+                    out.processes
+                        .entry(key)
+                        .or_default()
+                        .entry(dim)
+                        .or_default()
                 };
-                out.processes
-                    .entry(key)
-                    .or_default()
-                    .entry(dim)
-                    .or_default()
-            };
-            crate::model::cumulative::Cumulative::add(slot, &counters);
-        })?;
+                crate::model::cumulative::Cumulative::add(slot, &counters);
+            })
+            .inspect_err(|_| self.deleted_ports = deleted.clone())?;
         Ok(out)
     }
 
-    /// Deletes entries of processes that are gone, and per-port entries of ports nobody listens
-    /// on any more (their late closes and RTT samples are over), once idle for
-    /// [`super::idle::TCP_IDLE_FORGET`]. Otherwise a host whose services move ports would fill
-    /// the maps with the ports of the past. Returns how many deletions failed.
+    /// Deletes entries of processes that are gone once idle for
+    /// [`super::idle::TCP_IDLE_FORGET`]. With `listening` (every port listened on, known from
+    /// a walk that succeeded), also the per-port and RTT entries of other ports: otherwise a
+    /// host whose services move ports would fill the maps with the ports of the past. A map
+    /// whose read failed this round is left alone (`rtt`: None). Returns how many deletions
+    /// failed.
     pub fn forget_idle(
         &mut self,
         traffic: &mut BpfHashMap<MapData, TcpKey, TcpTotals>,
-        rtt: &mut BpfHashMap<MapData, u16, RttTotals>,
+        rtt: Option<&mut BpfHashMap<MapData, u16, RttTotals>>,
         is_live: impl Fn(u32, u64) -> bool,
-        listening: &HashSet<u16>,
+        listening: Option<&HashSet<u16>>,
         start_granularity_ns: u64,
     ) -> usize {
         let g = start_granularity_ns.max(1);
         let after = super::idle::TCP_IDLE_FORGET;
-        let failed = self.tracker.forget_idle(traffic, after, |k| {
-            if k.tgid == 0 {
-                k.role == ROLE_SERVER && !listening.contains(&k.port)
-            } else {
-                !is_live(k.tgid, k.start_ns / g * g)
-            }
-        });
+        let unheard = |port: &u16| listening.is_some_and(|l| !l.contains(port));
+        let deleted_ports = &mut self.deleted_ports;
+        let mut failed = self.tracker.forget_idle_noting(
+            traffic,
+            after,
+            |k| {
+                if k.tgid == 0 {
+                    k.role == ROLE_SERVER && unheard(&k.port)
+                } else {
+                    !is_live(k.tgid, k.start_ns / g * g)
+                }
+            },
+            |k| {
+                if k.tgid == 0 {
+                    deleted_ports.insert(*k);
+                }
+            },
+        );
+        if let Some(rtt) = rtt {
+            let deleted_rtt = &mut self.deleted_rtt;
+            failed += self.rtt.forget_idle_noting(rtt, after, unheard, |p| {
+                deleted_rtt.insert(*p);
+            });
+        }
         failed
-            + self
-                .rtt
-                .forget_idle(rtt, after, |port| !listening.contains(port))
     }
 
     /// RTT histograms per port (those of ports nobody listens on go once idle: see
@@ -94,16 +121,22 @@ impl TcpReader {
         map: &BpfHashMap<MapData, u16, RttTotals>,
     ) -> Result<HashMap<u16, Latency>, MapError> {
         let mut out = HashMap::new();
-        self.rtt.read(map, |&port, t| {
-            out.insert(
-                port,
-                Latency {
-                    count: t.count,
-                    sum_ns: t.sum_us.saturating_mul(1000),
-                    buckets: t.buckets,
-                },
-            );
-        })?;
+        let deleted = std::mem::take(&mut self.deleted_rtt);
+        self.rtt
+            .read(map, |&port, t| {
+                if deleted.contains(&port) {
+                    return;
+                }
+                out.insert(
+                    port,
+                    Latency {
+                        count: t.count,
+                        sum_ns: t.sum_us.saturating_mul(1000),
+                        buckets: t.buckets,
+                    },
+                );
+            })
+            .inspect_err(|_| self.deleted_rtt = deleted.clone())?;
         Ok(out)
     }
 }

@@ -79,18 +79,8 @@ impl Fold {
         let mut view = super::view::compute(&self.base, &self.acc);
         // A window sees every process that was in a top-K list at any of its frames: only
         // those that used something in it are shown.
-        view.processes.retain(|p| {
-            [
-                p.cpu_percent,
-                p.runqueue_wait_percent,
-                p.disk_read_bytes_per_second,
-                p.disk_write_bytes_per_second,
-                p.tcp_rx_bytes_per_second,
-                p.tcp_tx_bytes_per_second,
-            ]
-            .iter()
-            .any(|r| r.is_some_and(|r| r > 0.0))
-        });
+        view.processes
+            .retain(|p| p.rates().iter().any(|r| r.is_some_and(|r| r > 0.0)));
         view.history = Some(HistoryWindow {
             begin: time::rfc3339(self.first_ms),
             end: time::rfc3339(self.last_ms),

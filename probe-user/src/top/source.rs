@@ -110,16 +110,24 @@ pub fn get(authority: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     Ok(raw)
 }
 
-/// A daemon's answer to GET /api/v1/history: a view of the past, or its error message.
-pub fn parse_history_response(authority: &str, raw: &[u8]) -> anyhow::Result<View> {
+/// An HTTP response's head, status code and body.
+fn split_response<'a>(
+    authority: &str,
+    raw: &'a [u8],
+) -> anyhow::Result<(String, String, &'a [u8])> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .with_context(|| format!("{authority} sent no HTTP response"))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    let body = &raw[split + 4..];
-    match status {
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap_or("?").to_string();
+    Ok((head, status, &raw[split + 4..]))
+}
+
+/// A daemon's answer to GET /api/v1/history: a view of the past, or its error message.
+pub fn parse_history_response(authority: &str, raw: &[u8]) -> anyhow::Result<View> {
+    let (head, status, body) = split_response(authority, raw)?;
+    match status.as_str() {
         "200" => {
             let mut view: View = serde_json::from_slice(body).with_context(|| {
                 format!("{authority}{HISTORY_PATH} did not send a view of the past")
@@ -150,17 +158,11 @@ pub fn parse_history_response(authority: &str, raw: &[u8]) -> anyhow::Result<Vie
 /// A daemon's HTTP answer to GET /api/v1/top, as read from the socket: a 200 with a sample, or
 /// a clear error. Never panics, whatever the bytes (fuzzed: fuzz/fuzz_targets/top_json.rs).
 pub fn parse_response(authority: &str, raw: &[u8]) -> anyhow::Result<Sample> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .with_context(|| format!("{authority} sent no HTTP response"))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    let (head, status, body) = split_response(authority, raw)?;
     if status != "200" {
         let first = head.lines().next().unwrap_or_default();
         bail!("{authority}{API_PATH} answered {first:?} (is it a probe daemon of this version?)");
     }
-    let body = &raw[split + 4..];
     let sample: Sample = serde_json::from_slice(body)
         .with_context(|| format!("{authority}{API_PATH} did not send a probe sample"))?;
     if sample.version != FORMAT_VERSION {

@@ -86,6 +86,20 @@ pub struct ProcessView {
     pub tcp_tx_bytes_per_second: Option<f64>,
 }
 
+impl ProcessView {
+    /// Every rate of the row (None: not known over the interval).
+    pub fn rates(&self) -> [Option<f64>; 6] {
+        [
+            self.cpu_percent,
+            self.runqueue_wait_percent,
+            self.disk_read_bytes_per_second,
+            self.disk_write_bytes_per_second,
+            self.tcp_rx_bytes_per_second,
+            self.tcp_tx_bytes_per_second,
+        ]
+    }
+}
+
 /// Columns `probe top` sorts by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SortBy {
@@ -286,18 +300,7 @@ pub fn compute(prev: &Sample, cur: &Sample) -> View {
                 tcp_tx_bytes_per_second: r(c.tcp_tx_bytes, p.tcp_tx_bytes),
             }
         })
-        .filter(|p: &ProcessView| {
-            [
-                p.cpu_percent,
-                p.runqueue_wait_percent,
-                p.disk_read_bytes_per_second,
-                p.disk_write_bytes_per_second,
-                p.tcp_rx_bytes_per_second,
-                p.tcp_tx_bytes_per_second,
-            ]
-            .iter()
-            .any(Option::is_some)
-        })
+        .filter(|p: &ProcessView| p.rates().iter().any(Option::is_some))
         .collect();
     let mut view = View {
         version: FORMAT_VERSION,

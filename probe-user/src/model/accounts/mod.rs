@@ -148,9 +148,17 @@ pub struct Accounts {
     #[serde(skip)]
     other_ports: HashMap<u16, (u64, f64)>,
     /// Processes whose IO or TCP entries wait a round for their identity (see
-    /// [`Accounts::apply`]). Not saved: after a restart they are charged at once.
+    /// [`Accounts::apply`]). Not saved: after a restart they wait again.
     #[serde(skip)]
     unidentified: HashSet<ProcessKey>,
+    /// Processes charged without an identity (to [`OTHER`]) after that round: named again
+    /// if their dead-thread sample comes. Not saved.
+    #[serde(skip)]
+    unnamed: HashSet<ProcessKey>,
+    /// Listening ports and their owners at the last [`Accounts::apply_ports`]: `other`'s
+    /// series of these never expire. Not saved.
+    #[serde(skip)]
+    owned_ports: HashSet<u16>,
 }
 
 impl Accounts {
@@ -175,6 +183,8 @@ impl Accounts {
             rounds: 0,
             other_ports: HashMap::new(),
             unidentified: HashSet::new(),
+            unnamed: HashSet::new(),
+            owned_ports: HashSet::new(),
         }
     }
 
@@ -253,6 +263,11 @@ impl Accounts {
                 .procs
                 .entry(*key)
                 .or_insert_with(|| ProcState::gone(resolve(key), &dead.identity.comm));
+            if self.unnamed.remove(key) {
+                // Charged to `other` without an identity so far: what it did from now on goes
+                // where its identity says.
+                st.update(resolve(key), &dead.identity.comm);
+            }
             let totals = self.instances.entry(st.instance.clone()).or_default();
             let d = st.credit_cpu(totals, dead.cpu_ns, dead.run_delay_ns, decay, first);
             add_other_cpu(&mut self.other_cpu, &st.instance, d);
@@ -276,20 +291,23 @@ impl Accounts {
             .into_iter()
             .flat_map(|m| m.keys())
             .chain(round.tcp.into_iter().flat_map(|m| m.keys()))
-            .filter(|k| unknown(k) && !self.unidentified.contains(k))
+            .filter(|k| !first && unknown(k) && !self.unidentified.contains(k))
             .copied()
             .collect();
         self.unidentified = waiting;
         let wait = &self.unidentified;
+        let unnamed = &mut self.unnamed;
         let comm = |key: &ProcessKey| round.dead.get(key).map(|d| d.identity.comm);
         for (key, io) in round.io.into_iter().flat_map(by_key) {
             if wait.contains(key) {
                 continue;
             }
-            let st = self
-                .procs
-                .entry(*key)
-                .or_insert_with(|| ProcState::gone(resolve(key), &comm(key).unwrap_or_default()));
+            let st = self.procs.entry(*key).or_insert_with(|| {
+                if !round.dead.contains_key(key) {
+                    unnamed.insert(*key);
+                }
+                ProcState::gone(resolve(key), &comm(key).unwrap_or_default())
+            });
             let listed = top.io_keys.contains(key) && st.live;
             let instance = &st.instance;
             let (all, other) = (&mut self.io, &mut self.other_io);
@@ -306,10 +324,12 @@ impl Accounts {
             if wait.contains(key) {
                 continue;
             }
-            let st = self
-                .procs
-                .entry(*key)
-                .or_insert_with(|| ProcState::gone(resolve(key), &comm(key).unwrap_or_default()));
+            let st = self.procs.entry(*key).or_insert_with(|| {
+                if !round.dead.contains_key(key) {
+                    unnamed.insert(*key);
+                }
+                ProcState::gone(resolve(key), &comm(key).unwrap_or_default())
+            });
             let listed = top.tcp_keys.contains(key) && st.live;
             let instance = &st.instance;
             let (all, other) = (&mut self.tcp, &mut self.other_tcp);
@@ -332,7 +352,10 @@ impl Accounts {
             });
         }
 
-        self.forget_gone(round)
+        let forget = self.forget_gone(round);
+        let procs = &self.procs;
+        self.unnamed.retain(|k| procs.contains_key(k));
+        forget
     }
 
     /// Marks the processes not seen alive this round, and forgets those gone for two rounds
@@ -380,6 +403,7 @@ impl Accounts {
     /// Applies one collection's per-port TCP totals: increases go to the instance that owns the
     /// port now (server role) or to [`OTHER`] (client role: no process known).
     pub fn apply_ports(&mut self, round: &PortRound<'_>) {
+        self.owned_ports = round.owners.keys().copied().collect();
         let owner = |port: u16| -> Arc<str> {
             round
                 .owners
@@ -456,8 +480,8 @@ impl Accounts {
         self.other_tcp.retain(|(k, _), _| !dead.contains(k));
     }
 
-    /// Drops [`OTHER`]'s per-port series (server role, RTT) of a port that has not moved for
-    /// `expire_after`: the port stopped listening and its late traffic is over. If the port
+    /// Drops [`OTHER`]'s per-port series (server role, RTT) of a port nobody listens on that
+    /// has not moved for `expire_after`: its late traffic is over. If the port
     /// gets traffic again its series starts from zero, as a reset.
     fn expire_other_ports(&mut self, now: f64) {
         let mut sig: HashMap<u16, u64> = HashMap::new();
@@ -489,12 +513,30 @@ impl Accounts {
                 idle.insert(port);
             }
         }
+        // Not a port someone still listens on, nor one a live process of `other` has bytes on
+        // (its process row would no longer add up with the instance's series).
+        idle.retain(|p| !self.owned_ports.contains(p));
+        if idle.is_empty() {
+            return;
+        }
+        for st in self.procs.values() {
+            if st.live && &*st.instance == OTHER {
+                for d in st.tcp.total.keys() {
+                    if d.role == Role::Server {
+                        idle.remove(&d.port);
+                    }
+                }
+            }
+        }
         if idle.is_empty() {
             return;
         }
         let other = |inst: &Arc<str>| &**inst == OTHER;
-        self.tcp
-            .retain(|(k, d), _| !(other(k) && d.role == Role::Server && idle.contains(&d.port)));
+        let gone = |(k, d): &(Arc<str>, TcpDim)| {
+            other(k) && d.role == Role::Server && idle.contains(&d.port)
+        };
+        self.tcp.retain(|k, _| !gone(k));
+        self.other_tcp.retain(|k, _| !gone(k));
         self.rtt.retain(|(k, p), _| !(other(k) && idle.contains(p)));
         self.other_ports.retain(|p, _| !idle.contains(p));
     }

@@ -291,27 +291,88 @@ fn a_child_that_sends_before_it_is_seen_is_charged_to_its_instance_not_other() {
     h.round_all(&[], &[(A, dead(7, 0))], &[], tcp(150).as_ref());
     assert_eq!((tcp_rx(&h, "a:1"), h.cpu("a:1")), (150, 7));
     assert_eq!(h.cpu(OTHER), 0);
-    // One the next collection cannot name either goes to `other`, a round late.
-    h.round_all(
-        &[],
-        &[],
-        &[],
-        Some(&HashMap::from([(
+    // One the next collection cannot name either goes to `other`, a round late...
+    let tcp_b = |rx| {
+        Some(HashMap::from([(
             B,
-            HashMap::from([(SERVER_3306, rx_bytes(5))]),
-        )])),
-    );
+            HashMap::from([(SERVER_3306, rx_bytes(rx))]),
+        )]))
+    };
+    h.round_all(&[], &[], &[], tcp_b(5).as_ref());
     assert_eq!(tcp_rx(&h, "other"), 0);
-    h.round_all(
-        &[],
-        &[],
-        &[],
-        Some(&HashMap::from([(
-            B,
-            HashMap::from([(SERVER_3306, rx_bytes(9))]),
-        )])),
-    );
+    h.round_all(&[], &[], &[], tcp_b(9).as_ref());
     assert_eq!(tcp_rx(&h, "other"), 9, "counted in full");
+    // ... and if its dead-thread sample comes after all, it is named from then on.
+    h.round_all(&[], &[(B, dead(3, 0))], &[], tcp_b(12).as_ref());
+    assert_eq!((h.cpu("b:2"), h.cpu(OTHER)), (3, 0));
+    assert_eq!((tcp_rx(&h, "b:2"), tcp_rx(&h, "other")), (3, 9));
+}
+
+#[test]
+fn on_the_first_round_every_entry_is_charged_at_once() {
+    let mut h = Harness::new();
+    let tcp = HashMap::from([(A, HashMap::from([(SERVER_3306, rx_bytes(100))]))]);
+    h.round_all(&[], &[], &[], Some(&tcp));
+    assert_eq!(
+        tcp_rx(&h, "other"),
+        100,
+        "the baseline of a daemon that starts afresh: not a burst a round later"
+    );
+}
+
+#[test]
+fn a_port_other_listens_on_or_has_a_live_process_on_never_expires() {
+    let mut acc = Accounts::new(30.0);
+    acc.set_limits(limits(5, 10, 30.0));
+    let closed = |closed| TcpCounters {
+        closed,
+        ..TcpCounters::default()
+    };
+    let owned = HashMap::from([(3306, Arc::<str>::from(OTHER))]);
+    let traffic = HashMap::from([(SERVER_3306, closed(5))]);
+    let round = |acc: &mut Accounts, owners: &HashMap<u16, Arc<str>>, now: f64| {
+        acc.apply_ports(&PortRound {
+            traffic: Some(&traffic),
+            rtt: None,
+            established: None,
+            owners,
+        });
+        acc.end_round(now);
+    };
+    for now in [0.0, 40.0, 80.0] {
+        round(&mut acc, &owned, now);
+    }
+    let key = (Arc::<str>::from(OTHER), SERVER_3306);
+    assert!(
+        acc.tcp().contains_key(&key),
+        "listened on (by `other`): stays"
+    );
+    round(&mut acc, &HashMap::new(), 120.0);
+    assert!(
+        !acc.tcp().contains_key(&key),
+        "nobody listens, idle: expired"
+    );
+
+    // A live process of `other` with bytes on the port keeps it.
+    let mut h = Harness::new();
+    h.acc.set_limits(limits(5, 10, 30.0));
+    h.names.clear();
+    for (t, rx) in [(0.0, 10), (10.0, 20), (20.0, 20), (40.0, 20), (80.0, 20)] {
+        h.now = t;
+        h.round_tcp(&[(A, live(1, 0))], &[(A, rx)]);
+        h.acc.apply_ports(&PortRound {
+            traffic: None,
+            rtt: None,
+            established: None,
+            owners: &HashMap::new(),
+        });
+        h.acc.end_round(t);
+    }
+    assert_eq!(
+        tcp_rx(&h, OTHER),
+        20,
+        "its process row would not add up without it"
+    );
 }
 
 #[test]
