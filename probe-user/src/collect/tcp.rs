@@ -99,6 +99,9 @@ impl TcpReader {
                     !is_live(k.tgid, k.start_ns / g * g)
                 }
             },
+            // Per-process entries are not left out: the model would forget the process, and
+            // charge a late entry to `other`. One re-created with totals at least the old ones
+            // is undercounted (rare: the old one has bytes; block IO has the same gap).
             |k| {
                 if k.tgid == 0 {
                     deleted_ports.insert(*k);

@@ -108,6 +108,7 @@ impl Ledger {
                 rtt: r.rtt.as_ref(),
                 established: r.established.as_ref(),
                 owners: &owners,
+                listening: &r.listening,
             });
         }
         self.accounts.end_round(r.now_secs);

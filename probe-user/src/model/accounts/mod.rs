@@ -91,6 +91,9 @@ pub struct PortRound<'a> {
     pub established: Option<&'a HashMap<u16, u64>>,
     /// Listening ports and the instance that owns each now.
     pub owners: &'a HashMap<u16, Arc<str>>,
+    /// Every port listened on (also those without a known owner: kernel listeners, sockets
+    /// the walk could not map).
+    pub listening: &'a HashSet<u16>,
 }
 
 /// What the accounts know of one process.
@@ -155,8 +158,8 @@ pub struct Accounts {
     /// if their dead-thread sample comes. Not saved.
     #[serde(skip)]
     unnamed: HashSet<ProcessKey>,
-    /// Listening ports and their owners at the last [`Accounts::apply_ports`]: `other`'s
-    /// series of these never expire. Not saved.
+    /// Ports listened on at the last [`Accounts::apply_ports`]: `other`'s series of these
+    /// never expire. Not saved.
     #[serde(skip)]
     owned_ports: HashSet<u16>,
 }
@@ -404,6 +407,7 @@ impl Accounts {
     /// port now (server role) or to [`OTHER`] (client role: no process known).
     pub fn apply_ports(&mut self, round: &PortRound<'_>) {
         self.owned_ports = round.owners.keys().copied().collect();
+        self.owned_ports.extend(round.listening);
         let owner = |port: u16| -> Arc<str> {
             round
                 .owners

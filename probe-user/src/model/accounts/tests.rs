@@ -192,6 +192,7 @@ fn per_port_totals_go_to_the_ports_listener_or_other() {
         rtt: None,
         established: Some(&est),
         owners: &owners,
+        listening: &HashSet::new(),
     });
     let traffic = HashMap::from([(SERVER_3306, conns(10)), (client, rx_bytes(9))]);
     // The listener went away: its port's increase goes to `other`.
@@ -200,6 +201,7 @@ fn per_port_totals_go_to_the_ports_listener_or_other() {
         rtt: None,
         established: None,
         owners: &HashMap::new(),
+        listening: &HashSet::new(),
     });
     let get = |i: &str, d: TcpDim| acc.tcp().get(&(Arc::from(i), d)).cloned();
     assert_eq!(get("mariadbd:3306", SERVER_3306), Some(conns(4)));
@@ -247,6 +249,7 @@ fn others_series_of_a_port_nobody_listens_on_expire_once_idle() {
             rtt: Some(&rtt),
             established: None,
             owners: &nobody,
+            listening: &HashSet::new(),
         });
         acc.end_round(now);
     };
@@ -330,24 +333,36 @@ fn a_port_other_listens_on_or_has_a_live_process_on_never_expires() {
     };
     let owned = HashMap::from([(3306, Arc::<str>::from(OTHER))]);
     let traffic = HashMap::from([(SERVER_3306, closed(5))]);
-    let round = |acc: &mut Accounts, owners: &HashMap<u16, Arc<str>>, now: f64| {
+    let nobody = HashMap::new();
+    let heard = HashSet::from([3306]);
+    let unheard = HashSet::new();
+    let round = |acc: &mut Accounts,
+                 owners: &HashMap<u16, Arc<str>>,
+                 listening: &HashSet<u16>,
+                 now: f64| {
         acc.apply_ports(&PortRound {
             traffic: Some(&traffic),
             rtt: None,
             established: None,
             owners,
+            listening,
         });
         acc.end_round(now);
     };
     for now in [0.0, 40.0, 80.0] {
-        round(&mut acc, &owned, now);
+        round(&mut acc, &owned, &heard, now);
     }
     let key = (Arc::<str>::from(OTHER), SERVER_3306);
     assert!(
         acc.tcp().contains_key(&key),
         "listened on (by `other`): stays"
     );
-    round(&mut acc, &HashMap::new(), 120.0);
+    round(&mut acc, &nobody, &heard, 120.0);
+    assert!(
+        acc.tcp().contains_key(&key),
+        "listened on by a socket without a known owner: stays"
+    );
+    round(&mut acc, &nobody, &unheard, 160.0);
     assert!(
         !acc.tcp().contains_key(&key),
         "nobody listens, idle: expired"
@@ -365,6 +380,7 @@ fn a_port_other_listens_on_or_has_a_live_process_on_never_expires() {
             rtt: None,
             established: None,
             owners: &HashMap::new(),
+            listening: &HashSet::new(),
         });
         h.acc.end_round(t);
     }
@@ -372,6 +388,29 @@ fn a_port_other_listens_on_or_has_a_live_process_on_never_expires() {
         tcp_rx(&h, OTHER),
         20,
         "its process row would not add up without it"
+    );
+    // A exits; its entry stays as it was: the port expires with its unlisted-process rows.
+    let key = (Arc::<str>::from(OTHER), SERVER_3306);
+    assert!(
+        h.acc.other_tcp().contains_key(&key),
+        "A is not listed (no name)"
+    );
+    for t in [90.0, 100.0, 130.0] {
+        h.now = t;
+        h.round_tcp(&[], &[(A, 20)]);
+        h.acc.apply_ports(&PortRound {
+            traffic: None,
+            rtt: None,
+            established: None,
+            owners: &HashMap::new(),
+            listening: &HashSet::new(),
+        });
+        h.acc.end_round(t);
+    }
+    assert!(!h.acc.tcp().contains_key(&key), "expired once A is gone");
+    assert!(
+        !h.acc.other_tcp().contains_key(&key),
+        "and its `other` rows"
     );
 }
 
