@@ -460,7 +460,18 @@ impl Collector {
                     .exe
                     .map(|e| Arc::from(crate::model::names::display_name(e.as_bytes()))),
             });
-            self.procinfo.insert(*key, (sample.identity.comm, known));
+            // During an exec the new comm is set before the new command line is (for a moment
+            // /proc/<pid>/cmdline reads empty): facts read then are read again next time.
+            let settled = sample.identity.kthread
+                || known
+                    .as_ref()
+                    .is_some_and(|k| k.cmdline.as_deref().is_some_and(|c| !c.is_empty()));
+            let comm = if settled {
+                sample.identity.comm
+            } else {
+                [0; probe_common::COMM_LEN]
+            };
+            self.procinfo.insert(*key, (comm, known));
         }
     }
 
