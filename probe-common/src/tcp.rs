@@ -30,10 +30,10 @@ pub const LISTEN_MAP_ENTRIES: u32 = 4096;
 /// Remote ports the user wants as `remote_port` label values (port -> 1).
 pub const REMOTE_PORTS_MAP: &str = "TCP_REMOTE_PORTS";
 pub const REMOTE_PORTS_MAX: u32 = 64;
-/// Which process owns a socket (socket address -> [`Owner`]): learnt where the owner runs
-/// (sending, receiving, connecting) and used where it does not (retransmits in softirq).
+/// Which process owns a socket (socket-local storage: socket -> [`Owner`], freed with the
+/// socket): learnt where the owner runs (sending, receiving, connecting) and used where it does
+/// not (retransmits in softirq).
 pub const OWNERS_MAP: &str = "TCP_SOCK_OWNERS";
-pub const OWNERS_MAP_ENTRIES: u32 = 65_536;
 /// RTT histograms per listening port (port -> [`RttTotals`]).
 pub const RTT_MAP: &str = "TCP_RTT";
 
@@ -114,7 +114,32 @@ pub struct Owner {
     /// the same process skip the lookups that found them.
     pub port: u16,
     pub role: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// [`Owner::sealed`]: tells an entry read while another CPU rewrote it (two processes using
+    /// one socket at once) from a whole one.
+    pub check: u32,
+}
+
+impl Owner {
+    /// This entry with its check word set; the programs write only sealed entries.
+    pub const fn sealed(mut self) -> Self {
+        self.check = self.fold();
+        self
+    }
+
+    /// Whether the check word matches the other fields (a torn read almost never does).
+    pub const fn is_whole(&self) -> bool {
+        self.check == self.fold()
+    }
+
+    const fn fold(&self) -> u32 {
+        // Every field in, each moved so that swapping two fields' halves changes the sum; the
+        // constant makes an all-zero entry not whole.
+        (self.tgid ^ self.flags.rotate_left(7) ^ (self.start_ns as u32).rotate_left(13))
+            .wrapping_add(((self.start_ns >> 32) as u32).rotate_left(19))
+            .wrapping_add((self.port as u32) | ((self.role as u32) << 16))
+            ^ 0x5bd1_e995
+    }
 }
 
 /// [`Owner::flags`]: the socket was accepted from a listener (server role).
@@ -150,6 +175,51 @@ pub fn tcp_header_len(tcp_off12: u8) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_owner_entry_mixed_from_two_writes_is_not_whole() {
+        let a = super::Owner {
+            tgid: 4242,
+            flags: super::OWNER_KEYED,
+            start_ns: 123_456_789_012,
+            port: 3306,
+            role: super::ROLE_SERVER,
+            ..Default::default()
+        }
+        .sealed();
+        let b = super::Owner {
+            tgid: 777,
+            flags: super::OWNER_KEYED | super::OWNER_PASSIVE,
+            start_ns: 98_765_432_109,
+            port: 0,
+            role: super::ROLE_CLIENT,
+            ..Default::default()
+        }
+        .sealed();
+        assert!(a.is_whole() && b.is_whole());
+        assert!(!super::Owner::default().is_whole());
+        // Any field of one write with the rest (and the check) of the other.
+        let mixes = [
+            super::Owner { tgid: b.tgid, ..a },
+            super::Owner {
+                flags: b.flags,
+                ..a
+            },
+            super::Owner {
+                start_ns: b.start_ns,
+                ..a
+            },
+            super::Owner { port: b.port, ..a },
+            super::Owner { role: b.role, ..a },
+            super::Owner {
+                check: b.check,
+                ..a
+            },
+        ];
+        for m in mixes {
+            assert!(!m.is_whole(), "{m:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -6,20 +6,27 @@
 //! softirq context: they are keyed by port, and retransmits by the socket's owner where
 //! [`TCP_SOCK_OWNERS`] knows it (learnt when the owner sent, received or connected).
 //!
+//! The owner lives in socket-local storage: one helper call that follows a pointer from the
+//! socket, no hashing and no LRU bookkeeping on every send and receive, and it goes with the
+//! socket (no entry outlives it, none is evicted). Socket-local storage needs BTF-typed programs
+//! (`tp_btf`, 5.11+), which also read the socket's fields by direct loads.
+//!
 //! Over 500 lines: every TCP program shares the socket-owner cache and the key rules; split, the
 //! verifier-sensitive helpers they inline would be spread over files.
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
-        BPF_SOCK_OPS_RTT_CB_FLAG,
+        BPF_ANY, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
     },
+    btf_maps::SkStorage,
     helpers::generated::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_tcp_sock,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sk_storage_get,
+        bpf_tcp_sock,
     },
-    macros::{cgroup_skb, map, raw_tracepoint, sock_ops},
-    maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{RawTracePointContext, SkBuffContext, SockOpsContext},
+    macros::{btf_map, btf_tracepoint, cgroup_skb, map, raw_tracepoint, sock_ops},
+    maps::{HashMap, PerCpuArray},
+    programs::{BtfTracePointContext, RawTracePointContext, SkBuffContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::warn;
@@ -27,13 +34,14 @@ use probe_common::{
     ports::{AF_INET, AF_INET6, IPPROTO_TCP},
     tcp::{
         accepts, closes_established, tcp_header_len, Owner, RttTotals, TcpKey, TcpTotals,
-        LISTEN_MAP_ENTRIES, MSG_PEEK, OWNERS_MAP_ENTRIES, OWNER_KEYED, OWNER_PASSIVE,
-        REMOTE_PORTS_MAX, ROLE_CLIENT, ROLE_SERVER, STAT_LOST, STAT_SLOTS, TCP_CLOSE, TCP_LISTEN,
-        TCP_SYN_SENT, TRAFFIC_MAP_ENTRIES,
+        LISTEN_MAP_ENTRIES, MSG_PEEK, OWNER_KEYED, OWNER_PASSIVE, REMOTE_PORTS_MAX, ROLE_CLIENT,
+        ROLE_SERVER, STAT_LOST, STAT_SLOTS, TCP_LISTEN, TCP_SYN_SENT, TRAFFIC_MAP_ENTRIES,
     },
 };
 
-use crate::kernel::{atomic_add, bump, current_task, off, process_of, read, self_tgid, Bucket};
+use crate::kernel::{
+    atomic_add, bump, current_task, off, process_of, read, self_tgid, Bucket, Direct, Mem,
+};
 
 #[map]
 static TCP_TRAFFIC: HashMap<TcpKey, TcpTotals> = HashMap::with_max_entries(TRAFFIC_MAP_ENTRIES, 0);
@@ -44,9 +52,68 @@ static TCP_LISTEN_PORTS: HashMap<u16, u64> = HashMap::with_max_entries(LISTEN_MA
 #[map]
 static TCP_REMOTE_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(REMOTE_PORTS_MAX, 0);
 
-#[map]
-static TCP_SOCK_OWNERS: LruHashMap<u64, Owner> =
-    LruHashMap::with_max_entries(OWNERS_MAP_ENTRIES, 0);
+#[btf_map]
+static TCP_SOCK_OWNERS: SkStorage<Owner> = SkStorage::new();
+
+/// The owner entry of `sk` (a BTF-typed socket pointer), or null; with `create`, a missing entry
+/// is created holding `*create` (the helper returns null for sockets that are not full sockets,
+/// and when memory runs out).
+#[inline(always)]
+fn owner_slot(sk: *const u8, create: Option<&mut Owner>) -> *mut Owner {
+    let (init, flags) = match create {
+        Some(v) => (
+            core::ptr::from_mut(v).cast(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        ),
+        None => (core::ptr::null_mut(), 0),
+    };
+    // SAFETY: the map is this object's socket-storage map; the verifier checks that `sk` is a
+    // BTF-typed socket pointer and `init` a value-sized stack slot (or null without the flag).
+    unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&TCP_SOCK_OWNERS).cast_mut().cast(),
+            sk.cast_mut().cast(),
+            init,
+            flags,
+        )
+    }
+    .cast()
+}
+
+/// The socket's owner entry, copied; all zero (`!is_whole()`) without one, or when the copy is
+/// not whole (read while another CPU rewrote it: the caller then learns the owner again).
+///
+/// A plain `Owner`, not an `Option`: copies of an `Option<Owner>` carry undefined padding bytes,
+/// which LLVM may store from a register the last helper call clobbered, and the verifier
+/// refuses that ("R5 !read_ok").
+#[inline(always)]
+fn owner_get(sk: *const u8) -> Owner {
+    let p = owner_slot(sk, None);
+    if p.is_null() {
+        return Owner::default();
+    }
+    // SAFETY: a storage value the helper just returned: non-null, of this type, valid while the
+    // program runs. Another CPU may write it at the same time (two processes using one socket at
+    // once): the check word tells a torn copy.
+    let o = unsafe { core::ptr::read_volatile(p) };
+    if o.is_whole() {
+        o
+    } else {
+        Owner::default()
+    }
+}
+
+/// Makes `owner` the socket's owner entry (created if missing).
+#[inline(always)]
+fn owner_set(sk: *const u8, owner: Owner) {
+    let owner = owner.sealed();
+    let mut init = owner;
+    let p = owner_slot(sk, Some(&mut init));
+    if !p.is_null() {
+        // SAFETY: as in owner_get (a write racing another leaves an entry that is not whole).
+        unsafe { core::ptr::write_volatile(p, owner) };
+    }
+}
 
 #[map]
 static TCP_RTT: HashMap<u16, RttTotals> = HashMap::with_max_entries(LISTEN_MAP_ENTRIES, 0);
@@ -62,8 +129,8 @@ const CLOSED: u8 = 4;
 
 /// sock_send_length(struct sock *sk, int ret, int flags): after sock_sendmsg, in the sender's
 /// context; `ret` is the number of bytes queued (or an error).
-#[raw_tracepoint(tracepoint = "sock_send_length")]
-pub fn probe_tcp_send(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn probe_tcp_send(ctx: BtfTracePointContext) -> i32 {
     if !crate::kernel::active() {
         return 0;
     }
@@ -73,8 +140,8 @@ pub fn probe_tcp_send(ctx: RawTracePointContext) -> i32 {
 
 /// sock_recv_length(struct sock *sk, int ret, int flags): after sock_recvmsg, in the
 /// receiver's context.
-#[raw_tracepoint(tracepoint = "sock_recv_length")]
-pub fn probe_tcp_recv(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn probe_tcp_recv(ctx: BtfTracePointContext) -> i32 {
     if !crate::kernel::active() {
         return 0;
     }
@@ -83,7 +150,7 @@ pub fn probe_tcp_recv(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn on_length(ctx: &RawTracePointContext, what: u8) {
+fn on_length(ctx: &BtfTracePointContext, what: u8) {
     let sk: *const u8 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as u32 as i32;
     let flags = ctx.arg::<u64>(2) as u32;
@@ -91,7 +158,7 @@ fn on_length(ctx: &RawTracePointContext, what: u8) {
         return;
     }
     // One read turns away the many sends on UNIX and netlink sockets.
-    match read::<u16>(sk, off!(sk_family)) {
+    match Direct::get::<u16>(sk, off!(sk_family)) {
         Some(AF_INET | AF_INET6) => {}
         _ => return,
     }
@@ -101,29 +168,26 @@ fn on_length(ctx: &RawTracePointContext, what: u8) {
         return;
     }
     // Fast path: this process used this socket before; its key is cached in the owner entry.
-    // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the program
-    // runs.
-    let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
-    if let Some(o) = known {
-        if o.tgid == tgid && o.flags & OWNER_KEYED != 0 {
-            let key = TcpKey {
-                tgid,
-                port: o.port,
-                role: o.role,
-                _pad: 0,
-                start_ns: o.start_ns,
-            };
-            account(ctx, &key, what, ret as u64);
-            return;
-        }
+    // (Without a whole entry, `known` is all zero and matches no process.)
+    let known = owner_get(sk);
+    if known.tgid == tgid && known.flags & OWNER_KEYED != 0 {
+        let key = TcpKey {
+            tgid,
+            port: known.port,
+            role: known.role,
+            _pad: 0,
+            start_ns: known.start_ns,
+        };
+        account(ctx, &key, what, ret as u64);
+        return;
     }
-    if read::<u16>(sk, off!(sk_protocol)) != Some(IPPROTO_TCP) {
+    if Direct::get::<u16>(sk, off!(sk_protocol)) != Some(IPPROTO_TCP) {
         return;
     }
     let Some(p) = process_of(current_task()) else {
         return;
     };
-    let Some((port, role)) = learn_owner(sk, known, p.tgid, p.start_ns) else {
+    let Some((port, role)) = learn_owner::<Direct>(sk, known, p.tgid, p.start_ns) else {
         return;
     };
     let key = TcpKey {
@@ -139,17 +203,18 @@ fn on_length(ctx: &RawTracePointContext, what: u8) {
 /// Records the process as the socket's owner, with the socket's key port and role (keeping
 /// what `known`, the socket's current entry, says about its role), and returns the port and role.
 #[inline(always)]
-fn learn_owner(sk: *const u8, known: Option<Owner>, tgid: u32, start_ns: u64) -> Option<(u16, u8)> {
-    let (port, role) = role_of(sk, known)?;
+fn learn_owner<M: Mem>(sk: *const u8, known: Owner, tgid: u32, start_ns: u64) -> Option<(u16, u8)> {
+    let (port, role) = role_of::<M>(sk, known)?;
     let owner = Owner {
         tgid,
-        flags: known.map_or(0, |k| k.flags) | OWNER_KEYED,
+        flags: known.flags | OWNER_KEYED,
         start_ns,
         port,
         role,
-        _pad: [0; 5],
+        _pad: 0,
+        check: 0,
     };
-    let _ = TCP_SOCK_OWNERS.insert(sk as u64, owner, u64::from(BPF_ANY));
+    owner_set(sk, owner);
     Some((port, role))
 }
 
@@ -157,15 +222,15 @@ fn learn_owner(sk: *const u8, known: Option<Owner>, tgid: u32, start_ns: u64) ->
 /// entry), or whose local port is listened on, is a server; anything else is a client, keyed
 /// by its remote port when the user named that port, else by 0.
 #[inline(always)]
-fn role_of(sk: *const u8, known: Option<Owner>) -> Option<(u16, u8)> {
-    let lport: u16 = read(sk, off!(sk_num))?;
-    let passive = known.is_some_and(|o| o.flags & OWNER_PASSIVE != 0);
+fn role_of<M: Mem>(sk: *const u8, known: Owner) -> Option<(u16, u8)> {
+    let lport: u16 = M::get(sk, off!(sk_num))?;
+    let passive = known.flags & OWNER_PASSIVE != 0;
     // SAFETY: only whether the key is present is used, never the value (which another CPU may
     // change).
     if passive || unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some() {
         return Some((lport, ROLE_SERVER));
     }
-    let rport = u16::from_be(read::<u16>(sk, off!(sk_dport)).unwrap_or(0));
+    let rport = u16::from_be(M::get::<u16>(sk, off!(sk_dport)).unwrap_or(0));
     // SAFETY: only whether the key is present is used, never the value (which another CPU may
     // change).
     let port = if unsafe { TCP_REMOTE_PORTS.get(&rport) }.is_some() {
@@ -177,27 +242,29 @@ fn role_of(sk: *const u8, known: Option<Owner>) -> Option<(u16, u8)> {
 }
 
 #[inline(always)]
-fn is_tcp(sk: *const u8) -> bool {
-    let Some(family) = read::<u16>(sk, off!(sk_family)) else {
+fn is_tcp<M: Mem>(sk: *const u8) -> bool {
+    let Some(family) = M::get::<u16>(sk, off!(sk_family)) else {
         return false;
     };
     (family == AF_INET || family == AF_INET6)
-        && read::<u16>(sk, off!(sk_protocol)) == Some(IPPROTO_TCP)
+        && M::get::<u16>(sk, off!(sk_protocol)) == Some(IPPROTO_TCP)
 }
 
 /// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn probe_tcp_state(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
     if !crate::kernel::active() {
         return 0;
     }
     let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as u32;
     let new = ctx.arg::<u64>(2) as u32;
-    if !is_tcp(sk) {
+    if !is_tcp::<Direct>(sk) {
         return 0;
     }
-    // skc_num is already 0 when a socket that released its port reaches TCP_CLOSE.
+    // skc_num is already 0 when a socket that released its port reaches TCP_CLOSE. (inet_sport
+    // is a field of inet_sock, beyond the struct sock the verifier knows the pointer as: read
+    // with the helper.)
     let Some(lport) = read::<u16>(sk, off!(inet_sport)).map(u16::from_be) else {
         return 0;
     };
@@ -215,39 +282,42 @@ pub fn probe_tcp_state(ctx: RawTracePointContext) -> i32 {
         // connect(2), in the connecting process's context.
         if let Some(p) = process_of(current_task()) {
             if p.tgid != self_tgid() {
-                let owner = Owner {
-                    tgid: p.tgid,
-                    start_ns: p.start_ns,
-                    ..Owner::default()
-                };
-                let _ = TCP_SOCK_OWNERS.insert(sk as u64, owner, u64::from(BPF_ANY));
+                owner_set(
+                    sk,
+                    Owner {
+                        tgid: p.tgid,
+                        start_ns: p.start_ns,
+                        ..Owner::default()
+                    },
+                );
             }
         }
     } else if accepts(old, new) {
-        let owner = Owner {
-            flags: OWNER_PASSIVE,
-            ..Owner::default()
-        };
-        let _ = TCP_SOCK_OWNERS.insert(sk as u64, owner, u64::from(BPF_ANY));
+        owner_set(
+            sk,
+            Owner {
+                flags: OWNER_PASSIVE,
+                ..Owner::default()
+            },
+        );
         account(&ctx, &port_key(lport, ROLE_SERVER), ACCEPTED, 1);
     } else if closes_established(old, new) {
-        // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the
-        // program runs.
-        let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
-        let server = match known {
-            Some(o) => o.flags & OWNER_PASSIVE != 0,
-            // Owner entry aged out (many connections): the port decides.
+        let o = owner_get(sk);
+        let server = if o.is_whole() {
+            o.flags & OWNER_PASSIVE != 0
+        } else {
+            // No owner entry (accepted before probe started, or no memory for one): the port
+            // decides.
             // SAFETY: only whether the key is present is used, never the value (which another CPU
             // may change).
-            None => unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some(),
+            unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some()
         };
         if server {
             account(&ctx, &port_key(lport, ROLE_SERVER), CLOSED, 1);
         }
     }
-    if new == TCP_CLOSE {
-        let _ = TCP_SOCK_OWNERS.remove(sk as u64);
-    }
+    // The owner entry stays until the socket is freed: data still queued can be read after
+    // TCP_CLOSE, and a closed socket can connect again (SYN_SENT above replaces the entry).
     0
 }
 
@@ -264,8 +334,8 @@ fn port_key(port: u16, role: u8) -> TcpKey {
 
 /// tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb[, int err]): one call
 /// per retransmitted skb, which carries tcp_skb_pcount() segments (what TcpRetransSegs adds).
-#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
-pub fn probe_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn probe_tcp_retransmit(ctx: BtfTracePointContext) -> i32 {
     if !crate::kernel::active() {
         return 0;
     }
@@ -274,7 +344,7 @@ pub fn probe_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
     if off!(retransmit_has_err) != 0 && ctx.arg::<u64>(2) as u32 != 0 {
         return 0;
     }
-    if !is_tcp(sk) {
+    if !is_tcp::<Direct>(sk) {
         return 0;
     }
     let segs = match (off!(skb_cb), off!(tcp_cb_gso_segs)) {
@@ -283,17 +353,14 @@ pub fn probe_tcp_retransmit(ctx: RawTracePointContext) -> i32 {
         }
         _ => 1,
     };
-    // SAFETY: a map value the lookup just returned: non-null, of this type, valid while the program
-    // runs.
-    let known = TCP_SOCK_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o });
-    let Some((port, role)) = role_of(sk, known) else {
+    let known = owner_get(sk);
+    let Some((port, role)) = role_of::<Direct>(sk, known) else {
         return 0;
     };
     let mut key = port_key(port, role);
-    if let Some(o) = known {
-        key.tgid = o.tgid;
-        key.start_ns = o.start_ns;
-    }
+    // Without an entry, `known` is all zero: the port's key.
+    key.tgid = known.tgid;
+    key.start_ns = known.start_ns;
     account(&ctx, &key, RETRANSMIT, u64::from(segs));
     0
 }

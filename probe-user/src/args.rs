@@ -18,11 +18,11 @@ pub struct HookArgs {
     /// Do not use these hooks even if they work here, so their collector falls back (e.g. to
     /// work around a kernel bug, or to try the fallback): iter/task, tp_btf/sched_switch,
     /// raw_tp/sched_switch, iter/task_file, raw_tp/block_io_start, raw_tp/block_rq_issue,
-    /// raw_tp/writeback_dirty_folio, raw_tp/writeback_dirty_page, raw_tp/sock_send_length,
-    /// cgroup_skb, raw_tp/inet_sock_set_state, raw_tp/tcp_retransmit_skb, sock_ops; and runq
+    /// raw_tp/writeback_dirty_folio, raw_tp/writeback_dirty_page, tp_btf/sock_send_length,
+    /// cgroup_skb, tp_btf/inet_sock_set_state, tp_btf/tcp_retransmit_skb, sock_ops; and runq
     /// (no run-queue latency histograms: saves ~50 ns per context switch). Repeat or separate
     /// with commas.
-    #[arg(long = "hooks.skip", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(crate::loader::hooks::ALL))]
+    #[arg(long = "hooks.skip", value_delimiter = ',', value_parser = hook_names())]
     pub skip: Vec<String>,
 
     /// The host's cgroup filesystem as mounted in a container (e.g. the host's /sys/fs/cgroup at
@@ -51,4 +51,63 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is out of range (100ms to 60m)"));
     }
     Ok(d)
+}
+
+/// `--hooks.skip` values: the hooks' names, and (hidden) the names earlier releases used, taken as
+/// the new ones.
+fn hook_names() -> impl clap::builder::TypedValueParser<Value = String> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+
+    use crate::loader::hooks;
+    let current = hooks::ALL.iter().map(|h| PossibleValue::new(*h));
+    let old = hooks::RENAMED
+        .iter()
+        .map(|(old, _)| PossibleValue::new(*old).hide(true));
+    PossibleValuesParser::new(current.chain(old).collect::<Vec<_>>()).map(|name| {
+        hooks::RENAMED
+            .iter()
+            .find(|(old, _)| *old == name)
+            .map_or(name, |(_, new)| (*new).to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::HookArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        hooks: HookArgs,
+    }
+
+    #[test]
+    fn hooks_skip_takes_current_and_earlier_names_and_refuses_others() {
+        let cli = Cli::try_parse_from([
+            "probe",
+            "--hooks.skip",
+            "tp_btf/sock_send_length,raw_tp/inet_sock_set_state",
+            "--hooks.skip=raw_tp/tcp_retransmit_skb",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.hooks.skip,
+            [
+                "tp_btf/sock_send_length",
+                "tp_btf/inet_sock_set_state",
+                "tp_btf/tcp_retransmit_skb"
+            ]
+        );
+        let err = Cli::try_parse_from(["probe", "--hooks.skip", "raw_tp/nope"])
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("raw_tp/nope"), "{err}");
+        // Earlier names are accepted but not offered.
+        assert!(
+            !err.to_string().contains("raw_tp/sock_send_length"),
+            "{err}"
+        );
+    }
 }

@@ -62,10 +62,10 @@ pub fn best_hook(collector: &str) -> &'static str {
         }
         "block_dirty" => "raw_tp/writeback_dirty_page",
         // sock_send_length / sock_recv_length: Linux 6.3+.
-        "tcp" if has_tracepoint("sock", "sock_send_length") => "raw_tp/sock_send_length",
+        "tcp" if has_tracepoint("sock", "sock_send_length") => "tp_btf/sock_send_length",
         "tcp" => "cgroup_skb",
-        "tcp_state" => "raw_tp/inet_sock_set_state",
-        "tcp_retransmit" => "raw_tp/tcp_retransmit_skb",
+        "tcp_state" => "tp_btf/inet_sock_set_state",
+        "tcp_retransmit" => "tp_btf/tcp_retransmit_skb",
         "tcp_rtt" => "sock_ops",
         "process_table" => "procfs",
         other => panic!("no expected hook for collector {other:?}"),
@@ -75,7 +75,7 @@ pub fn best_hook(collector: &str) -> &'static str {
 /// Whether TCP bytes are counted per process (sock_send_length) rather than per port only
 /// (the cgroup_skb fallback before Linux 6.3).
 pub fn tcp_bytes_per_process() -> bool {
-    best_hook("tcp") == "raw_tp/sock_send_length"
+    best_hook("tcp") == "tp_btf/sock_send_length"
 }
 
 /// `uname -r`.

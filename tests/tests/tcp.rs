@@ -414,7 +414,7 @@ fn retransmits_match_the_kernels_tcp_retrans_segs() {
     let how = add_loss(&a, &b, 2);
     let daemon = Daemon::start(&[]);
     // The per-port fallback, side by side: retransmitted bytes must not count twice there.
-    let fallback = Daemon::start(&["--hooks.skip", "raw_tp/sock_send_length"]);
+    let fallback = Daemon::start(&["--hooks.skip", "tp_btf/sock_send_length"]);
     let wrap_b = ["ip", "netns", "exec", b.name.as_str()];
     let wrap_a = ["ip", "netns", "exec", a.name.as_str()];
     let mut server = Workload::start_wrapped(
@@ -480,7 +480,7 @@ fn fallback_counts_data_that_completes_the_handshake() {
     const CONNS: u64 = 20;
     const BYTES_EACH: u64 = 100_000;
     let (a, b) = Netns::pair("h", 203);
-    let daemon = Daemon::start(&["--hooks.skip", "raw_tp/sock_send_length"]);
+    let daemon = Daemon::start(&["--hooks.skip", "tp_btf/sock_send_length"]);
     let mut server = Workload::start_wrapped(
         &["ip", "netns", "exec", b.name.as_str()],
         &[
@@ -567,7 +567,7 @@ fn assert_fallback_bytes(m: &Metrics, instance: &str, port: &str, rx: u64, tx: O
 
 #[test]
 fn cgroup_skb_fallback_counts_bytes_per_port() {
-    let daemon = Daemon::start(&["--hooks.skip", "raw_tp/sock_send_length"]);
+    let daemon = Daemon::start(&["--hooks.skip", "tp_btf/sock_send_length"]);
     let (server, _client) = exchange(&[], "127.0.0.1:0", "127.0.0.1");
     let m = daemon.scrape();
     m.assert_hook("tcp", "cgroup_skb");

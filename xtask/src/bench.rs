@@ -64,8 +64,23 @@ pub fn run(
     kernels: &[String],
     oltp: &oltp::Options,
     scrape_baseline: Option<&Path>,
+    programs_baseline: Option<&Path>,
 ) -> Result<()> {
     let want = |s: &str| only.is_none_or(|o| o == s);
+    if let Some(base) = programs_baseline {
+        if !want("programs") || !kernels.iter().any(|k| k == "host") {
+            bail!("--programs.baseline compares on this machine: it needs the programs section and `host` in --kernels");
+        }
+        let same = std::fs::canonicalize(base)
+            .with_context(|| format!("--programs.baseline {}", base.display()))?
+            == std::fs::canonicalize(probe_bin())?;
+        if same {
+            bail!(
+                "--programs.baseline is this build ({}): give a copy of another build",
+                base.display()
+            );
+        }
+    }
     // A run killed outright leaves its probe's pins (programs attached): not in this baseline.
     crate::run::remove_stale_test_pins();
     if want("oltp") {
@@ -81,7 +96,7 @@ pub fn run(
         tcp_throughput()?;
     }
     if want("programs") {
-        programs::section(kernels)?;
+        programs::section(kernels, programs_baseline)?;
     }
     if want("scrape") {
         scrape_cost(processes, scrape_baseline)?;

@@ -78,6 +78,10 @@ enum Task {
         /// cost and RSS with, in alternating rounds.
         #[arg(long = "scrape.baseline", value_name = "PROBE")]
         scrape_baseline: Option<std::path::PathBuf>,
+        /// Another probe binary to compare this build's programs with on this machine (ns per
+        /// run, medians of alternating rounds, ratios); the VM columns are measured as usual.
+        #[arg(long = "programs.baseline", value_name = "PROBE")]
+        programs_baseline: Option<std::path::PathBuf>,
     },
     /// (Inside a VM, for `bench`.) Run the programs section's workload on this kernel and
     /// write the programs' costs as JSON.
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
             oltp_seconds,
             oltp_skips,
             scrape_baseline,
+            programs_baseline,
         } => setup::toolchain()
             .and_then(|()| setup::packages(setup::BENCH_PACKAGES))
             .and_then(|()| setup::packages(setup::TEST_PACKAGES))
@@ -166,6 +171,7 @@ fn main() -> ExitCode {
                     &kernels,
                     &oltp,
                     scrape_baseline.as_deref(),
+                    programs_baseline.as_deref(),
                 )
             }),
         Task::ProgramCosts { out } => bench::programs::guest_main(&out),

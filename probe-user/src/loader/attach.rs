@@ -9,7 +9,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     programs::{
         cgroup_skb::CgroupSkbAttachType, links::FdLink, BtfTracePoint, CgroupAttachMode, CgroupSkb,
-        Iter, RawTracePoint, SockOps,
+        Iter, Program, ProgramError, RawTracePoint, SockOps,
     },
     Btf, Ebpf,
 };
@@ -69,22 +69,12 @@ impl Attacher<'_> {
                 out.iter = Some(link);
                 out.programs.push(program);
             }
-            Attach::BtfTracepoint {
-                program,
-                tracepoint,
-            } => {
-                let prog: &mut BtfTracePoint = find(self.ebpf, program)?;
-                prog.load(tracepoint, self.btf).map_err(|e| kernel(&e))?;
-                let id = prog.attach().map_err(|e| kernel(&e))?;
-                if let Some(p) = self.pins.as_deref_mut() {
-                    let link = prog.take_link(id).map_err(|e| kernel(&e))?;
-                    p.keep(&link_key(program, tracepoint), FdLink::from(link))
-                        .map_err(HookError::Pin)?;
+            Attach::Btf(set) | Attach::Raw(set) => {
+                if matches!(hook.attach, Attach::Btf(_)) {
+                    self.tracepoints::<BtfTracePoint>(set)?;
+                } else {
+                    self.tracepoints::<RawTracePoint>(set)?;
                 }
-                out.programs.push(program);
-            }
-            Attach::Raw(set) => {
-                self.raw_set(set)?;
                 for &(program, _) in set {
                     if !out.programs.contains(&program) {
                         out.programs.push(program);
@@ -133,25 +123,24 @@ impl Attacher<'_> {
         Ok(out)
     }
 
-    /// Loads (once) and attaches raw tracepoint programs to tracepoints, all or nothing: if one
-    /// fails, the ones attached by this call are detached again. When pinning, the links are
-    /// pinned (this daemon's generation, beside a previous daemon's until the handover).
-    pub(super) fn raw_set(
+    /// Loads (once) and attaches tracepoint programs of one kind (`T`: raw or BTF-typed) to
+    /// tracepoints, all or nothing: if one fails, the ones attached by this call are detached
+    /// again. When pinning, the links are pinned (this daemon's generation, beside a previous
+    /// daemon's until the handover).
+    pub(super) fn tracepoints<T: Tracepoint>(
         &mut self,
         set: &[(&'static str, &'static str)],
-    ) -> Result<(), HookError> {
-        let mut done: Vec<(
-            &str,
-            &str,
-            aya::programs::raw_trace_point::RawTracePointLinkId,
-        )> = Vec::new();
+    ) -> Result<(), HookError>
+    where
+        for<'p> &'p mut T: TryFrom<&'p mut Program, Error = ProgramError>,
+    {
+        let btf = self.btf;
+        let mut done: Vec<(&str, &str, T::Id)> = Vec::new();
         let mut result = Ok(());
         for &(name, tp) in set {
-            let attached = find::<RawTracePoint>(self.ebpf, name).and_then(|prog| {
-                if prog.fd().is_err() {
-                    prog.load().map_err(|e| kernel(&e))?;
-                }
-                prog.attach(tp)
+            let attached = find::<T>(self.ebpf, name).and_then(|prog| {
+                prog.load_once(tp, btf).map_err(|e| kernel(&e))?;
+                prog.attach_to(tp)
                     .map_err(|e| HookError::Kernel(format!("{tp}: {}", chain(&e))))
             });
             match attached {
@@ -164,8 +153,8 @@ impl Attacher<'_> {
         }
         if result.is_err() {
             for (name, _, id) in done {
-                if let Ok(prog) = find::<RawTracePoint>(self.ebpf, name) {
-                    let _ = prog.detach(id);
+                if let Ok(prog) = find::<T>(self.ebpf, name) {
+                    let _ = prog.detach_id(id);
                 }
             }
             return result;
@@ -179,15 +168,15 @@ impl Attacher<'_> {
         let mut failed = None;
         for (name, tp, id) in done {
             if failed.is_some() {
-                if let Ok(prog) = find::<RawTracePoint>(self.ebpf, name) {
-                    let _ = prog.detach(id);
+                if let Ok(prog) = find::<T>(self.ebpf, name) {
+                    let _ = prog.detach_id(id);
                 }
                 continue;
             }
             let key = link_key(name, tp);
-            let kept = find::<RawTracePoint>(self.ebpf, name).and_then(|prog| {
-                let link = prog.take_link(id).map_err(|e| kernel(&e))?;
-                p.keep(&key, FdLink::from(link)).map_err(HookError::Pin)
+            let kept = find::<T>(self.ebpf, name).and_then(|prog| {
+                let link = prog.fd_link(id).map_err(|e| kernel(&e))?;
+                p.keep(&key, link).map_err(HookError::Pin)
             });
             match kept {
                 Ok(()) => pinned.push(key),
@@ -203,6 +192,55 @@ impl Attacher<'_> {
                 Err(e)
             }
         }
+    }
+}
+
+/// The two kinds of tracepoint program, as [`Attacher::tracepoints`] drives them.
+pub(super) trait Tracepoint {
+    type Id;
+    /// Loads the program unless it is loaded (a raw tracepoint program is loaded once for every
+    /// tracepoint it attaches to; a BTF-typed one is verified against its tracepoint's types).
+    fn load_once(&mut self, tracepoint: &str, btf: &Btf) -> Result<(), ProgramError>;
+    fn attach_to(&mut self, tracepoint: &str) -> Result<Self::Id, ProgramError>;
+    fn detach_id(&mut self, id: Self::Id) -> Result<(), ProgramError>;
+    fn fd_link(&mut self, id: Self::Id) -> Result<FdLink, ProgramError>;
+}
+
+impl Tracepoint for RawTracePoint {
+    type Id = aya::programs::raw_trace_point::RawTracePointLinkId;
+    fn load_once(&mut self, _: &str, _: &Btf) -> Result<(), ProgramError> {
+        if self.fd().is_err() {
+            self.load()?;
+        }
+        Ok(())
+    }
+    fn attach_to(&mut self, tracepoint: &str) -> Result<Self::Id, ProgramError> {
+        self.attach(tracepoint)
+    }
+    fn detach_id(&mut self, id: Self::Id) -> Result<(), ProgramError> {
+        self.detach(id)
+    }
+    fn fd_link(&mut self, id: Self::Id) -> Result<FdLink, ProgramError> {
+        Ok(FdLink::from(self.take_link(id)?))
+    }
+}
+
+impl Tracepoint for BtfTracePoint {
+    type Id = aya::programs::tp_btf::BtfTracePointLinkId;
+    fn load_once(&mut self, tracepoint: &str, btf: &Btf) -> Result<(), ProgramError> {
+        if self.fd().is_err() {
+            self.load(tracepoint, btf)?;
+        }
+        Ok(())
+    }
+    fn attach_to(&mut self, _: &str) -> Result<Self::Id, ProgramError> {
+        self.attach()
+    }
+    fn detach_id(&mut self, id: Self::Id) -> Result<(), ProgramError> {
+        self.detach(id)
+    }
+    fn fd_link(&mut self, id: Self::Id) -> Result<FdLink, ProgramError> {
+        Ok(FdLink::from(self.take_link(id)?))
     }
 }
 
@@ -276,7 +314,7 @@ pub(super) fn attach_collector(
                 st.hook = Some(hook.name);
                 if let Some(a) = a.as_deref_mut() {
                     for &(program, tracepoint) in hook.extras {
-                        match a.raw_set(&[(program, tracepoint)]) {
+                        match a.tracepoints::<RawTracePoint>(&[(program, tracepoint)]) {
                             Ok(()) => attached.programs.push(program),
                             Err(e) => st
                                 .notes

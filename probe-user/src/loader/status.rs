@@ -139,17 +139,25 @@ pub mod hooks {
     pub const DIRTY_FOLIO: &str = "raw_tp/writeback_dirty_folio";
     pub const DIRTY_PAGE: &str = "raw_tp/writeback_dirty_page";
     /// TCP bytes in the process's context: sock_send_length / sock_recv_length (6.3+).
-    pub const TCP_SOCK_LENGTH: &str = "raw_tp/sock_send_length";
+    pub const TCP_SOCK_LENGTH: &str = "tp_btf/sock_send_length";
     /// TCP bytes fallback, per port only: cgroup_skb ingress/egress on the cgroup2 root.
     pub const TCP_CGROUP_SKB: &str = "cgroup_skb";
-    pub const TCP_STATE: &str = "raw_tp/inet_sock_set_state";
-    pub const TCP_RETRANSMIT: &str = "raw_tp/tcp_retransmit_skb";
+    pub const TCP_STATE: &str = "tp_btf/inet_sock_set_state";
+    pub const TCP_RETRANSMIT: &str = "tp_btf/tcp_retransmit_skb";
     /// RTT callbacks of accepted connections: sock_ops on the cgroup2 root.
     pub const TCP_SOCKOPS: &str = "sock_ops";
     /// Not a hook of its own: the run-queue part of the sched_switch program (skipping it
     /// leaves the exit hook alone).
     pub const RUNQ: &str = "runq";
     pub const PROCFS: &str = "procfs";
+    /// Names earlier releases used (old, new): `--hooks.skip` still takes them. The TCP programs
+    /// moved from raw_tp to tp_btf with the socket-owner map (socket-local storage).
+    pub const RENAMED: &[(&str, &str)] = &[
+        ("raw_tp/sock_send_length", TCP_SOCK_LENGTH),
+        ("raw_tp/inet_sock_set_state", TCP_STATE),
+        ("raw_tp/tcp_retransmit_skb", TCP_RETRANSMIT),
+    ];
+
     /// Every hook `--hooks.skip` accepts.
     pub const ALL: &[&str] = &[
         TASK_ITER,

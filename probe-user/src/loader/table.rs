@@ -28,11 +28,9 @@ pub enum Attach {
         program: &'static str,
         target: &'static str,
     },
-    /// A BTF-typed tracepoint.
-    BtfTracepoint {
-        program: &'static str,
-        tracepoint: &'static str,
-    },
+    /// BTF-typed tracepoints (`tp_btf`), (program, tracepoint), all or none; each program is
+    /// verified against its one tracepoint's argument types.
+    Btf(&'static [(&'static str, &'static str)]),
     /// Raw tracepoints, (program, tracepoint), all or none; a program named twice is loaded
     /// once and attached to both.
     Raw(&'static [(&'static str, &'static str)]),
@@ -61,6 +59,9 @@ pub struct Hook {
     /// Raw tracepoints attached beside it when they can be; their failure is only a note.
     pub extras: &'static [(&'static str, &'static str)],
 }
+
+/// What the TCP programs that keep a socket's owner in socket-local storage need.
+const SK_STORAGE_NEEDS: &str = "needs Linux 5.11+ (socket-local storage in tp_btf programs)";
 
 const fn hook(name: &'static str, attach: Attach) -> Hook {
     Hook {
@@ -122,10 +123,7 @@ pub const COLLECTORS: &[Spec] = &[
         hooks: &[
             hook(
                 hooks::EXIT_BTF,
-                Attach::BtfTracepoint {
-                    program: SWITCH_BTF_PROGRAM,
-                    tracepoint: "sched_switch",
-                },
+                Attach::Btf(&[(SWITCH_BTF_PROGRAM, "sched_switch")]),
             ),
             hook(
                 hooks::EXIT_RAW,
@@ -223,7 +221,7 @@ pub const COLLECTORS: &[Spec] = &[
         hooks: &[
             hook(
                 hooks::TCP_SOCK_LENGTH,
-                Attach::Raw(&[
+                Attach::Btf(&[
                     (RECV_PROGRAM, "sock_recv_length"),
                     (SEND_PROGRAM, "sock_send_length"),
                 ]),
@@ -247,10 +245,13 @@ pub const COLLECTORS: &[Spec] = &[
     },
     Spec {
         name: names::TCP_STATE,
-        hooks: &[hook(
-            hooks::TCP_STATE,
-            Attach::Raw(&[(STATE_PROGRAM, "inet_sock_set_state")]),
-        )],
+        hooks: &[Hook {
+            needs: Some(SK_STORAGE_NEEDS),
+            ..hook(
+                hooks::TCP_STATE,
+                Attach::Btf(&[(STATE_PROGRAM, "inet_sock_set_state")]),
+            )
+        }],
         down: Some(
             "no connection counts; listeners count as server ports only once the daemon sees them",
         ),
@@ -260,9 +261,10 @@ pub const COLLECTORS: &[Spec] = &[
         name: names::TCP_RETRANSMIT,
         hooks: &[Hook {
             extras: &[(RETRANSMIT_SYNACK_PROGRAM, "tcp_retransmit_synack")],
+            needs: Some(SK_STORAGE_NEEDS),
             ..hook(
                 hooks::TCP_RETRANSMIT,
-                Attach::Raw(&[(RETRANSMIT_PROGRAM, "tcp_retransmit_skb")]),
+                Attach::Btf(&[(RETRANSMIT_PROGRAM, "tcp_retransmit_skb")]),
             )
         }],
         down: None,
@@ -384,6 +386,26 @@ mod tests {
                 "{name} is in no collector's hooks"
             );
         }
+    }
+
+    #[test]
+    fn every_btf_tracepoint_program_has_one_tracepoint() {
+        // A tp_btf program is verified against one tracepoint's types: named twice, the second
+        // attachment would reuse the first.
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for spec in COLLECTORS {
+            for h in spec.hooks {
+                if let Attach::Btf(set) = h.attach {
+                    for &(program, tracepoint) in set {
+                        if let Some((_, other)) = seen.iter().find(|(p, _)| *p == program) {
+                            assert_eq!(*other, tracepoint, "{program} on two tracepoints");
+                        }
+                        seen.push((program, tracepoint));
+                    }
+                }
+            }
+        }
+        assert!(seen.len() >= 5, "{seen:?}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{dd_mb_per_s, program_deltas, Server};
+use super::{dd_mb_per_s, median, program_deltas, Server};
 use crate::{
     matrix,
     run::root,
@@ -33,11 +33,19 @@ pub type Costs = Vec<(String, f64, f64)>;
 /// How long each timed part of the workload runs.
 const PART: Duration = Duration::from_secs(2);
 
+/// Rounds of the host's comparison with a baseline binary (each binary once per round).
+const BASELINE_ROUNDS: usize = 5;
+
 /// Runs the workload on the running kernel with `probe serve` attached and returns the
 /// programs' costs during it.
 pub fn measure_here(scratch_dir: &Path) -> Result<Costs> {
+    measure_with(&crate::run::probe_bin(), scratch_dir)
+}
+
+/// [`measure_here`] with the probe binary `bin`.
+fn measure_with(bin: &Path, scratch_dir: &Path) -> Result<Costs> {
     fs::create_dir_all(scratch_dir)?;
-    let probe = Server::probe_with(&["--bpf.stats"])?;
+    let probe = Server::probe_binary(bin, &["--bpf.stats"])?;
     let before = probe.scrape_text()?;
     pipe_ping_pong(PART)?;
     let file = scratch_dir.join("bench-programs");
@@ -81,8 +89,9 @@ fn read_costs(path: &Path) -> Result<Costs> {
 }
 
 /// Measures on the host and in a VM per Debian kernel in `kernels` (`host` is this machine),
-/// and prints ns per run side by side.
-pub fn section(kernels: &[String]) -> Result<()> {
+/// and prints ns per run side by side. With `baseline` (another build), the host measures both
+/// builds in alternating rounds and prints the medians and their ratio instead.
+pub fn section(kernels: &[String], baseline: Option<&Path>) -> Result<()> {
     println!(
         "\n== kernel programs: cost per event (BPF statistics), one fixed workload on each kernel"
     );
@@ -93,6 +102,10 @@ pub fn section(kernels: &[String]) -> Result<()> {
     let mut columns: Vec<(String, Costs)> = Vec::new();
     for k in kernels {
         if k == "host" {
+            if let Some(base) = baseline {
+                compare_here(base)?;
+                continue;
+            }
             let release = fs::read_to_string("/proc/sys/kernel/osrelease")?;
             let costs = measure_here(&root().join("target/tmp"))?;
             columns.push((format!("{} (host)", release.trim()), costs));
@@ -122,7 +135,9 @@ pub fn section(kernels: &[String]) -> Result<()> {
         }
         columns.push((format!("{k} (qemu TCG)"), read_costs(&out)?));
     }
-    print!("{}", table(&columns));
+    if !columns.is_empty() {
+        print!("{}", table(&columns));
+    }
     if columns.len() > 1 {
         println!(
             "   qemu's TCG emulates the CPU: its ns are not comparable with the host's (no \
@@ -130,6 +145,61 @@ pub fn section(kernels: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// This build against `base` on the host: [`BASELINE_ROUNDS`] alternating rounds, the median
+/// ns per run of each program, and their ratio.
+fn compare_here(base: &Path) -> Result<()> {
+    let scratch = root().join("target/tmp");
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..BASELINE_ROUNDS {
+        // Alternate which goes first, so that a trend on the machine favours neither.
+        if round % 2 == 0 {
+            mine.push(measure_with(&crate::run::probe_bin(), &scratch)?);
+            theirs.push(measure_with(base, &scratch)?);
+        } else {
+            theirs.push(measure_with(base, &scratch)?);
+            mine.push(measure_with(&crate::run::probe_bin(), &scratch)?);
+        }
+    }
+    let (mine, theirs) = (medians(&mine), medians(&theirs));
+    println!(
+        "   this build vs {} on this machine: medians of {BASELINE_ROUNDS} alternating rounds",
+        base.display()
+    );
+    println!(
+        "  {:<30} {:>14} {:>14} {:>8}",
+        "program", "this build", "baseline", "ratio"
+    );
+    let names: std::collections::BTreeSet<&String> = mine.keys().chain(theirs.keys()).collect();
+    for p in names {
+        let cell = |m: &BTreeMap<String, f64>| {
+            m.get(p).map_or("-".to_string(), |ns| format!("{ns:.1} ns"))
+        };
+        let ratio = match (mine.get(p), theirs.get(p)) {
+            (Some(a), Some(b)) if *b > 0.0 => format!("{:.3}x", a / b),
+            _ => "-".to_string(),
+        };
+        println!(
+            "  {p:<30} {:>14} {:>14} {ratio:>8}",
+            cell(&mine),
+            cell(&theirs)
+        );
+    }
+    Ok(())
+}
+
+/// Per program, the median over rounds of its ns per run.
+fn medians(rounds: &[Costs]) -> BTreeMap<String, f64> {
+    let mut all: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for costs in rounds {
+        for (p, runs, ns) in costs {
+            all.entry(p.clone()).or_default().push(ns / runs);
+        }
+    }
+    all.into_iter()
+        .map(|(p, mut v)| (p, median(&mut v)))
+        .collect()
 }
 
 fn table(columns: &[(String, Costs)]) -> String {
