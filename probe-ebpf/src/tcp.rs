@@ -187,7 +187,7 @@ fn on_length(ctx: &BtfTracePointContext, what: u8) {
     let Some(p) = process_of(current_task()) else {
         return;
     };
-    let Some((port, role)) = learn_owner::<Direct>(sk, known, p.tgid, p.start_ns) else {
+    let Some((port, role)) = learn_owner(sk, known, p.tgid, p.start_ns) else {
         return;
     };
     let key = TcpKey {
@@ -203,8 +203,8 @@ fn on_length(ctx: &BtfTracePointContext, what: u8) {
 /// Records the process as the socket's owner, with the socket's key port and role (keeping
 /// what `known`, the socket's current entry, says about its role), and returns the port and role.
 #[inline(always)]
-fn learn_owner<M: Mem>(sk: *const u8, known: Owner, tgid: u32, start_ns: u64) -> Option<(u16, u8)> {
-    let (port, role) = role_of::<M>(sk, known)?;
+fn learn_owner(sk: *const u8, known: Owner, tgid: u32, start_ns: u64) -> Option<(u16, u8)> {
+    let (port, role) = role_of(sk, known)?;
     let owner = Owner {
         tgid,
         flags: known.flags | OWNER_KEYED,
@@ -220,17 +220,18 @@ fn learn_owner<M: Mem>(sk: *const u8, known: Owner, tgid: u32, start_ns: u64) ->
 
 /// The key port and role of a socket: a socket accepted from a listener (known from its owner
 /// entry), or whose local port is listened on, is a server; anything else is a client, keyed
-/// by its remote port when the user named that port, else by 0.
+/// by its remote port when the user named that port, else by 0. `sk` is a tp_btf argument
+/// (read by direct loads), as in every caller.
 #[inline(always)]
-fn role_of<M: Mem>(sk: *const u8, known: Owner) -> Option<(u16, u8)> {
-    let lport: u16 = M::get(sk, off!(sk_num))?;
+fn role_of(sk: *const u8, known: Owner) -> Option<(u16, u8)> {
+    let lport: u16 = Direct::get(sk, off!(sk_num))?;
     let passive = known.flags & OWNER_PASSIVE != 0;
     // SAFETY: only whether the key is present is used, never the value (which another CPU may
     // change).
     if passive || unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some() {
         return Some((lport, ROLE_SERVER));
     }
-    let rport = u16::from_be(M::get::<u16>(sk, off!(sk_dport)).unwrap_or(0));
+    let rport = u16::from_be(Direct::get::<u16>(sk, off!(sk_dport)).unwrap_or(0));
     // SAFETY: only whether the key is present is used, never the value (which another CPU may
     // change).
     let port = if unsafe { TCP_REMOTE_PORTS.get(&rport) }.is_some() {
@@ -241,13 +242,14 @@ fn role_of<M: Mem>(sk: *const u8, known: Owner) -> Option<(u16, u8)> {
     Some((port, ROLE_CLIENT))
 }
 
+/// Whether `sk` (a tp_btf argument, read by direct loads) is an IPv4 or IPv6 TCP socket.
 #[inline(always)]
-fn is_tcp<M: Mem>(sk: *const u8) -> bool {
-    let Some(family) = M::get::<u16>(sk, off!(sk_family)) else {
+fn is_tcp(sk: *const u8) -> bool {
+    let Some(family) = Direct::get::<u16>(sk, off!(sk_family)) else {
         return false;
     };
     (family == AF_INET || family == AF_INET6)
-        && M::get::<u16>(sk, off!(sk_protocol)) == Some(IPPROTO_TCP)
+        && Direct::get::<u16>(sk, off!(sk_protocol)) == Some(IPPROTO_TCP)
 }
 
 /// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
@@ -259,7 +261,7 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as u32;
     let new = ctx.arg::<u64>(2) as u32;
-    if !is_tcp::<Direct>(sk) {
+    if !is_tcp(sk) {
         return 0;
     }
     // skc_num is already 0 when a socket that released its port reaches TCP_CLOSE. (inet_sport
@@ -344,7 +346,7 @@ pub fn probe_tcp_retransmit(ctx: BtfTracePointContext) -> i32 {
     if off!(retransmit_has_err) != 0 && ctx.arg::<u64>(2) as u32 != 0 {
         return 0;
     }
-    if !is_tcp::<Direct>(sk) {
+    if !is_tcp(sk) {
         return 0;
     }
     let segs = match (off!(skb_cb), off!(tcp_cb_gso_segs)) {
@@ -354,7 +356,7 @@ pub fn probe_tcp_retransmit(ctx: BtfTracePointContext) -> i32 {
         _ => 1,
     };
     let known = owner_get(sk);
-    let Some((port, role)) = role_of::<Direct>(sk, known) else {
+    let Some((port, role)) = role_of(sk, known) else {
         return 0;
     };
     let mut key = port_key(port, role);
