@@ -161,7 +161,13 @@ fn direct_write_is_charged_exactly_to_the_writers_instance() {
         "dd oflag=direct 64 MiB on {disk}: probe {got} bytes (want 67108864 exactly, or short by \
          requests whose end the kernel did not report: {missed})"
     );
-    assert!(io(&m, OPS, &w.instance(), &disk, "write") >= 64.0);
+    // At least one request per 1 MiB write, less those whose end the kernel did not report
+    // (their ops are not counted either, as their bytes above).
+    let ops = io(&m, OPS, &w.instance(), &disk, "write");
+    assert!(
+        ops + missed >= 64.0,
+        "{ops} write ops (+ {missed} uncounted requests) for 64 writes"
+    );
     assert_histograms_consistent(&m);
 }
 

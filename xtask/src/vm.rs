@@ -202,8 +202,16 @@ const INIT_FAILED: &str = "PROBE_VM_INIT_FAILED:";
 fn exit_status(console: &str) -> Option<i32> {
     console
         .lines()
-        .filter_map(|l| l.split_once(EXIT_MARKER).map(|(_, v)| v.trim()))
-        .filter_map(|v| v.parse().ok())
+        .filter_map(|l| l.split_once(EXIT_MARKER).map(|(_, v)| v.trim_start()))
+        // The kernel may print on the same console line right after the number (seen: "…=0[
+        // 238.8] sysrq: Power Off"), so only the leading digits count.
+        .filter_map(|v| {
+            let end = v
+                .char_indices()
+                .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+                .map_or(v.len(), |(i, _)| i);
+            v[..end].parse().ok()
+        })
         .next_back()
 }
 
@@ -710,6 +718,11 @@ mod tests {
         assert_eq!(exit_status(log), Some(0));
         assert_eq!(exit_status("Kernel panic - not syncing\n"), None);
         assert_eq!(exit_status(&format!("{INIT_FAILED} overlay\n")), None);
+        // The kernel's next message on the marker's line.
+        let log = "PROBE_VM_EXIT_STATUS=0[  238.817481] sysrq: Power Off\n";
+        assert_eq!(exit_status(log), Some(0));
+        assert_eq!(exit_status("PROBE_VM_EXIT_STATUS=-1\n"), Some(-1));
+        assert_eq!(exit_status("PROBE_VM_EXIT_STATUS=[ 1.0] x\n"), None);
     }
 
     #[test]
