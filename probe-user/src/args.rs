@@ -44,7 +44,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
+        // Saturating: a number of minutes past u64 seconds is out of range below, not a wrap.
+        "m" => Duration::from_secs(n.saturating_mul(60)),
         _ => return Err(format!("{s:?}: unit must be ms, s or m")),
     };
     if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
@@ -81,6 +82,19 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         hooks: HookArgs,
+    }
+
+    #[test]
+    fn durations_in_range_parse_and_others_are_refused_not_wrapped() {
+        use std::time::Duration;
+        assert_eq!(
+            super::parse_duration("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(super::parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["50ms", "61m", "5h", "x", "", "307445734561825861m"] {
+            assert!(super::parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

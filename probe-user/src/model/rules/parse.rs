@@ -369,12 +369,16 @@ fn parse_expiry(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("expire_after = {s:?}: not a duration like 90s, 10m or 2h"))?;
-    let d = match unit {
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let per_unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
         _ => return Err(format!("expire_after = {s:?}: unit must be s, m or h")),
     };
+    let d = n
+        .checked_mul(per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("expire_after = {s:?}: too long"))?;
     if d < Duration::from_secs(10) {
         return Err(format!("expire_after = {s:?}: at least 10s"));
     }

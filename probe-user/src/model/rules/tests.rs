@@ -182,6 +182,9 @@ fn bad_files_are_rejected_with_line_and_column() {
     assert!(e[0].starts_with("line 3, column 8:"), "{e:?}");
     let e = errors("[instances]\nmax = 0\nexpire_after = \"5\"\n");
     assert_eq!(e.len(), 2, "{e:?}");
+    // A number of hours past u64 seconds is an error, not an overflow (found by the fuzzer).
+    let e = errors("[instances]\nexpire_after = \"18446744073709551615h\"\n");
+    assert!(e[0].contains("too long"), "{e:?}");
     let e = errors("not toml at all");
     assert!(e[0].starts_with("line 1, column"), "{e:?}");
     // Every error of a file, not only the first.
