@@ -20,6 +20,14 @@ pub const RETRANSMIT_SYNACK_PROGRAM: &str = "probe_tcp_retransmit_synack";
 pub const RETRANSMIT_PROGRAM: &str = "probe_tcp_retransmit";
 /// RTT samples of server sockets (sock_ops on the cgroup2 root).
 pub const SOCKOPS_PROGRAM: &str = "probe_tcp_sockops";
+/// Moves the bytes waiting in each socket's [`SockEntry`] to [`TRAFFIC_MAP`] and marks the
+/// socket [`SockEntry::swept`] (iter/tcp, run by the daemon before it reads the map).
+pub const FLUSH_PROGRAM: &str = "probe_tcp_flush";
+/// Move a closing socket's waiting bytes (tcp:tcp_destroy_sock). Two identical programs: the
+/// kernel skips a tracing program's run nested in its own run on one CPU (counted in its missed
+/// runs); two make a skipped run on one of them harmless, and the move is an exchange, so a
+/// second move finds nothing.
+pub const CLOSE_PROGRAMS: [&str; 2] = ["probe_tcp_close", "probe_tcp_close_again"];
 
 /// Per-(process, port, role) totals ([`TcpKey`] -> [`TcpTotals`]).
 pub const TRAFFIC_MAP: &str = "TCP_TRAFFIC";
@@ -30,9 +38,9 @@ pub const LISTEN_MAP_ENTRIES: u32 = 4096;
 /// Remote ports the user wants as `remote_port` label values (port -> 1).
 pub const REMOTE_PORTS_MAP: &str = "TCP_REMOTE_PORTS";
 pub const REMOTE_PORTS_MAX: u32 = 64;
-/// Which process owns a socket (socket-local storage: socket -> [`Owner`], freed with the
-/// socket): learnt where the owner runs (sending, receiving, connecting) and used where it does
-/// not (retransmits in softirq).
+/// Which process owns a socket and its bytes not yet moved to [`TRAFFIC_MAP`] (socket-local
+/// storage: socket -> [`SockEntry`], freed with the socket): the owner is learnt where it runs
+/// (sending, receiving, connecting) and used where it does not (retransmits in softirq).
 pub const OWNERS_MAP: &str = "TCP_SOCK_OWNERS";
 /// RTT histograms per listening port (port -> [`RttTotals`]).
 pub const RTT_MAP: &str = "TCP_RTT";
@@ -140,6 +148,27 @@ impl Owner {
             .wrapping_add((self.port as u32) | ((self.role as u32) << 16))
             ^ 0x5bd1_e995
     }
+}
+
+/// Value of [`OWNERS_MAP`]: the socket's owner, and once a collection has seen the socket
+/// ([`swept`](Self::swept)), the payload bytes its owner sent and received since the last move
+/// to [`TRAFFIC_MAP`]. A send or receive then adds to its own socket's entry, which no other
+/// socket shares, instead of looking up and updating the process's map entry; the bytes move
+/// (atomic exchange, so never twice) at every collection, when the socket closes, and when
+/// another process takes it over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockEntry {
+    pub owner: Owner,
+    pub rx_pending: u64,
+    pub tx_pending: u64,
+    /// The mark (generation plus one) of the daemon whose collections' iterator visited the
+    /// socket: the bytes are then moved at every collection, so they may wait in the entry. A
+    /// mark of an earlier daemon (pinned storage outlives it) does not count: the socket's bytes
+    /// count directly until this daemon's iterator has seen it (with `--hooks.skip iter/tcp`,
+    /// always).
+    pub swept: u32,
+    pub _pad: u32,
 }
 
 /// [`Owner::flags`]: the socket was accepted from a listener (server role).

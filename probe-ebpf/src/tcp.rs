@@ -22,7 +22,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::generated::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sk_storage_get,
-        bpf_tcp_sock,
+        bpf_skc_to_tcp_sock, bpf_tcp_sock,
     },
     macros::{btf_map, btf_tracepoint, cgroup_skb, map, raw_tracepoint, sock_ops},
     maps::{HashMap, PerCpuArray},
@@ -33,14 +33,16 @@ use aya_log_ebpf::warn;
 use probe_common::{
     ports::{AF_INET, AF_INET6, IPPROTO_TCP},
     tcp::{
-        accepts, closes_established, tcp_header_len, Owner, RttTotals, TcpKey, TcpTotals,
-        LISTEN_MAP_ENTRIES, MSG_PEEK, OWNER_KEYED, OWNER_PASSIVE, REMOTE_PORTS_MAX, ROLE_CLIENT,
-        ROLE_SERVER, STAT_LOST, STAT_SLOTS, TCP_LISTEN, TCP_SYN_SENT, TRAFFIC_MAP_ENTRIES,
+        accepts, closes_established, tcp_header_len, Owner, RttTotals, SockEntry, TcpKey,
+        TcpTotals, LISTEN_MAP_ENTRIES, MSG_PEEK, OWNER_KEYED, OWNER_PASSIVE, REMOTE_PORTS_MAX,
+        ROLE_CLIENT, ROLE_SERVER, STAT_LOST, STAT_SLOTS, TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT,
+        TRAFFIC_MAP_ENTRIES,
     },
 };
 
 use crate::kernel::{
-    atomic_add, bump, current_task, off, process_of, read, self_tgid, Bucket, Direct, Mem,
+    atomic_add, atomic_take, bump, current_task, off, process_of, read, self_tgid, sweep_mark,
+    Bucket, Direct, Mem,
 };
 
 #[map]
@@ -53,13 +55,13 @@ static TCP_LISTEN_PORTS: HashMap<u16, u64> = HashMap::with_max_entries(LISTEN_MA
 static TCP_REMOTE_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(REMOTE_PORTS_MAX, 0);
 
 #[btf_map]
-static TCP_SOCK_OWNERS: SkStorage<Owner> = SkStorage::new();
+static TCP_SOCK_OWNERS: SkStorage<SockEntry> = SkStorage::new();
 
-/// The owner entry of `sk` (a BTF-typed socket pointer), or null; with `create`, a missing entry
-/// is created holding `*create` (the helper returns null for sockets that are not full sockets,
+/// The entry of `sk` (a BTF-typed socket pointer), or null; with `create`, a missing entry is
+/// created holding `*create` (the helper returns null for sockets that are not full sockets,
 /// and when memory runs out).
 #[inline(always)]
-fn owner_slot(sk: *const u8, create: Option<&mut Owner>) -> *mut Owner {
+fn entry(sk: *const u8, create: Option<&mut SockEntry>) -> *mut SockEntry {
     let (init, flags) = match create {
         Some(v) => (
             core::ptr::from_mut(v).cast(),
@@ -80,22 +82,22 @@ fn owner_slot(sk: *const u8, create: Option<&mut Owner>) -> *mut Owner {
     .cast()
 }
 
-/// The socket's owner entry, copied; all zero (`!is_whole()`) without one, or when the copy is
-/// not whole (read while another CPU rewrote it: the caller then learns the owner again).
+/// The owner in entry `e` (null: none), copied; all zero (`!is_whole()`) without one, or when
+/// the copy is not whole (read while another CPU rewrote it: the caller then learns the owner
+/// again).
 ///
 /// A plain `Owner`, not an `Option`: copies of an `Option<Owner>` carry undefined padding bytes,
 /// which LLVM may store from a register the last helper call clobbered, and the verifier
 /// refuses that ("R5 !read_ok").
 #[inline(always)]
-fn owner_get(sk: *const u8) -> Owner {
-    let p = owner_slot(sk, None);
-    if p.is_null() {
+fn owner_in(e: *const SockEntry) -> Owner {
+    if e.is_null() {
         return Owner::default();
     }
-    // SAFETY: a storage value the helper just returned: non-null, of this type, valid while the
+    // SAFETY: a storage value the helper returned: non-null, of this type, valid while the
     // program runs. Another CPU may write it at the same time (two processes using one socket at
     // once): the check word tells a torn copy.
-    let o = unsafe { core::ptr::read_volatile(p) };
+    let o = unsafe { core::ptr::read_volatile(&raw const (*e).owner) };
     if o.is_whole() {
         o
     } else {
@@ -103,15 +105,76 @@ fn owner_get(sk: *const u8) -> Owner {
     }
 }
 
-/// Makes `owner` the socket's owner entry (created if missing).
+/// The socket's owner (see [`owner_in`]).
+#[inline(always)]
+fn owner_get(sk: *const u8) -> Owner {
+    owner_in(entry(sk, None))
+}
+
+/// Makes `owner` the socket's owner (its entry created if missing; the bytes waiting in it are
+/// left alone).
 #[inline(always)]
 fn owner_set(sk: *const u8, owner: Owner) {
     let owner = owner.sealed();
-    let mut init = owner;
-    let p = owner_slot(sk, Some(&mut init));
-    if !p.is_null() {
-        // SAFETY: as in owner_get (a write racing another leaves an entry that is not whole).
-        unsafe { core::ptr::write_volatile(p, owner) };
+    let mut init = SockEntry {
+        owner,
+        ..SockEntry::default()
+    };
+    let e = entry(sk, Some(&mut init));
+    if !e.is_null() {
+        // SAFETY: as in owner_in (a write racing another leaves an owner that is not whole).
+        unsafe { core::ptr::write_volatile(&raw mut (*e).owner, owner) };
+    }
+}
+
+/// Moves the bytes waiting in entry `e` of socket `sk` to the owner's key in [`TCP_TRAFFIC`]
+/// (to the socket's port key if the owner is not known whole: bytes wait only under a keyed
+/// owner, so that is a race with a rewrite). Each counter is taken with an exchange: two moves
+/// at once never count a byte twice. With `sweep`, marks the socket as visited by a collection.
+#[inline(always)]
+fn flush<C: EbpfContext>(ctx: &C, sk: *const u8, e: *mut SockEntry, sweep: bool) {
+    if e.is_null() {
+        return;
+    }
+    // SAFETY: a storage value the helper returned (non-null): the counters are 8-byte aligned
+    // u64 in it; other CPUs add to them atomically.
+    let (rx, tx) = unsafe {
+        if sweep {
+            core::ptr::write_volatile(&raw mut (*e).swept, sweep_mark());
+        }
+        (
+            atomic_take(&raw mut (*e).rx_pending),
+            atomic_take(&raw mut (*e).tx_pending),
+        )
+    };
+    if rx == 0 && tx == 0 {
+        return;
+    }
+    let o = owner_in(e);
+    let key = if o.flags & OWNER_KEYED != 0 {
+        TcpKey {
+            tgid: o.tgid,
+            port: o.port,
+            role: o.role,
+            _pad: 0,
+            start_ns: o.start_ns,
+        }
+    } else {
+        let (port, role) = role_of(sk, o).unwrap_or((0, ROLE_CLIENT));
+        warn!(
+            ctx,
+            "TCP bytes waiting under no known owner (rx {} tx {}): charged to port {}",
+            rx,
+            tx,
+            port
+        );
+        port_key(port, role)
+    };
+    if rx != 0 {
+        account(ctx, &key, RX, rx);
+    }
+    if tx != 0 {
+        account(ctx, &key, TX, tx);
     }
 }
 
@@ -169,8 +232,28 @@ fn on_length(ctx: &BtfTracePointContext, what: u8) {
     }
     // Fast path: this process used this socket before; its key is cached in the owner entry.
     // (Without a whole entry, `known` is all zero and matches no process.)
-    let known = owner_get(sk);
+    let e = entry(sk, None);
+    let known = owner_in(e);
     if known.tgid == tgid && known.flags & OWNER_KEYED != 0 {
+        // A socket the collections sweep: the bytes wait in its own entry (no map lookup).
+        // Not once it is closed: it has left the tables the iterator walks.
+        // SAFETY: `e` is a storage value the helper returned, checked non-null.
+        let swept = !e.is_null()
+            && unsafe { core::ptr::read_volatile(&raw const (*e).swept) } == sweep_mark();
+        if swept && Direct::get::<u8>(sk, off!(sk_state)).is_some_and(|s| u32::from(s) != TCP_CLOSE)
+        {
+            // SAFETY: as above; the counters are 8-byte aligned u64 in it, which other CPUs
+            // take atomically.
+            unsafe {
+                let field = if what == RX {
+                    &raw mut (*e).rx_pending
+                } else {
+                    &raw mut (*e).tx_pending
+                };
+                atomic_add(field, ret as u64);
+            }
+            return;
+        }
         let key = TcpKey {
             tgid,
             port: known.port,
@@ -187,6 +270,9 @@ fn on_length(ctx: &BtfTracePointContext, what: u8) {
     let Some(p) = process_of(current_task()) else {
         return;
     };
+    // Another process takes the socket over (or its entry was torn): what waits in the entry
+    // is the previous owner's.
+    flush(ctx, sk, e, false);
     let Some((port, role)) = learn_owner(sk, known, p.tgid, p.start_ns) else {
         return;
     };
@@ -284,6 +370,8 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
         // connect(2), in the connecting process's context.
         if let Some(p) = process_of(current_task()) {
             if p.tgid != self_tgid() {
+                // A closed socket connecting again: what its previous owner left goes first.
+                flush(&ctx, sk, entry(sk, None), false);
                 owner_set(
                     sk,
                     Owner {
@@ -304,7 +392,11 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
         );
         account(&ctx, &port_key(lport, ROLE_SERVER), ACCEPTED, 1);
     } else if closes_established(old, new) {
-        let o = owner_get(sk);
+        // Closed: it leaves the tables the iterator walks, and its sends and receives count
+        // directly from now on; what waits goes now (else when the socket is destroyed).
+        let e = entry(sk, None);
+        flush(&ctx, sk, e, false);
+        let o = owner_in(e);
         let server = if o.is_whole() {
             o.flags & OWNER_PASSIVE != 0
         } else {
@@ -319,7 +411,71 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
         }
     }
     // The owner entry stays until the socket is freed: data still queued can be read after
-    // TCP_CLOSE, and a closed socket can connect again (SYN_SENT above replaces the entry).
+    // TCP_CLOSE, and a closed socket can connect again (SYN_SENT above moves its waiting bytes and
+    // replaces the owner).
+    0
+}
+
+/// `struct bpf_iter__tcp`.
+#[repr(C)]
+pub struct TcpIterCtx {
+    meta: *const crate::kernel::IterMeta,
+    sk_common: *mut core::ffi::c_void,
+    uid: u32,
+}
+
+/// The iterator context as the logging macros take it.
+struct IterContext(*const TcpIterCtx);
+
+impl EbpfContext for IterContext {
+    fn as_ptr(&self) -> *mut core::ffi::c_void {
+        self.0.cast_mut().cast()
+    }
+}
+
+/// iter/tcp, run by the daemon before each read of [`TCP_TRAFFIC`]: moves the bytes waiting in
+/// every TCP socket's entry (of the daemon's network namespace: the kernel walks only that
+/// one's tables) and marks the socket swept, so that its later bytes wait there too. A socket of
+/// another namespace is never marked: its bytes count directly. The move is an exchange, so the
+/// kernel running this twice for one socket (which it may) moves nothing twice. Runs whether or
+/// not this generation is active: moving bytes of another generation's programs (pinned maps
+/// are shared) loses and doubles nothing.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn probe_tcp_flush(ctx: *const TcpIterCtx) -> i32 {
+    if ctx.is_null() {
+        return 0;
+    }
+    // SAFETY: ctx is the iterator context the kernel passes, checked non-null above.
+    let skc = unsafe { (*ctx).sk_common };
+    if skc.is_null() {
+        return 0;
+    }
+    // SAFETY: skc is the iterator's socket, checked non-null; the helper returns null unless it
+    // is a full TCP socket (not a request or time-wait socket).
+    let sk = unsafe { bpf_skc_to_tcp_sock(skc) } as *const u8;
+    if sk.is_null() {
+        return 0;
+    }
+    flush(&IterContext(ctx), sk, entry(sk, None), true);
+    0
+}
+
+/// tcp_destroy_sock(struct sock *sk): the socket goes, and its entry with it; what waits in it
+/// moves first. Not gated on the generation, as [`probe_tcp_flush`]; see
+/// [`probe_common::tcp::CLOSE_PROGRAMS`] for why there are two.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn probe_tcp_close(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    flush(&ctx, sk, entry(sk, None), false);
+    0
+}
+
+/// The same as [`probe_tcp_close`].
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn probe_tcp_close_again(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    flush(&ctx, sk, entry(sk, None), false);
     0
 }
 

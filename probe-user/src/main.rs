@@ -12,7 +12,7 @@ use probe_user::{
     service::App,
     webconfig::WebConfig,
 };
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -192,8 +192,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::select! {
             () = http::serve(listener, app.clone()) => {}
             () = shutdown_signal() => {
-                if let Some(pins) = &app.daemon().kernel().pins {
+                let daemon = app.daemon();
+                if let Some(pins) = &daemon.kernel().pins {
                     pins.detach_all();
+                    // The programs are detached (a run in flight on another CPU may still add
+                    // a few bytes): what waits in open sockets goes to the pinned totals now,
+                    // for the next daemon; a socket that closed before it starts would take
+                    // them with it.
+                    if let Err(e) = daemon.kernel().flush_tcp() {
+                        warn!(error = %e, "TCP bytes waiting in sockets could not be moved; they count when the next daemon's collections see their sockets, unless those close first");
+                    }
                     info!(pins = %pins.root().display(), "shutting down; kernel programs detached, maps and accounts kept for the next start (probe unpin removes them)");
                 } else {
                     info!("shutting down; kernel programs are detached on exit");

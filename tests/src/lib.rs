@@ -525,8 +525,15 @@ impl Workload {
 
     /// Tells a workload started with `--until-stop` to finish (it then prints `done`).
     pub fn stop(&mut self) {
+        self.send_line("stop");
+    }
+
+    /// Sends a line to the workload's stdin (`step` for `--rounds`).
+    pub fn send_line(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(b"stop\n").expect("write to the workload");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write to the workload");
         stdin.flush().expect("flush");
     }
 

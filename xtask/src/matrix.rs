@@ -68,6 +68,11 @@ pub const TESTS: &[(&str, &str)] = &[
     // fallback, forced (the only path on 6.1).
     ("tcp", "ipv4_bytes_are_exact_and_charged_to_each_side"),
     ("tcp", "a_thousand_short_connections_are_counted_exactly"),
+    // bytes waiting in an open socket's entry: moved at every collection and at close.
+    (
+        "tcp",
+        "an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close",
+    ),
     ("tcp", "cgroup_skb_fallback_counts_bytes_per_port"),
     ("tcp", "fallback_counts_data_that_completes_the_handshake"),
     // tcp_retransmit vs the kernel's TcpRetransSegs.

@@ -182,6 +182,10 @@ impl Collector {
             },
             None => Some(HashMap::new()),
         };
+        // Bytes waiting in sockets' entries first, so that this read has them.
+        if let Err(e) = self.kernel.flush_tcp() {
+            failed(stats, names::TCP, &format!("iter/tcp: {e}"));
+        }
         let tcp = match &self.kernel.tcp {
             Some(maps) => match self.tcp_reader.read(&maps.traffic, granularity) {
                 Ok(t) => {

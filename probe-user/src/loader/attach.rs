@@ -61,12 +61,7 @@ impl Attacher<'_> {
         let mut out = Attached::default();
         match hook.attach {
             Attach::Iter { program, target } => {
-                let prog: &mut Iter = find(self.ebpf, program)?;
-                prog.load(target, self.btf).map_err(|e| kernel(&e))?;
-                let fd = prog.fd().map_err(|e| kernel(&e))?;
-                let link = IterLink::attach(fd.as_fd())
-                    .map_err(|e| HookError::Kernel(format!("BPF_LINK_CREATE: {e}")))?;
-                out.iter = Some(link);
+                out.iter = Some(self.iterator(program, target)?);
                 out.programs.push(program);
             }
             Attach::Btf(set) | Attach::Raw(set) => {
@@ -121,6 +116,18 @@ impl Attacher<'_> {
             Attach::Within { .. } | Attach::Procfs => {}
         }
         Ok(out)
+    }
+
+    /// Loads an iterator program over `target` and creates its link (re-readable).
+    pub(super) fn iterator(
+        &mut self,
+        program: &'static str,
+        target: &str,
+    ) -> Result<IterLink, HookError> {
+        let prog: &mut Iter = find(self.ebpf, program)?;
+        prog.load(target, self.btf).map_err(|e| kernel(&e))?;
+        let fd = prog.fd().map_err(|e| kernel(&e))?;
+        IterLink::attach(fd.as_fd()).map_err(|e| HookError::Kernel(format!("BPF_LINK_CREATE: {e}")))
     }
 
     /// Loads (once) and attaches tracepoint programs of one kind (`T`: raw or BTF-typed) to
@@ -320,6 +327,22 @@ pub(super) fn attach_collector(
                                 .notes
                                 .push(Note::Text(format!("raw_tp/{tracepoint}: {e}"))),
                         }
+                    }
+                }
+                if let (Some(x), Some(a)) = (&hook.iter_extra, a.as_deref_mut()) {
+                    let done = if opts.skip_hooks.iter().any(|h| h == x.name) {
+                        Err(HookError::Skipped)
+                    } else {
+                        a.iterator(x.program, x.target)
+                    };
+                    match done {
+                        Ok(link) => {
+                            attached.iter = Some(link);
+                            attached.programs.push(x.program);
+                        }
+                        Err(e) => st
+                            .notes
+                            .push(Note::Text(format!("{}: {e}; {}", x.name, x.without))),
                     }
                 }
                 st.notes.extend(hook.used.map(Note::from));

@@ -48,6 +48,8 @@ pub struct Kernel {
     pub ebpf: Option<Ebpf>,
     pub task_iter: Option<IterLink>,
     pub listen_iter: Option<IterLink>,
+    /// Moves the TCP bytes waiting in sockets' entries to the totals map (run before reading it).
+    pub tcp_flush_iter: Option<IterLink>,
     pub dead_tasks: Option<BpfHashMap<MapData, DeadKey, DeadTotals>>,
     pub exit_stats: Option<PerCpuArray<MapData, u64>>,
     /// Block IO and dirtied bytes per (process, device, op), and the block programs' counters.
@@ -89,6 +91,15 @@ pub struct RunqMaps {
 impl Kernel {
     pub fn status(&self, name: &str) -> Option<&CollectorStatus> {
         self.statuses.iter().find(|s| s.name == name)
+    }
+
+    /// Moves the TCP bytes waiting in sockets' entries to the totals map (the iterator
+    /// `probe_tcp_flush`); nothing to do without it.
+    pub fn flush_tcp(&self) -> std::io::Result<()> {
+        match &self.tcp_flush_iter {
+            Some(it) => it.read_all(&mut Vec::new()),
+            None => Ok(()),
+        }
     }
 
     /// Whether the kernel keeps BPF run-time statistics now: turned on by this daemon
@@ -198,6 +209,7 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
         ebpf: None,
         task_iter: None,
         listen_iter: None,
+        tcp_flush_iter: None,
         dead_tasks: None,
         exit_stats: None,
         block_io: None,
@@ -258,6 +270,7 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
                 match (spec.name, attached.iter) {
                     (names::CPU, Some(link)) => kernel.task_iter = Some(link),
                     (names::PORTS, Some(link)) => kernel.listen_iter = Some(link),
+                    (names::TCP, Some(link)) => kernel.tcp_flush_iter = Some(link),
                     _ => {}
                 }
                 kernel.attached.extend(attached.programs);

@@ -142,6 +142,9 @@ pub mod hooks {
     pub const TCP_SOCK_LENGTH: &str = "tp_btf/sock_send_length";
     /// TCP bytes fallback, per port only: cgroup_skb ingress/egress on the cgroup2 root.
     pub const TCP_CGROUP_SKB: &str = "cgroup_skb";
+    /// Beside TCP_SOCK_LENGTH: the iterator that moves the bytes waiting in sockets' entries at
+    /// every collection (skipped: every send and receive updates the totals map).
+    pub const TCP_FLUSH: &str = "iter/tcp";
     pub const TCP_STATE: &str = "tp_btf/inet_sock_set_state";
     pub const TCP_RETRANSMIT: &str = "tp_btf/tcp_retransmit_skb";
     /// RTT callbacks of accepted connections: sock_ops on the cgroup2 root.
@@ -170,6 +173,7 @@ pub mod hooks {
         DIRTY_PAGE,
         TCP_SOCK_LENGTH,
         TCP_CGROUP_SKB,
+        TCP_FLUSH,
         TCP_STATE,
         TCP_RETRANSMIT,
         TCP_SOCKOPS,

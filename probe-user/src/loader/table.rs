@@ -12,9 +12,9 @@ use probe_common::{
     ports::LISTEN_ITER_PROGRAM,
     runq::{STATS_MAP as RUNQ_STATS, THREADS_MAP as RUNQ_THREADS},
     tcp::{
-        LISTEN_MAP, RECV_PROGRAM, RETRANSMIT_PROGRAM, RETRANSMIT_SYNACK_PROGRAM, RTT_MAP,
-        SEND_PROGRAM, SKB_EGRESS_PROGRAM, SKB_INGRESS_PROGRAM, SOCKOPS_PROGRAM, STATE_PROGRAM,
-        STATS_MAP as TCP_STATS, TRAFFIC_MAP,
+        CLOSE_PROGRAMS, FLUSH_PROGRAM, LISTEN_MAP, RECV_PROGRAM, RETRANSMIT_PROGRAM,
+        RETRANSMIT_SYNACK_PROGRAM, RTT_MAP, SEND_PROGRAM, SKB_EGRESS_PROGRAM, SKB_INGRESS_PROGRAM,
+        SOCKOPS_PROGRAM, STATE_PROGRAM, STATS_MAP as TCP_STATS, TRAFFIC_MAP,
     },
 };
 
@@ -58,6 +58,20 @@ pub struct Hook {
     pub used: Option<&'static str>,
     /// Raw tracepoints attached beside it when they can be; their failure is only a note.
     pub extras: &'static [(&'static str, &'static str)],
+    /// An iterator attached beside it when it can be (and is not skipped by its name); its
+    /// failure is only a note.
+    pub iter_extra: Option<IterExtra>,
+}
+
+/// An iterator beside a hook: the daemon runs it at every collection.
+#[derive(Debug)]
+pub struct IterExtra {
+    /// As `--hooks.skip` spells it ([`hooks`]).
+    pub name: &'static str,
+    pub program: &'static str,
+    pub target: &'static str,
+    /// Said when it is not attached: what that costs.
+    pub without: &'static str,
 }
 
 /// What the TCP programs that keep a socket's owner in socket-local storage need.
@@ -70,6 +84,7 @@ const fn hook(name: &'static str, attach: Attach) -> Hook {
         needs: None,
         used: None,
         extras: &[],
+        iter_extra: None,
     }
 }
 
@@ -219,13 +234,25 @@ pub const COLLECTORS: &[Spec] = &[
     Spec {
         name: names::TCP,
         hooks: &[
-            hook(
-                hooks::TCP_SOCK_LENGTH,
-                Attach::Btf(&[
-                    (RECV_PROGRAM, "sock_recv_length"),
-                    (SEND_PROGRAM, "sock_send_length"),
-                ]),
-            ),
+            Hook {
+                iter_extra: Some(IterExtra {
+                    name: hooks::TCP_FLUSH,
+                    program: FLUSH_PROGRAM,
+                    target: "tcp",
+                    without: "every send and receive updates the map of totals (costlier)",
+                }),
+                ..hook(
+                    hooks::TCP_SOCK_LENGTH,
+                    // The bytes waiting in a socket's entry move when it is destroyed: with the
+                    // send and receive programs or not at all.
+                    Attach::Btf(&[
+                        (RECV_PROGRAM, "sock_recv_length"),
+                        (SEND_PROGRAM, "sock_send_length"),
+                        (CLOSE_PROGRAMS[0], "tcp_destroy_sock"),
+                        (CLOSE_PROGRAMS[1], "tcp_destroy_sock"),
+                    ]),
+                )
+            },
             Hook {
                 used: Some(
                     "fallback (sock_send_length needs Linux 6.3+): bytes per port only, charged \
@@ -380,9 +407,11 @@ mod tests {
         }
         for name in hooks::ALL {
             assert!(
-                COLLECTORS
+                COLLECTORS.iter().any(|s| s
+                    .hooks
                     .iter()
-                    .any(|s| s.hooks.iter().any(|h| h.name == *name)),
+                    .any(|h| h.name == *name
+                        || h.iter_extra.as_ref().is_some_and(|x| x.name == *name))),
                 "{name} is in no collector's hooks"
             );
         }

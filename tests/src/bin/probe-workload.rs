@@ -18,6 +18,9 @@
 //!                                                              and wait for its ACK (SO_LINGER)
 //!   tcp-client --to ADDR:PORT --conns K --send N --recv M      K connections one after another: send N,
 //!                                                              read exactly M, close
+//!   (tcp-serve, tcp-client) --rounds R                         R exchanges per connection; after each
+//!                                                              but the last, print `round I` and wait
+//!                                                              for the line `step` on stdin
 //!   churn --procs N --rate R [--rotate-every K] [--send B] [--spin-us U]
 //!                                                              N children at R per second, each sends B
 //!                                                              bytes to this process's port, burns U us
@@ -191,11 +194,12 @@ fn main() {
         "tcp-serve" => {
             let (rx, tx) = (num("--recv", 0.0) as u64, num("--send", 0.0) as u64);
             let conns = num("--conns", 1.0) as u64;
+            let rounds = num("--rounds", 1.0) as u64;
             for _ in 0..conns {
                 let (mut s, _) = listener
                     .accept()
                     .unwrap_or_else(|e| fail(&format!("accept: {e}")));
-                exchange(&mut s, tx, rx);
+                exchange_rounds(&mut s, tx, rx, rounds);
                 // Wait for the peer's close, so every connection ends the same way.
                 let mut sink = [0u8; 64];
                 while std::io::Read::read(&mut s, &mut sink).is_ok_and(|n| n > 0) {}
@@ -203,23 +207,24 @@ fn main() {
             }
             say(&format!(
                 "done conns={conns} rx={} tx={}",
-                conns * rx,
-                conns * tx
+                conns * rounds * rx,
+                conns * rounds * tx
             ));
         }
         "tcp-client" => {
             let to = flag("--to").unwrap_or_else(|| usage("--to"));
             let (tx, rx) = (num("--send", 0.0) as u64, num("--recv", 0.0) as u64);
             let conns = num("--conns", 1.0) as u64;
+            let rounds = num("--rounds", 1.0) as u64;
             for _ in 0..conns {
                 let mut s = std::net::TcpStream::connect(&to)
                     .unwrap_or_else(|e| fail(&format!("connect {to}: {e}")));
-                exchange(&mut s, tx, rx);
+                exchange_rounds(&mut s, tx, rx, rounds);
             }
             say(&format!(
                 "done conns={conns} rx={} tx={}",
-                conns * rx,
-                conns * tx
+                conns * rounds * rx,
+                conns * rounds * tx
             ));
         }
         "churn" => {
@@ -428,6 +433,27 @@ fn write_file(path: &str, mb: usize, direct: bool, min_time: Duration) -> u64 {
 
 /// Sends `tx` bytes and receives exactly `rx` bytes on `s` (sending from another thread, so
 /// neither side blocks on a full buffer).
+/// `exchange` `rounds` times on one connection; between rounds, prints `round N` and waits for
+/// the line `step` on stdin (a test collects in between).
+fn exchange_rounds(s: &mut std::net::TcpStream, tx: u64, rx: u64, rounds: u64) {
+    for round in 1..=rounds {
+        exchange(s, tx, rx);
+        if round == rounds {
+            break;
+        }
+        say(&format!("round {round}"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match std::io::stdin().lock().read_line(&mut line) {
+                Ok(0) | Err(_) => fail("stdin closed before `step`"),
+                Ok(_) if line.trim() == "step" => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
 fn exchange(s: &mut std::net::TcpStream, tx: u64, rx: u64) {
     let mut w = s
         .try_clone()
