@@ -78,6 +78,9 @@ pub struct Collector {
 }
 
 /// Logs a failed read and counts it for the self-metrics.
+/// Walks of the listeners per collection at most, while the listening set keeps changing.
+const LISTEN_WALK_ATTEMPTS: usize = 3;
+
 fn failed(stats: &mut SelfStats, collector: &'static str, err: &dyn std::fmt::Display) {
     warn!(collector, error = %err, "read failed");
     *stats.errors.entry(collector).or_default() += 1;
@@ -402,19 +405,37 @@ impl Collector {
             return;
         }
         self.listen_ports_checked = kernel_ports;
-        let seen_at = monotonic_ns();
-        let ports = match &self.kernel.listen_iter {
-            Some(link) => super::ports::from_iter(link, &mut self.buf),
-            None => super::ports::from_procfs(std::process::id()),
-        };
-        match ports {
-            Ok(l) => {
+        let mut sockets = sockets;
+        for attempt in 1..=LISTEN_WALK_ATTEMPTS {
+            let seen_at = monotonic_ns();
+            let ports = match &self.kernel.listen_iter {
+                Some(link) => super::ports::from_iter(link, &mut self.buf),
+                None => super::ports::from_procfs(std::process::id()),
+            };
+            let l = match ports {
+                Ok(l) => l,
+                Err(e) => {
+                    // Keep the previous view, retry next time.
+                    failed(stats, names::PORTS, &e);
+                    return;
+                }
+            };
+            // The walk reads each process's open files while they change: a process that opens
+            // a listener on a lower descriptor than the one it then closes (moving to another
+            // port) can be seen with neither, and its traffic would go to another instance. A
+            // listening set that did not change during the walk was seen whole; one that did
+            // is walked again, and after the last attempt the next collection walks anew.
+            // (Without sock_diag both are None: one walk, and one again at every collection.)
+            let after = super::sockdiag::listening().ok();
+            let settled = after == sockets;
+            if settled || attempt == LISTEN_WALK_ATTEMPTS {
                 self.listeners = l;
-                self.listen_sockets = sockets;
+                self.listen_sockets = if settled { after } else { None };
                 self.last_listen_walk = Some(Instant::now());
                 self.listeners_seen_at = seen_at;
+                return;
             }
-            Err(e) => failed(stats, names::PORTS, &e), // keep the previous view, retry next time
+            sockets = after;
         }
     }
 
