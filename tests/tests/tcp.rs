@@ -39,11 +39,17 @@ fn port_counter(m: &Metrics, name: &str, instance: &str, port: u16) -> f64 {
     )
 }
 
-/// A server that receives exactly RX bytes and sends TX on one connection, and a client
-/// (another instance) that does the opposite. Returns (server, client) once both are done.
-fn exchange(daemon_wrap: &[&str], bind: &str, connect_host: &str) -> (Workload, Workload) {
-    let (rx, tx) = (RX.to_string(), TX.to_string());
-    let mut server = Workload::start_wrapped(
+/// A server (`tcp-serve` under `daemon_wrap`, on `bind`) and a client (another instance,
+/// connecting to `connect_host`) on one connection, `rounds` exchanges in which the client
+/// sends `rx` bytes and the server `tx`. Returns them started.
+fn start_pair(
+    daemon_wrap: &[&str],
+    bind: &str,
+    connect_host: &str,
+    (rx, tx, rounds): (u64, u64, u64),
+) -> (Workload, Workload) {
+    let (rx, tx, rounds) = (rx.to_string(), tx.to_string(), rounds.to_string());
+    let server = Workload::start_wrapped(
         daemon_wrap,
         &[
             "tcp-serve",
@@ -55,10 +61,12 @@ fn exchange(daemon_wrap: &[&str], bind: &str, connect_host: &str) -> (Workload, 
             &rx,
             "--send",
             &tx,
+            "--rounds",
+            &rounds,
         ],
     );
     let to = format!("{connect_host}:{}", server.port);
-    let mut client = Workload::start(&[
+    let client = Workload::start(&[
         "tcp-client",
         "--to",
         &to,
@@ -68,7 +76,16 @@ fn exchange(daemon_wrap: &[&str], bind: &str, connect_host: &str) -> (Workload, 
         &rx,
         "--recv",
         &tx,
+        "--rounds",
+        &rounds,
     ]);
+    (server, client)
+}
+
+/// A server that receives exactly RX bytes and sends TX on one connection, and a client
+/// (another instance) that does the opposite. Returns (server, client) once both are done.
+fn exchange(daemon_wrap: &[&str], bind: &str, connect_host: &str) -> (Workload, Workload) {
+    let (mut server, mut client) = start_pair(daemon_wrap, bind, connect_host, (RX, TX, 1));
     client.wait_done();
     server.wait_done();
     settle();
@@ -155,36 +172,26 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
     const ROUND_RX: u64 = 1_000_000;
     const ROUND_TX: u64 = 300_000;
     let daemon = Daemon::start(&[]);
-    let (rx, tx, rounds) = (
-        ROUND_RX.to_string(),
-        ROUND_TX.to_string(),
-        ROUNDS.to_string(),
+    let (mut server, mut client) = start_pair(
+        &[],
+        "127.0.0.1:0",
+        "127.0.0.1",
+        (ROUND_RX, ROUND_TX, ROUNDS),
     );
-    let mut server = Workload::start(&[
-        "tcp-serve",
-        "--conns",
-        "1",
-        "--recv",
-        &rx,
-        "--send",
-        &tx,
-        "--rounds",
-        &rounds,
-    ]);
-    let to = format!("127.0.0.1:{}", server.port);
-    let mut client = Workload::start(&[
-        "tcp-client",
-        "--to",
-        &to,
-        "--conns",
-        "1",
-        "--send",
-        &rx,
-        "--recv",
-        &tx,
-        "--rounds",
-        &rounds,
-    ]);
+    if kernel::tcp_bytes_per_process() {
+        // Where the bytes can wait at all: the iterator that moves them is attached.
+        let m = daemon.scrape();
+        m.assert_hook("tcp", "tp_btf/sock_send_length");
+        assert!(
+            m.value(
+                "probe_bpf_program_missed_runs_total",
+                &[("program", "probe_tcp_flush")]
+            )
+            .is_some(),
+            "iter/tcp (probe_tcp_flush) is not attached:\n{}",
+            m.text
+        );
+    }
     for round in 1..=ROUNDS {
         if round < ROUNDS {
             assert_eq!(server.line(), format!("round {round}"));

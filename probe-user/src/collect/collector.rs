@@ -77,10 +77,10 @@ pub struct Collector {
     page_size: u64,
 }
 
-/// Logs a failed read and counts it for the self-metrics.
 /// Walks of the listeners per collection at most, while the listening set keeps changing.
 const LISTEN_WALK_ATTEMPTS: usize = 3;
 
+/// Logs a failed read and counts it for the self-metrics.
 fn failed(stats: &mut SelfStats, collector: &'static str, err: &dyn std::fmt::Display) {
     warn!(collector, error = %err, "read failed");
     *stats.errors.entry(collector).or_default() += 1;
