@@ -25,7 +25,9 @@
 //!                                                              N children at R per second, each sends B
 //!                                                              bytes to this process's port, burns U us
 //!                                                              and exits; a new port every K children;
-//!                                                              prints `port P rx=B` when done with a port
+//!                                                              prints `port P rx=B` when done with a port;
+//!                                                              with --wait-go, starts when the line `go`
+//!                                                              arrives on stdin
 //!
 //! `--bind ADDR:PORT` (any command) sets the ready listener's address (default 127.0.0.1:0).
 //! `--until-stop` (burst, write): go on until the line `stop` arrives on stdin (in place of
@@ -229,6 +231,9 @@ fn main() {
         }
         "churn" => {
             // Still listening while the test compares: the process stays in its instance.
+            if args.iter().any(|a| a == "--wait-go") {
+                wait_for_line("go");
+            }
             let _listener = churn(
                 listener,
                 num("--procs", 1000.0) as u64,
@@ -431,8 +436,6 @@ fn write_file(path: &str, mb: usize, direct: bool, min_time: Duration) -> u64 {
     written
 }
 
-/// Sends `tx` bytes and receives exactly `rx` bytes on `s` (sending from another thread, so
-/// neither side blocks on a full buffer).
 /// `exchange` `rounds` times on one connection; between rounds, prints `round N` and waits for
 /// the line `step` on stdin (a test collects in between).
 fn exchange_rounds(s: &mut std::net::TcpStream, tx: u64, rx: u64, rounds: u64) {
@@ -442,18 +445,25 @@ fn exchange_rounds(s: &mut std::net::TcpStream, tx: u64, rx: u64, rounds: u64) {
             break;
         }
         say(&format!("round {round}"));
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match std::io::stdin().lock().read_line(&mut line) {
-                Ok(0) | Err(_) => fail("stdin closed before `step`"),
-                Ok(_) if line.trim() == "step" => break,
-                Ok(_) => {}
-            }
+        wait_for_line("step");
+    }
+}
+
+/// Reads stdin until the line `word` arrives (the test's go-ahead); fails if stdin closes first.
+fn wait_for_line(word: &str) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match std::io::stdin().lock().read_line(&mut line) {
+            Ok(0) | Err(_) => fail(&format!("stdin closed before `{word}`")),
+            Ok(_) if line.trim() == word => return,
+            Ok(_) => {}
         }
     }
 }
 
+/// Sends `tx` bytes and receives exactly `rx` bytes on `s` (sending from another thread, so
+/// neither side blocks on a full buffer).
 fn exchange(s: &mut std::net::TcpStream, tx: u64, rx: u64) {
     let mut w = s
         .try_clone()
