@@ -146,35 +146,12 @@ impl Collector {
         summary: &mut Summary,
     ) -> Option<Reading> {
         self.cgroups.new_round();
-        // The dead-thread map first, then the live threads: a thread that dies in between is
-        // briefly in neither (harmless, see model::accounts), never in both.
         let granularity = self.granularity();
-        let mut dead = DeadRead::default();
-        if let Some(map) = &self.kernel.dead_tasks {
-            match super::cpu::read_dead(map, granularity) {
-                Ok(d) => dead = d,
-                Err(e) => {
-                    failed(stats, names::CPU_EXIT, &e);
-                    return None;
-                }
-            }
-        }
-        let records = match (&self.kernel.task_iter, &mut self.proc_tasks) {
-            (Some(link), _) => super::cpu::read_tasks(link, &mut self.buf),
-            (None, Some(proc_tasks)) => proc_tasks.read().map_err(super::cpu::CpuError::Proc),
-            (None, None) => Err(super::cpu::CpuError::Proc(std::io::Error::other(
-                "no task source",
-            ))),
-        };
-        let records = match records {
-            Ok(r) => r,
-            Err(e) => {
-                failed(stats, names::CPU, &e);
-                return None;
-            }
-        };
-        summary.threads = records.len();
-        let live = process::aggregate(records);
+        // The counters of block IO, TCP and run-queue waits before the processes they are
+        // charged to: whatever a process did by these reads, it was already named as the task
+        // read and the walk of the listeners below see it. Read after, a process that execs,
+        // renames itself or listens just after the task read had its first traffic charged
+        // under its old name (`<parent's comm>:<port>`: the churn soak and the TCP tests saw it).
         let io = match &self.kernel.block_io {
             Some(map) => match self.io_reader.read(map, granularity) {
                 Ok(io) => Some(io),
@@ -216,6 +193,36 @@ impl Collector {
             },
             None => Some(RunqRead::default()),
         };
+        // The dead-thread map first, then the live threads: a thread that dies in between is
+        // briefly in neither (harmless, see model::accounts), never in both.
+        let mut dead = DeadRead::default();
+        if let Some(map) = &self.kernel.dead_tasks {
+            match super::cpu::read_dead(map, granularity) {
+                Ok(d) => dead = d,
+                Err(e) => {
+                    failed(stats, names::CPU_EXIT, &e);
+                    self.tcp_reader.unread();
+                    return None;
+                }
+            }
+        }
+        let records = match (&self.kernel.task_iter, &mut self.proc_tasks) {
+            (Some(link), _) => super::cpu::read_tasks(link, &mut self.buf),
+            (None, Some(proc_tasks)) => proc_tasks.read().map_err(super::cpu::CpuError::Proc),
+            (None, None) => Err(super::cpu::CpuError::Proc(std::io::Error::other(
+                "no task source",
+            ))),
+        };
+        let records = match records {
+            Ok(r) => r,
+            Err(e) => {
+                failed(stats, names::CPU, &e);
+                self.tcp_reader.unread();
+                return None;
+            }
+        };
+        summary.threads = records.len();
+        let live = process::aggregate(records);
         summary.processes = live.len();
         summary.exited_processes = dead
             .samples

@@ -33,6 +33,8 @@ pub struct TcpReader {
     /// so the model forgets the old one, and counts in full at the next.
     deleted_ports: HashSet<TcpKey>,
     deleted_rtt: HashSet<u16>,
+    /// The entries the last read left out (see [`TcpReader::unread`]).
+    left_out: HashSet<TcpKey>,
 }
 
 impl TcpReader {
@@ -68,7 +70,14 @@ impl TcpReader {
                 crate::model::cumulative::Cumulative::add(slot, &counters);
             })
             .inspect_err(|_| self.deleted_ports = deleted.clone())?;
+        self.left_out = deleted;
         Ok(out)
+    }
+
+    /// The last read will not reach the model (the collection failed after it): the entries it
+    /// left out are left out of the next read instead, so the model still forgets them.
+    pub fn unread(&mut self) {
+        self.deleted_ports.extend(self.left_out.drain());
     }
 
     /// Deletes entries of processes that are gone once idle for

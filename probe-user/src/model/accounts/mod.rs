@@ -278,11 +278,12 @@ impl Accounts {
 
         // A process known only from its IO or TCP entries (it lived and died between two
         // collections, or exited long ago and its writeback lands now) is charged by identity.
-        // One the task read did not see and the dead-thread map does not know yet was born
-        // after the task read (or died after the dead-thread read): nothing says whose it is
-        // until the next collection, so its entries wait one round in the kernel map. Charged
+        // One the task read did not see and the dead-thread map does not know yet: the
+        // collector reads the counters before the tasks, so this is rare (a recording of an
+        // older daemon, a dead-thread map that was full), but then nothing says whose it is
+        // until the next collection, and its entries wait one round in the kernel map. Charged
         // at once, a server's short-lived children went to `other` (1.7% of their CPU in the
-        // churn soak, 450 processes a second).
+        // churn soak, 450 processes a second, when the counters were read after the tasks).
         let procs = &self.procs;
         let unknown = |key: &ProcessKey| {
             !procs.contains_key(key)
