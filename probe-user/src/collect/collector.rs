@@ -63,6 +63,9 @@ pub struct Collector {
     listeners: Listeners,
     io_reader: IoReader,
     tcp_reader: TcpReader,
+    /// The processes the previous reading saw alive: gone means missing from it and from the
+    /// current one (see [`Collector::cleanup`]).
+    prev_live: HashSet<ProcessKey>,
     /// CLOCK_MONOTONIC ns when `listeners` was last built (see super::tcp::sync_listen_ports).
     listeners_seen_at: u64,
     /// The kernel's listening ports when `listeners` was last built.
@@ -100,6 +103,7 @@ impl Collector {
             listeners: HashMap::new(),
             io_reader: IoReader::default(),
             tcp_reader: TcpReader::default(),
+            prev_live: HashSet::new(),
             listeners_seen_at: 0,
             listen_ports_checked: HashSet::new(),
             proc_tasks,
@@ -148,10 +152,12 @@ impl Collector {
         self.cgroups.new_round();
         let granularity = self.granularity();
         // The counters of block IO, TCP and run-queue waits before the processes they are
-        // charged to: whatever a process did by these reads, it was already named as the task
-        // read and the walk of the listeners below see it. Read after, a process that execs,
-        // renames itself or listens just after the task read had its first traffic charged
-        // under its old name (`<parent's comm>:<port>`: the churn soak and the TCP tests saw it).
+        // charged to: the name and ports the task read and the walk of the listeners below see
+        // are never older than what a process did by these reads. Read after, a process that
+        // execs, renames itself or listens just after the task read had its first traffic
+        // charged under its old name (`<parent's comm>:<port>`: the churn soak and the TCP tests
+        // saw it). The other way round, what a process did just before it renames itself goes
+        // under the new name: a change after the fact, as at any collection.
         let io = match &self.kernel.block_io {
             Some(map) => match self.io_reader.read(map, granularity) {
                 Ok(io) => Some(io),
@@ -270,7 +276,15 @@ impl Collector {
                 super::cpu::forget_dead(map, cleanup.dead.iter().copied()) as u64;
         }
         let granularity = self.granularity();
-        let is_live = |tgid, start_ns| r.live.contains_key(&ProcessKey { tgid, start_ns });
+        // The counters were read before the tasks: a process alive then may have exited since,
+        // and whatever it added in between (a socket's last bytes, moved as it is destroyed) is
+        // in its entry but not in the reading. Its entries go once it is missing from two
+        // readings (one born since the previous reading has entries first seen now: not idle).
+        let prev_live = std::mem::replace(&mut self.prev_live, r.live.keys().copied().collect());
+        let is_live = |tgid, start_ns| {
+            let key = ProcessKey { tgid, start_ns };
+            r.live.contains_key(&key) || prev_live.contains(&key)
+        };
         if let Some(map) = &mut self.kernel.block_io {
             stats.io_delete_failures +=
                 self.io_reader.forget_idle(map, is_live, granularity) as u64;

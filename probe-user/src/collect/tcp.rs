@@ -47,6 +47,7 @@ impl TcpReader {
         let g = start_granularity_ns.max(1);
         let mut out = TcpRead::default();
         let deleted = std::mem::take(&mut self.deleted_ports);
+        self.left_out.clear();
         self.tracker
             .read(map, |k, v| {
                 if deleted.contains(k) {

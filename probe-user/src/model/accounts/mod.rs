@@ -278,12 +278,12 @@ impl Accounts {
 
         // A process known only from its IO or TCP entries (it lived and died between two
         // collections, or exited long ago and its writeback lands now) is charged by identity.
-        // One the task read did not see and the dead-thread map does not know yet: the
-        // collector reads the counters before the tasks, so this is rare (a recording of an
-        // older daemon, a dead-thread map that was full), but then nothing says whose it is
-        // until the next collection, and its entries wait one round in the kernel map. Charged
-        // at once, a server's short-lived children went to `other` (1.7% of their CPU in the
-        // churn soak, 450 processes a second, when the counters were read after the tasks).
+        // One the task read did not see and the dead-thread map does not know yet exited
+        // between those two reads (the collector reads the counters before both), or was born
+        // after the task read in a recording of an earlier daemon, which read the counters
+        // after the tasks: nothing says whose it is until the next collection, so its entries
+        // wait one round in the kernel map. Charged at once, a server's short-lived children
+        // went to `other` (1.7% of their CPU in the churn soak, 450 processes a second).
         let procs = &self.procs;
         let unknown = |key: &ProcessKey| {
             !procs.contains_key(key)
@@ -344,7 +344,10 @@ impl Accounts {
         }
 
         for (key, runq) in round.runq.into_iter().flat_map(by_key) {
-            // Every process with waits was seen live or in the dead-thread map above.
+            // A thread marked dead in this (earlier) read had exited before the dead-thread read,
+            // so its process is known above. A process that exited between the dead-thread read
+            // and the task read is not, but its threads were alive at this read: their entries
+            // stay, and count at the next collection, when the dead-thread map names it.
             let Some(st) = self.procs.get_mut(key) else {
                 continue;
             };

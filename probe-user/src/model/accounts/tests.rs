@@ -287,7 +287,8 @@ fn a_child_that_sends_before_it_is_seen_is_charged_to_its_instance_not_other() {
         )]))
     };
     h.round_all(&[], &[], &[], None);
-    // Born after the task read, it sent before the TCP read: nothing says whose it is yet.
+    // Neither live at the task read nor in the dead-thread map (it exited between the two
+    // reads): nothing says whose it is yet.
     h.round_all(&[], &[], &[], tcp(100).as_ref());
     assert_eq!(tcp_rx(&h, "other"), 0, "not charged to other");
     // It died before the next collection: the dead-thread map names it.
