@@ -35,23 +35,56 @@ pub struct HookArgs {
 
 /// "250ms", "5s", "2m"; between 100 ms and 1 hour.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 5s, 500ms or 1m"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        // Saturating: a number of minutes past u64 seconds is out of range below, not a wrap.
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
-    };
+    const UNITS: &[(&str, Duration)] = &[
+        ("ms", Duration::from_millis(1)),
+        ("s", Duration::from_secs(1)),
+        ("m", Duration::from_secs(60)),
+    ];
+    let d = duration_in(s, UNITS).map_err(|e| match e {
+        DurationError::Number => format!("{s:?} is not a duration like 5s, 500ms or 1m"),
+        DurationError::Unit => format!("{s:?}: unit must be ms, s or m"),
+        // A number of minutes past what a Duration holds is out of range, not a wrap.
+        DurationError::TooLong => format!("{s:?} is out of range (100ms to 60m)"),
+    })?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
         return Err(format!("{s:?} is out of range (100ms to 60m)"));
     }
     Ok(d)
+}
+
+/// Why [`duration_in`] refused a text.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DurationError {
+    /// It does not start with a whole number (or has a fraction).
+    Number,
+    /// What follows the number is not one of the units.
+    Unit,
+    /// More than a `Duration` holds.
+    TooLong,
+}
+
+/// A whole number followed by one of `units` (its suffix and length), as in "90s"; shared by
+/// the flags' and the rule file's durations, which take different units and ranges.
+pub fn duration_in(s: &str, units: &[(&str, Duration)]) -> Result<Duration, DurationError> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u32 = num.parse().map_err(|e: std::num::ParseIntError| {
+        if num.is_empty() || !matches!(e.kind(), std::num::IntErrorKind::PosOverflow) {
+            DurationError::Number
+        } else {
+            DurationError::TooLong
+        }
+    })?;
+    if unit.starts_with(['.', ',']) {
+        return Err(DurationError::Number); // a fraction: whole numbers only
+    }
+    let per = units
+        .iter()
+        .find(|(name, _)| *name == unit)
+        .map(|(_, per)| *per)
+        .ok_or(DurationError::Unit)?;
+    per.checked_mul(n).ok_or(DurationError::TooLong)
 }
 
 /// `--hooks.skip` values: the hooks' names, and (hidden) the names earlier releases used, taken as
@@ -95,6 +128,40 @@ mod tests {
         for bad in ["50ms", "61m", "5h", "x", "", "307445734561825861m"] {
             assert!(super::parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn duration_in_says_what_is_wrong() {
+        use std::time::Duration;
+
+        use super::{duration_in, DurationError};
+        let units = &[
+            ("s", Duration::from_secs(1)),
+            ("h", Duration::from_secs(3600)),
+        ];
+        assert_eq!(duration_in("90s", units), Ok(Duration::from_secs(90)));
+        assert_eq!(duration_in("2h", units), Ok(Duration::from_secs(7200)));
+        assert_eq!(duration_in("0s", units), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1s", "1.5s", " 1s"] {
+            assert_eq!(
+                duration_in(bad, units),
+                Err(DurationError::Number),
+                "{bad:?}"
+            );
+        }
+        for bad in ["1", "1m", "1S", "1s ", "1hs"] {
+            assert_eq!(duration_in(bad, units), Err(DurationError::Unit), "{bad:?}");
+        }
+        assert_eq!(
+            duration_in("99999999999999999999s", units),
+            Err(DurationError::TooLong)
+        );
+        // Numbers are u32 (what Duration::checked_mul takes): u32::MAX hours fits, one more not.
+        assert!(duration_in("4294967295h", units).is_ok());
+        assert_eq!(
+            duration_in("4294967296h", units),
+            Err(DurationError::TooLong)
+        );
     }
 
     #[test]

@@ -306,12 +306,7 @@ impl Accounts {
             if wait.contains(key) {
                 continue;
             }
-            let st = self.procs.entry(*key).or_insert_with(|| {
-                if !round.dead.contains_key(key) {
-                    unnamed.insert(*key);
-                }
-                ProcState::gone(resolve(key), &comm(key).unwrap_or_default())
-            });
+            let st = known_by_entries(&mut self.procs, unnamed, key, comm(key), || resolve(key));
             let listed = top.io_keys.contains(key) && st.live;
             let instance = &st.instance;
             let (all, other) = (&mut self.io, &mut self.other_io);
@@ -328,12 +323,7 @@ impl Accounts {
             if wait.contains(key) {
                 continue;
             }
-            let st = self.procs.entry(*key).or_insert_with(|| {
-                if !round.dead.contains_key(key) {
-                    unnamed.insert(*key);
-                }
-                ProcState::gone(resolve(key), &comm(key).unwrap_or_default())
-            });
+            let st = known_by_entries(&mut self.procs, unnamed, key, comm(key), || resolve(key));
             let listed = top.tcp_keys.contains(key) && st.live;
             let instance = &st.instance;
             let (all, other) = (&mut self.tcp, &mut self.other_tcp);
@@ -732,6 +722,23 @@ fn by_key<K: Ord, V>(m: &HashMap<K, V>) -> Vec<(&K, &V)> {
     let mut v: Vec<_> = m.iter().collect();
     v.sort_unstable_by(|a, b| a.0.cmp(b.0));
     v
+}
+
+/// The state of a process met in the IO or TCP entries of a round: created gone if it is new,
+/// named after the dead-thread map's comm (`dead_comm`), or marked unnamed without one.
+fn known_by_entries<'a>(
+    procs: &'a mut HashMap<ProcessKey, ProcState>,
+    unnamed: &mut HashSet<ProcessKey>,
+    key: &ProcessKey,
+    dead_comm: Option<[u8; COMM_LEN]>,
+    instance: impl FnOnce() -> Arc<str>,
+) -> &'a mut ProcState {
+    procs.entry(*key).or_insert_with(|| {
+        if dead_comm.is_none() {
+            unnamed.insert(*key);
+        }
+        ProcState::gone(instance(), &dead_comm.unwrap_or_default())
+    })
 }
 
 #[cfg(test)]

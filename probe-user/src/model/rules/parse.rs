@@ -363,22 +363,19 @@ pub(super) fn parse_template(t: &str) -> Result<Vec<Piece>, String> {
 
 /// "90s", "10m", "2h"; at least 10 s.
 fn parse_expiry(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expire_after = {s:?}: not a duration like 90s, 10m or 2h"))?;
-    let per_unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(format!("expire_after = {s:?}: unit must be s, m or h")),
-    };
-    let d = n
-        .checked_mul(per_unit)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("expire_after = {s:?}: too long"))?;
+    use crate::args::{duration_in, DurationError};
+    const UNITS: &[(&str, Duration)] = &[
+        ("s", Duration::from_secs(1)),
+        ("m", Duration::from_secs(60)),
+        ("h", Duration::from_secs(3600)),
+    ];
+    let d = duration_in(s, UNITS).map_err(|e| match e {
+        DurationError::Number => {
+            format!("expire_after = {s:?}: not a duration like 90s, 10m or 2h")
+        }
+        DurationError::Unit => format!("expire_after = {s:?}: unit must be s, m or h"),
+        DurationError::TooLong => format!("expire_after = {s:?}: too long"),
+    })?;
     if d < Duration::from_secs(10) {
         return Err(format!("expire_after = {s:?}: at least 10s"));
     }
