@@ -21,7 +21,8 @@ pub const RETRANSMIT_PROGRAM: &str = "probe_tcp_retransmit";
 /// RTT samples of server sockets (sock_ops on the cgroup2 root).
 pub const SOCKOPS_PROGRAM: &str = "probe_tcp_sockops";
 /// Moves the bytes waiting in each socket's [`SockEntry`] to [`TRAFFIC_MAP`] and marks the
-/// socket [`SockEntry::swept`] (iter/tcp, run by the daemon before it reads the map).
+/// socket [`SockEntry::swept`] (iter/bpf_sk_storage_map over [`OWNERS_MAP`], run by the daemon
+/// before it reads the map).
 pub const FLUSH_PROGRAM: &str = "probe_tcp_flush";
 /// Move a closing socket's waiting bytes (tcp:tcp_destroy_sock). Two identical programs: the
 /// kernel skips a tracing program's run nested in its own run on one CPU (counted in its missed
@@ -165,8 +166,8 @@ pub struct SockEntry {
     /// The mark (generation plus one) of the daemon whose collections' iterator visited the
     /// socket: the bytes are then moved at every collection, so they may wait in the entry. A
     /// mark of an earlier daemon (pinned storage outlives it) does not count: the socket's bytes
-    /// count directly until this daemon's iterator has seen it (with `--hooks.skip iter/tcp`,
-    /// always).
+    /// count directly until this daemon's iterator has seen it (with `--hooks.skip
+    /// iter/bpf_sk_storage_map`, always).
     pub swept: u32,
     pub _pad: u32,
 }

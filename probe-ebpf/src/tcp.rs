@@ -22,7 +22,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::generated::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sk_storage_get,
-        bpf_skc_to_tcp_sock, bpf_tcp_sock,
+        bpf_tcp_sock,
     },
     macros::{btf_map, btf_tracepoint, cgroup_skb, map, raw_tracepoint, sock_ops},
     maps::{HashMap, PerCpuArray},
@@ -35,7 +35,7 @@ use probe_common::{
     tcp::{
         accepts, closes_established, tcp_header_len, Owner, RttTotals, SockEntry, TcpKey,
         TcpTotals, LISTEN_MAP_ENTRIES, MSG_PEEK, OWNER_KEYED, OWNER_PASSIVE, REMOTE_PORTS_MAX,
-        ROLE_CLIENT, ROLE_SERVER, STAT_LOST, STAT_SLOTS, TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT,
+        ROLE_CLIENT, ROLE_SERVER, STAT_LOST, STAT_SLOTS, TCP_LISTEN, TCP_SYN_SENT,
         TRAFFIC_MAP_ENTRIES,
     },
 };
@@ -235,13 +235,13 @@ fn on_length(ctx: &BtfTracePointContext, what: u8) {
     let e = entry(sk, None);
     let known = owner_in(e);
     if known.tgid == tgid && known.flags & OWNER_KEYED != 0 {
-        // A socket the collections sweep: the bytes wait in its own entry (no map lookup).
-        // Not once it is closed: it has left the tables the iterator walks.
+        // A socket the collections sweep: the bytes wait in its own entry (no map lookup),
+        // closed or not: the iterator walks the entries, and the destroy programs move what is
+        // left when the socket is freed.
         // SAFETY: `e` is a storage value the helper returned, checked non-null.
         let swept = !e.is_null()
             && unsafe { core::ptr::read_volatile(&raw const (*e).swept) } == sweep_mark();
-        if swept && Direct::get::<u8>(sk, off!(sk_state)).is_some_and(|s| u32::from(s) != TCP_CLOSE)
-        {
+        if swept {
             // SAFETY: as above; the counters are 8-byte aligned u64 in it, which other CPUs
             // take atomically.
             unsafe {
@@ -392,8 +392,8 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
         );
         account(&ctx, &port_key(lport, ROLE_SERVER), ACCEPTED, 1);
     } else if closes_established(old, new) {
-        // Closed: it leaves the tables the iterator walks, and its sends and receives count
-        // directly from now on; what waits goes now (else when the socket is destroyed).
+        // Closed: what waits goes now, so that the connection's bytes are all counted by the
+        // collection that counts its close (else at the next collection or when it is freed).
         let e = entry(sk, None);
         flush(&ctx, sk, e, false);
         let o = owner_in(e);
@@ -416,16 +416,17 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// `struct bpf_iter__tcp`.
+/// `struct bpf_iter__bpf_sk_storage_map`.
 #[repr(C)]
-pub struct TcpIterCtx {
+pub struct StorageIterCtx {
     meta: *const crate::kernel::IterMeta,
-    sk_common: *mut core::ffi::c_void,
-    uid: u32,
+    map: *const core::ffi::c_void,
+    sk: *mut core::ffi::c_void,
+    value: *mut core::ffi::c_void,
 }
 
 /// The iterator context as the logging macros take it.
-struct IterContext(*const TcpIterCtx);
+struct IterContext(*const StorageIterCtx);
 
 impl EbpfContext for IterContext {
     fn as_ptr(&self) -> *mut core::ffi::c_void {
@@ -433,29 +434,25 @@ impl EbpfContext for IterContext {
     }
 }
 
-/// iter/tcp, run by the daemon before each read of [`TCP_TRAFFIC`]: moves the bytes waiting in
-/// every TCP socket's entry (of the daemon's network namespace: the kernel walks only that
-/// one's tables) and marks the socket swept, so that its later bytes wait there too. A socket of
-/// another namespace is never marked: its bytes count directly. The move is an exchange, so the
-/// kernel running this twice for one socket (which it may) moves nothing twice. Runs whether or
-/// not this generation is active: moving bytes of another generation's programs (pinned maps
-/// are shared) loses and doubles nothing.
+/// iter/bpf_sk_storage_map over [`TCP_SOCK_OWNERS`], run by the daemon before each read of
+/// [`TCP_TRAFFIC`]: moves the bytes waiting in every socket's entry and marks the socket swept,
+/// so that its later bytes wait there too. It walks the entries, not a network namespace's
+/// tables: the sockets of every namespace (containers' included), and closed sockets until they
+/// are freed. (The kernel's own TCP iterator, which walked the tables before, took a reference
+/// on a socket being freed on Linux 6.18: a refcount use-after-free warning under connection
+/// churn.) The move is an exchange, so two moves at once (this and a socket's destroy
+/// program) count nothing twice. Runs whether or not this generation is active: moving bytes of
+/// another generation's programs (pinned maps are shared) loses and doubles nothing.
 #[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/tcp")]
-pub fn probe_tcp_flush(ctx: *const TcpIterCtx) -> i32 {
+#[unsafe(link_section = "iter/bpf_sk_storage_map")]
+pub fn probe_tcp_flush(ctx: *const StorageIterCtx) -> i32 {
     if ctx.is_null() {
         return 0;
     }
     // SAFETY: ctx is the iterator context the kernel passes, checked non-null above.
-    let skc = unsafe { (*ctx).sk_common };
-    if skc.is_null() {
-        return 0;
-    }
-    // SAFETY: skc is the iterator's socket, checked non-null; the helper returns null unless it
-    // is a full TCP socket (not a request or time-wait socket).
-    let sk = unsafe { bpf_skc_to_tcp_sock(skc) } as *const u8;
+    let sk = unsafe { (*ctx).sk } as *const u8;
     if sk.is_null() {
-        return 0;
+        return 0; // end of iteration
     }
     flush(&IterContext(ctx), sk, entry(sk, None), true);
     0

@@ -79,12 +79,21 @@ pub struct IterLink {
 }
 
 impl IterLink {
-    /// BPF_LINK_CREATE with attach type BPF_TRACE_ITER for a loaded iterator program.
-    pub fn attach(prog: BorrowedFd<'_>) -> io::Result<Self> {
+    /// BPF_LINK_CREATE with attach type BPF_TRACE_ITER for a loaded iterator program; a map
+    /// iterator walks the elements of `map`.
+    pub fn attach(prog: BorrowedFd<'_>, map: Option<BorrowedFd<'_>>) -> io::Result<Self> {
         let mut attr = [0u64; 8];
-        // struct { __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags; ... }
+        // struct { __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags;
+        //          __aligned_u64 iter_info; __u32 iter_info_len; ... }
         attr[0] = u64::from(prog.as_raw_fd() as u32);
         attr[1] = u64::from(BPF_TRACE_ITER);
+        // union bpf_iter_link_info { struct { __u32 map_fd; } map; ... }; read by the kernel
+        // during the call, so it lives on this stack.
+        let info: [u32; 2] = [map.map_or(0, |m| m.as_raw_fd() as u32), 0];
+        if map.is_some() {
+            attr[2] = info.as_ptr() as u64;
+            attr[3] = std::mem::size_of_val(&info) as u64;
+        }
         Ok(Self {
             link: sys_bpf(BPF_LINK_CREATE, &mut attr)?,
         })

@@ -92,6 +92,27 @@ fn exchange(daemon_wrap: &[&str], bind: &str, connect_host: &str) -> (Workload, 
     (server, client)
 }
 
+/// What `probe check` says of the tcp collector beside its hook (why a part is not used).
+fn tcp_collector_reasons() -> Vec<String> {
+    let out = std::process::Command::new(probe_tests::probe_bin())
+        .args(["check", "--format", "json"])
+        .output()
+        .expect("run probe check");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe check json");
+    v["collectors"]
+        .as_array()
+        .expect("collectors")
+        .iter()
+        .find(|c| c["name"] == "tcp")
+        .and_then(|c| c["reasons"].as_array())
+        .map(|r| {
+            r.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Both directions exact on both sides, charged to the right instance and process.
 fn assert_exact(m: &Metrics, server: &Workload, client: &Workload, what: &str) {
     let port = server.port.to_string();
@@ -179,18 +200,27 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
         (ROUND_RX, ROUND_TX, ROUNDS),
     );
     if kernel::tcp_bytes_per_process() {
-        // Where the bytes can wait at all: the iterator that moves them is attached.
         let m = daemon.scrape();
         m.assert_hook("tcp", "tp_btf/sock_send_length");
-        assert!(
-            m.value(
+        // Where the kernel allows the iterator that moves the bytes waiting in sockets, it is
+        // attached (else this test would pass on the direct path without measuring the waiting
+        // bytes); where the kernel refuses it before verifying it (EPERM), the bytes count
+        // directly, and that path is what this test measures here.
+        let attached = m
+            .value(
                 "probe_bpf_program_missed_runs_total",
-                &[("program", "probe_tcp_flush")]
+                &[("program", "probe_tcp_flush")],
             )
-            .is_some(),
-            "iter/tcp (probe_tcp_flush) is not attached:\n{}",
-            m.text
-        );
+            .is_some();
+        if !attached {
+            let note = tcp_collector_reasons().join("; ");
+            assert!(
+                note.contains("iter/bpf_sk_storage_map") && note.contains("EPERM at load"),
+                "the byte-moving iterator is not attached, and not because the kernel refused \
+                 it before verification: {note}"
+            );
+            println!("this kernel refuses the iterator, the bytes count directly: {note}");
+        }
     }
     for round in 1..=ROUNDS {
         if round < ROUNDS {
@@ -200,9 +230,9 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
             client.wait_done();
             server.wait_done();
         }
-        // The scrape collects: the connection's bytes so far must all be there. While the
-        // connection is open they may come one collection late (the iterator can miss a socket
-        // the kernel moves while it walks: said, and allowed once); after the close, at once.
+        // The scrape collects: the connection's bytes so far must all be there, open or closed
+        // (the iterator walks the socket-owner entries, which a socket keeps until it is freed,
+        // and the destroy programs move what is left then).
         let (want_rx, want_tx) = (ROUND_RX * round, ROUND_TX * round);
         let open = round < ROUNDS;
         let what = if open {
@@ -228,14 +258,8 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
             }
         };
         let want = [want_rx, want_tx, want_rx, want_tx].map(|v| v as f64);
-        let mut m = daemon.scrape();
-        let mut got = read(&m);
-        if open && got != want {
-            println!("{what}: {got:?} at the first collection, {want:?} wanted; one more");
-            settle();
-            m = daemon.scrape();
-            got = read(&m);
-        }
+        let m = daemon.scrape();
+        let got = read(&m);
         println!(
             "{what}: server rx {} tx {}, client tx {} rx {} (want {want_rx} / {want_tx})",
             got[0], got[1], got[2], got[3]

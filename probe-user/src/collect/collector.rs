@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     daemon::{SelfStats, Summary},
-    loader::{names, Kernel},
+    loader::{hooks, names, Kernel},
     model::{
         instance::Facts,
         latency::Latency,
@@ -170,7 +170,7 @@ impl Collector {
         };
         // Bytes waiting in sockets' entries first, so that this read has them.
         if let Err(e) = self.kernel.flush_tcp() {
-            failed(stats, names::TCP, &format!("iter/tcp: {e}"));
+            failed(stats, names::TCP, &format!("{}: {e}", hooks::TCP_FLUSH));
         }
         let tcp = match &self.kernel.tcp {
             Some(maps) => match self.tcp_reader.read(&maps.traffic, granularity) {

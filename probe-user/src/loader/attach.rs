@@ -61,7 +61,7 @@ impl Attacher<'_> {
         let mut out = Attached::default();
         match hook.attach {
             Attach::Iter { program, target } => {
-                out.iter = Some(self.iterator(program, target)?);
+                out.iter = Some(self.iterator(program, target, None)?);
                 out.programs.push(program);
             }
             Attach::Btf(set) | Attach::Raw(set) => {
@@ -118,16 +118,44 @@ impl Attacher<'_> {
         Ok(out)
     }
 
-    /// Loads an iterator program over `target` and creates its link (re-readable).
+    /// Loads an iterator program over `target` (over map `map`'s elements for a map iterator)
+    /// and creates its link (re-readable).
     pub(super) fn iterator(
         &mut self,
         program: &'static str,
         target: &str,
+        map: Option<&'static str>,
     ) -> Result<IterLink, HookError> {
         let prog: &mut Iter = find(self.ebpf, program)?;
-        prog.load(target, self.btf).map_err(|e| kernel(&e))?;
-        let fd = prog.fd().map_err(|e| kernel(&e))?;
-        IterLink::attach(fd.as_fd()).map_err(|e| HookError::Kernel(format!("BPF_LINK_CREATE: {e}")))
+        prog.load(target, self.btf).map_err(|e| match &e {
+            // Refused before the verifier looked at the program: the kernel does not allow
+            // this iterator (the 6.18 kernel of this project's test host refuses every
+            // iterator over socket storage so, even one that only returns): not a rejection
+            // of the program's code.
+            ProgramError::LoadError { io_error, .. }
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                HookError::Kernel(format!(
+                    "this kernel does not allow iter/{target} programs (EPERM at load, before \
+                     verification)"
+                ))
+            }
+            _ => kernel(&e),
+        })?;
+        let prog_fd = prog
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|e| kernel(&e))?;
+        // Only socket-storage maps are walked (the one iterator over a map).
+        let map_fd = match map {
+            None => None,
+            Some(name) => match self.ebpf.map(name) {
+                Some(aya::maps::Map::SkStorage(data)) => Some(data.fd().as_fd()),
+                _ => return Err(HookError::Kernel(format!("no socket-storage map {name}"))),
+            },
+        };
+        IterLink::attach(prog_fd.as_fd(), map_fd)
+            .map_err(|e| HookError::Kernel(format!("BPF_LINK_CREATE: {e}")))
     }
 
     /// Loads (once) and attaches tracepoint programs of one kind (`T`: raw or BTF-typed) to
@@ -333,7 +361,7 @@ pub(super) fn attach_collector(
                     let done = if opts.skip_hooks.iter().any(|h| h == x.name) {
                         Err(HookError::Skipped)
                     } else {
-                        a.iterator(x.program, x.target)
+                        a.iterator(x.program, x.target, x.map)
                     };
                     match done {
                         Ok(link) => {

@@ -142,9 +142,10 @@ pub mod hooks {
     pub const TCP_SOCK_LENGTH: &str = "tp_btf/sock_send_length";
     /// TCP bytes fallback, per port only: cgroup_skb ingress/egress on the cgroup2 root.
     pub const TCP_CGROUP_SKB: &str = "cgroup_skb";
-    /// Beside TCP_SOCK_LENGTH: the iterator that moves the bytes waiting in sockets' entries at
-    /// every collection (skipped: every send and receive updates the totals map).
-    pub const TCP_FLUSH: &str = "iter/tcp";
+    /// Beside TCP_SOCK_LENGTH: the iterator over the socket-owner map that moves the bytes
+    /// waiting in sockets' entries at every collection (skipped: every send and receive updates
+    /// the totals map).
+    pub const TCP_FLUSH: &str = "iter/bpf_sk_storage_map";
     pub const TCP_STATE: &str = "tp_btf/inet_sock_set_state";
     pub const TCP_RETRANSMIT: &str = "tp_btf/tcp_retransmit_skb";
     /// RTT callbacks of accepted connections: sock_ops on the cgroup2 root.
@@ -154,8 +155,11 @@ pub mod hooks {
     pub const RUNQ: &str = "runq";
     pub const PROCFS: &str = "procfs";
     /// Names earlier releases used (old, new): `--hooks.skip` still takes them. The TCP programs
-    /// moved from raw_tp to tp_btf with the socket-owner map (socket-local storage).
+    /// moved from raw_tp to tp_btf with the socket-owner map (socket-local storage); the
+    /// iterator that moves waiting bytes walked the TCP tables of one network namespace before
+    /// it walked the socket-owner map.
     pub const RENAMED: &[(&str, &str)] = &[
+        ("iter/tcp", TCP_FLUSH),
         ("raw_tp/sock_send_length", TCP_SOCK_LENGTH),
         ("raw_tp/inet_sock_set_state", TCP_STATE),
         ("raw_tp/tcp_retransmit_skb", TCP_RETRANSMIT),

@@ -12,7 +12,7 @@ use probe_common::{
     ports::LISTEN_ITER_PROGRAM,
     runq::{STATS_MAP as RUNQ_STATS, THREADS_MAP as RUNQ_THREADS},
     tcp::{
-        CLOSE_PROGRAMS, FLUSH_PROGRAM, LISTEN_MAP, RECV_PROGRAM, RETRANSMIT_PROGRAM,
+        CLOSE_PROGRAMS, FLUSH_PROGRAM, LISTEN_MAP, OWNERS_MAP, RECV_PROGRAM, RETRANSMIT_PROGRAM,
         RETRANSMIT_SYNACK_PROGRAM, RTT_MAP, SEND_PROGRAM, SKB_EGRESS_PROGRAM, SKB_INGRESS_PROGRAM,
         SOCKOPS_PROGRAM, STATE_PROGRAM, STATS_MAP as TCP_STATS, TRAFFIC_MAP,
     },
@@ -70,6 +70,8 @@ pub struct IterExtra {
     pub name: &'static str,
     pub program: &'static str,
     pub target: &'static str,
+    /// The map a map iterator walks.
+    pub map: Option<&'static str>,
     /// Said when it is not attached: what that costs.
     pub without: &'static str,
 }
@@ -238,7 +240,8 @@ pub const COLLECTORS: &[Spec] = &[
                 iter_extra: Some(IterExtra {
                     name: hooks::TCP_FLUSH,
                     program: FLUSH_PROGRAM,
-                    target: "tcp",
+                    target: "bpf_sk_storage_map",
+                    map: Some(OWNERS_MAP),
                     without: "every send and receive updates the map of totals (costlier)",
                 }),
                 ..hook(
