@@ -579,6 +579,25 @@ impl Drop for Workload {
     }
 }
 
+/// The kernel's warnings so far (`dmesg` lines of WARNING, BUG and refcount_t reports): a test
+/// compares them before and after, so that a kernel fault its load provoked (probe's programs
+/// and iterators run inside the kernel) fails it instead of passing unseen.
+pub fn kernel_warnings() -> Vec<String> {
+    let out = Command::new("dmesg")
+        .output()
+        .expect("run dmesg (util-linux)");
+    assert!(out.status.success(), "dmesg failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            ["WARNING:", "BUG:", "refcount_t:"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .map(String::from)
+        .collect()
+}
+
 /// Resident memory of a process in KiB (VmRSS), or None if it is gone.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
