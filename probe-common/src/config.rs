@@ -75,6 +75,8 @@ pub struct Offsets {
     pub sk_num: u32,
     /// sock.sk_protocol (u16 on 5.6+)
     pub sk_protocol: u32,
+    /// sock.sk_type (u16): SOCK_STREAM for TCP sockets, SOCK_RAW for raw ones of protocol TCP
+    pub sk_type: u32,
     /// inet_sock.inet_sport (local port, network byte order): unlike skc_num it is still set
     /// when a closing socket reaches TCP_CLOSE (its port is released first)
     pub inet_sport: u32,
@@ -161,6 +163,7 @@ impl Offsets {
         sk_state: OFFSET_MISSING,
         sk_num: OFFSET_MISSING,
         sk_protocol: OFFSET_MISSING,
+        sk_type: OFFSET_MISSING,
         inet_sport: OFFSET_MISSING,
         sk_dport: OFFSET_MISSING,
         skb_cb: OFFSET_MISSING,

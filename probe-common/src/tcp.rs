@@ -166,8 +166,10 @@ pub struct SockEntry {
     /// The mark (generation plus one) of the daemon whose collections' iterator visited the
     /// socket: the bytes are then moved at every collection, so they may wait in the entry. A
     /// mark of an earlier daemon (pinned storage outlives it) does not count: the socket's bytes
-    /// count directly until this daemon's iterator has seen it (with `--hooks.skip
-    /// iter/bpf_sk_storage_map`, always).
+    /// count directly until this daemon's iterator has seen it (always where the kernel refuses the
+    /// iterator, or with `--hooks.skip iter/bpf_sk_storage_map`). Only TCP stream sockets are
+    /// marked: a raw socket of protocol TCP has an entry but never reaches `tcp_destroy_sock`,
+    /// which moves what is left.
     pub swept: u32,
     pub _pad: u32,
 }

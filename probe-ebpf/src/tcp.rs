@@ -416,6 +416,9 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// SOCK_STREAM, sock.sk_type of TCP sockets.
+const SOCK_STREAM: u16 = 1;
+
 /// `struct bpf_iter__bpf_sk_storage_map`.
 #[repr(C)]
 pub struct StorageIterCtx {
@@ -454,7 +457,11 @@ pub fn probe_tcp_flush(ctx: *const StorageIterCtx) -> i32 {
     if sk.is_null() {
         return 0; // end of iteration
     }
-    flush(&IterContext(ctx), sk, entry(sk, None), true);
+    // Marked swept only if it is a stream socket: a raw socket of protocol TCP also gets an
+    // entry (its sends and receives pass the programs' checks) but never reaches
+    // tcp_destroy_sock, so bytes waiting in it when it closes would be lost.
+    let stream = Direct::get::<u16>(sk, off!(sk_type)) == Some(SOCK_STREAM);
+    flush(&IterContext(ctx), sk, entry(sk, None), stream);
     0
 }
 

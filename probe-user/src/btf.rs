@@ -259,6 +259,7 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
     o.sk_state = off(&get("sock_common", &[&["skc_state"]]));
     o.sk_num = off(&get("sock_common", &[&["skc_num"]]));
     o.sk_protocol = off(&get("sock", &[&["sk_protocol"]]));
+    o.sk_type = off(&get("sock", &[&["sk_type"]]));
 
     o.sk_dport = off(&get("sock_common", &[&["skc_dport"]]));
     o.inet_sport = off(&get("inet_sock", &[&["inet_sport"]]));
@@ -394,6 +395,10 @@ mod tests {
             "skc_dport then skc_num in skc_portpair"
         );
         assert_ne!(o.task_pid, o.task_tgid);
+        // u16 sk_type, next to u16 sk_protocol (5.6+; their order varies).
+        let ty = btf.field("sock", &["sk_type"]).expect("sk_type");
+        assert_eq!(ty.size, 2);
+        assert_eq!(o.sk_type.abs_diff(o.sk_protocol), 2, "sk_type next to sk_protocol");
         // skc_num is the 16-bit local port right after skc_dport in sock_common.
         let num = btf.field("sock_common", &["skc_num"]).expect("skc_num");
         assert_eq!(num.size, 2);

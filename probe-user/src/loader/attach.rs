@@ -132,8 +132,10 @@ impl Attacher<'_> {
             // this iterator (the 6.18 kernel of this project's test host refuses every
             // iterator over socket storage so, even one that only returns): not a rejection
             // of the program's code.
+            // Only for the map iterator: for the others, as for any program, EPERM means
+            // missing privileges, which the error says as it is.
             ProgramError::LoadError { io_error, .. }
-                if io_error.raw_os_error() == Some(libc::EPERM) =>
+                if map.is_some() && io_error.raw_os_error() == Some(libc::EPERM) =>
             {
                 HookError::Kernel(format!(
                     "this kernel does not allow iter/{target} programs (EPERM at load, before \
