@@ -37,9 +37,10 @@ pub(crate) fn active() -> bool {
     ACTIVE_GENERATION.get(0).is_some_and(|g| *g == mine)
 }
 
-/// The mark this load's iterator over the TCP socket-owner map leaves on the sockets it sweeps (its generation + 1, never
-/// 0): a mark of another load (a previous daemon's, in pinned socket storage) does not count as
-/// swept here, so sockets count directly until this load's own iterator has seen them.
+/// The mark this load's iterator over the TCP socket-owner map leaves on the sockets it sweeps
+/// (its generation + 1, never 0): a mark of another load (a previous daemon's, in pinned socket
+/// storage) does not count as swept here, so sockets count directly until this load's own
+/// iterator has seen them.
 #[inline(always)]
 pub(crate) fn sweep_mark() -> u32 {
     // SAFETY: a global the loader sets before load and nothing writes afterwards; read volatile so

@@ -398,7 +398,11 @@ mod tests {
         // u16 sk_type, next to u16 sk_protocol (5.6+; their order varies).
         let ty = btf.field("sock", &["sk_type"]).expect("sk_type");
         assert_eq!(ty.size, 2);
-        assert_eq!(o.sk_type.abs_diff(o.sk_protocol), 2, "sk_type next to sk_protocol");
+        assert_eq!(
+            o.sk_type.abs_diff(o.sk_protocol),
+            2,
+            "sk_type next to sk_protocol"
+        );
         // skc_num is the 16-bit local port right after skc_dport in sock_common.
         let num = btf.field("sock_common", &["skc_num"]).expect("skc_num");
         assert_eq!(num.size, 2);

@@ -92,25 +92,33 @@ fn exchange(daemon_wrap: &[&str], bind: &str, connect_host: &str) -> (Workload, 
     (server, client)
 }
 
-/// What `probe check` says of the tcp collector beside its hook (why a part is not used).
-fn tcp_collector_reasons() -> Vec<String> {
+/// What `probe check` says of the tcp collector beside its hook (why a part is not used), and
+/// the hook of the cpu collector in the same run.
+fn tcp_collector_reasons() -> (Vec<String>, String) {
     let out = std::process::Command::new(probe_tests::probe_bin())
         .args(["check", "--format", "json"])
         .output()
         .expect("run probe check");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe check json");
-    v["collectors"]
+    let collector = |name: &str| {
+        v["collectors"]
+            .as_array()
+            .expect("collectors")
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let reasons = collector("tcp")["reasons"]
         .as_array()
-        .expect("collectors")
-        .iter()
-        .find(|c| c["name"] == "tcp")
-        .and_then(|c| c["reasons"].as_array())
         .map(|r| {
             r.iter()
                 .filter_map(|x| x.as_str().map(String::from))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let cpu_hook = collector("cpu")["hook"].as_str().unwrap_or("").to_string();
+    (reasons, cpu_hook)
 }
 
 /// Both directions exact on both sides, charged to the right instance and process.
@@ -213,11 +221,18 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
             )
             .is_some();
         if !attached {
-            let note = tcp_collector_reasons().join("; ");
+            // EPERM for that iterator alone: the task iterator, a program of the same type,
+            // loaded in the same run, so it is not a lack of privileges.
+            let (reasons, cpu_hook) = tcp_collector_reasons();
+            let note = reasons.join("; ");
             assert!(
                 note.contains("iter/bpf_sk_storage_map") && note.contains("EPERM at load"),
                 "the byte-moving iterator is not attached, and not because the kernel refused \
                  it before verification: {note}"
+            );
+            assert_eq!(
+                cpu_hook, "iter/task",
+                "the task iterator did not load either: not this kernel's refusal of one type"
             );
             println!("this kernel refuses the iterator, the bytes count directly: {note}");
         }

@@ -128,12 +128,10 @@ impl Attacher<'_> {
     ) -> Result<IterLink, HookError> {
         let prog: &mut Iter = find(self.ebpf, program)?;
         prog.load(target, self.btf).map_err(|e| match &e {
-            // Refused before the verifier looked at the program: the kernel does not allow
-            // this iterator (the 6.18 kernel of this project's test host refuses every
-            // iterator over socket storage so, even one that only returns): not a rejection
-            // of the program's code.
-            // Only for the map iterator: for the others, as for any program, EPERM means
-            // missing privileges, which the error says as it is.
+            // The map iterator refused before the verifier looked at it: the kernel does not
+            // allow this iterator type (this project's 6.18 test host refuses even an empty
+            // one), not a rejection of the program's code. For other programs EPERM means
+            // missing privileges, and the error says so as it is.
             ProgramError::LoadError { io_error, .. }
                 if map.is_some() && io_error.raw_os_error() == Some(libc::EPERM) =>
             {
