@@ -62,6 +62,9 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
         daemon_args.extend(["--record-readings", file]);
     }
     let warnings_before = probe_tests::kernel_warnings();
+    // Printed if the soak fails before it checks them (a deadline, a lost byte): a kernel
+    // fault may be the cause.
+    let _on_panic = WarningsOnPanic(warnings_before.clone());
     let daemon = Daemon::start(&daemon_args);
     // A comm of its own, so the workers' instances are told apart from anything else.
     let comm = "probe-churn";
@@ -413,4 +416,23 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
         series_at_1min
     );
     let _ = std::fs::remove_file(&rules);
+}
+
+/// Prints the kernel warnings dmesg gained since `.0` if the test panics.
+struct WarningsOnPanic(Vec<String>);
+
+impl Drop for WarningsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let new: Vec<String> = probe_tests::kernel_warnings()
+                .into_iter()
+                .filter(|l| !self.0.contains(l))
+                .collect();
+            eprintln!(
+                "kernel warnings during the failed soak ({}):\n{}",
+                new.len(),
+                new.join("\n")
+            );
+        }
+    }
 }

@@ -291,6 +291,79 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
     }
 }
 
+/// Bytes read from a socket after it reached TCP_CLOSE (the client shut down writing, the
+/// server sent and closed: TIME_WAIT closed the client's socket while its descriptor stays open)
+/// count at the next collection, whether they wait in the socket for the iterator over the
+/// owner entries (which walks closed sockets until they are freed) or count at once; and once,
+/// when the socket is then freed.
+#[test]
+fn bytes_read_after_the_socket_closed_count_at_the_next_collection() {
+    const SENT: u64 = 200_000;
+    const QUEUED: u64 = 30_000; // fits the client's receive buffer unread
+    let daemon = Daemon::start(&[]);
+    let (sent, queued) = (SENT.to_string(), QUEUED.to_string());
+    let mut server = Workload::start(&[
+        "tcp-serve",
+        "--conns",
+        "1",
+        "--recv",
+        &sent,
+        "--send",
+        &queued,
+    ]);
+    let to = format!("127.0.0.1:{}", server.port);
+    let mut client = Workload::start(&[
+        "tcp-client",
+        "--to",
+        &to,
+        "--conns",
+        "1",
+        "--send",
+        &sent,
+        "--recv",
+        &queued,
+        "--read-after-close",
+    ]);
+    assert_eq!(client.line(), "closed");
+    server.wait_done();
+    // A collection visits the closed socket (its sends made an owner entry) before the reads.
+    settle();
+    client.send_line("read");
+    assert_eq!(client.line(), format!("read rx={QUEUED}"));
+    let port = server.port.to_string();
+    let (s, c) = (server.instance(), client.instance());
+    if !kernel::tcp_bytes_per_process() {
+        // The fallback counts packets as they pass (per port), not reads: the bytes were
+        // counted when they arrived.
+        let m = daemon.scrape();
+        assert_fallback_bytes(&m, &s, &port, SENT, Some(QUEUED));
+        client.send_line("step");
+        client.wait_done();
+        return;
+    }
+    let read = |m: &Metrics| {
+        [
+            bytes(m, &s, &port, "rx"),
+            bytes(m, &s, &port, "tx"),
+            bytes(m, &c, "ephemeral", "tx"),
+            bytes(m, &c, "ephemeral", "rx"),
+        ]
+    };
+    let want = [SENT, QUEUED, SENT, QUEUED].map(|v| v as f64);
+    let m = daemon.scrape();
+    let got = read(&m);
+    println!(
+        "socket closed, descriptor open: server rx {} tx {}, client tx {} rx {} (want {SENT} / {QUEUED})",
+        got[0], got[1], got[2], got[3]
+    );
+    assert_eq!(got, want, "read after TCP_CLOSE:\n{}", m.text);
+    client.send_line("step");
+    client.wait_done();
+    settle();
+    let m = daemon.scrape();
+    assert_eq!(read(&m), want, "after the socket was freed:\n{}", m.text);
+}
+
 #[test]
 fn a_thousand_short_connections_are_counted_exactly() {
     let daemon = Daemon::start(&[]);

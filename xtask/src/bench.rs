@@ -4,6 +4,7 @@
 //! (see `compare`).
 //!
 //! 0. A real MariaDB under sysbench (see `oltp`). Goal: point select TPS >= 0.98x, p95 <= 1.03x.
+//!    Also where probe's cost lands on each CPU, from perf samples of one round (see `profile`).
 //! 1. Scheduler overhead: `perf bench sched pipe` without and with `probe serve` running
 //!    (alternating rounds, medians), as a ratio. Goal: <= 1.03x.
 //! 2. Cost per event of each kernel program, from the kernel's BPF statistics.
@@ -44,6 +45,7 @@ use crate::run::probe_bin;
 pub mod compare;
 pub mod history;
 pub mod oltp;
+pub mod profile;
 pub mod programs;
 
 use compare::{compare, print_costs, print_table, Metric, Outcome, Variant};
@@ -527,6 +529,8 @@ struct Server {
     pins: Option<(PathBuf, String, String)>,
     /// A history directory of its own (removed on drop), unless the caller chose one.
     history: Option<PathBuf>,
+    /// The flags added to the defaults (probe).
+    extra: Vec<String>,
 }
 
 impl Server {
@@ -570,6 +574,7 @@ impl Server {
             port,
             pins: Some((bin.to_path_buf(), pin_dir, state)),
             history,
+            extra: extra.iter().map(ToString::to_string).collect(),
         }
         .ready()
     }
@@ -591,6 +596,7 @@ impl Server {
             port,
             pins: None,
             history: None,
+            extra: Vec::new(),
         }
         .ready()
     }

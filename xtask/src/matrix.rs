@@ -73,6 +73,11 @@ pub const TESTS: &[(&str, &str)] = &[
         "tcp",
         "an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close",
     ),
+    // ... and in the entry of a socket that reached TCP_CLOSE, read before it is freed.
+    (
+        "tcp",
+        "bytes_read_after_the_socket_closed_count_at_the_next_collection",
+    ),
     ("tcp", "cgroup_skb_fallback_counts_bytes_per_port"),
     ("tcp", "fallback_counts_data_that_completes_the_handshake"),
     // tcp_retransmit vs the kernel's TcpRetransSegs.

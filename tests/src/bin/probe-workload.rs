@@ -18,6 +18,12 @@
 //!                                                              and wait for its ACK (SO_LINGER)
 //!   tcp-client --to ADDR:PORT --conns K --send N --recv M      K connections one after another: send N,
 //!                                                              read exactly M, close
+//!   tcp-client --read-after-close                              send N, shut down writing, wait until
+//!                                                              the peer's close has taken the socket to
+//!                                                              TCP_CLOSE (print `closed`), wait for the
+//!                                                              line `read`, read the M bytes queued in
+//!                                                              it (print `read rx=M`), wait for `step`,
+//!                                                              close
 //!   (tcp-serve, tcp-client) --rounds R                         R exchanges per connection; after each
 //!                                                              but the last, print `round I` and wait
 //!                                                              for the line `step` on stdin
@@ -221,6 +227,10 @@ fn main() {
             for _ in 0..conns {
                 let mut s = std::net::TcpStream::connect(&to)
                     .unwrap_or_else(|e| fail(&format!("connect {to}: {e}")));
+                if args.iter().any(|a| a == "--read-after-close") {
+                    read_after_close(s, tx, rx);
+                    continue;
+                }
                 exchange_rounds(&mut s, tx, rx, rounds);
             }
             say(&format!(
@@ -469,6 +479,56 @@ fn exchange_rounds(s: &mut std::net::TcpStream, tx: u64, rx: u64, rounds: u64) {
         say(&format!("round {round}"));
         wait_for_line("step");
     }
+}
+
+/// `tcp-client --read-after-close` on one connection: the bytes queued in a socket that reached
+/// TCP_CLOSE (the peer's FIN after our shutdown takes it to TIME_WAIT, which closes the full
+/// socket while its descriptor stays open) are read only then, when the test says so.
+fn read_after_close(mut s: std::net::TcpStream, tx: u64, rx: u64) {
+    use std::io::{Read as _, Write as _};
+    const TCP_CLOSE: u8 = 7;
+    s.write_all(&vec![0u8; tx as usize])
+        .unwrap_or_else(|e| fail(&format!("send: {e}")));
+    s.shutdown(std::net::Shutdown::Write)
+        .unwrap_or_else(|e| fail(&format!("shutdown: {e}")));
+    let t0 = Instant::now();
+    loop {
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into the local `info`.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            fail(&format!("TCP_INFO: {}", std::io::Error::last_os_error()));
+        }
+        if info.tcpi_state == TCP_CLOSE {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            fail(&format!(
+                "still in TCP state {} after 10 s",
+                info.tcpi_state
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    say("closed");
+    wait_for_line("read");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .unwrap_or_else(|e| fail(&format!("read after close: {e}")));
+    if got.len() as u64 != rx {
+        fail(&format!("read {} bytes after close, want {rx}", got.len()));
+    }
+    say(&format!("read rx={rx}"));
+    wait_for_line("step");
 }
 
 /// Reads stdin until the line `word` arrives (the test's go-ahead); fails if stdin closes first.

@@ -8,6 +8,7 @@
 //! is not pinned: its collections compete with both, as on a real host.
 
 use std::{
+    collections::BTreeMap,
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -19,6 +20,7 @@ use probe_tests::mariadb::MariaDb;
 
 use super::{
     compare::{compare, print_table, Metric, Outcome, Variant},
+    profile::{self, Class, CpuProfile},
     program_deltas, Server,
 };
 use crate::run::probe_bin;
@@ -124,6 +126,11 @@ pub fn section(opts: &Options) -> Result<()> {
     let time = format!("--time={seconds}");
     // Per workload, the programs' costs of the latest run with statistics on.
     let mut costs: Vec<Vec<(String, f64, f64)>> = vec![Vec::new(); WORKLOADS.len()];
+    // Per CPU, the samples of the latest point_select round of probe (defaults), and the
+    // transactions in the sampled window.
+    let mut sampled: Option<(BTreeMap<u32, CpuProfile>, f64)> = None;
+    let perf_data = base.join("oltp-perf.data");
+    let mut defaults_rounds = 0;
     let out = compare(opts.rounds, &variants, &metrics, |probe| {
         let stop = AtomicBool::new(false);
         thread::scope(|s| {
@@ -144,6 +151,23 @@ pub fn section(opts: &Options) -> Result<()> {
                 let mut got = Vec::new();
                 for (i, w) in WORKLOADS.iter().enumerate() {
                     let stats_before = probe.map(Server::scrape_text).transpose()?;
+                    // Sampled: point_select in the last round of probe's defaults (one round
+                    // of ten carries perf's own cost), the middle of the run.
+                    let defaults = probe.filter(|p| p.extra.is_empty());
+                    if i == 0 && defaults.is_some() {
+                        defaults_rounds += 1;
+                    }
+                    let sample = defaults
+                        .filter(|_| i == 0 && defaults_rounds == opts.rounds && seconds > 2);
+                    let window = seconds - 2;
+                    let recorder = sample.map(|_| {
+                        let perf_data = &perf_data;
+                        s.spawn(move || {
+                            thread::sleep(Duration::from_secs(1));
+                            profile::record(perf_data, window)?.wait()?;
+                            anyhow::Ok(())
+                        })
+                    });
                     let busy0 = busy_cpu_ns()?;
                     let text = sysbench(
                         &common,
@@ -161,6 +185,15 @@ pub fn section(opts: &Options) -> Result<()> {
                         .with_context(|| format!("unexpected sysbench output:\n{text}"))?;
                     let cpu_us_per_tx = busy / 1e3 / (tps * f64::from(seconds));
                     got.extend([tps, p95, cpu_us_per_tx]);
+                    if let (Some(p), Some(r)) = (sample, recorder) {
+                        match r.join().expect("perf thread") {
+                            Ok(()) => {
+                                let cpus = profile::report(&perf_data, &profile::threads(p.pid()))?;
+                                sampled = Some((cpus, tps * f64::from(window)));
+                            }
+                            Err(e) => println!("  (no perf samples: {e})"),
+                        }
+                    }
                     if let (Some(p), Some(before)) = (probe, stats_before) {
                         // Empty unless the kernel keeps statistics (--bpf.stats).
                         let c = program_deltas(&before, &p.scrape_text()?);
@@ -221,7 +254,58 @@ pub fn section(opts: &Options) -> Result<()> {
     println!(
         "  (transactions from the median TPS; ns/run includes the statistics' own clock reads, which the default run has not)"
     );
+    if let Some((cpus, transactions)) = &sampled {
+        print_sampled(cpus, *transactions);
+    }
     Ok(())
+}
+
+/// probe's share of each CPU per point_select transaction, from perf's samples.
+fn print_sampled(cpus: &BTreeMap<u32, CpuProfile>, transactions: f64) {
+    let us = |samples: u64| samples as f64 / f64::from(profile::FREQ) * 1e6 / transactions;
+    println!(
+        "\n== where probe's cost lands per {} transaction (perf samples at {} Hz in the middle of the latest round of probe (defaults); CPU 0 runs the server, whose CPU decides the TPS)",
+        WORKLOADS[0],
+        profile::FREQ
+    );
+    println!(
+        "  {:<4} {:>11} {:>10} {:>10} {:>10} {:>10} {:>14}",
+        "CPU", "busy us/tx", "programs", "dispatch", "helpers", "daemon", "probe (share)"
+    );
+    for (cpu, p) in cpus {
+        let (prog, disp, help, daemon) = (
+            p.get(Class::Program),
+            p.get(Class::Dispatch),
+            p.get(Class::Helper),
+            p.get(Class::Daemon),
+        );
+        let all = prog + disp + help + daemon;
+        println!(
+            "  {cpu:<4} {:>11.2} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7.3} ({:.2}%)",
+            us(p.busy()),
+            us(prog),
+            us(disp),
+            us(help),
+            us(daemon),
+            us(all),
+            all as f64 / p.busy().max(1) as f64 * 100.0
+        );
+        let mut progs: Vec<_> = p.programs.iter().collect();
+        progs.sort_by(|a, b| b.1.cmp(a.1));
+        let named: Vec<String> = progs
+            .iter()
+            .map(|(n, s)| format!("{n} {:.3}", us(**s)))
+            .collect();
+        if !named.is_empty() {
+            println!("       programs (us/tx): {}", named.join(", "));
+        }
+    }
+    println!(
+        "  (us of CPU per transaction; dispatch: tracepoint and cgroup code that runs the programs; helpers: \
+         BPF helpers and map code they call. A lower bound: kernel code shared with everything else, such as \
+         RCU read locks, is not counted, and without hardware counters (VMs) the samples cannot land where \
+         interrupts are off, so the sched_switch program is not seen: its time is in the statistics above)"
+    );
 }
 
 /// What each collector costs: the variant without it against probe with defaults.
