@@ -583,11 +583,19 @@ impl Drop for Workload {
 /// compares them before and after, so that a kernel fault its load provoked (probe's programs
 /// and iterators run inside the kernel) fails it instead of passing unseen.
 pub fn kernel_warnings() -> Vec<String> {
+    try_kernel_warnings().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`kernel_warnings`], with dmesg's failure as an error (for use where a panic must not
+/// happen, such as while unwinding).
+pub fn try_kernel_warnings() -> Result<Vec<String>, String> {
     let out = Command::new("dmesg")
         .output()
-        .expect("run dmesg (util-linux)");
-    assert!(out.status.success(), "dmesg failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
+        .map_err(|e| format!("run dmesg (util-linux): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("dmesg failed: {out:?}"));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| {
             ["WARNING:", "BUG:", "refcount_t:"]
@@ -595,7 +603,7 @@ pub fn kernel_warnings() -> Vec<String> {
                 .any(|w| l.contains(w))
         })
         .map(String::from)
-        .collect()
+        .collect())
 }
 
 /// Resident memory of a process in KiB (VmRSS), or None if it is gone.

@@ -64,7 +64,7 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
     let warnings_before = probe_tests::kernel_warnings();
     // Printed if the soak fails before it checks them (a deadline, a lost byte): a kernel
     // fault may be the cause.
-    let _on_panic = WarningsOnPanic(warnings_before.clone());
+    let mut on_panic = WarningsOnPanic(Some(warnings_before.clone()));
     let daemon = Daemon::start(&daemon_args);
     // A comm of its own, so the workers' instances are told apart from anything else.
     let comm = "probe-churn";
@@ -286,6 +286,7 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
         .filter(|l| !warnings_before.contains(l))
         .collect();
     println!("  kernel warnings during the soak: {}", new_warnings.len());
+    on_panic.0 = None; // checked here
     assert!(
         new_warnings.is_empty(),
         "the kernel warned during the soak:\n{}",
@@ -418,21 +419,27 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
     let _ = std::fs::remove_file(&rules);
 }
 
-/// Prints the kernel warnings dmesg gained since `.0` if the test panics.
-struct WarningsOnPanic(Vec<String>);
+/// Prints the kernel warnings dmesg gained since `.0` if the test panics before it checks them
+/// (`.0` is then None).
+struct WarningsOnPanic(Option<Vec<String>>);
 
 impl Drop for WarningsOnPanic {
     fn drop(&mut self) {
+        let Some(before) = &self.0 else {
+            return;
+        };
         if std::thread::panicking() {
-            let new: Vec<String> = probe_tests::kernel_warnings()
-                .into_iter()
-                .filter(|l| !self.0.contains(l))
-                .collect();
-            eprintln!(
-                "kernel warnings during the failed soak ({}):\n{}",
-                new.len(),
-                new.join("\n")
-            );
+            // No panic here: it would abort the test and lose the first one's message.
+            match probe_tests::try_kernel_warnings() {
+                Ok(now) => {
+                    let new: Vec<&String> = now.iter().filter(|l| !before.contains(l)).collect();
+                    eprintln!("kernel warnings during the failed soak: {}", new.len());
+                    for l in new {
+                        eprintln!("  {l}");
+                    }
+                }
+                Err(e) => eprintln!("kernel warnings during the failed soak: unknown ({e})"),
+            }
         }
     }
 }

@@ -147,63 +147,65 @@ pub fn section(opts: &Options) -> Result<()> {
                     }
                 });
             }
-            let result = (|| {
-                let mut got = Vec::new();
-                for (i, w) in WORKLOADS.iter().enumerate() {
-                    let stats_before = probe.map(Server::scrape_text).transpose()?;
-                    // Sampled: point_select in the last round of probe's defaults (one round
-                    // of ten carries perf's own cost), the middle of the run.
-                    let defaults = probe.filter(|p| p.extra.is_empty());
-                    if i == 0 && defaults.is_some() {
-                        defaults_rounds += 1;
-                    }
-                    let sample = defaults
-                        .filter(|_| i == 0 && defaults_rounds == opts.rounds && seconds > 2);
-                    let window = seconds - 2;
-                    let recorder = sample.map(|_| {
-                        let perf_data = &perf_data;
-                        s.spawn(move || {
-                            thread::sleep(Duration::from_secs(1));
-                            profile::record(perf_data, window)?.wait()?;
-                            anyhow::Ok(())
-                        })
-                    });
-                    let busy0 = busy_cpu_ns()?;
-                    let text = sysbench(
-                        &common,
-                        w,
-                        &[
-                            THREADS,
-                            &time,
-                            "--histogram=on",
-                            "--report-interval=0",
-                            "run",
-                        ],
-                    )?;
-                    let busy = (busy_cpu_ns()? - busy0) as f64;
-                    let (tps, p95) = parse_sysbench(&text)
-                        .with_context(|| format!("unexpected sysbench output:\n{text}"))?;
-                    let cpu_us_per_tx = busy / 1e3 / (tps * f64::from(seconds));
-                    got.extend([tps, p95, cpu_us_per_tx]);
-                    if let (Some(p), Some(r)) = (sample, recorder) {
-                        match r.join().expect("perf thread") {
-                            Ok(()) => {
-                                let cpus = profile::report(&perf_data, &profile::threads(p.pid()))?;
-                                sampled = Some((cpus, tps * f64::from(window)));
+            let result =
+                (|| {
+                    let mut got = Vec::new();
+                    for (i, w) in WORKLOADS.iter().enumerate() {
+                        let stats_before = probe.map(Server::scrape_text).transpose()?;
+                        // Sampled: point_select in the last round of probe's defaults (one round
+                        // of ten carries perf's own cost), the middle of the run.
+                        let defaults = probe.filter(|p| p.extra.is_empty());
+                        if i == 0 && defaults.is_some() {
+                            defaults_rounds += 1;
+                        }
+                        let sample = defaults
+                            .filter(|_| i == 0 && defaults_rounds == opts.rounds && seconds > 2);
+                        let window = seconds.saturating_sub(2);
+                        let recorder = sample.map(|_| {
+                            let perf_data = &perf_data;
+                            s.spawn(move || {
+                                thread::sleep(Duration::from_secs(1));
+                                let status = profile::record(perf_data, window)?.wait()?;
+                                anyhow::ensure!(status.success(), "perf record: {status}");
+                                anyhow::Ok(())
+                            })
+                        });
+                        let busy0 = busy_cpu_ns()?;
+                        let text = sysbench(
+                            &common,
+                            w,
+                            &[
+                                THREADS,
+                                &time,
+                                "--histogram=on",
+                                "--report-interval=0",
+                                "run",
+                            ],
+                        )?;
+                        let busy = (busy_cpu_ns()? - busy0) as f64;
+                        let (tps, p95) = parse_sysbench(&text)
+                            .with_context(|| format!("unexpected sysbench output:\n{text}"))?;
+                        let cpu_us_per_tx = busy / 1e3 / (tps * f64::from(seconds));
+                        got.extend([tps, p95, cpu_us_per_tx]);
+                        if let (Some(p), Some(r)) = (sample, recorder) {
+                            // The samples are an addition: their failure is said, not fatal.
+                            match r.join().expect("perf thread").and_then(|()| {
+                                profile::report(&perf_data, &profile::threads(p.pid()))
+                            }) {
+                                Ok(cpus) => sampled = Some((cpus, tps * f64::from(window))),
+                                Err(e) => println!("  (no perf samples: {e:#})"),
                             }
-                            Err(e) => println!("  (no perf samples: {e})"),
+                        }
+                        if let (Some(p), Some(before)) = (probe, stats_before) {
+                            // Empty unless the kernel keeps statistics (--bpf.stats).
+                            let c = program_deltas(&before, &p.scrape_text()?);
+                            if c.iter().any(|(_, runs, _)| *runs > 0.0) {
+                                costs[i] = c;
+                            }
                         }
                     }
-                    if let (Some(p), Some(before)) = (probe, stats_before) {
-                        // Empty unless the kernel keeps statistics (--bpf.stats).
-                        let c = program_deltas(&before, &p.scrape_text()?);
-                        if c.iter().any(|(_, runs, _)| *runs > 0.0) {
-                            costs[i] = c;
-                        }
-                    }
-                }
-                Ok(got)
-            })();
+                    Ok(got)
+                })();
             stop.store(true, Ordering::Relaxed);
             result
         })
@@ -303,7 +305,7 @@ fn print_sampled(cpus: &BTreeMap<u32, CpuProfile>, transactions: f64) {
     println!(
         "  (us of CPU per transaction; dispatch: tracepoint and cgroup code that runs the programs; helpers: \
          BPF helpers and map code they call. A lower bound: kernel code shared with everything else, such as \
-         RCU read locks, is not counted, and without hardware counters (VMs) the samples cannot land where \
+         RCU read locks, is not counted, and cpu-clock samples cannot land where \
          interrupts are off, so the sched_switch program is not seen: its time is in the statistics above)"
     );
 }

@@ -30,6 +30,8 @@ pub enum Class {
     Helper,
     /// probe's daemon (any symbol, in its threads).
     Daemon,
+    /// perf itself (not counted as busy: it is the measurement's own cost).
+    Sampler,
     /// The CPU was idle.
     Idle,
     /// Everything else: the workload and the kernel's work for it.
@@ -42,11 +44,17 @@ pub fn classify(comm: &str, tid: u32, symbol: &str, daemon: &[u32]) -> Class {
     if daemon.contains(&tid) {
         return Class::Daemon;
     }
-    if comm == "swapper" {
-        return Class::Idle;
+    if comm == "perf" {
+        return Class::Sampler;
     }
+    // Programs and their helpers count in any context, softirq on an idle CPU included.
+    let idle = if comm == "swapper" {
+        Class::Idle
+    } else {
+        Class::Other
+    };
     let Some(name) = symbol.strip_prefix("[k] ") else {
-        return Class::Other;
+        return idle;
     };
     if name.starts_with("bpf_prog_") {
         return Class::Program;
@@ -86,7 +94,7 @@ pub fn classify(comm: &str, tid: u32, symbol: &str, daemon: &[u32]) -> Class {
     } else if HELPERS.iter().any(|p| name.starts_with(p)) {
         Class::Helper
     } else {
-        Class::Other
+        idle
     }
 }
 
@@ -101,20 +109,29 @@ impl CpuProfile {
     pub fn get(&self, c: Class) -> u64 {
         self.by_class.get(&c).copied().unwrap_or(0)
     }
-    /// Samples of a busy CPU (not idle).
+    /// Samples of a busy CPU (not idle, not perf's own).
     pub fn busy(&self) -> u64 {
         self.by_class
             .iter()
-            .filter(|(c, _)| **c != Class::Idle)
+            .filter(|(c, _)| !matches!(c, Class::Idle | Class::Sampler))
             .map(|(_, n)| n)
             .sum()
     }
 }
 
-/// Starts sampling every CPU for `seconds` (perf record writes `data`).
+/// Starts sampling every CPU for `seconds` (perf record writes `data`), with the cpu-clock
+/// event: a sample is 1/[`FREQ`] s of a CPU, busy or idle, with or without hardware counters.
 pub fn record(data: &Path, seconds: u32) -> Result<Child> {
     Command::new("perf")
-        .args(["record", "-a", "-F", &FREQ.to_string(), "-o"])
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-a",
+            "-F",
+            &FREQ.to_string(),
+            "-o",
+        ])
         .arg(data)
         .args(["--", "sleep", &seconds.to_string()])
         .stdin(Stdio::null())
@@ -242,6 +259,17 @@ mod tests {
             classify("swapper", 0, "[k] pv_native_safe_halt", &d),
             Class::Idle
         );
+        assert_eq!(
+            classify(
+                "swapper",
+                0,
+                "[k] bpf_prog_04e31afc6737ceb7_probe_tcp_sockops",
+                &d
+            ),
+            Class::Program,
+            "softirq on an idle CPU"
+        );
+        assert_eq!(classify("perf", 9, "[k] do_syscall_64", &d), Class::Sampler);
         assert_eq!(
             classify("tokio-rt-worker", 77, "[k] bpf_prog_x_probe_tasks", &d),
             Class::Daemon
