@@ -82,6 +82,13 @@ pub struct Offsets {
     pub inet_sport: u32,
     /// sock_common.skc_dport (remote port, network byte order)
     pub sk_dport: u32,
+    /// sock_common.skc_flags (sock.sk_flags; SOCK_DONE: the peer's FIN arrived)
+    pub sk_flags: u32,
+    /// tcp_sock.bytes_acked, bytes_received (u64), snd_una, write_seq (u32)
+    pub tcp_bytes_acked: u32,
+    pub tcp_bytes_received: u32,
+    pub tcp_snd_una: u32,
+    pub tcp_write_seq: u32,
     /// sk_buff.cb, and tcp_skb_cb.tcp_gso_segs inside it: segments in a TCP skb
     pub skb_cb: u32,
     pub tcp_cb_gso_segs: u32,
@@ -166,6 +173,11 @@ impl Offsets {
         sk_type: OFFSET_MISSING,
         inet_sport: OFFSET_MISSING,
         sk_dport: OFFSET_MISSING,
+        sk_flags: OFFSET_MISSING,
+        tcp_bytes_acked: OFFSET_MISSING,
+        tcp_bytes_received: OFFSET_MISSING,
+        tcp_snd_una: OFFSET_MISSING,
+        tcp_write_seq: OFFSET_MISSING,
         skb_cb: OFFSET_MISSING,
         tcp_cb_gso_segs: OFFSET_MISSING,
         retransmit_has_err: 0,

@@ -35,6 +35,6 @@ pod!(
     runq::ThreadRunq,
     tcp::TcpKey,
     tcp::TcpTotals,
-    tcp::Owner,
+    tcp::SockBase,
     tcp::RttTotals
 );

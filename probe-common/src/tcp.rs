@@ -6,29 +6,26 @@
 //! user named it as well known ([`REMOTE_PORTS_MAP`]), else by port 0 (folded). So the kernel
 //! map grows with processes x listening ports, never with connections.
 
-/// Payload bytes in the process's context (sock:sock_send_length / sock_recv_length, 6.3+).
-pub const SEND_PROGRAM: &str = "probe_tcp_send";
-pub const RECV_PROGRAM: &str = "probe_tcp_recv";
+/// Payload bytes per socket, read from its TCP counters when the daemon collects
+/// (iter/task_file over every process's open files; run before the daemon reads
+/// [`TRAFFIC_MAP`]): the increase since the last read goes to the process holding the socket.
+pub const WALK_PROGRAM: &str = "probe_tcp_walk";
 /// Fallback: payload bytes per port only, from packets (cgroup_skb on the cgroup2 root).
 pub const SKB_INGRESS_PROGRAM: &str = "probe_tcp_skb_ingress";
 pub const SKB_EGRESS_PROGRAM: &str = "probe_tcp_skb_egress";
-/// Connections accepted and closed, listeners appearing (sock:inet_sock_set_state).
+/// Connections accepted and closed, listeners appearing, and each connection's birth, FIN and
+/// final counters (sock:inet_sock_set_state).
 pub const STATE_PROGRAM: &str = "probe_tcp_state";
+/// Deletes a destroyed socket's [`SOCKETS_MAP`] entry (tcp:tcp_destroy_sock), after moving its
+/// final counters if the state program's run at TCP_CLOSE was skipped (a run nested in its own
+/// on one CPU is not run).
+pub const FORGET_PROGRAM: &str = "probe_tcp_forget";
 /// SYN-ACKs sent again by listeners (tcp:tcp_retransmit_synack).
 pub const RETRANSMIT_SYNACK_PROGRAM: &str = "probe_tcp_retransmit_synack";
 /// Retransmitted segments (tcp:tcp_retransmit_skb).
 pub const RETRANSMIT_PROGRAM: &str = "probe_tcp_retransmit";
 /// RTT samples of server sockets (sock_ops on the cgroup2 root).
 pub const SOCKOPS_PROGRAM: &str = "probe_tcp_sockops";
-/// Moves the bytes waiting in each socket's [`SockEntry`] to [`TRAFFIC_MAP`] and marks the
-/// socket [`SockEntry::swept`] (iter/bpf_sk_storage_map over [`OWNERS_MAP`], run by the daemon
-/// before it reads the map).
-pub const FLUSH_PROGRAM: &str = "probe_tcp_flush";
-/// Move a closing socket's waiting bytes (tcp:tcp_destroy_sock). Two identical programs: the
-/// kernel skips a tracing program's run nested in its own run on one CPU (counted in its missed
-/// runs); two make a skipped run on one of them harmless, and the move is an exchange, so a
-/// second move finds nothing.
-pub const CLOSE_PROGRAMS: [&str; 2] = ["probe_tcp_close", "probe_tcp_close_again"];
 
 /// Per-(process, port, role) totals ([`TcpKey`] -> [`TcpTotals`]).
 pub const TRAFFIC_MAP: &str = "TCP_TRAFFIC";
@@ -39,10 +36,16 @@ pub const LISTEN_MAP_ENTRIES: u32 = 4096;
 /// Remote ports the user wants as `remote_port` label values (port -> 1).
 pub const REMOTE_PORTS_MAP: &str = "TCP_REMOTE_PORTS";
 pub const REMOTE_PORTS_MAX: u32 = 64;
-/// Which process owns a socket and its bytes not yet moved to [`TRAFFIC_MAP`] (socket-local
-/// storage: socket -> [`SockEntry`], freed with the socket): the owner is learnt where it runs
-/// (sending, receiving, connecting) and used where it does not (retransmits in softirq).
-pub const OWNERS_MAP: &str = "TCP_SOCK_OWNERS";
+/// One entry: 1 once the daemon attached [`WALK_PROGRAM`] (not pinned: each load has its own).
+/// Until then the state program notes no connection starts, so that the per-port fallback's
+/// bytes are not also counted per connection when they close.
+pub const WALKING_MAP: &str = "TCP_WALKING";
+
+/// What was counted of each TCP socket, and for whom (socket address -> [`SockBase`]): made
+/// when a connection starts (connect, accept) or when a collection first sees an older one,
+/// deleted when the socket is destroyed.
+pub const SOCKETS_MAP: &str = "TCP_SOCKETS";
+pub const SOCKETS_MAP_ENTRIES: u32 = 65_536;
 /// RTT histograms per listening port (port -> [`RttTotals`]).
 pub const RTT_MAP: &str = "TCP_RTT";
 
@@ -59,12 +62,11 @@ pub const ROLE_CLIENT: u8 = 1;
 pub const TCP_ESTABLISHED: u32 = 1;
 pub const TCP_SYN_SENT: u32 = 2;
 pub const TCP_SYN_RECV: u32 = 3;
+pub const TCP_FIN_WAIT1: u32 = 4;
 pub const TCP_CLOSE: u32 = 7;
+pub const TCP_LAST_ACK: u32 = 9;
 pub const TCP_LISTEN: u32 = 10;
 pub const TCP_NEW_SYN_RECV: u32 = 12;
-
-/// `MSG_PEEK`: a receive that leaves the data queued (not consumed, not counted).
-pub const MSG_PEEK: u32 = 2;
 
 /// Whether a transition to `newstate` from `oldstate` ends a connection that was established
 /// (it was counted as accepted on a server socket when it left SYN_RECV).
@@ -75,6 +77,24 @@ pub fn closes_established(oldstate: u32, newstate: u32) -> bool {
             oldstate,
             TCP_SYN_SENT | TCP_SYN_RECV | TCP_CLOSE | TCP_LISTEN | TCP_NEW_SYN_RECV
         )
+}
+
+/// Whether a transition queues this side's FIN (close or shutdown of an open connection):
+/// from then on the FIN's sequence number is in the socket's send counters.
+#[inline(always)]
+pub fn queues_fin(newstate: u32) -> bool {
+    newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK
+}
+
+/// Whether a collection that first sees a socket in `state` starts counting it from its
+/// counters then: an open connection. (Handshakes and closed sockets are not: one that started
+/// after probe has an entry from its start, and what closed sockets carry was counted.)
+#[inline(always)]
+pub fn walk_starts(state: u32) -> bool {
+    !matches!(
+        state,
+        TCP_SYN_SENT | TCP_SYN_RECV | TCP_CLOSE | TCP_LISTEN | TCP_NEW_SYN_RECV
+    )
 }
 
 /// Whether a transition completes a passive open (the kernel's accept, before accept(2)).
@@ -110,74 +130,74 @@ pub struct TcpTotals {
     pub closed: u64,
 }
 
-/// Value of [`OWNERS_MAP`].
+/// Value of [`SOCKETS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Owner {
-    /// 0 while only the role is known (accepted, not yet read or written by a process).
-    pub tgid: u32,
-    /// [`OWNER_PASSIVE`], [`OWNER_KEYED`]
+pub struct SockBase {
+    /// Whom the socket's bytes go to: the process that held it at the last collection, else
+    /// the one that connected it, else (accepted, not yet seen by a collection) its port.
+    pub key: TcpKey,
+    /// The socket's [`payload`] totals already counted (moved forward atomically, never back).
+    pub tx: u64,
+    pub rx: u64,
+    /// [`SOCK_ACTIVE`], [`SOCK_PASSIVE`], [`SOCK_FIN_QUEUED`]
     pub flags: u32,
-    pub start_ns: u64,
-    /// With [`OWNER_KEYED`]: the socket's key port and role, so later sends and receives of
-    /// the same process skip the lookups that found them.
-    pub port: u16,
-    pub role: u8,
-    pub _pad: u8,
-    /// [`Owner::sealed`]: tells an entry read while another CPU rewrote it (two processes using
-    /// one socket at once) from a whole one.
-    pub check: u32,
-}
-
-impl Owner {
-    /// This entry with its check word set; the programs write only sealed entries.
-    pub const fn sealed(mut self) -> Self {
-        self.check = self.fold();
-        self
-    }
-
-    /// Whether the check word matches the other fields (a torn read almost never does).
-    pub const fn is_whole(&self) -> bool {
-        self.check == self.fold()
-    }
-
-    const fn fold(&self) -> u32 {
-        // Every field in, each moved so that swapping two fields' halves changes the sum; the
-        // constant makes an all-zero entry not whole.
-        (self.tgid ^ self.flags.rotate_left(7) ^ (self.start_ns as u32).rotate_left(13))
-            .wrapping_add(((self.start_ns >> 32) as u32).rotate_left(19))
-            .wrapping_add((self.port as u32) | ((self.role as u32) << 16))
-            ^ 0x5bd1_e995
-    }
-}
-
-/// Value of [`OWNERS_MAP`]: the socket's owner, and once a collection has seen the socket
-/// ([`swept`](Self::swept)), the payload bytes its owner sent and received since the last move
-/// to [`TRAFFIC_MAP`]. A send or receive then adds to its own socket's entry, which no other
-/// socket shares, instead of looking up and updating the process's map entry; the bytes move
-/// (atomic exchange, so never twice) at every collection, when the socket closes, and when
-/// another process takes it over.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SockEntry {
-    pub owner: Owner,
-    pub rx_pending: u64,
-    pub tx_pending: u64,
-    /// The mark (generation plus one) of the daemon whose collections' iterator visited the
-    /// socket: the bytes are then moved at every collection, so they may wait in the entry. A
-    /// mark of an earlier daemon (pinned storage outlives it) does not count: the socket's bytes
-    /// count directly until this daemon's iterator has seen it (always where the kernel refuses the
-    /// iterator, or with `--hooks.skip iter/bpf_sk_storage_map`). Only TCP stream sockets are
-    /// marked: a raw socket of protocol TCP has an entry but never reaches `tcp_destroy_sock`,
-    /// which moves what is left.
-    pub swept: u32,
     pub _pad: u32,
 }
 
-/// [`Owner::flags`]: the socket was accepted from a listener (server role).
-pub const OWNER_PASSIVE: u32 = 1;
-/// [`Owner::flags`]: `port` and `role` are set, for the process `tgid`.
-pub const OWNER_KEYED: u32 = 2;
+/// [`SockBase::flags`]: connected by this host (its SYN is in `bytes_acked`).
+pub const SOCK_ACTIVE: u32 = 1;
+/// [`SockBase::flags`]: accepted from a listener (server role, whatever its port does later).
+pub const SOCK_PASSIVE: u32 = 2;
+/// [`SockBase::flags`]: this side's FIN is queued ([`queues_fin`]).
+pub const SOCK_FIN_QUEUED: u32 = 4;
+/// [`SockBase::flags`]: its final counters moved when it reached TCP_CLOSE; nothing more to
+/// count until it connects again (a socket that disconnects resets its counters).
+pub const SOCK_CLOSED: u32 = 8;
+
+/// `SOCK_DONE` in sock.sk_flags: set when the peer's FIN arrives (tcp_fin).
+pub const SK_FLAG_DONE: u64 = 1 << 1;
+
+/// A TCP socket's counters, as the kernel keeps them (tcp_sock), read in this order: a counter
+/// before the fields that say what it includes (bytes_acked before snd_una, which tcp_ack
+/// moves after it; bytes_received before sk_flags, which tcp_fin sets after it; write_seq
+/// before the entry's flags, which the state program sets before tcp_send_fin moves it), so
+/// that a read racing the kernel errs low (and the next read corrects it), never high.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockCounters {
+    /// tcp_sock.bytes_acked: sequence space the peer acknowledged (data, the SYN of an
+    /// active open, the FIN); write_seq - snd_una is the rest of what was queued.
+    pub bytes_acked: u64,
+    /// tcp_sock.bytes_received: sequence space received in order (data and the peer's FIN).
+    pub bytes_received: u64,
+    pub snd_una: u32,
+    pub write_seq: u32,
+    /// sock.sk_flags
+    pub sk_flags: u64,
+}
+
+/// Payload bytes of a socket with these counters and [`SockBase::flags`]: sent (written by
+/// its process: acknowledged or still queued) and received (arrived in order, read or not).
+/// The sequence space a connection used less its SYN and FINs. Both only grow while the
+/// connection is open (a socket that reconnects starts again from zero).
+#[inline(always)]
+pub fn payload(c: &SockCounters, flags: u32) -> (u64, u64) {
+    // Acknowledged, then queued but not acknowledged (at most the send buffer).
+    let mut tx = c
+        .bytes_acked
+        .saturating_add(u64::from(c.write_seq.wrapping_sub(c.snd_una)));
+    if flags & SOCK_ACTIVE != 0 {
+        tx = tx.saturating_sub(1);
+    }
+    if flags & SOCK_FIN_QUEUED != 0 {
+        tx = tx.saturating_sub(1);
+    }
+    let mut rx = c.bytes_received;
+    if c.sk_flags & SK_FLAG_DONE != 0 {
+        rx = rx.saturating_sub(1);
+    }
+    (tx, rx)
+}
 
 /// Value of [`RTT_MAP`]: smoothed RTT samples of server sockets, one per RTT measurement.
 /// Buckets as every latency ([`crate::latency`]), from microseconds.
@@ -207,51 +227,6 @@ pub fn tcp_header_len(tcp_off12: u8) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn an_owner_entry_mixed_from_two_writes_is_not_whole() {
-        let a = super::Owner {
-            tgid: 4242,
-            flags: super::OWNER_KEYED,
-            start_ns: 123_456_789_012,
-            port: 3306,
-            role: super::ROLE_SERVER,
-            ..Default::default()
-        }
-        .sealed();
-        let b = super::Owner {
-            tgid: 777,
-            flags: super::OWNER_KEYED | super::OWNER_PASSIVE,
-            start_ns: 98_765_432_109,
-            port: 0,
-            role: super::ROLE_CLIENT,
-            ..Default::default()
-        }
-        .sealed();
-        assert!(a.is_whole() && b.is_whole());
-        assert!(!super::Owner::default().is_whole());
-        // Any field of one write with the rest (and the check) of the other.
-        let mixes = [
-            super::Owner { tgid: b.tgid, ..a },
-            super::Owner {
-                flags: b.flags,
-                ..a
-            },
-            super::Owner {
-                start_ns: b.start_ns,
-                ..a
-            },
-            super::Owner { port: b.port, ..a },
-            super::Owner { role: b.role, ..a },
-            super::Owner {
-                check: b.check,
-                ..a
-            },
-        ];
-        for m in mixes {
-            assert!(!m.is_whole(), "{m:?}");
-        }
-    }
-
     use super::*;
 
     #[test]
@@ -270,6 +245,92 @@ mod tests {
             !closes_established(TCP_ESTABLISHED, 4),
             "fin_wait1 is not closed yet"
         );
+    }
+
+    #[test]
+    fn payload_leaves_out_the_syn_and_fins() {
+        // An active open that sent 100 bytes, received 30, both FINs exchanged and acked.
+        let closed = SockCounters {
+            bytes_acked: 1 + 100 + 1,
+            bytes_received: 30 + 1,
+            snd_una: 5000,
+            write_seq: 5000,
+            sk_flags: SK_FLAG_DONE | 1, // SOCK_DEAD too
+        };
+        assert_eq!(payload(&closed, SOCK_ACTIVE | SOCK_FIN_QUEUED), (100, 30));
+        // Accepted: no SYN of ours in bytes_acked.
+        let accepted = SockCounters {
+            bytes_acked: 100 + 1,
+            ..closed
+        };
+        assert_eq!(
+            payload(&accepted, SOCK_PASSIVE | SOCK_FIN_QUEUED),
+            (100, 30)
+        );
+        // The last 40 bytes and the FIN queued, not yet acknowledged.
+        let fin_in_flight = SockCounters {
+            bytes_acked: 1 + 60,
+            snd_una: 4959,
+            ..closed
+        };
+        assert_eq!(
+            payload(&fin_in_flight, SOCK_ACTIVE | SOCK_FIN_QUEUED),
+            (100, 30)
+        );
+        // Open: 100 bytes written, 40 of them acknowledged; 30 received.
+        let open = SockCounters {
+            bytes_acked: 1 + 40,
+            bytes_received: 30,
+            snd_una: 4040,
+            write_seq: 4100,
+            sk_flags: 0,
+        };
+        assert_eq!(payload(&open, SOCK_ACTIVE), (100, 30));
+        // Connecting: only the SYN queued; before it, nothing.
+        let syn = SockCounters {
+            snd_una: 7,
+            write_seq: 8,
+            ..SockCounters::default()
+        };
+        assert_eq!(payload(&syn, SOCK_ACTIVE), (0, 0));
+        assert_eq!(payload(&SockCounters::default(), SOCK_ACTIVE), (0, 0));
+        // Sequence numbers wrap.
+        let wrapped = SockCounters {
+            bytes_acked: 5_000_000_000,
+            snd_una: u32::MAX - 9,
+            write_seq: 10,
+            ..SockCounters::default()
+        };
+        assert_eq!(payload(&wrapped, SOCK_PASSIVE).0, 5_000_000_020);
+    }
+
+    #[test]
+    fn a_read_that_races_the_peers_fin_errs_low() {
+        // bytes_received read before the FIN arrived, SOCK_DONE after: one byte low, never high.
+        let c = SockCounters {
+            bytes_received: 30,
+            sk_flags: SK_FLAG_DONE,
+            ..SockCounters::default()
+        };
+        assert_eq!(payload(&c, 0).1, 29);
+    }
+
+    #[test]
+    fn which_states_a_collection_starts_counting_in() {
+        assert!(walk_starts(TCP_ESTABLISHED));
+        assert!(walk_starts(8), "close_wait");
+        assert!(walk_starts(TCP_FIN_WAIT1));
+        for s in [
+            TCP_SYN_SENT,
+            TCP_SYN_RECV,
+            TCP_CLOSE,
+            TCP_LISTEN,
+            TCP_NEW_SYN_RECV,
+        ] {
+            assert!(!walk_starts(s), "{s}");
+        }
+        assert!(queues_fin(TCP_FIN_WAIT1) && queues_fin(TCP_LAST_ACK));
+        assert!(!queues_fin(TCP_CLOSE) && !queues_fin(8));
     }
 
     #[test]

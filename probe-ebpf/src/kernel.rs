@@ -37,19 +37,6 @@ pub(crate) fn active() -> bool {
     ACTIVE_GENERATION.get(0).is_some_and(|g| *g == mine)
 }
 
-/// The mark this load's iterator over the TCP socket-owner map leaves on the sockets it sweeps
-/// (its generation + 1, never 0): a mark of another load (a previous daemon's, in pinned socket
-/// storage) does not count as swept here, so sockets count directly until this load's own
-/// iterator has seen them.
-#[inline(always)]
-pub(crate) fn sweep_mark() -> u32 {
-    // SAFETY: a global the loader sets before load and nothing writes afterwards; read volatile so
-    // that the compiler does not fold its initial value.
-    unsafe { core::ptr::read_volatile(&GENERATION) }
-        .wrapping_add(1)
-        .max(1)
-}
-
 /// One field of [`OFFSETS`]. Volatile so the compiler does not fold the default value in.
 macro_rules! off {
     ($field:ident) => {
@@ -213,19 +200,6 @@ pub(crate) unsafe fn atomic_add(p: *mut u64, n: u64) {
             p, n,
         )
     };
-}
-
-/// Takes the u64 at `p`, leaving 0, atomically: the BPF `xchg` instruction (Linux 5.12+), so
-/// that of two CPUs taking it at once one gets the value and the other 0.
-///
-/// # Safety
-/// As [`atomic_add`].
-#[inline(always)]
-pub(crate) unsafe fn atomic_take(p: *mut u64) -> u64 {
-    // SAFETY: the caller's promise (above).
-    unsafe {
-        core::intrinsics::atomic_xchg::<u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 0)
-    }
 }
 
 /// Adds one to slot `slot` of a per-CPU self-counter array and returns its new value on this

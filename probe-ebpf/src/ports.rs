@@ -18,6 +18,20 @@ pub struct TaskFileIterCtx {
     file: *mut u8,
 }
 
+/// The task and file of an iterator context; None at the end of the iteration.
+#[inline(always)]
+pub(crate) fn task_and_file(ctx: *const TaskFileIterCtx) -> Option<(*const u8, *const u8)> {
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: ctx is the iterator context the kernel passes, checked non-null above.
+    let (task, file) = unsafe { ((*ctx).task, (*ctx).file) };
+    if task.is_null() || file.is_null() {
+        return None;
+    }
+    Some((task, file.cast_const()))
+}
+
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task_file")]
 pub fn probe_listeners(ctx: *const TaskFileIterCtx) -> i32 {

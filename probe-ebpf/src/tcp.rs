@@ -1,31 +1,25 @@
 //! TCP per port and per process (see probe_common::tcp for the roles and keys).
 //!
-//! Payload bytes come from sock:sock_send_length / sock_recv_length, which run in the context of
-//! the process that calls send/recv (exact per process, 6.3+); the fallback counts packets at
-//! cgroup_skb on the cgroup2 root, per port only. Connection events and retransmits run in
-//! softirq context: they are keyed by port, and retransmits by the socket's owner where
-//! [`TCP_SOCK_OWNERS`] knows it (learnt when the owner sent, received or connected).
+//! Payload bytes are not counted per send or receive: the kernel already counts each
+//! connection's sequence space (tcp_sock.bytes_acked, bytes_received). When the daemon
+//! collects, [`probe_tcp_walk`] visits every open file of every process (iter/task_file), reads
+//! those counters of each TCP socket, and moves what grew since the last read
+//! ([`TCP_SOCKETS`]) to the holding process's key in [`TCP_TRAFFIC`]. Nothing runs per packet
+//! or per system call; per connection, the state program notes its start (so that bytes before
+//! the first collection count), its FIN, and moves the final counters when it closes. The
+//! fallback before Linux 5.11 counts packets at cgroup_skb on the cgroup2 root, per port only.
 //!
-//! The owner lives in socket-local storage: one helper call that follows a pointer from the
-//! socket, no hashing and no LRU bookkeeping on every send and receive, and it goes with the
-//! socket (no entry outlives it, none is evicted). Socket-local storage needs BTF-typed programs
-//! (`tp_btf`, 5.11+), which also read the socket's fields by direct loads.
-//!
-//! Over 500 lines: every TCP program shares the socket-owner cache and the key rules; split, the
-//! verifier-sensitive helpers they inline would be spread over files.
+//! Connection events and retransmits run in softirq context: they are keyed by port, and
+//! retransmits by the socket's process where [`TCP_SOCKETS`] knows it.
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
     },
-    btf_maps::SkStorage,
-    helpers::generated::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sk_storage_get,
-        bpf_tcp_sock,
-    },
-    macros::{btf_map, btf_tracepoint, cgroup_skb, map, raw_tracepoint, sock_ops},
-    maps::{HashMap, PerCpuArray},
+    helpers::generated::{bpf_ktime_get_ns, bpf_sk_fullsock, bpf_sock_from_file, bpf_tcp_sock},
+    macros::{btf_tracepoint, cgroup_skb, map, raw_tracepoint, sock_ops},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext, SkBuffContext, SockOpsContext},
     EbpfContext,
 };
@@ -33,16 +27,20 @@ use aya_log_ebpf::warn;
 use probe_common::{
     ports::{AF_INET, AF_INET6, IPPROTO_TCP},
     tcp::{
-        accepts, closes_established, tcp_header_len, Owner, RttTotals, SockEntry, TcpKey,
-        TcpTotals, LISTEN_MAP_ENTRIES, MSG_PEEK, OWNER_KEYED, OWNER_PASSIVE, REMOTE_PORTS_MAX,
-        ROLE_CLIENT, ROLE_SERVER, STAT_LOST, STAT_SLOTS, TCP_LISTEN, TCP_SYN_SENT,
+        accepts, closes_established, payload, queues_fin, tcp_header_len, walk_starts, RttTotals,
+        SockBase, SockCounters, TcpKey, TcpTotals, LISTEN_MAP_ENTRIES, REMOTE_PORTS_MAX,
+        ROLE_CLIENT, ROLE_SERVER, SOCKETS_MAP_ENTRIES, SOCK_ACTIVE, SOCK_CLOSED, SOCK_FIN_QUEUED,
+        SOCK_PASSIVE, STAT_LOST, STAT_SLOTS, TCP_CLOSE, TCP_LISTEN, TCP_SYN_SENT,
         TRAFFIC_MAP_ENTRIES,
     },
 };
 
-use crate::kernel::{
-    atomic_add, atomic_take, bump, current_task, off, process_of, read, self_tgid, sweep_mark,
-    Bucket, Direct, Mem,
+use crate::{
+    kernel::{
+        atomic_add, bump, current_task, off, process_of, read, read_ptr, self_tgid, Bucket, Direct,
+        Mem, Probe,
+    },
+    ports::TaskFileIterCtx,
 };
 
 #[map]
@@ -54,128 +52,19 @@ static TCP_LISTEN_PORTS: HashMap<u16, u64> = HashMap::with_max_entries(LISTEN_MA
 #[map]
 static TCP_REMOTE_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(REMOTE_PORTS_MAX, 0);
 
-#[btf_map]
-static TCP_SOCK_OWNERS: SkStorage<SockEntry> = SkStorage::new();
+/// Keyed by the socket's address. Allocated on insert: entries come and go with connections, in
+/// softirq and iterator context (never under the scheduler's locks), and an idle host keeps few.
+#[map]
+static TCP_SOCKETS: HashMap<u64, SockBase> =
+    HashMap::with_max_entries(SOCKETS_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// The entry of `sk` (a BTF-typed socket pointer), or null; with `create`, a missing entry is
-/// created holding `*create` (the helper returns null for sockets that are not full sockets,
-/// and when memory runs out).
-#[inline(always)]
-fn entry(sk: *const u8, create: Option<&mut SockEntry>) -> *mut SockEntry {
-    let (init, flags) = match create {
-        Some(v) => (
-            core::ptr::from_mut(v).cast(),
-            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
-        ),
-        None => (core::ptr::null_mut(), 0),
-    };
-    // SAFETY: the map is this object's socket-storage map; the verifier checks that `sk` is a
-    // BTF-typed socket pointer and `init` a value-sized stack slot (or null without the flag).
-    unsafe {
-        bpf_sk_storage_get(
-            core::ptr::from_ref(&TCP_SOCK_OWNERS).cast_mut().cast(),
-            sk.cast_mut().cast(),
-            init,
-            flags,
-        )
-    }
-    .cast()
-}
+#[map]
+static TCP_WALKING: Array<u32> = Array::with_max_entries(1, 0);
 
-/// The owner in entry `e` (null: none), copied; all zero (`!is_whole()`) without one, or when
-/// the copy is not whole (read while another CPU rewrote it: the caller then learns the owner
-/// again).
-///
-/// A plain `Owner`, not an `Option`: copies of an `Option<Owner>` carry undefined padding bytes,
-/// which LLVM may store from a register the last helper call clobbered, and the verifier
-/// refuses that ("R5 !read_ok").
+/// Whether the daemon attached the walk (see `probe_common::tcp::WALKING_MAP`).
 #[inline(always)]
-fn owner_in(e: *const SockEntry) -> Owner {
-    if e.is_null() {
-        return Owner::default();
-    }
-    // SAFETY: a storage value the helper returned: non-null, of this type, valid while the
-    // program runs. Another CPU may write it at the same time (two processes using one socket at
-    // once): the check word tells a torn copy.
-    let o = unsafe { core::ptr::read_volatile(&raw const (*e).owner) };
-    if o.is_whole() {
-        o
-    } else {
-        Owner::default()
-    }
-}
-
-/// The socket's owner (see [`owner_in`]).
-#[inline(always)]
-fn owner_get(sk: *const u8) -> Owner {
-    owner_in(entry(sk, None))
-}
-
-/// Makes `owner` the socket's owner (its entry created if missing; the bytes waiting in it are
-/// left alone).
-#[inline(always)]
-fn owner_set(sk: *const u8, owner: Owner) {
-    let owner = owner.sealed();
-    let mut init = SockEntry {
-        owner,
-        ..SockEntry::default()
-    };
-    let e = entry(sk, Some(&mut init));
-    if !e.is_null() {
-        // SAFETY: as in owner_in (a write racing another leaves an owner that is not whole).
-        unsafe { core::ptr::write_volatile(&raw mut (*e).owner, owner) };
-    }
-}
-
-/// Moves the bytes waiting in entry `e` of socket `sk` to the owner's key in [`TCP_TRAFFIC`]
-/// (to the socket's port key if the owner is not known whole: bytes wait only under a keyed
-/// owner, so that is a race with a rewrite). Each counter is taken with an exchange: two moves
-/// at once never count a byte twice. With `sweep`, marks the socket as visited by a collection.
-#[inline(always)]
-fn flush<C: EbpfContext>(ctx: &C, sk: *const u8, e: *mut SockEntry, sweep: bool) {
-    if e.is_null() {
-        return;
-    }
-    // SAFETY: a storage value the helper returned (non-null): the counters are 8-byte aligned
-    // u64 in it; other CPUs add to them atomically.
-    let (rx, tx) = unsafe {
-        if sweep {
-            core::ptr::write_volatile(&raw mut (*e).swept, sweep_mark());
-        }
-        (
-            atomic_take(&raw mut (*e).rx_pending),
-            atomic_take(&raw mut (*e).tx_pending),
-        )
-    };
-    if rx == 0 && tx == 0 {
-        return;
-    }
-    let o = owner_in(e);
-    let key = if o.flags & OWNER_KEYED != 0 {
-        TcpKey {
-            tgid: o.tgid,
-            port: o.port,
-            role: o.role,
-            _pad: 0,
-            start_ns: o.start_ns,
-        }
-    } else {
-        let (port, role) = role_of(sk, o).unwrap_or((0, ROLE_CLIENT));
-        warn!(
-            ctx,
-            "TCP bytes waiting under no known owner (rx {} tx {}): charged to port {}",
-            rx,
-            tx,
-            port
-        );
-        port_key(port, role)
-    };
-    if rx != 0 {
-        account(ctx, &key, RX, rx);
-    }
-    if tx != 0 {
-        account(ctx, &key, TX, tx);
-    }
+fn walking() -> bool {
+    TCP_WALKING.get(0).is_some_and(|w| *w != 0)
 }
 
 #[map]
@@ -190,91 +79,120 @@ const RETRANSMIT: u8 = 2;
 const ACCEPTED: u8 = 3;
 const CLOSED: u8 = 4;
 
-/// sock_send_length(struct sock *sk, int ret, int flags): after sock_sendmsg, in the sender's
-/// context; `ret` is the number of bytes queued (or an error).
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn probe_tcp_send(ctx: BtfTracePointContext) -> i32 {
-    if !crate::kernel::active() {
-        return 0;
-    }
-    on_length(&ctx, TX);
-    0
-}
+/// SOCK_STREAM, sock.sk_type of TCP sockets.
+const SOCK_STREAM: u16 = 1;
 
-/// sock_recv_length(struct sock *sk, int ret, int flags): after sock_recvmsg, in the
-/// receiver's context.
-#[btf_tracepoint(function = "sock_recv_length")]
-pub fn probe_tcp_recv(ctx: BtfTracePointContext) -> i32 {
-    if !crate::kernel::active() {
-        return 0;
-    }
-    on_length(&ctx, RX);
-    0
-}
-
+/// The socket's counters (see [`SockCounters`] for why in this order).
 #[inline(always)]
-fn on_length(ctx: &BtfTracePointContext, what: u8) {
-    let sk: *const u8 = ctx.arg(0);
-    let ret = ctx.arg::<u64>(1) as u32 as i32;
-    let flags = ctx.arg::<u64>(2) as u32;
-    if ret <= 0 || (what == RX && flags & MSG_PEEK != 0) {
-        return;
-    }
-    // One read turns away the many sends on UNIX and netlink sockets.
-    match Direct::get::<u16>(sk, off!(sk_family)) {
-        Some(AF_INET | AF_INET6) => {}
-        _ => return,
-    }
-    // SAFETY: a BPF helper without arguments; it reads the clock or the current task.
-    let tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
-    if tgid == self_tgid() {
-        return;
-    }
-    // Fast path: this process used this socket before; its key is cached in the owner entry.
-    // (Without a whole entry, `known` is all zero and matches no process.)
-    let e = entry(sk, None);
-    let known = owner_in(e);
-    if known.tgid == tgid && known.flags & OWNER_KEYED != 0 {
-        // A socket the collections sweep: the bytes wait in its own entry (no map lookup),
-        // closed or not: the iterator walks the entries, and the destroy programs move what is
-        // left when the socket is freed.
-        // SAFETY: `e` is a storage value the helper returned, checked non-null.
-        let swept = !e.is_null()
-            && unsafe { core::ptr::read_volatile(&raw const (*e).swept) } == sweep_mark();
-        if swept {
-            // SAFETY: as above; the counters are 8-byte aligned u64 in it, which other CPUs
-            // take atomically.
-            unsafe {
-                let field = if what == RX {
-                    &raw mut (*e).rx_pending
-                } else {
-                    &raw mut (*e).tx_pending
-                };
-                atomic_add(field, ret as u64);
-            }
-            return;
+fn counters<M: Mem>(sk: *const u8) -> Option<SockCounters> {
+    let bytes_acked = M::get(sk, off!(tcp_bytes_acked))?;
+    let bytes_received = M::get(sk, off!(tcp_bytes_received))?;
+    let snd_una = M::get(sk, off!(tcp_snd_una))?;
+    let write_seq = M::get(sk, off!(tcp_write_seq))?;
+    let sk_flags = M::get(sk, off!(sk_flags))?;
+    Some(SockCounters {
+        bytes_acked,
+        bytes_received,
+        snd_una,
+        write_seq,
+        sk_flags,
+    })
+}
+
+/// Moves the counter at `field` forward to `now` (never back: of two CPUs moving it at once,
+/// each counts only what the other did not), and returns by how much it moved.
+#[inline(always)]
+fn advance(field: *mut u64, now: u64) -> u64 {
+    // SAFETY: `field` is a u64 in a map value the caller looked up (8-byte aligned); other CPUs
+    // move it too, only with this compare-and-exchange.
+    let mut old = unsafe { core::ptr::read_volatile(field) };
+    for _ in 0..4 {
+        if now <= old {
+            return 0;
         }
-        let key = TcpKey {
-            tgid,
-            port: known.port,
-            role: known.role,
-            _pad: 0,
-            start_ns: known.start_ns,
+        // SAFETY: as above.
+        let (seen, ok) = unsafe {
+            core::intrinsics::atomic_cxchg::<
+                u64,
+                { core::intrinsics::AtomicOrdering::Relaxed },
+                { core::intrinsics::AtomicOrdering::Relaxed },
+            >(field, old, now)
         };
-        account(ctx, &key, what, ret as u64);
-        return;
+        if ok {
+            return now - old;
+        }
+        old = seen;
     }
-    if Direct::get::<u16>(sk, off!(sk_protocol)) != Some(IPPROTO_TCP) {
-        return;
+    0
+}
+
+/// Counts what socket `sk` (entry `e`) carried since its counters were last moved, for `key`.
+/// The counters must have been read before `e`'s flags (see [`SockCounters`]).
+#[inline(always)]
+fn take<C: EbpfContext>(ctx: &C, e: *mut SockBase, c: &SockCounters, key: &TcpKey) {
+    // SAFETY: a map value the caller looked up (non-null); only the state program writes the
+    // flags, once per transition.
+    let flags = unsafe { core::ptr::read_volatile(&raw const (*e).flags) };
+    let (tx, rx) = payload(c, flags);
+    // SAFETY: as above.
+    let (dtx, drx) = unsafe { (advance(&raw mut (*e).tx, tx), advance(&raw mut (*e).rx, rx)) };
+    if dtx != 0 {
+        account(ctx, key, TX, dtx);
     }
-    let Some(p) = process_of(current_task()) else {
-        return;
+    if drx != 0 {
+        account(ctx, key, RX, drx);
+    }
+}
+
+/// iter/task_file, run by the daemon before each read of [`TCP_TRAFFIC`]: for every TCP
+/// socket a process holds, moves what its counters grew since they were last moved to that
+/// process's key, and makes it the socket's process. A socket it has not seen and that did not
+/// start after probe loaded counts from now on. Sockets of every network namespace (the walk
+/// is over processes), only read (the iterator may visit a file twice: the second move finds
+/// nothing). Runs whether or not this generation is active: moving counters of another
+/// generation's entries (pinned maps are shared) loses and doubles nothing.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub fn probe_tcp_walk(ctx: *const TaskFileIterCtx) -> i32 {
+    let Some((task, file)) = crate::ports::task_and_file(ctx) else {
+        return 0;
     };
-    // Another process takes the socket over (or its entry was torn): what waits in the entry
-    // is the previous owner's.
-    flush(ctx, sk, e, false);
-    let Some((port, role)) = learn_owner(sk, known, p.tgid, p.start_ns) else {
-        return;
+    // SAFETY: file is the iterator's struct file, checked non-null; the helper returns null for a
+    // file that is not a socket.
+    let socket = unsafe { bpf_sock_from_file(file.cast_mut().cast()) } as *const u8;
+    let Some(sk) = read_ptr(socket, off!(socket_sk)) else {
+        return 0;
+    };
+    if !is_tcp::<Probe>(sk) || read::<u16>(sk, off!(sk_type)) != Some(SOCK_STREAM) {
+        return 0;
+    }
+    let Some(state) = read::<u8>(sk, off!(sk_state)).map(u32::from) else {
+        return 0;
+    };
+    // A closed socket's counters moved when it closed (and a socket that disconnects to
+    // connect again resets them, so they mean nothing until it does).
+    if state == TCP_LISTEN || state == TCP_CLOSE {
+        return 0;
+    }
+    let Some(p) = process_of(task) else {
+        return 0;
+    };
+    if p.tgid == self_tgid() {
+        return 0;
+    }
+    let Some(c) = counters::<Probe>(sk) else {
+        return 0;
+    };
+    let id = sk as u64;
+    // SAFETY: the value is only read and moved with atomics (see `take`).
+    let e = TCP_SOCKETS.get_ptr_mut(&id);
+    let flags = match e {
+        // SAFETY: a map value the lookup just returned.
+        Some(e) => unsafe { core::ptr::read_volatile(&raw const (*e).flags) },
+        None => 0,
+    };
+    let Some((port, role)) = role_of::<Probe>(sk, flags) else {
+        return 0;
     };
     let key = TcpKey {
         tgid: p.tgid,
@@ -283,41 +201,87 @@ fn on_length(ctx: &BtfTracePointContext, what: u8) {
         _pad: 0,
         start_ns: p.start_ns,
     };
-    account(ctx, &key, what, ret as u64);
+    match e {
+        Some(e) => {
+            take(&IterContext(ctx), e, &c, &key);
+            // SAFETY: as above; a key torn by two holders' walks at once is one of theirs.
+            unsafe { core::ptr::write_volatile(&raw mut (*e).key, key) };
+        }
+        None if walk_starts(state) => {
+            let (tx, rx) = payload(&c, 0);
+            let fresh = SockBase {
+                key,
+                tx,
+                rx,
+                flags: 0,
+                _pad: 0,
+            };
+            if TCP_SOCKETS
+                .insert(&id, &fresh, u64::from(BPF_NOEXIST))
+                .is_err()
+            {
+                sockets_full(&IterContext(ctx));
+            }
+        }
+        None => {}
+    }
+    0
 }
 
-/// Records the process as the socket's owner, with the socket's key port and role (keeping
-/// what `known`, the socket's current entry, says about its role), and returns the port and role.
+/// The iterator context as the logging macros take it.
+struct IterContext(*const TaskFileIterCtx);
+
+impl EbpfContext for IterContext {
+    fn as_ptr(&self) -> *mut core::ffi::c_void {
+        self.0.cast_mut().cast()
+    }
+}
+
+/// Starts counting a connection from zero, for `key` (at connect or accept, before any byte);
+/// only while the walk counts bytes.
 #[inline(always)]
-fn learn_owner(sk: *const u8, known: Owner, tgid: u32, start_ns: u64) -> Option<(u16, u8)> {
-    let (port, role) = role_of(sk, known)?;
-    let owner = Owner {
-        tgid,
-        flags: known.flags | OWNER_KEYED,
-        start_ns,
-        port,
-        role,
+fn born<C: EbpfContext>(ctx: &C, sk: *const u8, key: TcpKey, flags: u32) {
+    if !walking() {
+        return;
+    }
+    let fresh = SockBase {
+        key,
+        tx: 0,
+        rx: 0,
+        flags,
         _pad: 0,
-        check: 0,
     };
-    owner_set(sk, owner);
-    Some((port, role))
+    // Replaces the entry of a socket that reconnects, or of a freed one at the same address.
+    if TCP_SOCKETS
+        .insert(&(sk as u64), &fresh, u64::from(BPF_ANY))
+        .is_err()
+    {
+        sockets_full(ctx);
+    }
 }
 
-/// The key port and role of a socket: a socket accepted from a listener (known from its owner
-/// entry), or whose local port is listened on, is a server; anything else is a client, keyed
-/// by its remote port when the user named that port, else by 0. `sk` is a tp_btf argument
-/// (read by direct loads), as in every caller.
+/// Counts a connection whose start a full [`TCP_SOCKETS`] could not note (logged at the 1st,
+/// 2nd, 4th... on each CPU): its bytes before the next collection are not counted.
 #[inline(always)]
-fn role_of(sk: *const u8, known: Owner) -> Option<(u16, u8)> {
-    let lport: u16 = Direct::get(sk, off!(sk_num))?;
-    let passive = known.flags & OWNER_PASSIVE != 0;
+fn sockets_full<C: EbpfContext>(ctx: &C) {
+    let n = bump(&TCP_STATS, STAT_LOST);
+    if n.is_power_of_two() {
+        warn!(ctx, "TCP socket map full: {} events lost on this CPU", n);
+    }
+}
+
+/// The key port and role of a socket: a socket accepted from a listener ([`SOCK_PASSIVE`]),
+/// or whose local port is listened on, is a server; anything else is a client, keyed by its
+/// remote port when the user named that port, else by 0.
+#[inline(always)]
+fn role_of<M: Mem>(sk: *const u8, flags: u32) -> Option<(u16, u8)> {
+    let lport: u16 = M::get(sk, off!(sk_num))?;
     // SAFETY: only whether the key is present is used, never the value (which another CPU may
     // change).
-    if passive || unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some() {
+    if flags & SOCK_PASSIVE != 0 || unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some() {
         return Some((lport, ROLE_SERVER));
     }
-    let rport = u16::from_be(Direct::get::<u16>(sk, off!(sk_dport)).unwrap_or(0));
+    let rport = u16::from_be(M::get::<u16>(sk, off!(sk_dport)).unwrap_or(0));
     // SAFETY: only whether the key is present is used, never the value (which another CPU may
     // change).
     let port = if unsafe { TCP_REMOTE_PORTS.get(&rport) }.is_some() {
@@ -328,26 +292,35 @@ fn role_of(sk: *const u8, known: Owner) -> Option<(u16, u8)> {
     Some((port, ROLE_CLIENT))
 }
 
-/// Whether `sk` (a tp_btf argument, read by direct loads) is an IPv4 or IPv6 TCP socket.
+/// Whether `sk` is an IPv4 or IPv6 TCP socket.
 #[inline(always)]
-fn is_tcp(sk: *const u8) -> bool {
-    let Some(family) = Direct::get::<u16>(sk, off!(sk_family)) else {
+fn is_tcp<M: Mem>(sk: *const u8) -> bool {
+    let Some(family) = M::get::<u16>(sk, off!(sk_family)) else {
         return false;
     };
     (family == AF_INET || family == AF_INET6)
-        && Direct::get::<u16>(sk, off!(sk_protocol)) == Some(IPPROTO_TCP)
+        && M::get::<u16>(sk, off!(sk_protocol)) == Some(IPPROTO_TCP)
 }
 
 /// inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
-    if !crate::kernel::active() {
-        return 0;
-    }
     let sk: *const u8 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as u32;
     let new = ctx.arg::<u64>(2) as u32;
-    if !is_tcp(sk) {
+    if !is_tcp::<Direct>(sk) {
+        return 0;
+    }
+    // Not gated on the generation: the final counters must move whichever daemon counts (the
+    // move is never counted twice); the rest is.
+    if new == TCP_CLOSE {
+        // The counters are final: what they grew since the last collection goes now, to the
+        // socket's process, so that the collection that counts the close counts its bytes.
+        if let Some(e) = TCP_SOCKETS.get_ptr_mut(&(sk as u64)) {
+            take_final(&ctx, sk, e);
+        }
+    }
+    if !crate::kernel::active() {
         return 0;
     }
     // skc_num is already 0 when a socket that released its port reaches TCP_CLOSE. (inet_sport
@@ -367,120 +340,95 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
         let now = unsafe { bpf_ktime_get_ns() };
         let _ = TCP_LISTEN_PORTS.insert(&lport, &now, u64::from(BPF_ANY));
     } else if new == TCP_SYN_SENT {
-        // connect(2), in the connecting process's context.
+        // connect(2), in the connecting process's context: its bytes count from zero, for it.
         if let Some(p) = process_of(current_task()) {
             if p.tgid != self_tgid() {
-                // A closed socket connecting again: what its previous owner left goes first.
-                flush(&ctx, sk, entry(sk, None), false);
-                owner_set(
-                    sk,
-                    Owner {
+                if let Some((port, role)) = role_of::<Direct>(sk, 0) {
+                    let key = TcpKey {
                         tgid: p.tgid,
+                        port,
+                        role,
+                        _pad: 0,
                         start_ns: p.start_ns,
-                        ..Owner::default()
-                    },
-                );
+                    };
+                    born(&ctx, sk, key, SOCK_ACTIVE);
+                }
             }
         }
     } else if accepts(old, new) {
-        owner_set(
-            sk,
-            Owner {
-                flags: OWNER_PASSIVE,
-                ..Owner::default()
-            },
-        );
+        // No process yet (softirq): the port's until a collection sees who holds it.
+        born(&ctx, sk, port_key(lport, ROLE_SERVER), SOCK_PASSIVE);
         account(&ctx, &port_key(lport, ROLE_SERVER), ACCEPTED, 1);
+    } else if queues_fin(new) {
+        // close(2) or shutdown(2), in the closing process's context: from now on what the
+        // socket carried goes to that process (an accepted connection that no collection saw
+        // has none yet).
+        if let Some(e) = TCP_SOCKETS.get_ptr_mut(&(sk as u64)) {
+            let closer = process_of(current_task()).filter(|p| p.tgid != self_tgid());
+            // SAFETY: a map value the lookup just returned; transitions of one socket are
+            // serialised by its lock, and only they write the flags.
+            unsafe {
+                let flags = core::ptr::read_volatile(&raw const (*e).flags);
+                core::ptr::write_volatile(&raw mut (*e).flags, flags | SOCK_FIN_QUEUED);
+                if let Some(p) = closer {
+                    let mut key = core::ptr::read_volatile(&raw const (*e).key);
+                    key.tgid = p.tgid;
+                    key.start_ns = p.start_ns;
+                    core::ptr::write_volatile(&raw mut (*e).key, key);
+                }
+            }
+        }
     } else if closes_established(old, new) {
-        // Closed: what waits goes now, so that the connection's bytes are all counted by the
-        // collection that counts its close (else at the next collection or when it is freed).
-        let e = entry(sk, None);
-        flush(&ctx, sk, e, false);
-        let o = owner_in(e);
-        let server = if o.is_whole() {
-            o.flags & OWNER_PASSIVE != 0
-        } else {
-            // No owner entry (accepted before probe started, or no memory for one): the port
+        let passive = TCP_SOCKETS
+            .get_ptr(&(sk as u64))
+            // SAFETY: a map value the lookup just returned.
+            .map(|e| unsafe { core::ptr::read_volatile(&raw const (*e).flags) } & SOCK_PASSIVE);
+        let server = match passive {
+            Some(p) => p != 0,
+            // Not seen start (accepted before probe started, or the map was full): the port
             // decides.
-            // SAFETY: only whether the key is present is used, never the value (which another CPU
-            // may change).
-            unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some()
+            // SAFETY: only whether the key is present is used, never the value (which another
+            // CPU may change).
+            None => unsafe { TCP_LISTEN_PORTS.get(&lport) }.is_some(),
         };
         if server {
             account(&ctx, &port_key(lport, ROLE_SERVER), CLOSED, 1);
         }
     }
-    // The owner entry stays until the socket is freed: data still queued can be read after
-    // TCP_CLOSE, and a closed socket can connect again (SYN_SENT above moves its waiting bytes and
-    // replaces the owner).
     0
 }
 
-/// SOCK_STREAM, sock.sk_type of TCP sockets.
-const SOCK_STREAM: u16 = 1;
-
-/// `struct bpf_iter__bpf_sk_storage_map`.
-#[repr(C)]
-pub struct StorageIterCtx {
-    meta: *const crate::kernel::IterMeta,
-    map: *const core::ffi::c_void,
-    sk: *mut core::ffi::c_void,
-    value: *mut core::ffi::c_void,
-}
-
-/// The iterator context as the logging macros take it.
-struct IterContext(*const StorageIterCtx);
-
-impl EbpfContext for IterContext {
-    fn as_ptr(&self) -> *mut core::ffi::c_void {
-        self.0.cast_mut().cast()
-    }
-}
-
-/// iter/bpf_sk_storage_map over [`TCP_SOCK_OWNERS`], run by the daemon before each read of
-/// [`TCP_TRAFFIC`]: moves the bytes waiting in every socket's entry and marks the socket swept,
-/// so that its later bytes wait there too. It walks the entries, not a network namespace's
-/// tables: the sockets of every namespace (containers' included), and closed sockets until they
-/// are freed. (The kernel's own TCP iterator, which walked the tables before, took a reference
-/// on a socket being freed on Linux 6.18: a refcount use-after-free warning under connection
-/// churn.) The move is an exchange, so two moves at once (this and a socket's destroy
-/// program) count nothing twice. Runs whether or not this generation is active: moving bytes of
-/// another generation's programs (pinned maps are shared) loses and doubles nothing.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/bpf_sk_storage_map")]
-pub fn probe_tcp_flush(ctx: *const StorageIterCtx) -> i32 {
-    if ctx.is_null() {
-        return 0;
-    }
-    // SAFETY: ctx is the iterator context the kernel passes, checked non-null above.
-    let sk = unsafe { (*ctx).sk } as *const u8;
-    if sk.is_null() {
-        return 0; // end of iteration
-    }
-    // Marked swept only if it is a stream socket: a raw socket of protocol TCP also gets an
-    // entry (its sends and receives pass the programs' checks) but never reaches
-    // tcp_destroy_sock, so bytes waiting in it when it closes would be lost.
-    let stream = Direct::get::<u16>(sk, off!(sk_type)) == Some(SOCK_STREAM);
-    flush(&IterContext(ctx), sk, entry(sk, None), stream);
-    0
-}
-
-/// tcp_destroy_sock(struct sock *sk): the socket goes, and its entry with it; what waits in it
-/// moves first. Not gated on the generation, as [`probe_tcp_flush`]; see
-/// [`probe_common::tcp::CLOSE_PROGRAMS`] for why there are two.
+/// tcp_destroy_sock(struct sock *sk): the socket goes; its entry goes with it (its counters
+/// moved when it reached TCP_CLOSE). Not gated on the generation, as [`probe_tcp_walk`].
 #[btf_tracepoint(function = "tcp_destroy_sock")]
-pub fn probe_tcp_close(ctx: BtfTracePointContext) -> i32 {
+pub fn probe_tcp_forget(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    flush(&ctx, sk, entry(sk, None), false);
+    let id = sk as u64;
+    if let Some(e) = TCP_SOCKETS.get_ptr_mut(&id) {
+        take_final(&ctx, sk, e);
+    }
+    let _ = TCP_SOCKETS.remove(&id);
     0
 }
 
-/// The same as [`probe_tcp_close`].
-#[btf_tracepoint(function = "tcp_destroy_sock")]
-pub fn probe_tcp_close_again(ctx: BtfTracePointContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
-    flush(&ctx, sk, entry(sk, None), false);
-    0
+/// Moves a closed socket's final counters, once: the state program at TCP_CLOSE, or the
+/// destroy program if that run was skipped.
+#[inline(always)]
+fn take_final<C: EbpfContext>(ctx: &C, sk: *const u8, e: *mut SockBase) {
+    // SAFETY: a map value the caller looked up; transitions of one socket are serialised by its
+    // lock (and destroy comes after them), and only they write the flags.
+    let flags = unsafe { core::ptr::read_volatile(&raw const (*e).flags) };
+    if flags & SOCK_CLOSED != 0 {
+        return;
+    }
+    // (tcp_sock's fields are beyond the struct sock the verifier knows: read with the helper.)
+    if let Some(c) = counters::<Probe>(sk) {
+        // SAFETY: as above.
+        let key = unsafe { core::ptr::read_volatile(&raw const (*e).key) };
+        take(ctx, e, &c, &key);
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut (*e).flags, flags | SOCK_CLOSED) };
 }
 
 #[inline(always)]
@@ -506,7 +454,7 @@ pub fn probe_tcp_retransmit(ctx: BtfTracePointContext) -> i32 {
     if off!(retransmit_has_err) != 0 && ctx.arg::<u64>(2) as u32 != 0 {
         return 0;
     }
-    if !is_tcp(sk) {
+    if !is_tcp::<Direct>(sk) {
         return 0;
     }
     let segs = match (off!(skb_cb), off!(tcp_cb_gso_segs)) {
@@ -515,14 +463,16 @@ pub fn probe_tcp_retransmit(ctx: BtfTracePointContext) -> i32 {
         }
         _ => 1,
     };
-    let known = owner_get(sk);
-    let Some((port, role)) = role_of(sk, known) else {
-        return 0;
+    // The socket's process (or port) as its entry says; the port's key without one.
+    let key = match TCP_SOCKETS.get_ptr(&(sk as u64)) {
+        // SAFETY: a map value the lookup just returned (a key torn by a walk is one of its
+        // two holders').
+        Some(e) => unsafe { core::ptr::read_volatile(&raw const (*e).key) },
+        None => match role_of::<Direct>(sk, 0) {
+            Some((port, role)) => port_key(port, role),
+            None => return 0,
+        },
     };
-    let mut key = port_key(port, role);
-    // Without an entry, `known` is all zero: the port's key.
-    key.tgid = known.tgid;
-    key.start_ns = known.start_ns;
     account(&ctx, &key, RETRANSMIT, u64::from(segs));
     0
 }

@@ -18,7 +18,7 @@ pub struct HookArgs {
     /// Do not use these hooks even if they work here, so their collector falls back (e.g. to
     /// work around a kernel bug, or to try the fallback): iter/task, tp_btf/sched_switch,
     /// raw_tp/sched_switch, iter/task_file, raw_tp/block_io_start, raw_tp/block_rq_issue,
-    /// raw_tp/writeback_dirty_folio, raw_tp/writeback_dirty_page, tp_btf/sock_send_length,
+    /// raw_tp/writeback_dirty_folio, raw_tp/writeback_dirty_page, iter/task_file/tcp,
     /// cgroup_skb, tp_btf/inet_sock_set_state, tp_btf/tcp_retransmit_skb, sock_ops; and runq
     /// (no run-queue latency histograms: saves ~50 ns per context switch). Repeat or separate
     /// with commas.
@@ -169,14 +169,14 @@ mod tests {
         let cli = Cli::try_parse_from([
             "probe",
             "--hooks.skip",
-            "tp_btf/sock_send_length,raw_tp/inet_sock_set_state",
+            "iter/task_file/tcp,raw_tp/inet_sock_set_state",
             "--hooks.skip=raw_tp/tcp_retransmit_skb",
         ])
         .expect("parses");
         assert_eq!(
             cli.hooks.skip,
             [
-                "tp_btf/sock_send_length",
+                "iter/task_file/tcp",
                 "tp_btf/inet_sock_set_state",
                 "tp_btf/tcp_retransmit_skb"
             ]

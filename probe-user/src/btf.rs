@@ -263,6 +263,11 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
 
     o.sk_dport = off(&get("sock_common", &[&["skc_dport"]]));
     o.inet_sport = off(&get("inet_sock", &[&["inet_sport"]]));
+    o.sk_flags = off(&get("sock_common", &[&["skc_flags"]]));
+    o.tcp_bytes_acked = off(&get("tcp_sock", &[&["bytes_acked"]]));
+    o.tcp_bytes_received = off(&get("tcp_sock", &[&["bytes_received"]]));
+    o.tcp_snd_una = off(&get("tcp_sock", &[&["snd_una"]]));
+    o.tcp_write_seq = off(&get("tcp_sock", &[&["write_seq"]]));
     o.skb_cb = off(&get("sk_buff", &[&["cb"]]));
     o.tcp_cb_gso_segs = off(&get("tcp_skb_cb", &[&["tcp_gso_segs"]]));
     o.retransmit_has_err = u32::from(btf.tracepoint_args("tcp_retransmit_skb") == Some(3));

@@ -205,6 +205,13 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub tcp_map_size: u32,
 
+    /// Capacity of the kernel map of TCP connections (what was counted of each open one; ~100
+    /// bytes each, allocated as they come). A connection that starts while it is full counts
+    /// only from the next collection, and probe_tcp_events_total{result="lost"} says so.
+    #[arg(long = "tcp.socket-map-size", default_value_t = probe_common::tcp::SOCKETS_MAP_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    pub tcp_socket_map_size: u32,
+
     /// Remote ports that outgoing connections keep as the `remote_port` label (e.g. 3306,443),
     /// so a client's traffic to them is told apart; traffic to any other remote port is folded
     /// into one series. Default: none. At most 64.

@@ -145,6 +145,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             block_map_entries: args.block_map_size,
             runq_map_entries: args.runq_map_size,
             tcp_map_entries: args.tcp_map_size,
+            tcp_socket_map_entries: args.tcp_socket_map_size,
             tcp_remote_ports: args.tcp_remote_ports,
             skip_hooks: args.hooks.skip,
             cgroup_path: args.hooks.cgroup,
@@ -196,11 +197,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 if let Some(pins) = &daemon.kernel().pins {
                     pins.detach_all();
                     // The programs are detached (a run in flight on another CPU may still add
-                    // a few bytes): what waits in open sockets goes to the pinned totals now,
-                    // for the next daemon; a socket that closed before it starts would take
-                    // them with it.
-                    if let Err(e) = daemon.kernel().flush_tcp() {
-                        warn!(error = %e, "TCP bytes waiting in sockets could not be moved; they count when the next daemon's collections see their sockets, unless those close first");
+                    // a few bytes): what open sockets carried since the last collection goes to
+                    // the pinned totals now, for the next daemon; a socket that closes before it
+                    // starts would take it with it.
+                    if let Err(e) = daemon.kernel().walk_tcp() {
+                        warn!(error = %e, "TCP sockets' counters could not be read; what they carried counts when the next daemon's collections see them, unless they close first");
                     }
                     info!(pins = %pins.root().display(), "shutting down; kernel programs detached, maps and accounts kept for the next start (probe unpin removes them)");
                 } else {

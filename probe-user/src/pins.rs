@@ -30,7 +30,7 @@ use probe_common::{
     config::ACTIVE_MAP,
     cpu::{DEAD_MAP, EXIT_STATS_MAP},
     runq::{STATS_MAP as RUNQ_STATS_MAP, THREADS_MAP as RUNQ_THREADS_MAP},
-    tcp::{LISTEN_MAP, OWNERS_MAP, RTT_MAP, STATS_MAP as TCP_STATS_MAP, TRAFFIC_MAP},
+    tcp::{LISTEN_MAP, RTT_MAP, SOCKETS_MAP, STATS_MAP as TCP_STATS_MAP, TRAFFIC_MAP},
 };
 use tracing::{info, warn};
 
@@ -54,7 +54,7 @@ pub const PINNED_MAPS: &[&str] = &[
     BLOCK_STATS_MAP,
     TRAFFIC_MAP,
     LISTEN_MAP,
-    OWNERS_MAP,
+    SOCKETS_MAP,
     RTT_MAP,
     TCP_STATS_MAP,
     RUNQ_THREADS_MAP,

@@ -61,9 +61,9 @@ pub fn best_hook(collector: &str) -> &'static str {
             "raw_tp/writeback_dirty_folio"
         }
         "block_dirty" => "raw_tp/writeback_dirty_page",
-        // sock_send_length / sock_recv_length: Linux 6.3+.
-        "tcp" if has_tracepoint("sock", "sock_send_length") => "tp_btf/sock_send_length",
-        "tcp" => "cgroup_skb",
+        // The walk over sockets at each collection: iter/task_file with bpf_sock_from_file,
+        // Linux 5.11+ (every kernel the tests run on).
+        "tcp" => "iter/task_file/tcp",
         "tcp_state" => "tp_btf/inet_sock_set_state",
         "tcp_retransmit" => "tp_btf/tcp_retransmit_skb",
         "tcp_rtt" => "sock_ops",
@@ -72,10 +72,10 @@ pub fn best_hook(collector: &str) -> &'static str {
     }
 }
 
-/// Whether TCP bytes are counted per process (sock_send_length) rather than per port only
-/// (the cgroup_skb fallback before Linux 6.3).
+/// Whether TCP bytes are counted per process (the walk over sockets) rather than per port only
+/// (the cgroup_skb fallback before Linux 5.11).
 pub fn tcp_bytes_per_process() -> bool {
-    best_hook("tcp") == "tp_btf/sock_send_length"
+    best_hook("tcp") == "iter/task_file/tcp"
 }
 
 /// `uname -r`.

@@ -346,16 +346,10 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
         .collect();
     // Runs of the TCP programs the kernel skipped (a run nested in the same program on one CPU):
     // what to look at first if bytes are missing.
-    let missed: Vec<String> = [
-        "probe_tcp_recv",
-        "probe_tcp_send",
-        "probe_tcp_state",
-        "probe_tcp_close",
-        "probe_tcp_close_again",
-    ]
-    .iter()
-    .map(|p| format!("{p} {}", m.missed_runs(&[p])))
-    .collect();
+    let missed: Vec<String> = ["probe_tcp_state", "probe_tcp_forget"]
+        .iter()
+        .map(|p| format!("{p} {}", m.missed_runs(&[p])))
+        .collect();
     println!("  missed runs: {}", missed.join(", "));
     if !(wrong.is_empty() && rx == rx_truth as f64) {
         // Where the bytes may have gone instead: series of the wrong ports under any instance,

@@ -92,35 +92,6 @@ fn exchange(daemon_wrap: &[&str], bind: &str, connect_host: &str) -> (Workload, 
     (server, client)
 }
 
-/// What `probe check` says of the tcp collector beside its hook (why a part is not used), and
-/// the hook of the cpu collector in the same run.
-fn tcp_collector_reasons() -> (Vec<String>, String) {
-    let out = std::process::Command::new(probe_tests::probe_bin())
-        .args(["check", "--format", "json"])
-        .output()
-        .expect("run probe check");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe check json");
-    let collector = |name: &str| {
-        v["collectors"]
-            .as_array()
-            .expect("collectors")
-            .iter()
-            .find(|c| c["name"] == name)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let reasons = collector("tcp")["reasons"]
-        .as_array()
-        .map(|r| {
-            r.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let cpu_hook = collector("cpu")["hook"].as_str().unwrap_or("").to_string();
-    (reasons, cpu_hook)
-}
-
 /// Both directions exact on both sides, charged to the right instance and process.
 fn assert_exact(m: &Metrics, server: &Workload, client: &Workload, what: &str) {
     let port = server.port.to_string();
@@ -153,8 +124,8 @@ fn assert_one_connection(m: &Metrics, server: &Workload) {
 }
 
 /// On the kernel's best TCP byte hook: both directions exact on both sides, per instance and
-/// process (sock_send_length, 6.3+), or per port, charged to the listener (the cgroup_skb
-/// fallback before 6.3). One connection accepted and closed; RTT samples.
+/// process (the walk over sockets, 5.11+), or per port, charged to the listener (the
+/// cgroup_skb fallback). One connection accepted and closed; RTT samples.
 #[test]
 fn ipv4_bytes_are_exact_and_charged_to_each_side() {
     let daemon = Daemon::start(&[]);
@@ -192,9 +163,9 @@ fn ipv6_bytes_are_exact_and_charged_to_each_side() {
 }
 
 /// One connection that stays open over several collections: every collection has its bytes so
-/// far (once a collection has seen the socket, its bytes wait in the socket's entry until the
-/// next one moves them), and the last round's bytes, sent just before the close, are there
-/// after it (moved when the socket is destroyed: the iterator no longer sees it).
+/// far (the walk reads the socket's counters and moves what they grew since the last one), and
+/// the last round's bytes, sent just before the close, are there after it (moved when the
+/// socket reached TCP_CLOSE: the walk does not read closed sockets).
 #[test]
 fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
     const ROUNDS: u64 = 4;
@@ -207,36 +178,7 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
         "127.0.0.1",
         (ROUND_RX, ROUND_TX, ROUNDS),
     );
-    if kernel::tcp_bytes_per_process() {
-        let m = daemon.scrape();
-        m.assert_hook("tcp", "tp_btf/sock_send_length");
-        // Where the kernel allows the iterator that moves the bytes waiting in sockets, it is
-        // attached (else this test would pass on the direct path without measuring the waiting
-        // bytes); where the kernel refuses it before verifying it (EPERM), the bytes count
-        // directly, and that path is what this test measures here.
-        let attached = m
-            .value(
-                "probe_bpf_program_missed_runs_total",
-                &[("program", "probe_tcp_flush")],
-            )
-            .is_some();
-        if !attached {
-            // EPERM for that iterator alone: the task iterator, a program of the same type,
-            // loaded in the same run, so it is not a lack of privileges.
-            let (reasons, cpu_hook) = tcp_collector_reasons();
-            let note = reasons.join("; ");
-            assert!(
-                note.contains("iter/bpf_sk_storage_map") && note.contains("EPERM at load"),
-                "the byte-moving iterator is not attached, and not because the kernel refused \
-                 it before verification: {note}"
-            );
-            assert_eq!(
-                cpu_hook, "iter/task",
-                "the task iterator did not load either: not this kernel's refusal of one type"
-            );
-            println!("this kernel refuses the iterator, the bytes count directly: {note}");
-        }
-    }
+    daemon.scrape().assert_hook("tcp", kernel::best_hook("tcp"));
     for round in 1..=ROUNDS {
         if round < ROUNDS {
             assert_eq!(server.line(), format!("round {round}"));
@@ -245,9 +187,8 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
             client.wait_done();
             server.wait_done();
         }
-        // The scrape collects: the connection's bytes so far must all be there, open or closed
-        // (the iterator walks the socket-owner entries, which a socket keeps until it is freed,
-        // and the destroy programs move what is left then).
+        // The scrape collects: the connection's bytes so far must all be there, open (the walk
+        // reads the socket's counters) or closed (they moved when it closed).
         let (want_rx, want_tx) = (ROUND_RX * round, ROUND_TX * round);
         let open = round < ROUNDS;
         let what = if open {
@@ -291,13 +232,13 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
     }
 }
 
-/// Bytes read from a socket after it reached TCP_CLOSE (the client shut down writing, the
-/// server sent and closed: TIME_WAIT closed the client's socket while its descriptor stays open)
-/// count at the next collection, whether they wait in the socket for the iterator over the
-/// owner entries (which walks closed sockets until they are freed) or count at once; and once,
-/// when the socket is then freed.
+/// Bytes that arrived on a socket which then closed before its process read them (the client
+/// shut down writing, the server sent and closed: TIME_WAIT closed the client's socket while
+/// its descriptor stays open) count when they arrived: a collection while the socket is closed
+/// but held has them all (their counters moved at the close; the walk skips closed sockets),
+/// reading them changes nothing, and neither does freeing the socket.
 #[test]
-fn bytes_read_after_the_socket_closed_count_at_the_next_collection() {
+fn bytes_that_arrived_before_the_socket_closed_count_once_read_or_not() {
     const SENT: u64 = 200_000;
     const QUEUED: u64 = 30_000; // fits the client's receive buffer unread
     let daemon = Daemon::start(&[]);
@@ -336,37 +277,28 @@ fn bytes_read_after_the_socket_closed_count_at_the_next_collection() {
             bytes(m, &c, "ephemeral", "rx"),
         ]
     };
-    if kernel::tcp_bytes_per_process() {
-        // A collection visits the closed socket (its sends made an owner entry) before the
-        // reads: nothing read yet.
+    let want = [SENT, QUEUED, SENT, QUEUED].map(|v| v as f64);
+    let check = |what: &str| {
         let m = daemon.scrape();
-        let before = [SENT, QUEUED, SENT, 0].map(|v| v as f64);
-        assert_eq!(read(&m), before, "before the reads:\n{}", m.text);
-    }
+        if !kernel::tcp_bytes_per_process() {
+            assert_fallback_bytes(&m, &s, &port, SENT, Some(QUEUED));
+            return;
+        }
+        let got = read(&m);
+        println!(
+            "{what}: server rx {} tx {}, client tx {} rx {} (want {SENT} / {QUEUED})",
+            got[0], got[1], got[2], got[3]
+        );
+        assert_eq!(got, want, "{what}:\n{}", m.text);
+    };
+    check("socket closed, descriptor open, nothing read");
     client.send_line("read");
     assert_eq!(client.line(), format!("read rx={QUEUED}"));
-    if !kernel::tcp_bytes_per_process() {
-        // The fallback counts packets as they pass (per port), not reads: the bytes were
-        // counted when they arrived.
-        let m = daemon.scrape();
-        assert_fallback_bytes(&m, &s, &port, SENT, Some(QUEUED));
-        client.send_line("step");
-        client.wait_done();
-        return;
-    }
-    let want = [SENT, QUEUED, SENT, QUEUED].map(|v| v as f64);
-    let m = daemon.scrape();
-    let got = read(&m);
-    println!(
-        "socket closed, descriptor open: server rx {} tx {}, client tx {} rx {} (want {SENT} / {QUEUED})",
-        got[0], got[1], got[2], got[3]
-    );
-    assert_eq!(got, want, "read after TCP_CLOSE:\n{}", m.text);
+    check("read after TCP_CLOSE");
     client.send_line("step");
     client.wait_done();
     settle();
-    let m = daemon.scrape();
-    assert_eq!(read(&m), want, "after the socket was freed:\n{}", m.text);
+    check("after the socket was freed");
 }
 
 #[test]
@@ -438,7 +370,7 @@ fn a_thousand_short_connections_are_counted_exactly() {
         let rx = bytes(&m, &s, &port.to_string(), "rx");
         let tx = bytes(&m, &c, "ephemeral", "tx");
         // Each skipped run can take one connection's 100 bytes.
-        let slack = 100.0 * skipped(&["probe_tcp_recv", "probe_tcp_send", "probe_tcp_state"]);
+        let slack = 100.0 * skipped(&["probe_tcp_state"]);
         println!(
             "1000 connections of 100 bytes each way: server rx {rx}, client tx {tx} (up to \
              {slack} missing with skipped runs)"
@@ -638,7 +570,7 @@ fn retransmits_match_the_kernels_tcp_retrans_segs() {
     let how = add_loss(&a, &b, 2);
     let daemon = Daemon::start(&[]);
     // The per-port fallback, side by side: retransmitted bytes must not count twice there.
-    let fallback = Daemon::start(&["--hooks.skip", "tp_btf/sock_send_length"]);
+    let fallback = Daemon::start(&["--hooks.skip", "iter/task_file/tcp"]);
     let wrap_b = ["ip", "netns", "exec", b.name.as_str()];
     let wrap_a = ["ip", "netns", "exec", a.name.as_str()];
     let mut server = Workload::start_wrapped(
@@ -704,7 +636,7 @@ fn fallback_counts_data_that_completes_the_handshake() {
     const CONNS: u64 = 20;
     const BYTES_EACH: u64 = 100_000;
     let (a, b) = Netns::pair("h", 203);
-    let daemon = Daemon::start(&["--hooks.skip", "tp_btf/sock_send_length"]);
+    let daemon = Daemon::start(&["--hooks.skip", "iter/task_file/tcp"]);
     let mut server = Workload::start_wrapped(
         &["ip", "netns", "exec", b.name.as_str()],
         &[
@@ -791,7 +723,7 @@ fn assert_fallback_bytes(m: &Metrics, instance: &str, port: &str, rx: u64, tx: O
 
 #[test]
 fn cgroup_skb_fallback_counts_bytes_per_port() {
-    let daemon = Daemon::start(&["--hooks.skip", "tp_btf/sock_send_length"]);
+    let daemon = Daemon::start(&["--hooks.skip", "iter/task_file/tcp"]);
     let (server, _client) = exchange(&[], "127.0.0.1:0", "127.0.0.1");
     let m = daemon.scrape();
     m.assert_hook("tcp", "cgroup_skb");

@@ -76,7 +76,7 @@ pub const TESTS: &[(&str, &str)] = &[
     // ... and in the entry of a socket that reached TCP_CLOSE, read before it is freed.
     (
         "tcp",
-        "bytes_read_after_the_socket_closed_count_at_the_next_collection",
+        "bytes_that_arrived_before_the_socket_closed_count_once_read_or_not",
     ),
     ("tcp", "cgroup_skb_fallback_counts_bytes_per_port"),
     ("tcp", "fallback_counts_data_that_completes_the_handshake"),

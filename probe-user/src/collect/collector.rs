@@ -168,9 +168,9 @@ impl Collector {
             },
             None => Some(HashMap::new()),
         };
-        // Bytes waiting in sockets' entries first, so that this read has them.
-        if let Err(e) = self.kernel.flush_tcp() {
-            failed(stats, names::TCP, &format!("{}: {e}", hooks::TCP_FLUSH));
+        // The sockets' counters first, so that this read has what they carried.
+        if let Err(e) = self.kernel.walk_tcp() {
+            failed(stats, names::TCP, &format!("{}: {e}", hooks::TCP_WALK));
         }
         let tcp = match &self.kernel.tcp {
             Some(maps) => match self.tcp_reader.read(&maps.traffic, granularity) {
@@ -373,7 +373,7 @@ impl Collector {
                     if lost > stats.tcp_lost {
                         warn!(
                             lost = lost - stats.tcp_lost,
-                            "TCP map full: events not counted (raise --tcp.map-size)"
+                            "TCP map full: events not counted (raise --tcp.map-size, or --tcp.socket-map-size above the connections open at once)"
                         );
                     }
                     stats.tcp_lost = lost;

@@ -17,7 +17,9 @@ use probe_common::{
     block::{IO_MAP, STARTS_MAP, STATS_MAP as BLOCK_STATS_MAP},
     cpu::{DEAD_MAP, EXIT_STATS_MAP},
     runq::{STATS_MAP as RUNQ_STATS_MAP, THREADS_MAP as RUNQ_THREADS_MAP},
-    tcp::{LISTEN_MAP, REMOTE_PORTS_MAP, RTT_MAP, STATS_MAP as TCP_STATS_MAP, TRAFFIC_MAP},
+    tcp::{
+        LISTEN_MAP, REMOTE_PORTS_MAP, RTT_MAP, STATS_MAP as TCP_STATS_MAP, TRAFFIC_MAP, WALKING_MAP,
+    },
 };
 
 use super::{
@@ -291,6 +293,16 @@ pub(super) fn set_remote_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), Str
             .map_err(|e| format!("port {p}: {}", chain(&e)))?;
     }
     Ok(())
+}
+
+/// Tells the state program that the walk over sockets counts TCP bytes (after it attached).
+pub(super) fn set_walking(ebpf: &mut Ebpf) -> Result<(), String> {
+    let map = ebpf
+        .map_mut(WALKING_MAP)
+        .ok_or_else(|| format!("map {WALKING_MAP} missing from the object"))?;
+    let mut map: aya::maps::Array<&mut MapData, u32> =
+        aya::maps::Array::try_from(map).map_err(|e| chain(&e))?;
+    map.set(0, 1, 0).map_err(|e| chain(&e))
 }
 
 /// The name a link is pinned under: `program@target`.

@@ -20,7 +20,7 @@ use probe_common::{
         ThreadRunq, ENABLED_GLOBAL as RUNQ_ENABLED_GLOBAL, LOADED_AT_GLOBAL,
         THREADS_MAP as RUNQ_THREADS_MAP,
     },
-    tcp::{RttTotals, TcpKey, TcpTotals, TRAFFIC_MAP},
+    tcp::{RttTotals, TcpKey, TcpTotals, SOCKETS_MAP, TRAFFIC_MAP, WALKING_MAP},
 };
 use tracing::{info, warn};
 
@@ -48,8 +48,9 @@ pub struct Kernel {
     pub ebpf: Option<Ebpf>,
     pub task_iter: Option<IterLink>,
     pub listen_iter: Option<IterLink>,
-    /// Moves the TCP bytes waiting in sockets' entries to the totals map (run before reading it).
-    pub tcp_flush_iter: Option<IterLink>,
+    /// Moves what TCP sockets carried since the last collection to the totals map (the walk over
+    /// every process's sockets; run before reading it).
+    pub tcp_walk_iter: Option<IterLink>,
     pub dead_tasks: Option<BpfHashMap<MapData, DeadKey, DeadTotals>>,
     pub exit_stats: Option<PerCpuArray<MapData, u64>>,
     /// Block IO and dirtied bytes per (process, device, op), and the block programs' counters.
@@ -93,10 +94,10 @@ impl Kernel {
         self.statuses.iter().find(|s| s.name == name)
     }
 
-    /// Moves the TCP bytes waiting in sockets' entries to the totals map (the iterator
-    /// `probe_tcp_flush`); nothing to do without it.
-    pub fn flush_tcp(&self) -> std::io::Result<()> {
-        match &self.tcp_flush_iter {
+    /// Moves what TCP sockets carried since the last collection to the totals map (the iterator
+    /// `probe_tcp_walk`); nothing to do without it.
+    pub fn walk_tcp(&self) -> std::io::Result<()> {
+        match &self.tcp_walk_iter {
             Some(it) => it.read_all(&mut Vec::new()),
             None => Ok(()),
         }
@@ -120,6 +121,8 @@ pub struct LoadOptions {
     pub runq_map_entries: u32,
     /// Capacity of the TCP map: (process, port, role) combinations at once.
     pub tcp_map_entries: u32,
+    /// Capacity of the TCP socket map: connections open at once.
+    pub tcp_socket_map_entries: u32,
     /// Remote ports kept as `remote_port` values on outgoing connections (else folded).
     pub tcp_remote_ports: Vec<u16>,
     /// Hooks not to use even if they work (see [`hooks::ALL`]): the collector falls back.
@@ -138,6 +141,7 @@ impl Default for LoadOptions {
             block_map_entries: probe_common::block::IO_MAP_ENTRIES,
             runq_map_entries: probe_common::runq::THREADS_MAP_ENTRIES,
             tcp_map_entries: probe_common::tcp::TRAFFIC_MAP_ENTRIES,
+            tcp_socket_map_entries: probe_common::tcp::SOCKETS_MAP_ENTRIES,
             tcp_remote_ports: Vec::new(),
             skip_hooks: Vec::new(),
             bpf_stats: false,
@@ -162,6 +166,7 @@ pub fn pinned_shapes(opts: &LoadOptions) -> Result<Vec<MapShape>, String> {
                 IO_MAP => opts.block_map_entries,
                 RUNQ_THREADS_MAP => opts.runq_map_entries,
                 TRAFFIC_MAP => opts.tcp_map_entries,
+                SOCKETS_MAP => opts.tcp_socket_map_entries,
                 _ => m.max_entries(),
             };
             Ok(MapShape {
@@ -209,7 +214,7 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
         ebpf: None,
         task_iter: None,
         listen_iter: None,
-        tcp_flush_iter: None,
+        tcp_walk_iter: None,
         dead_tasks: None,
         exit_stats: None,
         block_io: None,
@@ -270,7 +275,15 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
                 match (spec.name, attached.iter) {
                     (names::CPU, Some(link)) => kernel.task_iter = Some(link),
                     (names::PORTS, Some(link)) => kernel.listen_iter = Some(link),
-                    (names::TCP, Some(link)) => kernel.tcp_flush_iter = Some(link),
+                    (names::TCP, Some(link)) => {
+                        if let Err(e) = attach::set_walking(a.ebpf) {
+                            st.notes.push(Note::Text(format!(
+                                "connections that close between two collections are not \
+                                 counted ({WALKING_MAP}: {e})"
+                            )));
+                        }
+                        kernel.tcp_walk_iter = Some(link);
+                    }
                     _ => {}
                 }
                 kernel.attached.extend(attached.programs);
@@ -407,6 +420,7 @@ fn prepare(
         .map_max_entries(IO_MAP, opts.block_map_entries)
         .map_max_entries(RUNQ_THREADS_MAP, opts.runq_map_entries)
         .map_max_entries(TRAFFIC_MAP, opts.tcp_map_entries)
+        .map_max_entries(SOCKETS_MAP, opts.tcp_socket_map_entries)
         .load(OBJECT)
         .map_err(|e| format!("cannot load the kernel object: {}", chain(&e)))?;
     Ok((ebpf, aya_btf))

@@ -138,14 +138,11 @@ pub mod hooks {
     /// Dirtied page-cache bytes: writeback_dirty_folio (5.18+), writeback_dirty_page before.
     pub const DIRTY_FOLIO: &str = "raw_tp/writeback_dirty_folio";
     pub const DIRTY_PAGE: &str = "raw_tp/writeback_dirty_page";
-    /// TCP bytes in the process's context: sock_send_length / sock_recv_length (6.3+).
-    pub const TCP_SOCK_LENGTH: &str = "tp_btf/sock_send_length";
+    /// TCP bytes per process: at each collection, the counters of every TCP socket a process
+    /// holds (iter/task_file, Linux 5.11+).
+    pub const TCP_WALK: &str = "iter/task_file/tcp";
     /// TCP bytes fallback, per port only: cgroup_skb ingress/egress on the cgroup2 root.
     pub const TCP_CGROUP_SKB: &str = "cgroup_skb";
-    /// Beside TCP_SOCK_LENGTH: the iterator over the socket-owner map that moves the bytes
-    /// waiting in sockets' entries at every collection (skipped: every send and receive updates
-    /// the totals map).
-    pub const TCP_FLUSH: &str = "iter/bpf_sk_storage_map";
     pub const TCP_STATE: &str = "tp_btf/inet_sock_set_state";
     pub const TCP_RETRANSMIT: &str = "tp_btf/tcp_retransmit_skb";
     /// RTT callbacks of accepted connections: sock_ops on the cgroup2 root.
@@ -154,13 +151,12 @@ pub mod hooks {
     /// leaves the exit hook alone).
     pub const RUNQ: &str = "runq";
     pub const PROCFS: &str = "procfs";
-    /// Names earlier releases used (old, new): `--hooks.skip` still takes them. The TCP programs
-    /// moved from raw_tp to tp_btf with the socket-owner map (socket-local storage); the
-    /// iterator that moves waiting bytes walked the TCP tables of one network namespace before
-    /// it walked the socket-owner map.
+    /// Names earlier releases used (old, new): `--hooks.skip` still takes them. TCP bytes were
+    /// counted at every send and receive (sock_send_length, raw_tp then tp_btf) before they
+    /// were read from the sockets' counters at each collection.
     pub const RENAMED: &[(&str, &str)] = &[
-        ("iter/tcp", TCP_FLUSH),
-        ("raw_tp/sock_send_length", TCP_SOCK_LENGTH),
+        ("raw_tp/sock_send_length", TCP_WALK),
+        ("tp_btf/sock_send_length", TCP_WALK),
         ("raw_tp/inet_sock_set_state", TCP_STATE),
         ("raw_tp/tcp_retransmit_skb", TCP_RETRANSMIT),
     ];
@@ -175,9 +171,8 @@ pub mod hooks {
         BLOCK_RQ,
         DIRTY_FOLIO,
         DIRTY_PAGE,
-        TCP_SOCK_LENGTH,
+        TCP_WALK,
         TCP_CGROUP_SKB,
-        TCP_FLUSH,
         TCP_STATE,
         TCP_RETRANSMIT,
         TCP_SOCKOPS,

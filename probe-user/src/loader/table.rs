@@ -12,9 +12,9 @@ use probe_common::{
     ports::LISTEN_ITER_PROGRAM,
     runq::{STATS_MAP as RUNQ_STATS, THREADS_MAP as RUNQ_THREADS},
     tcp::{
-        CLOSE_PROGRAMS, FLUSH_PROGRAM, LISTEN_MAP, OWNERS_MAP, RECV_PROGRAM, RETRANSMIT_PROGRAM,
-        RETRANSMIT_SYNACK_PROGRAM, RTT_MAP, SEND_PROGRAM, SKB_EGRESS_PROGRAM, SKB_INGRESS_PROGRAM,
-        SOCKOPS_PROGRAM, STATE_PROGRAM, STATS_MAP as TCP_STATS, TRAFFIC_MAP,
+        FORGET_PROGRAM, LISTEN_MAP, RETRANSMIT_PROGRAM, RETRANSMIT_SYNACK_PROGRAM, RTT_MAP,
+        SKB_EGRESS_PROGRAM, SKB_INGRESS_PROGRAM, SOCKOPS_PROGRAM, STATE_PROGRAM,
+        STATS_MAP as TCP_STATS, TRAFFIC_MAP, WALK_PROGRAM,
     },
 };
 
@@ -76,8 +76,8 @@ pub struct IterExtra {
     pub without: &'static str,
 }
 
-/// What the TCP programs that keep a socket's owner in socket-local storage need.
-const SK_STORAGE_NEEDS: &str = "needs Linux 5.11+ (socket-local storage in tp_btf programs)";
+/// What the TCP programs that read sockets by BTF type need.
+const TP_BTF_NEEDS: &str = "needs BTF-typed tracepoints (tp_btf, Linux 5.5+)";
 
 const fn hook(name: &'static str, attach: Attach) -> Hook {
     Hook {
@@ -237,29 +237,19 @@ pub const COLLECTORS: &[Spec] = &[
         name: names::TCP,
         hooks: &[
             Hook {
-                iter_extra: Some(IterExtra {
-                    name: hooks::TCP_FLUSH,
-                    program: FLUSH_PROGRAM,
-                    target: "bpf_sk_storage_map",
-                    map: Some(OWNERS_MAP),
-                    without: "every send and receive updates the map of totals (costlier)",
-                }),
+                needs: Some("needs Linux 5.11+ (bpf_sock_from_file in iterators)"),
                 ..hook(
-                    hooks::TCP_SOCK_LENGTH,
-                    // The bytes waiting in a socket's entry move when it is destroyed: with the
-                    // send and receive programs or not at all.
-                    Attach::Btf(&[
-                        (RECV_PROGRAM, "sock_recv_length"),
-                        (SEND_PROGRAM, "sock_send_length"),
-                        (CLOSE_PROGRAMS[0], "tcp_destroy_sock"),
-                        (CLOSE_PROGRAMS[1], "tcp_destroy_sock"),
-                    ]),
+                    hooks::TCP_WALK,
+                    Attach::Iter {
+                        program: WALK_PROGRAM,
+                        target: "task_file",
+                    },
                 )
             },
             Hook {
                 used: Some(
-                    "fallback (sock_send_length needs Linux 6.3+): bytes per port only, charged \
-                     to the port's listener or to \"other\"",
+                    "fallback (the walk over sockets needs Linux 5.11+): bytes per port only, \
+                     charged to the port's listener or to \"other\"",
                 ),
                 ..hook(
                     hooks::TCP_CGROUP_SKB,
@@ -276,14 +266,21 @@ pub const COLLECTORS: &[Spec] = &[
     Spec {
         name: names::TCP_STATE,
         hooks: &[Hook {
-            needs: Some(SK_STORAGE_NEEDS),
+            needs: Some(TP_BTF_NEEDS),
             ..hook(
                 hooks::TCP_STATE,
-                Attach::Btf(&[(STATE_PROGRAM, "inet_sock_set_state")]),
+                // Each connection's start, FIN and final counters, and its entry deleted when
+                // the socket goes: the two together or not at all.
+                Attach::Btf(&[
+                    (STATE_PROGRAM, "inet_sock_set_state"),
+                    (FORGET_PROGRAM, "tcp_destroy_sock"),
+                ]),
             )
         }],
         down: Some(
-            "no connection counts; listeners count as server ports only once the daemon sees them",
+            "no connection counts; listeners count as server ports only once the daemon sees \
+             them; bytes of connections that close between two collections are not counted, \
+             those of connections that start between two collections only from the second",
         ),
         maps: TCP_MAPS,
     },
@@ -291,7 +288,7 @@ pub const COLLECTORS: &[Spec] = &[
         name: names::TCP_RETRANSMIT,
         hooks: &[Hook {
             extras: &[(RETRANSMIT_SYNACK_PROGRAM, "tcp_retransmit_synack")],
-            needs: Some(SK_STORAGE_NEEDS),
+            needs: Some(TP_BTF_NEEDS),
             ..hook(
                 hooks::TCP_RETRANSMIT,
                 Attach::Btf(&[(RETRANSMIT_PROGRAM, "tcp_retransmit_skb")]),
@@ -437,7 +434,7 @@ mod tests {
                 }
             }
         }
-        assert!(seen.len() >= 5, "{seen:?}");
+        assert!(seen.len() >= 4, "{seen:?}");
     }
 
     #[test]

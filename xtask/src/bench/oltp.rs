@@ -58,7 +58,7 @@ fn variants(skips: bool) -> Vec<Variant> {
             Variant::probe("skip runq", &["--hooks.skip", "runq"]),
             Variant::probe(
                 "skip TCP bytes (tcp)",
-                &["--hooks.skip", "tp_btf/sock_send_length,cgroup_skb"],
+                &["--hooks.skip", "iter/task_file/tcp,cgroup_skb"],
             ),
             Variant::probe("skip sock_ops (tcp_rtt)", &["--hooks.skip", "sock_ops"]),
             Variant::probe(

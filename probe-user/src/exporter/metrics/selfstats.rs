@@ -22,7 +22,7 @@ const RUNQ_EVENTS: Desc = (
 const TCP_EVENTS: Desc = (
     "probe_tcp_events",
     None,
-    "TCP events not counted: result=lost: a TCP map was full (raise --tcp.map-size).",
+    "TCP events not counted: result=lost: a TCP map was full (raise --tcp.map-size, or --tcp.socket-map-size above the connections open at once).",
 );
 const UP: Desc = (
     "probe_collector_up",
