@@ -37,8 +37,9 @@ pub const LISTEN_MAP_ENTRIES: u32 = 4096;
 pub const REMOTE_PORTS_MAP: &str = "TCP_REMOTE_PORTS";
 pub const REMOTE_PORTS_MAX: u32 = 64;
 /// One entry: 1 once the daemon attached [`WALK_PROGRAM`] (not pinned: each load has its own).
-/// Until then the state program notes no connection starts, so that the per-port fallback's
-/// bytes are not also counted per connection when they close.
+/// Until then the state and destroy programs note no connection starts and move no counters,
+/// so that the per-port fallback's bytes are not also counted per connection when they close;
+/// and a daemon that starts without the walk empties [`SOCKETS_MAP`].
 pub const WALKING_MAP: &str = "TCP_WALKING";
 
 /// What was counted of each TCP socket, and for whom (socket address -> [`SockBase`]): made

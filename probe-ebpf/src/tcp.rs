@@ -7,7 +7,7 @@
 //! ([`TCP_SOCKETS`]) to the holding process's key in [`TCP_TRAFFIC`]. Nothing runs per packet
 //! or per system call; per connection, the state program notes its start (so that bytes before
 //! the first collection count), its FIN, and moves the final counters when it closes. The
-//! fallback before Linux 5.11 counts packets at cgroup_skb on the cgroup2 root, per port only.
+//! fallback before Linux 5.12 counts packets at cgroup_skb on the cgroup2 root, per port only.
 //!
 //! Connection events and retransmits run in softirq context: they are keyed by port, and
 //! retransmits by the socket's process where [`TCP_SOCKETS`] knows it.
@@ -204,7 +204,9 @@ pub fn probe_tcp_walk(ctx: *const TaskFileIterCtx) -> i32 {
     match e {
         Some(e) => {
             take(&IterContext(ctx), e, &c, &key);
-            // SAFETY: as above; a key torn by two holders' walks at once is one of theirs.
+            // SAFETY: as above. (A walk and a close on another CPU writing the key at once can
+            // leave fields of both: the bytes then go to no process, and the model charges them
+            // to `other`. Rare: the walk reads the socket in the nanoseconds of its close.)
             unsafe { core::ptr::write_volatile(&raw mut (*e).key, key) };
         }
         None if walk_starts(state) => {
@@ -342,7 +344,8 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
     } else if new == TCP_SYN_SENT {
         // connect(2), in the connecting process's context: its bytes count from zero, for it.
         if let Some(p) = process_of(current_task()) {
-            if p.tgid != self_tgid() {
+            // (A kernel thread's connections, NFS say, hold no file: not counted.)
+            if p.tgid != self_tgid() && !p.kthread {
                 if let Some((port, role)) = role_of::<Direct>(sk, 0) {
                     let key = TcpKey {
                         tgid: p.tgid,
@@ -360,21 +363,36 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
         born(&ctx, sk, port_key(lport, ROLE_SERVER), SOCK_PASSIVE);
         account(&ctx, &port_key(lport, ROLE_SERVER), ACCEPTED, 1);
     } else if queues_fin(new) {
-        // close(2) or shutdown(2), in the closing process's context: from now on what the
-        // socket carried goes to that process (an accepted connection that no collection saw
-        // has none yet).
-        if let Some(e) = TCP_SOCKETS.get_ptr_mut(&(sk as u64)) {
-            let closer = process_of(current_task()).filter(|p| p.tgid != self_tgid());
-            // SAFETY: a map value the lookup just returned; transitions of one socket are
-            // serialised by its lock, and only they write the flags.
-            unsafe {
-                let flags = core::ptr::read_volatile(&raw const (*e).flags);
-                core::ptr::write_volatile(&raw mut (*e).flags, flags | SOCK_FIN_QUEUED);
-                if let Some(p) = closer {
-                    let mut key = core::ptr::read_volatile(&raw const (*e).key);
-                    key.tgid = p.tgid;
-                    key.start_ns = p.start_ns;
-                    core::ptr::write_volatile(&raw mut (*e).key, key);
+        // close(2) or shutdown(2), in the closing process's context (before tcp_send_fin queues
+        // the FIN): everything it wrote is in the counters now, and goes to it at once (the
+        // socket may linger in FIN_WAIT or LAST_ACK long after the process exits); from now on
+        // what the socket carries goes to it too (an accepted connection no collection saw has
+        // no process yet). The daemon's own connections (scrapes) are not counted.
+        let id = sk as u64;
+        if let Some(e) = TCP_SOCKETS.get_ptr_mut(&id) {
+            match process_of(current_task()) {
+                Some(p) if p.tgid == self_tgid() => {
+                    let _ = TCP_SOCKETS.remove(&id);
+                }
+                closer => {
+                    // SAFETY: a map value the lookup just returned; transitions of one socket
+                    // are serialised by its lock, and only they write the flags.
+                    let mut key = unsafe { core::ptr::read_volatile(&raw const (*e).key) };
+                    if let Some(p) = closer.filter(|p| !p.kthread) {
+                        key.tgid = p.tgid;
+                        key.start_ns = p.start_ns;
+                    }
+                    if walking() {
+                        if let Some(c) = counters::<Probe>(sk) {
+                            take(&ctx, e, &c, &key);
+                        }
+                    }
+                    // SAFETY: as above.
+                    unsafe {
+                        core::ptr::write_volatile(&raw mut (*e).key, key);
+                        let flags = core::ptr::read_volatile(&raw const (*e).flags);
+                        core::ptr::write_volatile(&raw mut (*e).flags, flags | SOCK_FIN_QUEUED);
+                    }
                 }
             }
         }
@@ -412,13 +430,14 @@ pub fn probe_tcp_forget(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// Moves a closed socket's final counters, once: the state program at TCP_CLOSE, or the
-/// destroy program if that run was skipped.
+/// destroy program if that run was skipped. Only while the walk counts bytes (else the
+/// per-port fallback does, and entries a previous daemon left must not count too).
 #[inline(always)]
 fn take_final<C: EbpfContext>(ctx: &C, sk: *const u8, e: *mut SockBase) {
     // SAFETY: a map value the caller looked up; transitions of one socket are serialised by its
     // lock (and destroy comes after them), and only they write the flags.
     let flags = unsafe { core::ptr::read_volatile(&raw const (*e).flags) };
-    if flags & SOCK_CLOSED != 0 {
+    if flags & SOCK_CLOSED != 0 || !walking() {
         return;
     }
     // (tcp_sock's fields are beyond the struct sock the verifier knows: read with the helper.)

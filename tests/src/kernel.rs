@@ -62,7 +62,7 @@ pub fn best_hook(collector: &str) -> &'static str {
         }
         "block_dirty" => "raw_tp/writeback_dirty_page",
         // The walk over sockets at each collection: iter/task_file with bpf_sock_from_file,
-        // Linux 5.11+ (every kernel the tests run on).
+        // Linux 5.12+ (every kernel the tests run on).
         "tcp" => "iter/task_file/tcp",
         "tcp_state" => "tp_btf/inet_sock_set_state",
         "tcp_retransmit" => "tp_btf/tcp_retransmit_skb",
@@ -73,7 +73,7 @@ pub fn best_hook(collector: &str) -> &'static str {
 }
 
 /// Whether TCP bytes are counted per process (the walk over sockets) rather than per port only
-/// (the cgroup_skb fallback before Linux 5.11).
+/// (the cgroup_skb fallback before Linux 5.12).
 pub fn tcp_bytes_per_process() -> bool {
     best_hook("tcp") == "iter/task_file/tcp"
 }

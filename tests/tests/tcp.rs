@@ -124,7 +124,7 @@ fn assert_one_connection(m: &Metrics, server: &Workload) {
 }
 
 /// On the kernel's best TCP byte hook: both directions exact on both sides, per instance and
-/// process (the walk over sockets, 5.11+), or per port, charged to the listener (the
+/// process (the walk over sockets, 5.12+), or per port, charged to the listener (the
 /// cgroup_skb fallback). One connection accepted and closed; RTT samples.
 #[test]
 fn ipv4_bytes_are_exact_and_charged_to_each_side() {

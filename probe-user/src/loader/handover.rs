@@ -12,7 +12,7 @@ use probe_common::{
     config::ACTIVE_MAP,
     cpu::{DeadKey, DeadTotals, DEAD_MAP},
     runq::{ThreadRunq, THREADS_MAP as RUNQ_THREADS_MAP},
-    tcp::{RttTotals, TcpKey, TcpTotals, RTT_MAP, TRAFFIC_MAP},
+    tcp::{RttTotals, SockBase, TcpKey, TcpTotals, RTT_MAP, SOCKETS_MAP, TRAFFIC_MAP},
 };
 use tracing::info;
 
@@ -47,6 +47,29 @@ pub(super) fn clear_unread(ebpf: &mut Ebpf) {
     clear::<u64, IoStart>(ebpf, STARTS_MAP);
     clear::<TcpKey, TcpTotals>(ebpf, TRAFFIC_MAP);
     clear::<u16, RttTotals>(ebpf, RTT_MAP);
+}
+
+/// Empties the pinned map of TCP sockets when no program kept it up to date before this daemon
+/// (the previous one stopped, or crashed without pins) or none will (the walk is not attached):
+/// sockets destroyed meanwhile left their entries, and a new socket at the same address would
+/// count from the old one's counts. Open connections then count from their first collection.
+pub(super) fn forget_sockets(ebpf: &mut Ebpf) {
+    let Some(map) = ebpf.map_mut(SOCKETS_MAP) else {
+        return;
+    };
+    let Ok(mut m) = BpfHashMap::<&mut MapData, u64, SockBase>::try_from(map) else {
+        return;
+    };
+    let keys: Vec<u64> = m.keys().filter_map(Result::ok).collect();
+    if !keys.is_empty() {
+        info!(
+            entries = keys.len(),
+            "forgetting the TCP sockets a previous daemon's programs counted (no program followed them since)"
+        );
+    }
+    for k in keys {
+        let _ = m.remove(&k);
+    }
 }
 
 /// The generation whose programs count now, from the pinned map (None if there is none).

@@ -30,7 +30,7 @@ mod status;
 pub mod table;
 
 use attach::{attach_collector, set_remote_ports, take_maps, Attacher};
-use handover::{clear_unread, read_active, set_active};
+use handover::{clear_unread, forget_sockets, read_active, set_active};
 pub use status::{hooks, names, CollectorStatus, HookError, Note};
 
 use crate::{
@@ -250,6 +250,7 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
                 if let Err(e) = set_active(&mut ebpf, generation) {
                     env.push(format!("cannot activate the programs: {e}"));
                 }
+                forget_sockets(&mut ebpf);
             }
             // Must exist before programs load: they reference its map.
             match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -290,6 +291,9 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
                 statuses.push(st);
             }
             take_maps(&mut ebpf, &mut kernel, &mut statuses);
+            if kernel.tcp_walk_iter.is_none() {
+                forget_sockets(&mut ebpf);
+            }
             if let Some(p) = pins.as_mut() {
                 // The handover: this daemon's programs count from now on, the previous one's
                 // (attached until here, counting) go.

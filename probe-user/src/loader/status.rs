@@ -139,7 +139,7 @@ pub mod hooks {
     pub const DIRTY_FOLIO: &str = "raw_tp/writeback_dirty_folio";
     pub const DIRTY_PAGE: &str = "raw_tp/writeback_dirty_page";
     /// TCP bytes per process: at each collection, the counters of every TCP socket a process
-    /// holds (iter/task_file, Linux 5.11+).
+    /// holds (iter/task_file, Linux 5.12+).
     pub const TCP_WALK: &str = "iter/task_file/tcp";
     /// TCP bytes fallback, per port only: cgroup_skb ingress/egress on the cgroup2 root.
     pub const TCP_CGROUP_SKB: &str = "cgroup_skb";

@@ -79,6 +79,9 @@ pub struct IterExtra {
 /// What the TCP programs that read sockets by BTF type need.
 const TP_BTF_NEEDS: &str = "needs BTF-typed tracepoints (tp_btf, Linux 5.5+)";
 
+/// What the programs that move a socket's counts need.
+const CMPXCHG_NEEDS: &str = "needs Linux 5.12+ (BPF compare-and-exchange)";
+
 const fn hook(name: &'static str, attach: Attach) -> Hook {
     Hook {
         name,
@@ -237,7 +240,9 @@ pub const COLLECTORS: &[Spec] = &[
         name: names::TCP,
         hooks: &[
             Hook {
-                needs: Some("needs Linux 5.11+ (bpf_sock_from_file in iterators)"),
+                needs: Some(
+                    "needs Linux 5.12+ (bpf_sock_from_file in iterators, BPF compare-and-exchange)",
+                ),
                 ..hook(
                     hooks::TCP_WALK,
                     Attach::Iter {
@@ -248,7 +253,7 @@ pub const COLLECTORS: &[Spec] = &[
             },
             Hook {
                 used: Some(
-                    "fallback (the walk over sockets needs Linux 5.11+): bytes per port only, \
+                    "fallback (the walk over sockets needs Linux 5.12+): bytes per port only, \
                      charged to the port's listener or to \"other\"",
                 ),
                 ..hook(
@@ -266,7 +271,7 @@ pub const COLLECTORS: &[Spec] = &[
     Spec {
         name: names::TCP_STATE,
         hooks: &[Hook {
-            needs: Some(TP_BTF_NEEDS),
+            needs: Some(CMPXCHG_NEEDS),
             ..hook(
                 hooks::TCP_STATE,
                 // Each connection's start, FIN and final counters, and its entry deleted when
