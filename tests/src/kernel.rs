@@ -72,12 +72,6 @@ pub fn best_hook(collector: &str) -> &'static str {
     }
 }
 
-/// Whether TCP bytes are counted per process (the walk over sockets) rather than per port only
-/// (the cgroup_skb fallback before Linux 5.12).
-pub fn tcp_bytes_per_process() -> bool {
-    best_hook("tcp") == "iter/task_file/tcp"
-}
-
 /// `uname -r`.
 pub fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")

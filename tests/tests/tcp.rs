@@ -123,22 +123,63 @@ fn assert_one_connection(m: &Metrics, server: &Workload) {
     assert_eq!(port_counter(m, CLOSED, &s, server.port), 1.0, "closed");
 }
 
-/// On the kernel's best TCP byte hook: both directions exact on both sides, per instance and
-/// process (the walk over sockets, 5.12+), or per port, charged to the listener (the
-/// cgroup_skb fallback). One connection accepted and closed; RTT samples.
+/// One connection's bytes (`rx` the client sent, `tx` the server sent) exact on both sides,
+/// per process.
+fn assert_sides(
+    m: &Metrics,
+    server: &Workload,
+    client: &Workload,
+    (rx, tx): (u64, u64),
+    what: &str,
+) {
+    let port = server.port.to_string();
+    let (s, c) = (server.instance(), client.instance());
+    let got = [
+        bytes(m, &s, &port, "rx"),
+        bytes(m, &s, &port, "tx"),
+        bytes(m, &c, "ephemeral", "tx"),
+        bytes(m, &c, "ephemeral", "rx"),
+    ];
+    println!(
+        "{what}: server rx {} tx {}, client tx {} rx {} (want {rx} / {tx})",
+        got[0], got[1], got[2], got[3]
+    );
+    assert_eq!(
+        got,
+        [rx, tx, rx, tx].map(|v| v as f64),
+        "{what}:\n{}",
+        m.text
+    );
+}
+
+/// Both sides wait at the end of a round of [`start_pair`] (`round N`), or, after the last,
+/// are done.
+fn finish_round(server: &mut Workload, client: &mut Workload, round: u64, last: bool) {
+    if last {
+        client.wait_done();
+        server.wait_done();
+    } else {
+        assert_eq!(server.line(), format!("round {round}"));
+        assert_eq!(client.line(), format!("round {round}"));
+    }
+}
+
+/// Lets both sides of [`start_pair`] go on with their next round.
+fn step(server: &mut Workload, client: &mut Workload) {
+    server.send_line("step");
+    client.send_line("step");
+}
+
+/// On the kernel's best TCP byte hook (the walk over sockets, on every kernel the tests boot):
+/// both directions exact on both sides, per instance and process. One connection accepted and
+/// closed; RTT samples.
 #[test]
 fn ipv4_bytes_are_exact_and_charged_to_each_side() {
     let daemon = Daemon::start(&[]);
     let (server, client) = exchange(&[], "127.0.0.1:0", "127.0.0.1");
     let m = daemon.scrape();
     m.assert_hook("tcp", kernel::best_hook("tcp"));
-    if kernel::tcp_bytes_per_process() {
-        assert_exact(&m, &server, &client, "IPv4");
-    } else {
-        let port = server.port.to_string();
-        assert_fallback_bytes(&m, &server.instance(), &port, RX, Some(TX));
-        assert_one_connection(&m, &server);
-    }
+    assert_exact(&m, &server, &client, "IPv4");
     // RTT samples of the accepted connection: a histogram whose count is its +Inf bucket, with
     // a loopback-sized mean.
     let port = server.port.to_string();
@@ -180,56 +221,107 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
     );
     daemon.scrape().assert_hook("tcp", kernel::best_hook("tcp"));
     for round in 1..=ROUNDS {
-        if round < ROUNDS {
-            assert_eq!(server.line(), format!("round {round}"));
-            assert_eq!(client.line(), format!("round {round}"));
-        } else {
-            client.wait_done();
-            server.wait_done();
-        }
+        let open = round < ROUNDS;
+        finish_round(&mut server, &mut client, round, !open);
         // The scrape collects: the connection's bytes so far must all be there, open (the walk
         // reads the socket's counters) or closed (they moved when it closed).
-        let (want_rx, want_tx) = (ROUND_RX * round, ROUND_TX * round);
-        let open = round < ROUNDS;
         let what = if open {
             format!("round {round}, connection open")
         } else {
             format!("round {round}, connection closed")
         };
-        let port = server.port.to_string();
-        let (s, c) = (server.instance(), client.instance());
-        let read = |m: &Metrics| {
-            if kernel::tcp_bytes_per_process() {
-                [
-                    bytes(m, &s, &port, "rx"),
-                    bytes(m, &s, &port, "tx"),
-                    bytes(m, &c, "ephemeral", "tx"),
-                    bytes(m, &c, "ephemeral", "rx"),
-                ]
-            } else {
-                // The fallback: per port, the client's side is not counted per process.
-                let rx = bytes(m, &s, &port, "rx");
-                let tx = bytes(m, &s, &port, "tx");
-                [rx, tx, rx, tx]
-            }
-        };
-        let want = [want_rx, want_tx, want_rx, want_tx].map(|v| v as f64);
-        let m = daemon.scrape();
-        let got = read(&m);
-        println!(
-            "{what}: server rx {} tx {}, client tx {} rx {} (want {want_rx} / {want_tx})",
-            got[0], got[1], got[2], got[3]
-        );
-        if kernel::tcp_bytes_per_process() {
-            assert_eq!(got, want, "{what}:\n{}", m.text);
-        } else {
-            assert_fallback_bytes(&m, &s, &port, want_rx, Some(want_tx));
-        }
-        if round < ROUNDS {
-            server.send_line("step");
-            client.send_line("step");
+        let want = (ROUND_RX * round, ROUND_TX * round);
+        assert_sides(&daemon.scrape(), &server, &client, want, &what);
+        if open {
+            step(&mut server, &mut client);
         }
     }
+}
+
+/// A connection older than the daemon: what it carried before the daemon's first collection
+/// is not counted (its socket's counters then become the baseline), everything after is,
+/// exactly, while it is open and at its close.
+#[test]
+fn a_connection_older_than_the_daemon_counts_from_the_first_collection() {
+    const ROUND_RX: u64 = 1_000_000;
+    const ROUND_TX: u64 = 300_000;
+    let (mut server, mut client) =
+        start_pair(&[], "127.0.0.1:0", "127.0.0.1", (ROUND_RX, ROUND_TX, 3));
+    finish_round(&mut server, &mut client, 1, false);
+    let daemon = Daemon::start(&[]);
+    let m = daemon.scrape();
+    m.assert_hook("tcp", kernel::best_hook("tcp"));
+    assert_sides(&m, &server, &client, (0, 0), "round 1, before the daemon");
+    step(&mut server, &mut client);
+    finish_round(&mut server, &mut client, 2, false);
+    let want = (ROUND_RX, ROUND_TX);
+    assert_sides(&daemon.scrape(), &server, &client, want, "round 2, open");
+    step(&mut server, &mut client);
+    finish_round(&mut server, &mut client, 3, true);
+    let want = (2 * ROUND_RX, 2 * ROUND_TX);
+    assert_sides(&daemon.scrape(), &server, &client, want, "round 3, closed");
+}
+
+/// One connection open across two restarts of the daemon. Killed (SIGKILL), the daemon leaves
+/// its programs attached and `TCP_SOCKETS` current: what the connection carried while no
+/// daemon ran counts after the restart. Stopped (SIGTERM), it detaches them, and the next one
+/// starts following the socket from its first collection: what moved in between is not
+/// counted (README, "Restarts lose nothing") and nothing is counted twice. The last round
+/// counts at the close.
+#[test]
+fn an_open_connection_across_a_crash_and_a_graceful_restart_counts_exactly() {
+    const ROUND_RX: u64 = 1_000_000;
+    const ROUND_TX: u64 = 300_000;
+    let mut daemon = Daemon::start(&[]);
+    let (mut server, mut client) =
+        start_pair(&[], "127.0.0.1:0", "127.0.0.1", (ROUND_RX, ROUND_TX, 4));
+    finish_round(&mut server, &mut client, 1, false);
+    let round = |n: u64| (ROUND_RX * n, ROUND_TX * n);
+    let m = daemon.scrape();
+    m.assert_hook("tcp", kernel::best_hook("tcp"));
+    assert_sides(&m, &server, &client, round(1), "round 1, open");
+
+    daemon.kill();
+    step(&mut server, &mut client);
+    finish_round(&mut server, &mut client, 2, false);
+    daemon.restart();
+    let m = daemon.scrape();
+    assert_eq!(
+        m.value("probe_state_restored", &[]),
+        Some(1.0),
+        "{}",
+        daemon.log()
+    );
+    assert_sides(&m, &server, &client, round(2), "round 2, during the crash");
+
+    daemon.terminate();
+    step(&mut server, &mut client);
+    finish_round(&mut server, &mut client, 3, false);
+    daemon.restart();
+    let m = daemon.scrape();
+    assert_eq!(
+        m.value("probe_state_restored", &[]),
+        Some(1.0),
+        "{}",
+        daemon.log()
+    );
+    assert_sides(
+        &m,
+        &server,
+        &client,
+        round(2),
+        "round 3, while stopped: not counted",
+    );
+
+    step(&mut server, &mut client);
+    finish_round(&mut server, &mut client, 4, true);
+    assert_sides(
+        &daemon.scrape(),
+        &server,
+        &client,
+        round(3),
+        "round 4, closed",
+    );
 }
 
 /// Bytes that arrived on a socket which then closed before its process read them (the client
@@ -280,10 +372,6 @@ fn bytes_that_arrived_before_the_socket_closed_count_once_read_or_not() {
     let want = [SENT, QUEUED, SENT, QUEUED].map(|v| v as f64);
     let check = |what: &str| {
         let m = daemon.scrape();
-        if !kernel::tcp_bytes_per_process() {
-            assert_fallback_bytes(&m, &s, &port, SENT, Some(QUEUED));
-            return;
-        }
         let got = read(&m);
         println!(
             "{what}: server rx {} tx {}, client tx {} rx {} (want {SENT} / {QUEUED})",
@@ -366,20 +454,16 @@ fn a_thousand_short_connections_are_counted_exactly() {
     );
     let counted = |n: f64| n <= 1000.0 && n + state_skipped >= 1000.0;
     assert!(counted(accepted) && counted(closed), "{}", shown());
-    if kernel::tcp_bytes_per_process() {
-        let rx = bytes(&m, &s, &port.to_string(), "rx");
-        let tx = bytes(&m, &c, "ephemeral", "tx");
-        // Each skipped run can take one connection's 100 bytes.
-        let slack = 100.0 * skipped(&["probe_tcp_state"]);
-        println!(
-            "1000 connections of 100 bytes each way: server rx {rx}, client tx {tx} (up to \
-             {slack} missing with skipped runs)"
-        );
-        let exact = |n: f64| n <= 100_000.0 && n + slack >= 100_000.0;
-        assert!(exact(rx) && exact(tx), "{}", shown());
-    } else {
-        assert_fallback_bytes(&m, &s, &port.to_string(), 100_000, Some(100_000));
-    }
+    let rx = bytes(&m, &s, &port.to_string(), "rx");
+    let tx = bytes(&m, &c, "ephemeral", "tx");
+    // Each skipped run can take one connection's 100 bytes.
+    let slack = 100.0 * skipped(&["probe_tcp_state"]);
+    println!(
+        "1000 connections of 100 bytes each way: server rx {rx}, client tx {tx} (up to \
+         {slack} missing with skipped runs)"
+    );
+    let exact = |n: f64| n <= 100_000.0 && n + slack >= 100_000.0;
+    assert!(exact(rx) && exact(tx), "{}", shown());
 }
 
 /// A network namespace with a veth pair to the host (deleted on drop).
@@ -615,18 +699,14 @@ fn retransmits_match_the_kernels_tcp_retrans_segs() {
     assert!(kernel > 0, "the lossy link caused no retransmits");
     probe_tests::check_close("retransmitted segments", got, kernel as f64, 0.05);
     let port = server.port.to_string();
-    if kernel::tcp_bytes_per_process() {
-        assert_eq!(bytes(&m, &server.instance(), &port, "rx"), 30_000_000.0);
-    } else {
-        assert_fallback_bytes(&m, &server.instance(), &port, 30_000_000, None);
-    }
+    assert_eq!(bytes(&m, &server.instance(), &port, "rx"), 30_000_000.0);
     // The fallback sees the client's retransmissions on the wire: they must not count twice.
     let f = fallback.scrape();
     f.assert_hook("tcp", "cgroup_skb");
     assert_fallback_bytes(&f, &server.instance(), &port, 30_000_000, None);
 }
 
-/// The cgroup_skb fallback (the only byte path before 6.3) when a connection's first data
+/// The cgroup_skb fallback (the only byte path before 5.12) when a connection's first data
 /// completes its handshake, as it does when the client's last handshake ACK is lost: that
 /// segment reaches the listener (the connection's socket does not exist yet), and its bytes are
 /// new although the listener's receive sequence says nothing about them. The client's pure

@@ -63,9 +63,8 @@ pub const TESTS: &[(&str, &str)] = &[
     ),
     // The block_rq_* fallback, forced (the only path on 6.1).
     ("block", "fallback_hooks_charge_direct_io_exactly"),
-    // tcp bytes both ways (per process, or per port on the cgroup_skb fallback), tcp_state
-    // connections, tcp_rtt samples; 1,000 connections counted exactly; the cgroup_skb
-    // fallback, forced (the only path on 6.1).
+    // tcp bytes both ways per process, tcp_state connections, tcp_rtt samples; 1,000
+    // connections counted exactly; the cgroup_skb fallback, forced (the path before 5.12).
     ("tcp", "ipv4_bytes_are_exact_and_charged_to_each_side"),
     ("tcp", "a_thousand_short_connections_are_counted_exactly"),
     // bytes waiting in an open socket's entry: moved at every collection and at close.
@@ -77,6 +76,16 @@ pub const TESTS: &[(&str, &str)] = &[
     (
         "tcp",
         "bytes_that_arrived_before_the_socket_closed_count_once_read_or_not",
+    ),
+    // A connection older than the daemon, and one open across a SIGKILL and a SIGTERM restart
+    // (the handover keeps the sockets' entries; a graceful stop empties them).
+    (
+        "tcp",
+        "a_connection_older_than_the_daemon_counts_from_the_first_collection",
+    ),
+    (
+        "tcp",
+        "an_open_connection_across_a_crash_and_a_graceful_restart_counts_exactly",
     ),
     ("tcp", "cgroup_skb_fallback_counts_bytes_per_port"),
     ("tcp", "fallback_counts_data_that_completes_the_handshake"),
