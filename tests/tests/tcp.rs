@@ -124,7 +124,7 @@ fn assert_one_connection(m: &Metrics, server: &Workload) {
 }
 
 /// One connection's bytes (`rx` the client sent, `tx` the server sent) exact on both sides,
-/// per process.
+/// per instance and per process.
 fn assert_sides(
     m: &Metrics,
     server: &Workload,
@@ -140,9 +140,26 @@ fn assert_sides(
         bytes(m, &c, "ephemeral", "tx"),
         bytes(m, &c, "ephemeral", "rx"),
     ];
+    let process = |w: &Workload, dir: &str| {
+        m.sum(
+            PROC_BYTES,
+            &[("pid", &w.pid.to_string()), ("direction", dir)],
+        )
+    };
+    let per_process = [
+        process(server, "rx"),
+        process(server, "tx"),
+        process(client, "tx"),
+        process(client, "rx"),
+    ];
     println!(
-        "{what}: server rx {} tx {}, client tx {} rx {} (want {rx} / {tx})",
+        "{what}: server rx {} tx {}, client tx {} rx {} (want {rx} / {tx}; per process {per_process:?})",
         got[0], got[1], got[2], got[3]
+    );
+    assert_eq!(
+        got, per_process,
+        "{what}: instance and process series differ:\n{}",
+        m.text
     );
     assert_eq!(
         got,

@@ -53,7 +53,7 @@ use compare::{compare, print_costs, print_table, Metric, Outcome, Variant};
 
 const ROUNDS: usize = 5;
 const PIPE_LOOPS: &str = "60000";
-/// Both pipe tasks on one CPU switch ~10x faster, so more loops for a similar round time.
+/// Both pipe tasks on one CPU switch ~7x faster per loop: more loops, still shorter rounds.
 const PINNED_LOOPS: &str = "100000";
 /// The pipe benchmark's rounds are short and its noise (±5% here) is above the cost measured:
 /// more rounds than the other sections.
@@ -120,9 +120,17 @@ fn sched_overhead() -> Result<()> {
         "\n== scheduler overhead: perf bench sched pipe -l {PIPE_LOOPS}, and -l {PINNED_LOOPS} with both \
          tasks on one CPU ({SCHED_ROUNDS} rounds each, medians)"
     );
+    // What each part of the sched_switch program costs: all of it, without the run-queue
+    // histograms, without the program (exits then go uncounted); and the statistics' variants
+    // for the cost per run.
     let variants = [
         Variant::without(),
         Variant::probe("probe (defaults)", &[]),
+        Variant::probe("probe --hooks.skip runq", &["--hooks.skip", "runq"]),
+        Variant::probe(
+            "probe without sched_switch",
+            &["--hooks.skip", "tp_btf/sched_switch,raw_tp/sched_switch"],
+        ),
         Variant::probe("probe --bpf.stats", &["--bpf.stats"]),
         Variant::probe(
             "probe --bpf.stats --hooks.skip runq",
@@ -143,15 +151,32 @@ fn sched_overhead() -> Result<()> {
         Ok(vec![sched_pipe(false)?, sched_pipe(true)?])
     })?;
     print_table(&metrics, &out);
-    println!("  (goal: probe (defaults) <= 1.03x in `seconds`)");
+    println!("  (goal: probe (defaults) <= 1.03x; `seconds, one CPU` is the steadier column)");
     println!(
         "  (one CPU: the two tasks wake each other on one CPU, with no idle and no cross-CPU wakeup \
          in between: every switch is pure scheduler work, so the per-switch programs weigh most: \
          the worst case)"
     );
+    // On one CPU each loop is two context switches; what probe adds per switch, by variant.
+    let loops: f64 = PINNED_LOOPS.parse()?;
+    let base = out[0].medians[1];
+    let added: Vec<String> = out[1..4]
+        .iter()
+        .map(|o| {
+            format!(
+                "{}: {:.0} ns",
+                o.name,
+                (o.medians[1] - base) / (2.0 * loops) * 1e9
+            )
+        })
+        .collect();
+    println!(
+        "  added per context switch on one CPU (medians): {}",
+        added.join(", ")
+    );
 
-    println!("\n== kernel program cost during the last pipe round (BPF statistics)");
-    print_costs(&out[2], |_| true);
+    println!("\n== kernel program cost during the last round, both pipe runs (BPF statistics)");
+    print_costs(&out[4], |_| true);
     // Run-queue latency lives in the sched_switch program: its cost is the difference between
     // the program with and without it, per context switch.
     let per_run = |o: &Outcome| {
@@ -161,15 +186,15 @@ fn sched_overhead() -> Result<()> {
             .filter(|(_, runs, _)| *runs > 0.0)
             .map(|(_, runs, ns)| ns / runs)
     };
-    if let (Some(full), Some(base)) = (per_run(&out[2]), per_run(&out[3])) {
+    if let (Some(full), Some(base)) = (per_run(&out[4]), per_run(&out[5])) {
         println!(
             "  sched_switch program: {full:.1} ns per context switch with run-queue latency, {base:.1} ns without: run-queue latency costs {:.1} ns per event (goal <= 100 ns)",
             full - base
         );
     }
     // The same overhead measured directly, free of the benchmark's run-to-run noise.
-    let in_kernel_ns: f64 = out[2].costs.iter().map(|(_, _, ns)| ns).sum();
-    let round_s = out[2].medians.iter().sum::<f64>();
+    let in_kernel_ns: f64 = out[4].costs.iter().map(|(_, _, ns)| ns).sum();
+    let round_s = out[4].medians.iter().sum::<f64>();
     println!(
         "  in-kernel time of probe's programs: {:.1} ms in a {round_s:.3} s round of both runs ({:.2}% of it)",
         in_kernel_ns / 1e6,
@@ -449,9 +474,8 @@ fn median(v: &mut [f64]) -> f64 {
 /// Wall seconds of one `perf bench sched pipe` run; `one_cpu`: both tasks on the last CPU.
 fn sched_pipe(one_cpu: bool) -> Result<f64> {
     let mut cmd = if one_cpu {
-        let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
         let mut c = Command::new("taskset");
-        c.args(["-c", &last.to_string(), "perf"]);
+        c.args(["-c", &last_allowed_cpu()?, "perf"]);
         c
     } else {
         Command::new("perf")
@@ -472,6 +496,18 @@ fn sched_pipe(one_cpu: bool) -> Result<f64> {
                 .ok()
         })
         .with_context(|| format!("unexpected perf output: {text}"))
+}
+
+/// The highest CPU this process may run on (`Cpus_allowed_list` of /proc/self/status, e.g.
+/// `0-1` or `0,2,5-7`).
+fn last_allowed_cpu() -> Result<String> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| list.trim().rsplit([',', '-']).next())
+        .map(str::to_string)
+        .context("no Cpus_allowed_list in /proc/self/status")
 }
 
 /// (program, runs, run ns) increases between two scrapes.

@@ -78,7 +78,8 @@ pub const TESTS: &[(&str, &str)] = &[
         "bytes_that_arrived_before_the_socket_closed_count_once_read_or_not",
     ),
     // A connection older than the daemon, and one open across a SIGKILL and a SIGTERM restart
-    // (the handover keeps the sockets' entries; a graceful stop empties them).
+    // (the handover keeps the sockets' entries; after a graceful stop the next daemon empties
+    // them).
     (
         "tcp",
         "a_connection_older_than_the_daemon_counts_from_the_first_collection",
