@@ -234,6 +234,17 @@ impl Daemon {
     }
 
     /// Scrapes /metrics in the classic text format and parses it.
+    /// Asserts that this restarted daemon carried on from its saved accounts
+    /// (`probe_state_restored 1` in `m`, one of its scrapes); the failure shows its log.
+    pub fn assert_restored(&self, m: &Metrics) {
+        assert_eq!(
+            m.value("probe_state_restored", &[]),
+            Some(1.0),
+            "the restarted daemon did not carry on from the saved accounts; its log:\n{}",
+            self.log()
+        );
+    }
+
     pub fn scrape(&self) -> Metrics {
         let (status, body) = self.get("/metrics").expect("scrape");
         assert_eq!(status, 200, "scrape failed: {body}");

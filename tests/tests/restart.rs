@@ -133,12 +133,7 @@ fn sigkill_and_restart_lose_nothing() {
     let end = daemon.scrape();
     end.assert_hook("block", kernel::best_hook("block"));
     end.assert_hook("tcp", kernel::best_hook("tcp"));
-    assert_eq!(
-        end.value("probe_state_restored", &[]),
-        Some(1.0),
-        "the restarted daemon did not carry on from the saved accounts; its log:\n{}",
-        daemon.log()
-    );
+    daemon.assert_restored(&end);
 
     for (what, f) in [
         (
@@ -253,12 +248,7 @@ fn another_map_layout_starts_fresh_and_says_so() {
     daemon.terminate();
     daemon.restart();
     let after = daemon.scrape();
-    assert_eq!(
-        after.value("probe_state_restored", &[]),
-        Some(1.0),
-        "a graceful restart with the same maps did not carry on; log:\n{}",
-        daemon.log()
-    );
+    daemon.assert_restored(&after);
     println!(
         "spin's instance CPU: {before} s before SIGTERM, {} s after the restart",
         spun(&after)
