@@ -20,10 +20,18 @@ pub struct HookArgs {
     /// raw_tp/sched_switch, iter/task_file, raw_tp/block_io_start, raw_tp/block_rq_issue,
     /// raw_tp/writeback_dirty_folio, raw_tp/writeback_dirty_page, iter/task_file/tcp,
     /// cgroup_skb, tp_btf/inet_sock_set_state, tp_btf/tcp_retransmit_skb, sock_ops; and runq
-    /// (no run-queue latency histograms: about half of probe's cost per context switch, 85 of
-    /// 175 ns in a one-CPU pipe benchmark). Repeat or separate with commas.
+    /// (the run-queue histograms, even with --runq.histograms). Repeat or separate with commas.
     #[arg(long = "hooks.skip", value_delimiter = ',', value_parser = hook_names())]
     pub skip: Vec<String>,
+
+    /// Keep run-queue latency histograms per instance (probe_runqueue_latency_seconds: each
+    /// wait for a CPU, for p99 panels and the InstanceRunQueueLatencyHigh alert). Off by
+    /// default: it is work at every context switch on the host, about as much again as the
+    /// rest of probe's (175 instead of 85 ns a switch, sched pipe 1.07x instead of 1.03x on one
+    /// CPU). The total wait per instance (probe_cpu_runqueue_wait_seconds_total) is kept either
+    /// way, at no cost per switch.
+    #[arg(long = "runq.histograms")]
+    pub runq_histograms: bool,
 
     /// The host's cgroup filesystem as mounted in a container (e.g. the host's /sys/fs/cgroup at
     /// /host/sys/fs/cgroup): the socket programs (TCP RTT, the per-port byte fallback) attach to

@@ -14,6 +14,7 @@ use crate::{
 pub fn run(hooks: HookArgs, bpf_stats: bool, format: Format) -> ExitCode {
     let kernel = loader::load(&loader::LoadOptions {
         skip_hooks: hooks.skip,
+        runq_histograms: hooks.runq_histograms,
         cgroup_path: hooks.cgroup,
         bpf_stats,
         ..loader::LoadOptions::default()
@@ -81,7 +82,8 @@ impl KernelId {
 #[derive(Debug, Serialize)]
 pub struct CollectorReport {
     pub name: &'static str,
-    /// `up`, `error` (attached, but its last collection failed) or `down`.
+    /// `up`, `error` (attached, but its last collection failed), `down`, or `off` (a flag
+    /// turns it on; named in `reasons`).
     pub state: &'static str,
     /// The hook in use, e.g. `tp_btf/sched_switch`; null when down.
     pub hook: Option<&'static str>,
@@ -144,10 +146,11 @@ impl Report {
 }
 
 fn collector(s: &CollectorStatus, summary: &Summary, failing: &HashSet<&str>) -> CollectorReport {
-    let state = match (s.up(), failing.contains(s.name)) {
-        (true, false) => "up",
-        (true, true) => "error",
-        (false, _) => "down",
+    let state = match (s.off, s.up(), failing.contains(s.name)) {
+        (Some(_), ..) => "off",
+        (None, true, false) => "up",
+        (None, true, true) => "error",
+        (None, false, _) => "down",
     };
     let detail = match s.name {
         names::CPU if s.up() => format!(
@@ -166,7 +169,12 @@ fn collector(s: &CollectorStatus, summary: &Summary, failing: &HashSet<&str>) ->
         state,
         hook: s.hook,
         detail,
-        reasons: s.notes.iter().map(ToString::to_string).collect(),
+        reasons: s
+            .off
+            .map(|flag| format!("{flag} turns it on"))
+            .into_iter()
+            .chain(s.notes.iter().map(ToString::to_string))
+            .collect(),
     }
 }
 
@@ -231,6 +239,19 @@ mod tests {
         assert!(report(vec![], false)
             .table()
             .contains("no eBPF hook can run here"));
+    }
+
+    #[test]
+    fn an_off_collector_is_neither_up_nor_down_and_names_its_flag() {
+        let off = CollectorStatus {
+            name: names::RUNQ,
+            hook: None,
+            notes: Vec::new(),
+            off: Some("--runq.histograms"),
+        };
+        let r = collector(&off, &Summary::default(), &HashSet::new());
+        assert_eq!((r.state, r.hook), ("off", None));
+        assert_eq!(r.reasons, ["--runq.histograms turns it on"]);
     }
 
     #[test]

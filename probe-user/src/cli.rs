@@ -184,8 +184,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub exit_map_size: u32,
 
-    /// Capacity of the kernel map of run-queue latency per thread: the threads the host runs at
-    /// once (preallocated, ~300 bytes each). If it fills, the waits of threads that found no
+    /// With --runq.histograms, capacity of the kernel map of run-queue latency per thread: the
+    /// threads the host runs at once (preallocated, ~300 bytes each). If it fills, the waits of threads that found no
     /// room are not in the histograms and probe_runqueue_events_total{result="lost"} says so.
     #[arg(long = "runq.map-size", default_value_t = probe_common::runq::THREADS_MAP_ENTRIES,
           value_parser = clap::value_parser!(u32).range(64..=1_048_576))]

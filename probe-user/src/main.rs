@@ -148,6 +148,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tcp_socket_map_entries: args.tcp_socket_map_size,
             tcp_remote_ports: args.tcp_remote_ports,
             skip_hooks: args.hooks.skip,
+            runq_histograms: args.hooks.runq_histograms,
             cgroup_path: args.hooks.cgroup,
             bpf_stats: args.bpf_stats,
         };

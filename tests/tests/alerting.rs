@@ -304,8 +304,9 @@ fn noisy_neighbour_reaches_a_webhook_dashboard_queries_answer_and_probe_down_fol
     let (victim, noisy) = (&dbs[0], &dbs[1]);
 
     let hook = Webhook::start();
-    // --bpf.stats: the dashboard's "cost per event" panel reads the kernel's statistics.
-    let daemon = Daemon::start(&["--bpf.stats"]);
+    // --bpf.stats: the dashboard's "cost per event" panel reads the kernel's statistics;
+    // --runq.histograms: its run-queue p99 panel and InstanceRunQueueLatencyHigh need them.
+    let daemon = Daemon::start(&["--bpf.stats", "--runq.histograms"]);
     let am_port = free_port();
     let am_config = base.join("alertmanager.yml");
     std::fs::write(
@@ -371,8 +372,8 @@ fn noisy_neighbour_reaches_a_webhook_dashboard_queries_answer_and_probe_down_fol
         for e in [
             "ALERTS",
             "topk by (instance) (3, sum by (instance, service_instance) (rate(probe_cpu_seconds_total{service_instance!=\"other\"}[5m])))",
+            "sum by (instance, service_instance) (rate(probe_cpu_runqueue_wait_seconds_total{service_instance!=\"other\"}[5m]))",
             "histogram_quantile(0.99, sum by (instance, service_instance, le) (rate(probe_runqueue_latency_seconds_bucket{service_instance!=\"other\"}[5m])))",
-            "sum by (instance, service_instance) (rate(probe_runqueue_latency_seconds_count{service_instance!=\"other\"}[5m]))",
         ] {
             s += &format!("{e}:\n  {}\n", query(prom_port, e).2);
         }

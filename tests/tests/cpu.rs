@@ -172,7 +172,13 @@ fn a_full_exit_map_is_reported_not_hidden() {
 /// least) are counted in probe_runqueue_events_total{result="lost"}, and the collector stays up.
 #[test]
 fn a_full_runqueue_map_is_reported_not_hidden() {
-    let daemon = Daemon::start(&["--runq.map-size", "64", "--collect.interval", "60m"]);
+    let daemon = Daemon::start(&[
+        "--runq.histograms",
+        "--runq.map-size",
+        "64",
+        "--collect.interval",
+        "60m",
+    ]);
     let mut w = Workload::start(&["burst", "--count", "200", "--ms", "1"]);
     w.wait_done();
     let m = daemon.scrape();

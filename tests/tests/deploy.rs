@@ -14,7 +14,8 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(deploy(path)).unwrap_or_else(|e| panic!("deploy/{path}: {e}"))
 }
 
-/// Runs `probe check` with only `caps` (e.g. ["bpf", "perfmon"]) in the bounding set.
+/// Runs `probe check` with only `caps` (e.g. ["bpf", "perfmon"]) in the bounding set, with
+/// every collector turned on (the run-queue histograms too).
 fn check_with_caps(caps: &[String], extra: &[&str]) -> (bool, String) {
     let bounding: String = std::iter::once("-all".to_string())
         .chain(caps.iter().map(|c| format!("+{c}")))
@@ -28,7 +29,7 @@ fn check_with_caps(caps: &[String], extra: &[&str]) -> (bool, String) {
             "--",
         ])
         .arg(probe_bin())
-        .arg("check")
+        .args(["check", "--runq.histograms"])
         .args(extra)
         .output()
         .expect("setpriv (util-linux)");

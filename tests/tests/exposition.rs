@@ -284,13 +284,37 @@ fn port_in_use_is_a_clear_error() {
     );
 }
 
-/// `probe check --format json`: every collector up, each on the best hook this kernel has
-/// (a collector that fell back here, a verifier rejection say, fails), and every reason one
-/// readable line. The table format says the same.
+/// `probe check --format json --runq.histograms`: every collector up, each on the best hook
+/// this kernel has (a collector that fell back here, a verifier rejection say, fails), and
+/// every reason one readable line. The table format says the same. Without the flag, the
+/// run-queue histograms are `off`, naming it, and the rest is the same.
 #[test]
 fn every_collector_is_up_on_the_best_hook_of_this_kernel() {
+    let check = |args: &[&str]| {
+        let out = Command::new(probe_tests::probe_bin())
+            .arg("check")
+            .args(args)
+            .output()
+            .expect("run probe check");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, stdout) = check(&["--format", "json"]);
+    assert!(ok, "probe check failed:\n{stdout}");
+    let defaults: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("probe check --format json is not JSON ({e}):\n{stdout}"));
+    for c in defaults["collectors"].as_array().expect("collectors") {
+        if c["name"] == "runq" {
+            assert_eq!(c["state"], "off", "{c:#}");
+            assert_eq!(c["reasons"][0], "--runq.histograms turns it on", "{c:#}");
+        } else {
+            assert_eq!(c["state"], "up", "{c:#}");
+        }
+    }
     let out = Command::new(probe_tests::probe_bin())
-        .args(["check", "--format", "json"])
+        .args(["check", "--format", "json", "--runq.histograms"])
         .output()
         .expect("run probe check");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -321,11 +345,7 @@ fn every_collector_is_up_on_the_best_hook_of_this_kernel() {
             assert!(!r.contains('\n') && r.len() < 400, "unreadable reason: {r}");
         }
     }
-    let table = Command::new(probe_tests::probe_bin())
-        .arg("check")
-        .output()
-        .expect("run probe check");
-    let table = String::from_utf8_lossy(&table.stdout);
+    let (_, table) = check(&["--runq.histograms"]);
     for c in collectors {
         let (name, hook) = (
             c["name"].as_str().unwrap_or(""),

@@ -234,7 +234,7 @@ fn run_queue_latency_on_the_raw_tracepoint_fallback() {
 /// wait is charged when the slice after it ends, so a window edge can shift one wait per thread
 /// (a few ms out of seconds): tolerance 2%.
 fn run_queue_latency(daemon_args: &[&str], hook: &str) {
-    let d = Daemon::start(daemon_args);
+    let d = Daemon::start(&[&["--runq.histograms"], daemon_args].concat());
     d.scrape().assert_hook("runq", hook);
     // Three threads pinned to one CPU: each waits for the other two.
     let w = Workload::start(&[

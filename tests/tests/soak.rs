@@ -52,11 +52,14 @@ fn churn_soak_keeps_memory_series_and_maps_bounded() {
     std::fs::write(&rules, "[instances]\nexpire_after = \"30s\"\n").expect("rule file");
     let top_k = TOP_K.to_string();
     let record = std::env::var("PROBE_SOAK_RECORD").ok();
+    // The opt-in run-queue histograms too: their preallocated thread map must not fill under
+    // churn either.
     let mut daemon_args = vec![
         "--config",
         rules.to_str().expect("path"),
         "--process.top-k",
         &top_k,
+        "--runq.histograms",
     ];
     if let Some(file) = &record {
         daemon_args.extend(["--record-readings", file]);

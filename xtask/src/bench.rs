@@ -120,22 +120,22 @@ fn sched_overhead() -> Result<()> {
         "\n== scheduler overhead: perf bench sched pipe -l {PIPE_LOOPS}, and -l {PINNED_LOOPS} with both \
          tasks on one CPU ({SCHED_ROUNDS} rounds each, medians)"
     );
-    // What each part of the sched_switch program costs: all of it, without the run-queue
-    // histograms, without the program (exits then go uncounted); and the statistics' variants
-    // for the cost per run.
+    // What each part of the sched_switch program costs: the defaults (the exit hook), with the
+    // opt-in run-queue histograms, without the program (exits then go uncounted); and the
+    // statistics' variants for the cost per run.
     let variants = [
         Variant::without(),
         Variant::probe("probe (defaults)", &[]),
-        Variant::probe("probe --hooks.skip runq", &["--hooks.skip", "runq"]),
+        Variant::probe("probe --runq.histograms", &["--runq.histograms"]),
         Variant::probe(
             "probe without sched_switch",
             &["--hooks.skip", "tp_btf/sched_switch,raw_tp/sched_switch"],
         ),
-        Variant::probe("probe --bpf.stats", &["--bpf.stats"]),
         Variant::probe(
-            "probe --bpf.stats --hooks.skip runq",
-            &["--bpf.stats", "--hooks.skip", "runq"],
+            "probe --bpf.stats --runq.histograms",
+            &["--bpf.stats", "--runq.histograms"],
         ),
+        Variant::probe("probe --bpf.stats", &["--bpf.stats"]),
     ];
     let metrics = [
         Metric {

@@ -186,7 +186,7 @@ pub fn run_on(
     let mut script = GUEST_PRELUDE_TEMPLATE.replace("LIMIT", &TEST_FILE_LIMIT_SECS.to_string());
     let probe = probe_bin();
     script.push_str(&format!(
-        "{} check --format json >{} 2>{} || status=1\n",
+        "{} check --format json --runq.histograms >{} 2>{} || status=1\n",
         sh_quote(&probe),
         sh_quote(&out.join("check.json")),
         sh_quote(&out.join("check.log")),
@@ -308,7 +308,7 @@ pub fn host_check() -> Result<()> {
     let dir = out_dir().join("host");
     fs::create_dir_all(&dir)?;
     let out = Command::new(probe_bin())
-        .args(["check", "--format", "json"])
+        .args(["check", "--format", "json", "--runq.histograms"])
         .env("PROBE_LOG", "warn")
         .output()
         .context("cannot run probe check")?;

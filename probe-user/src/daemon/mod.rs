@@ -244,6 +244,7 @@ impl Daemon {
                 .kernel()
                 .statuses
                 .iter()
+                .filter(|s| s.off.is_none())
                 .map(|s| {
                     (
                         s.name.to_string(),

@@ -126,6 +126,7 @@ impl Daemon {
                 .kernel()
                 .statuses
                 .iter()
+                .filter(|s| s.off.is_none())
                 .map(|s| (s.clone(), s.up() && !self.stats.failing.contains(s.name)))
                 .collect(),
             stats: SelfStats {

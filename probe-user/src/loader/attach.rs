@@ -330,6 +330,10 @@ pub(super) fn attach_collector(
     opts: &LoadOptions,
 ) -> (CollectorStatus, Attached) {
     let mut st = CollectorStatus::new(spec.name);
+    if let Some(flag) = spec.opt_in.filter(|&f| !opts.opted_in(f)) {
+        st.off = Some(flag);
+        return (st, Attached::default());
+    }
     for hook in spec.hooks {
         let tried = if opts.skip_hooks.iter().any(|h| h == hook.name) {
             Err(HookError::Skipped)
@@ -486,12 +490,17 @@ mod tests {
     use crate::loader::{hooks, names};
 
     /// The table walked without a kernel object (it did not load): only /proc hooks work, a
-    /// collector riding on another that is down says so, skipped hooks say so.
+    /// collector riding on another that is down says so, skipped hooks say so. The run-queue
+    /// histograms are asked for.
     fn walk(skip: &[&str]) -> Vec<CollectorStatus> {
-        let opts = LoadOptions {
+        walk_with(LoadOptions {
             skip_hooks: skip.iter().map(|s| s.to_string()).collect(),
+            runq_histograms: true,
             ..LoadOptions::default()
-        };
+        })
+    }
+
+    fn walk_with(opts: LoadOptions) -> Vec<CollectorStatus> {
         let mut statuses = Vec::new();
         for spec in table::COLLECTORS {
             let (st, attached) = attach_collector(None, spec, &statuses, &opts);
@@ -557,6 +566,21 @@ mod tests {
             runq.notes[0].to_string(),
             "runq: needs the program of cpu_exit, which is not attached"
         );
+    }
+
+    #[test]
+    fn an_opt_in_collector_is_off_without_its_flag_and_tries_no_hook() {
+        let all = walk_with(LoadOptions::default());
+        let runq = status(&all, names::RUNQ);
+        assert_eq!(runq.off, Some("--runq.histograms"));
+        assert!(!runq.up() && runq.notes.is_empty());
+        assert!(all
+            .iter()
+            .filter(|s| s.name != names::RUNQ)
+            .all(|s| s.off.is_none()));
+        // Asked for, it is a collector like the others (down here: no object).
+        let asked = walk(&[]);
+        assert_eq!(status(&asked, names::RUNQ).off, None);
     }
 
     #[test]

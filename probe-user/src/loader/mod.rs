@@ -33,6 +33,9 @@ use attach::{attach_collector, set_remote_ports, take_maps, Attacher};
 use handover::{clear_unread, forget_sockets, read_active, set_active};
 pub use status::{hooks, names, CollectorStatus, HookError, Note};
 
+/// The `probe serve` flag that turns the run-queue latency histograms on.
+pub const RUNQ_HISTOGRAMS_FLAG: &str = "--runq.histograms";
+
 use crate::{
     btf::{self, KernelBtf},
     pins::{self, MapShape, Pins},
@@ -127,11 +130,26 @@ pub struct LoadOptions {
     pub tcp_remote_ports: Vec<u16>,
     /// Hooks not to use even if they work (see [`hooks::ALL`]): the collector falls back.
     pub skip_hooks: Vec<String>,
+    /// Keep run-queue latency histograms ([`RUNQ_HISTOGRAMS_FLAG`]): work at every context
+    /// switch, so off unless asked for.
+    pub runq_histograms: bool,
     /// Turn on the kernel's BPF run-time statistics while loaded (host-wide: every BPF program
     /// then reads the clock twice per run).
     pub bpf_stats: bool,
     /// The host's cgroup filesystem, if given (`--path.cgroup`); else found.
     pub cgroup_path: Option<std::path::PathBuf>,
+}
+
+impl LoadOptions {
+    /// Whether the run-queue histograms are kept: asked for and not skipped.
+    pub fn runq_on(&self) -> bool {
+        self.runq_histograms && !self.skip_hooks.iter().any(|h| h == hooks::RUNQ)
+    }
+
+    /// Whether the flag `flag` (a [`table::Spec::opt_in`]) was given.
+    fn opted_in(&self, flag: &str) -> bool {
+        flag == RUNQ_HISTOGRAMS_FLAG && self.runq_histograms
+    }
 }
 
 impl Default for LoadOptions {
@@ -144,6 +162,7 @@ impl Default for LoadOptions {
             tcp_socket_map_entries: probe_common::tcp::SOCKETS_MAP_ENTRIES,
             tcp_remote_ports: Vec::new(),
             skip_hooks: Vec::new(),
+            runq_histograms: false,
             bpf_stats: false,
             cgroup_path: None,
         }
@@ -334,7 +353,9 @@ pub fn load_pinned(opts: &LoadOptions, mut pins: Option<Pins>) -> Kernel {
         }
     }
     for s in &statuses {
-        if s.up() {
+        if let Some(flag) = s.off {
+            info!(collector = s.name, "collector off ({flag} turns it on)");
+        } else if s.up() {
             info!(collector = s.name, hook = s.hook, notes = ?s.notes.iter().map(ToString::to_string).collect::<Vec<_>>(), "collector up");
         } else {
             warn!(collector = s.name, reasons = ?s.notes.iter().map(ToString::to_string).collect::<Vec<_>>(), "collector down");
@@ -415,14 +436,18 @@ fn prepare(
         .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
         .override_global(GENERATION_GLOBAL, &generation, true)
         .override_global(LOADED_AT_GLOBAL, &boottime_ns(), true)
-        .override_global(
-            RUNQ_ENABLED_GLOBAL,
-            &u32::from(!opts.skip_hooks.iter().any(|h| h == hooks::RUNQ)),
-            true,
-        )
+        .override_global(RUNQ_ENABLED_GLOBAL, &u32::from(opts.runq_on()), true)
         .map_max_entries(DEAD_MAP, opts.dead_map_entries)
         .map_max_entries(IO_MAP, opts.block_map_entries)
-        .map_max_entries(RUNQ_THREADS_MAP, opts.runq_map_entries)
+        // Preallocated: ~5 MiB of kernel memory at the default size, for nothing when off.
+        .map_max_entries(
+            RUNQ_THREADS_MAP,
+            if opts.runq_on() {
+                opts.runq_map_entries
+            } else {
+                1
+            },
+        )
         .map_max_entries(TRAFFIC_MAP, opts.tcp_map_entries)
         .map_max_entries(SOCKETS_MAP, opts.tcp_socket_map_entries)
         .load(OBJECT)

@@ -35,6 +35,9 @@ pub struct CollectorStatus {
     pub hook: Option<&'static str>,
     /// Why other hooks were not used, or why the collector is down.
     pub notes: Vec<Note>,
+    /// Not turned on: the flag that would. An off collector is not down (no
+    /// probe_collector_up series, `off` in `probe check`).
+    pub off: Option<&'static str>,
 }
 
 /// Why a hook was not used.
@@ -118,6 +121,7 @@ impl CollectorStatus {
             name,
             hook: None,
             notes: Vec::new(),
+            off: None,
         }
     }
     pub fn up(&self) -> bool {

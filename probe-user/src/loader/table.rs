@@ -18,7 +18,7 @@ use probe_common::{
     },
 };
 
-use super::{hooks, names};
+use super::{hooks, names, RUNQ_HISTOGRAMS_FLAG};
 
 /// How a hook's programs are attached.
 #[derive(Debug)]
@@ -109,6 +109,9 @@ pub struct Spec {
     pub hooks: &'static [Hook],
     /// Said when no hook works: what is not counted.
     pub down: Option<&'static str>,
+    /// Off unless this flag of `probe serve` turns it on (it costs more than it tells most
+    /// users): then no hook is tried and it is not a collector that is down.
+    pub opt_in: Option<&'static str>,
     pub maps: &'static [MapUse],
 }
 
@@ -136,6 +139,7 @@ pub const COLLECTORS: &[Spec] = &[
             PROCFS_CPU,
         ],
         down: None,
+        opt_in: None,
         maps: &[],
     },
     Spec {
@@ -151,6 +155,7 @@ pub const COLLECTORS: &[Spec] = &[
             ),
         ],
         down: Some("threads and processes that exit between two collections are not counted"),
+        opt_in: None,
         maps: &[
             MapUse {
                 name: DEAD_MAP,
@@ -183,6 +188,7 @@ pub const COLLECTORS: &[Spec] = &[
             },
         ],
         down: None,
+        opt_in: None,
         maps: &[],
     },
     Spec {
@@ -219,6 +225,7 @@ pub const COLLECTORS: &[Spec] = &[
             },
         ],
         down: None,
+        opt_in: None,
         maps: BLOCK_MAPS,
     },
     Spec {
@@ -234,6 +241,7 @@ pub const COLLECTORS: &[Spec] = &[
             ),
         ],
         down: Some("buffered writes are charged to the kernel threads that write them back"),
+        opt_in: None,
         maps: BLOCK_MAPS,
     },
     Spec {
@@ -266,6 +274,7 @@ pub const COLLECTORS: &[Spec] = &[
             },
         ],
         down: None,
+        opt_in: None,
         maps: TCP_MAPS,
     },
     Spec {
@@ -287,6 +296,7 @@ pub const COLLECTORS: &[Spec] = &[
              them; bytes of connections that close between two collections are not counted, \
              those of connections that start between two collections only from the second",
         ),
+        opt_in: None,
         maps: TCP_MAPS,
     },
     Spec {
@@ -300,6 +310,7 @@ pub const COLLECTORS: &[Spec] = &[
             )
         }],
         down: None,
+        opt_in: None,
         maps: TCP_MAPS,
     },
     Spec {
@@ -314,6 +325,7 @@ pub const COLLECTORS: &[Spec] = &[
             )
         }],
         down: None,
+        opt_in: None,
         maps: TCP_MAPS,
     },
     Spec {
@@ -325,6 +337,7 @@ pub const COLLECTORS: &[Spec] = &[
             },
         )],
         down: None,
+        opt_in: Some(RUNQ_HISTOGRAMS_FLAG),
         maps: &[
             MapUse {
                 name: RUNQ_THREADS,
@@ -342,6 +355,7 @@ pub const COLLECTORS: &[Spec] = &[
         name: names::PROCESS_TABLE,
         hooks: &[hook(hooks::PROCFS, Attach::Procfs)],
         down: None,
+        opt_in: None,
         maps: &[],
     },
 ];

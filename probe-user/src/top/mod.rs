@@ -189,6 +189,7 @@ fn standalone(args: &TopArgs) -> anyhow::Result<Daemon> {
     };
     let kernel = loader::load(&loader::LoadOptions {
         skip_hooks: args.hooks.skip.clone(),
+        runq_histograms: args.hooks.runq_histograms,
         cgroup_path: args.hooks.cgroup.clone(),
         ..loader::LoadOptions::default()
     });

@@ -6,7 +6,10 @@
 //! latency: CPU with run-queue latency, disk with block IO latency. An instance `suffers` when,
 //! over at least 20 waits (or requests) in the window, its 99th percentile is above an absolute
 //! floor (run queue: 1 ms, what a latency-sensitive service notices; disk: 50 ms), or its mean
-//! is at least 1.5 times its own long-run mean and above a floor (100 µs; 1 ms).
+//! is at least 1.5 times its own long-run mean and above a floor (100 µs; 1 ms). Without
+//! run-queue histograms (they need `--runq.histograms`), and with them too, an instance also
+//! suffers on CPU when its threads waited at least 2% of a second per second, and at least half
+//! as long as they ran (the rule of the NoisyNeighbourCPU alert).
 
 use serde::{Deserialize, Serialize};
 
@@ -239,6 +242,14 @@ pub fn compute(prev: &Sample, cur: &Sample) -> View {
             let p = if c.cpu_ns < p.cpu_ns { &empty } else { p };
             let runq = delta(&c.runqueue, &p.runqueue);
             let disk = delta(&c.disk_latency, &p.disk_latency);
+            let cpu_percent = rate(c.cpu_ns, p.cpu_ns) / 1e7;
+            let runqueue_wait_percent = rate(c.runqueue_wait_ns, p.runqueue_wait_ns) / 1e7;
+            let mut suffering = suffering(c, &runq, &disk);
+            if waits_long(cpu_percent, runqueue_wait_percent)
+                && suffering.first().is_none_or(|s| s != "runqueue")
+            {
+                suffering.insert(0, "runqueue".to_string());
+            }
             let ports = c
                 .tcp
                 .iter()
@@ -257,8 +268,8 @@ pub fn compute(prev: &Sample, cur: &Sample) -> View {
                 container: c.container.as_deref().map(safe),
                 pod_uid: c.pod_uid.as_deref().map(safe),
                 processes: c.processes,
-                cpu_percent: rate(c.cpu_ns, p.cpu_ns) / 1e7,
-                runqueue_wait_percent: rate(c.runqueue_wait_ns, p.runqueue_wait_ns) / 1e7,
+                cpu_percent,
+                runqueue_wait_percent,
                 runqueue_latency_avg_seconds: avg(&runq),
                 runqueue_latency_p99_seconds: p99(&runq),
                 disk_read_bytes_per_second: rate(c.disk_read_bytes, p.disk_read_bytes),
@@ -269,7 +280,7 @@ pub fn compute(prev: &Sample, cur: &Sample) -> View {
                 tcp_tx_bytes_per_second: ports.iter().map(|p| p.tx_bytes_per_second).sum(),
                 ports,
                 noisy: Vec::new(),
-                suffering: suffering(c, &runq, &disk),
+                suffering,
             }
         })
         .collect();
@@ -360,6 +371,17 @@ fn suffering(c: &InstanceSample, runq: &Histogram, disk: &Histogram) -> Vec<Stri
         out.push("disk".to_string());
     }
     out
+}
+
+/// Run-queue wait (% of a thread) from which an instance can suffer by the wait counter...
+const WAIT_FLOOR_PERCENT: f64 = 2.0;
+/// ...when it is at least this share of its CPU time.
+const WAIT_SHARE_OF_CPU: f64 = 0.5;
+
+/// Suffering by the run-queue wait counter, which is kept without histograms: the instance's
+/// threads waited for a CPU long enough, and long compared with how long they ran.
+fn waits_long(cpu_percent: f64, wait_percent: f64) -> bool {
+    wait_percent >= WAIT_FLOOR_PERCENT && wait_percent >= WAIT_SHARE_OF_CPU * cpu_percent
 }
 
 /// Shares at or above this of a resource make an instance dominant...
@@ -517,6 +539,43 @@ mod tests {
         );
         let v = compute(&before, &calm);
         assert!(v.instances.iter().all(|i| i.noisy.is_empty()));
+    }
+
+    #[test]
+    fn without_histograms_the_wait_counter_says_who_suffers() {
+        // No run-queue histograms (the default): "victim" ran 0.1 s a second and waited 0.2 s.
+        let waited = |name: &str, cpu_s: u64, wait_ms: u64| InstanceSample {
+            runqueue_wait_ns: wait_ms * 1_000_000,
+            ..inst(name, cpu_s, hist(0, 0))
+        };
+        let before = sample(0.0, vec![waited("hog", 100, 0), waited("victim", 5, 0)]);
+        let v = compute(
+            &before,
+            &sample(
+                10.0,
+                vec![waited("hog", 118, 5000), waited("victim", 6, 2000)],
+            ),
+        );
+        assert_eq!(v.instances[1].suffering, vec!["runqueue"]);
+        assert_eq!(v.instances[0].noisy, vec!["cpu"]);
+        // The hog waits too (0.5 s a second), but not half as long as it runs.
+        assert!(v.instances[0].suffering.is_empty());
+        // Below the floor (1.5% of a thread), or a fifth of its CPU time: nobody suffers.
+        for (cpu, wait) in [(6, 150), (15, 2000)] {
+            let v = compute(
+                &before,
+                &sample(
+                    10.0,
+                    vec![waited("hog", 118, 0), waited("victim", cpu, wait)],
+                ),
+            );
+            assert!(
+                v.instances
+                    .iter()
+                    .all(|i| i.suffering.is_empty() && i.noisy.is_empty()),
+                "{cpu} {wait}: {v:?}"
+            );
+        }
     }
 
     #[test]

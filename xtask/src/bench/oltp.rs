@@ -52,10 +52,10 @@ fn variants(skips: bool) -> Vec<Variant> {
     if skips {
         v.extend([
             Variant::probe(
-                "skip sched_switch (cpu_exit, runq)",
+                "skip sched_switch (cpu_exit)",
                 &["--hooks.skip", "tp_btf/sched_switch,raw_tp/sched_switch"],
             ),
-            Variant::probe("skip runq", &["--hooks.skip", "runq"]),
+            Variant::probe("with --runq.histograms", &["--runq.histograms"]),
             Variant::probe(
                 "skip TCP bytes (tcp)",
                 &["--hooks.skip", "iter/task_file/tcp,cgroup_skb"],

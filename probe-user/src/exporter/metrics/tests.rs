@@ -186,6 +186,7 @@ fn snapshot() -> Snapshot {
                 name: "cpu",
                 hook: Some("iter/task"),
                 notes: vec![],
+                off: None,
             },
             true,
         )],
