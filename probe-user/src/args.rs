@@ -26,10 +26,9 @@ pub struct HookArgs {
 
     /// Keep run-queue latency histograms per instance (probe_runqueue_latency_seconds: each
     /// wait for a CPU, for p99 panels and the InstanceRunQueueLatencyHigh alert). Off by
-    /// default: it is work at every context switch on the host, about as much again as the
-    /// rest of probe's (175 instead of 85 ns a switch, sched pipe 1.07x instead of 1.03x on one
-    /// CPU). The total wait per instance (probe_cpu_runqueue_wait_seconds_total) is kept either
-    /// way, at no cost per switch.
+    /// default: it is work at every context switch on the host, 45-90 ns more a switch (sched
+    /// pipe on one CPU: 1.06-1.07x instead of 1.03-1.05x). The total wait per instance
+    /// (probe_cpu_runqueue_wait_seconds_total) is kept either way, at no cost per switch.
     #[arg(long = "runq.histograms")]
     pub runq_histograms: bool,
 

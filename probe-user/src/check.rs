@@ -85,7 +85,7 @@ pub struct CollectorReport {
     /// `up`, `error` (attached, but its last collection failed), `down`, or `off` (a flag
     /// turns it on; named in `reasons`).
     pub state: &'static str,
-    /// The hook in use, e.g. `tp_btf/sched_switch`; null when down.
+    /// The hook in use, e.g. `tp_btf/sched_switch`; null when down or off.
     pub hook: Option<&'static str>,
     /// What it saw in the collection `check` made.
     pub detail: String,

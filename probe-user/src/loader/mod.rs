@@ -146,6 +146,17 @@ impl LoadOptions {
         self.runq_histograms && !self.skip_hooks.iter().any(|h| h == hooks::RUNQ)
     }
 
+    /// Size of the run-queue thread map. Preallocated: ~5 MiB of kernel memory at the default
+    /// size, for nothing when off. The pin layout is named after it, so turning the histograms
+    /// on or off starts on maps of the right size.
+    pub fn runq_threads_entries(&self) -> u32 {
+        if self.runq_on() {
+            self.runq_map_entries
+        } else {
+            1
+        }
+    }
+
     /// Whether the flag `flag` (a [`table::Spec::opt_in`]) was given.
     fn opted_in(&self, flag: &str) -> bool {
         flag == RUNQ_HISTOGRAMS_FLAG && self.runq_histograms
@@ -183,7 +194,7 @@ pub fn pinned_shapes(opts: &LoadOptions) -> Result<Vec<MapShape>, String> {
             let max_entries = match name {
                 DEAD_MAP => opts.dead_map_entries,
                 IO_MAP => opts.block_map_entries,
-                RUNQ_THREADS_MAP => opts.runq_map_entries,
+                RUNQ_THREADS_MAP => opts.runq_threads_entries(),
                 TRAFFIC_MAP => opts.tcp_map_entries,
                 SOCKETS_MAP => opts.tcp_socket_map_entries,
                 _ => m.max_entries(),
@@ -439,15 +450,7 @@ fn prepare(
         .override_global(RUNQ_ENABLED_GLOBAL, &u32::from(opts.runq_on()), true)
         .map_max_entries(DEAD_MAP, opts.dead_map_entries)
         .map_max_entries(IO_MAP, opts.block_map_entries)
-        // Preallocated: ~5 MiB of kernel memory at the default size, for nothing when off.
-        .map_max_entries(
-            RUNQ_THREADS_MAP,
-            if opts.runq_on() {
-                opts.runq_map_entries
-            } else {
-                1
-            },
-        )
+        .map_max_entries(RUNQ_THREADS_MAP, opts.runq_threads_entries())
         .map_max_entries(TRAFFIC_MAP, opts.tcp_map_entries)
         .map_max_entries(SOCKETS_MAP, opts.tcp_socket_map_entries)
         .load(OBJECT)

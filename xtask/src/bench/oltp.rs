@@ -41,7 +41,7 @@ const WORKLOADS: &[&str] = &["oltp_point_select", "oltp_read_only"];
 
 /// Without probe, with probe, and with its statistics on (for the cost per program); with
 /// `skips`, also with each hot-path collector skipped in turn (each skipped hook set is one
-/// collector's per-event work). On a noisy machine the TPS of the skip variants differ by less
+/// collector's per-event work), and with the opt-in run-queue histograms added. On a noisy machine the TPS of the skip variants differ by less
 /// than the noise; the programs' own time (from the statistics) is the sharper measure.
 fn variants(skips: bool) -> Vec<Variant> {
     let mut v = vec![
