@@ -287,3 +287,61 @@ fn another_map_layout_starts_fresh_and_says_so() {
     ]));
     assert!(ok, "{out}");
 }
+
+/// Turning the opt-in run-queue histograms on in a restart is another map layout: the thread
+/// map is created at its full size, not reused from the daemon before, which made it with one
+/// entry (the histograms were off). With one entry, the threads of 200 new processes would
+/// find it full and be counted as lost.
+#[test]
+fn turning_the_runqueue_histograms_on_in_a_restart_gets_a_full_size_map() {
+    let mut daemon = Daemon::start(&["--log.level", "info"]);
+    assert_eq!(
+        daemon
+            .scrape()
+            .value("probe_collector_up", &[("collector", "runq")]),
+        None,
+        "the run-queue histograms are off by default"
+    );
+    let (dir, state) = daemon.pins().expect("pins");
+    let (dir, state) = (dir.to_string(), state.to_string());
+    daemon.terminate();
+    let on = Daemon::start(&[
+        "--log.level",
+        "info",
+        "--bpf.pin-path",
+        &dir,
+        "--state.file",
+        &state,
+        "--runq.histograms",
+    ]);
+    let log = on.log();
+    assert!(
+        log.contains("have another layout"),
+        "turning the histograms on kept the layout:\n{log}"
+    );
+    let mut w = Workload::start(&["burst", "--count", "200", "--ms", "1"]);
+    w.wait_done();
+    let m = on.scrape();
+    assert_eq!(
+        m.value("probe_collector_up", &[("collector", "runq")]),
+        Some(1.0)
+    );
+    let lost = m.value("probe_runqueue_events_total", &[("result", "lost")]);
+    let waits = m.sum("probe_runqueue_latency_seconds_count", &[]);
+    println!("after the restart with --runq.histograms: {waits} waits counted, {lost:?} lost");
+    assert_eq!(lost, Some(0.0), "threads found the run-queue map full");
+    assert!(
+        waits >= 200.0,
+        "200 new processes waited at least once each: {waits}"
+    );
+    drop(w);
+    drop(on);
+    let (ok, out) = said(Command::new(probe_bin()).args([
+        "unpin",
+        "--bpf.pin-path",
+        &dir,
+        "--state.file",
+        &state,
+    ]));
+    assert!(ok, "{out}");
+}
