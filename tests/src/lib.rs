@@ -233,7 +233,6 @@ impl Daemon {
         http_get(self.port, path, None)
     }
 
-    /// Scrapes /metrics in the classic text format and parses it.
     /// Asserts that this restarted daemon carried on from its saved accounts
     /// (`probe_state_restored 1` in `m`, one of its scrapes); the failure shows its log.
     pub fn assert_restored(&self, m: &Metrics) {
@@ -245,6 +244,7 @@ impl Daemon {
         );
     }
 
+    /// Scrapes /metrics in the classic text format and parses it.
     pub fn scrape(&self) -> Metrics {
         let (status, body) = self.get("/metrics").expect("scrape");
         assert_eq!(status, 200, "scrape failed: {body}");

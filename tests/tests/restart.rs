@@ -257,19 +257,7 @@ fn another_map_layout_starts_fresh_and_says_so() {
         before >= truth * 0.99 && spun(&after) >= before,
         "the counter did not carry on (the workload's CPU: {truth} s)"
     );
-    let (dir, state) = daemon.pins().expect("pins");
-    let (dir, state) = (dir.to_string(), state.to_string());
-    daemon.terminate();
-    let other = Daemon::start(&[
-        "--log.level",
-        "info",
-        "--bpf.pin-path",
-        &dir,
-        "--state.file",
-        &state,
-        "--block.map-size",
-        "4096",
-    ]);
+    let (other, dir, state) = successor(&mut daemon, &["--block.map-size", "4096"]);
     let log = other.log();
     assert!(
         log.contains("have another layout") && log.contains("counting from zero"),
@@ -278,12 +266,37 @@ fn another_map_layout_starts_fresh_and_says_so() {
     assert_eq!(other.scrape().value("probe_state_restored", &[]), Some(0.0));
     drop(w);
     drop(other);
-    let (ok, out) = said(Command::new(probe_bin()).args([
-        "unpin",
+    unpin(&dir, &state);
+}
+
+/// Stops `daemon` (SIGTERM) and starts another on its pins and state file with `extra`
+/// arguments; returns it with the pin directory and state file, which nobody removes: see
+/// [`unpin`].
+fn successor(daemon: &mut Daemon, extra: &[&str]) -> (Daemon, String, String) {
+    let (dir, state) = daemon.pins().expect("pins");
+    let (dir, state) = (dir.to_string(), state.to_string());
+    daemon.terminate();
+    let mut args = vec![
+        "--log.level",
+        "info",
         "--bpf.pin-path",
         &dir,
         "--state.file",
         &state,
+    ];
+    args.extend_from_slice(extra);
+    let next = Daemon::start(&args);
+    (next, dir, state)
+}
+
+/// `probe unpin` of a [`successor`]'s pins and state file, once it is dropped.
+fn unpin(dir: &str, state: &str) {
+    let (ok, out) = said(Command::new(probe_bin()).args([
+        "unpin",
+        "--bpf.pin-path",
+        dir,
+        "--state.file",
+        state,
     ]));
     assert!(ok, "{out}");
 }
@@ -302,18 +315,7 @@ fn turning_the_runqueue_histograms_on_in_a_restart_gets_a_full_size_map() {
         None,
         "the run-queue histograms are off by default"
     );
-    let (dir, state) = daemon.pins().expect("pins");
-    let (dir, state) = (dir.to_string(), state.to_string());
-    daemon.terminate();
-    let on = Daemon::start(&[
-        "--log.level",
-        "info",
-        "--bpf.pin-path",
-        &dir,
-        "--state.file",
-        &state,
-        "--runq.histograms",
-    ]);
+    let (on, dir, state) = successor(&mut daemon, &["--runq.histograms"]);
     let log = on.log();
     assert!(
         log.contains("have another layout"),
@@ -336,12 +338,5 @@ fn turning_the_runqueue_histograms_on_in_a_restart_gets_a_full_size_map() {
     );
     drop(w);
     drop(on);
-    let (ok, out) = said(Command::new(probe_bin()).args([
-        "unpin",
-        "--bpf.pin-path",
-        &dir,
-        "--state.file",
-        &state,
-    ]));
-    assert!(ok, "{out}");
+    unpin(&dir, &state);
 }

@@ -244,12 +244,7 @@ pub fn compute(prev: &Sample, cur: &Sample) -> View {
             let disk = delta(&c.disk_latency, &p.disk_latency);
             let cpu_percent = rate(c.cpu_ns, p.cpu_ns) / 1e7;
             let runqueue_wait_percent = rate(c.runqueue_wait_ns, p.runqueue_wait_ns) / 1e7;
-            let mut suffering = suffering(c, &runq, &disk);
-            if waits_long(cpu_percent, runqueue_wait_percent)
-                && suffering.first().is_none_or(|s| s != "runqueue")
-            {
-                suffering.insert(0, "runqueue".to_string());
-            }
+            let suffering = suffering(c, &runq, &disk, cpu_percent, runqueue_wait_percent);
             let ports = c
                 .tcp
                 .iter()
@@ -350,7 +345,15 @@ const RUNQ_FLOOR_SECS: f64 = 100e-6;
 const DISK_FLOOR_SECS: f64 = 1e-3;
 const RISE: f64 = 1.5;
 
-fn suffering(c: &InstanceSample, runq: &Histogram, disk: &Histogram) -> Vec<String> {
+/// The latencies an instance suffers from in the window; `cpu_percent` and `wait_percent` are
+/// its CPU and run-queue wait rates there (for [`waits_long`]).
+fn suffering(
+    c: &InstanceSample,
+    runq: &Histogram,
+    disk: &Histogram,
+    cpu_percent: f64,
+    wait_percent: f64,
+) -> Vec<String> {
     let suffers = |window: &Histogram, life: &Histogram, p99_floor: f64, floor: f64| {
         if window.count < MIN_EVENTS {
             return false;
@@ -364,7 +367,9 @@ fn suffering(c: &InstanceSample, runq: &Histogram, disk: &Histogram) -> Vec<Stri
         w >= floor && w >= RISE * l
     };
     let mut out = Vec::new();
-    if suffers(runq, &c.runqueue, RUNQ_P99_SECS, RUNQ_FLOOR_SECS) {
+    if waits_long(cpu_percent, wait_percent)
+        || suffers(runq, &c.runqueue, RUNQ_P99_SECS, RUNQ_FLOOR_SECS)
+    {
         out.push("runqueue".to_string());
     }
     if suffers(disk, &c.disk_latency, DISK_P99_SECS, DISK_FLOOR_SECS) {
