@@ -35,6 +35,8 @@ pub struct Offsets {
     pub task_state: u32,
     /// Size in bytes of the state field (4 for `unsigned int __state`, 8 for `long state`).
     pub task_state_size: u32,
+    /// task_struct.exit_state
+    pub task_exit_state: u32,
     /// task_struct.se.sum_exec_runtime: on-CPU nanoseconds of this thread.
     pub task_sum_exec_runtime: u32,
     /// task_struct.sched_info.run_delay: nanoseconds this thread waited on a run queue.
@@ -150,6 +152,7 @@ impl Offsets {
         task_flags: OFFSET_MISSING,
         task_state: OFFSET_MISSING,
         task_state_size: 0,
+        task_exit_state: OFFSET_MISSING,
         task_sum_exec_runtime: OFFSET_MISSING,
         task_run_delay: OFFSET_MISSING,
         task_pcount: OFFSET_MISSING,

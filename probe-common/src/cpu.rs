@@ -7,6 +7,14 @@ pub const TASK_ITER_PROGRAM: &str = "probe_tasks";
 /// [`crate::runq`]), in order of preference: BTF-typed tracepoint, raw tracepoint.
 pub const SWITCH_BTF_PROGRAM: &str = "probe_sched_switch_btf";
 pub const SWITCH_RAW_PROGRAM: &str = "probe_sched_switch_raw";
+/// Program name of the preferred exit hook: fentry on `cgroup_release`, which `release_task`
+/// calls once for every thread the kernel releases (nothing at context switches).
+pub const RELEASE_PROGRAM: &str = "probe_task_release";
+/// The kernel function [`RELEASE_PROGRAM`] attaches to.
+pub const RELEASE_FUNCTION: &str = "cgroup_release";
+/// One-entry array, per load (not pinned): 1 when the sched_switch program is the exit hook
+/// (set by the daemon before it attaches it), 0 when [`RELEASE_PROGRAM`] is.
+pub const EXIT_AT_SWITCH_MAP: &str = "EXIT_AT_SWITCH";
 /// Map of final totals of threads that died, keyed by process ([`DeadKey`]).
 pub const DEAD_MAP: &str = "DEAD_TASKS";
 /// Capacity of [`DEAD_MAP`]. The daemon drains it on every collection (every few seconds), so this
@@ -22,6 +30,9 @@ pub const EXIT_STAT_SLOTS: u32 = 2;
 
 /// `TASK_DEAD` in task_struct.__state: the task is doing its final context switch.
 pub const TASK_DEAD: u64 = 0x80;
+/// `EXIT_DEAD` in task_struct.exit_state: the task is being released (set before
+/// `release_task`, so before [`RELEASE_FUNCTION`]).
+pub const EXIT_DEAD: u32 = 0x10;
 /// `PF_KTHREAD` in task_struct.flags.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 

@@ -3,24 +3,28 @@
 //!
 //! - `probe_tasks` (iter/task) runs only when the daemon collects, and writes one
 //!   [`TaskRecord`] per live thread. The scheduler pays nothing for it.
-//! - `probe_sched_switch_*` catches each thread's final context switch (prev is TASK_DEAD),
-//!   when its totals include the last slice, and adds them to [`DEAD_TASKS`] so a process that
-//!   dies between two collections is not lost. The same program keeps the run-queue latency
-//!   histograms (`runq.rs`): one program per context switch, not two.
+//! - `probe_task_release` (fentry on `cgroup_release`, which `release_task` calls for every
+//!   thread the kernel releases) adds a thread's totals to [`DEAD_TASKS`] so a process that
+//!   dies between two collections is not lost. It runs once per thread, never at a context
+//!   switch. Its totals are the ones the kernel itself adds to the process's (signal_struct's)
+//!   at the same moment, so /proc/<pid>/stat and getrusage agree with them.
+//! - Where trampolines are not allowed, `probe_sched_switch_*` is the exit hook instead: it
+//!   catches each thread's final context switch (prev is TASK_DEAD) when [`EXIT_AT_SWITCH`]
+//!   says so. The same program keeps the run-queue latency histograms (`runq.rs`): one program
+//!   per context switch, not two.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_get_current_cgroup_id,
-    macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray},
-    programs::{BtfTracePointContext, RawTracePointContext},
+    macros::{btf_tracepoint, fentry, map, raw_tracepoint},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{BtfTracePointContext, FEntryContext, RawTracePointContext},
     EbpfContext,
 };
 use aya_log_ebpf::warn;
 use probe_common::{
     cpu::{
-        DeadKey, DeadTotals, TaskRecord, DEAD_MAP_ENTRIES, EXIT_STAT_LOST, EXIT_STAT_RECORDED,
-        EXIT_STAT_SLOTS, PF_KTHREAD, TASK_DEAD,
+        DeadKey, DeadTotals, TaskRecord, DEAD_MAP_ENTRIES, EXIT_DEAD, EXIT_STAT_LOST,
+        EXIT_STAT_RECORDED, EXIT_STAT_SLOTS, PF_KTHREAD, TASK_DEAD,
     },
     COMM_LEN,
 };
@@ -35,6 +39,12 @@ static DEAD_TASKS: HashMap<DeadKey, DeadTotals> = HashMap::with_max_entries(DEAD
 
 #[map]
 static EXIT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EXIT_STAT_SLOTS, 0);
+
+/// 1 when the sched_switch program is the exit hook, 0 when `probe_task_release` is (one entry;
+/// set by the daemon before it attaches the switch program as the exit hook; not pinned: each
+/// load has its own).
+#[map]
+static EXIT_AT_SWITCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// `struct bpf_iter__task`.
 #[repr(C)]
@@ -72,8 +82,14 @@ fn task_record(task: *const u8) -> Option<TaskRecord> {
         tgid,
         ..TaskRecord::default()
     };
-    // A dying or dead thread's final totals go to DEAD_TASKS (see the exit hook below).
-    if task_state::<Probe>(task) & TASK_DEAD == 0 {
+    // A dying or dead thread's final totals go to DEAD_TASKS (see the exit hooks below): the
+    // switch hook records a thread in TASK_DEAD, the release hook one in EXIT_DEAD (set before
+    // the kernel releases it). Either way it reports zero here from then on, so it is never
+    // counted twice. (With the release hook, a zombie leader, TASK_DEAD but not released yet,
+    // is missing until it is reaped: a dip, which the daemon's per-process high-water mark
+    // absorbs, never a double count.)
+    let exit_state: u32 = read(task, off!(task_exit_state)).unwrap_or(0);
+    if task_state::<Probe>(task) & TASK_DEAD == 0 && exit_state & EXIT_DEAD == 0 {
         rec.cpu_ns = read(task, off!(task_sum_exec_runtime)).unwrap_or(0);
         rec.run_delay_ns = read(task, off!(task_run_delay)).unwrap_or(0);
     }
@@ -120,7 +136,7 @@ pub fn probe_sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
     let state = prev_state::<Direct>(prev, || ctx.arg(3));
     crate::runq::switched_out::<Direct>(prev, state);
-    if state & TASK_DEAD != 0 {
+    if state & TASK_DEAD != 0 && exit_at_switch() {
         record_death(&ctx, prev);
     }
     0
@@ -134,10 +150,32 @@ pub fn probe_sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
     let state = prev_state::<Probe>(prev, || ctx.arg(3));
     crate::runq::switched_out::<Probe>(prev, state);
-    if state & TASK_DEAD != 0 {
+    if state & TASK_DEAD != 0 && exit_at_switch() {
         record_death(&ctx, prev);
     }
     0
+}
+
+/// `cgroup_release(struct task_struct *task)`: called by `release_task` for each thread the
+/// kernel releases (an exited thread at once, a thread group leader when it is reaped; in a
+/// loop when the last thread's release reaps its zombie leader), before the thread's totals are
+/// folded into its process's signal_struct. Once per thread, so nothing runs at context
+/// switches. The thread may be running its last microseconds of do_exit (the kernel does not
+/// count those in the process's totals either) or be long gone (a reaped leader).
+#[fentry(function = "cgroup_release")]
+pub fn probe_task_release(ctx: FEntryContext) -> i32 {
+    if !crate::kernel::active() {
+        return 0;
+    }
+    let task: *const u8 = ctx.arg(0);
+    record_death(&ctx, task);
+    0
+}
+
+/// Whether the switch program records deaths (else the release program does).
+#[inline(always)]
+fn exit_at_switch() -> bool {
+    EXIT_AT_SWITCH.get(0).is_some_and(|v| *v != 0)
 }
 
 /// prev's state: sched_switch's 4th argument (5.18+); older kernels have no such argument and
@@ -176,9 +214,8 @@ fn record_death<C: EbpfContext>(ctx: &C, task: *const u8) {
         cpu_ns,
         run_delay_ns,
         threads: 1,
-        // In sched_switch, current is still prev.
-        // SAFETY: a BPF helper without arguments; it reads the clock or the current task.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        // The task's own: at cgroup_release, current is often its reaper.
+        cgroup_id: task_cgroup_id(task).unwrap_or(0),
         ppid: read_ptr(leader, off!(task_real_parent))
             .and_then(|parent| read::<u32>(parent, off!(task_tgid)))
             .unwrap_or(0),

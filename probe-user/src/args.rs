@@ -16,8 +16,8 @@ pub enum Format {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct HookArgs {
     /// Do not use these hooks even if they work here, so their collector falls back (e.g. to
-    /// work around a kernel bug, or to try the fallback): iter/task, tp_btf/sched_switch,
-    /// raw_tp/sched_switch, iter/task_file, raw_tp/block_io_start, raw_tp/block_rq_issue,
+    /// work around a kernel bug, or to try the fallback): iter/task, fentry/cgroup_release,
+    /// tp_btf/sched_switch, raw_tp/sched_switch, iter/task_file, raw_tp/block_io_start, raw_tp/block_rq_issue,
     /// raw_tp/writeback_dirty_folio, raw_tp/writeback_dirty_page, iter/task_file/tcp,
     /// cgroup_skb, tp_btf/inet_sock_set_state, tp_btf/tcp_retransmit_skb, sock_ops; and runq
     /// (the run-queue histograms, even with --runq.histograms). Repeat or separate with commas.
@@ -26,9 +26,12 @@ pub struct HookArgs {
 
     /// Keep run-queue latency histograms per instance (probe_runqueue_latency_seconds: each
     /// wait for a CPU, for p99 panels and the InstanceRunQueueLatencyHigh alert). Off by
-    /// default: it is work at every context switch on the host, 45-90 ns more a switch (sched
-    /// pipe on one CPU: 1.06-1.07x instead of 1.03-1.05x). The total wait per instance
-    /// (probe_cpu_runqueue_wait_seconds_total) is kept either way, at no cost per switch.
+    /// default: it is a program at every context switch on the host. Where the exit hook is
+    /// fentry/cgroup_release (most kernels; see `probe check`), that is ~60-110 ns a switch
+    /// that the host does not pay otherwise; where the exit hook is on sched_switch already,
+    /// 45-90 ns more (sched pipe on one CPU: 1.06-1.07x instead of 1.03-1.05x). The total wait
+    /// per instance (probe_cpu_runqueue_wait_seconds_total) is kept either way, at no cost per
+    /// switch.
     #[arg(long = "runq.histograms")]
     pub runq_histograms: bool,
 

@@ -239,6 +239,7 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
     let state = get("task_struct", &[&["__state"], &["state"]]);
     o.task_state = off(&state);
     o.task_state_size = state.as_ref().map_or(0, |f| f.size);
+    o.task_exit_state = off(&get("task_struct", &[&["exit_state"]]));
     o.task_sum_exec_runtime = off(&get("task_struct", &[&["se", "sum_exec_runtime"]]));
     o.task_run_delay = off(&get("task_struct", &[&["sched_info", "run_delay"]]));
     o.task_pcount = off(&get("task_struct", &[&["sched_info", "pcount"]]));

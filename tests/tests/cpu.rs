@@ -196,22 +196,48 @@ fn a_full_runqueue_map_is_reported_not_hidden() {
     );
 }
 
-/// The fallback exit hook (raw tracepoint) counts short-lived processes as well as the preferred
-/// one: forced here with --hooks.skip, as on a kernel where tp_btf does not load.
+/// The exit hook on sched_switch (where BPF trampolines are not allowed, as on this project's
+/// test host, which uses it by default) counts short-lived processes and exiting threads as well
+/// as the release hook: forced here with --hooks.skip.
+#[test]
+fn sched_switch_fallback_counts_short_lived_processes() {
+    exit_fallback("fentry/cgroup_release", "tp_btf/sched_switch");
+}
+
+/// The last fallback exit hook (raw tracepoint), as on a kernel where tp_btf does not load.
 #[test]
 fn raw_tracepoint_fallback_counts_short_lived_processes() {
-    let daemon = Daemon::start(&["--hooks.skip", "tp_btf/sched_switch"]);
+    exit_fallback(
+        "fentry/cgroup_release,tp_btf/sched_switch",
+        "raw_tp/sched_switch",
+    );
+}
+
+fn exit_fallback(skip: &str, hook: &str) {
+    let daemon = Daemon::start(&["--hooks.skip", skip]);
     let m = daemon.scrape();
-    m.assert_hook("cpu_exit", "raw_tp/sched_switch");
+    m.assert_hook("cpu_exit", hook);
+    // One after the other, as in the other tests here. Started at once, the burst's instance
+    // once came out 4.6% short on 6.1 in qemu, in 1 of 6 runs (the rest within 0.4%); the cause
+    // is not found (each workload burns CPU before the daemon has seen the listening port that
+    // names its instance: a suspect).
     let mut w = Workload::start(&["burst", "--count", "300", "--ms", "5"]);
     let done = w.wait_done();
+    let mut threads = Workload::start(THREADS_EXIT_HALFWAY);
+    threads.wait_done();
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let m = daemon.scrape();
     let (parent, children) = w.burst_cpu_truth(&done);
     check_close(
-        "raw_tp fallback, short-lived, instance CPU s",
+        &format!("{hook}, short-lived, instance CPU s"),
         instance_value(&m, CPU, &w),
         parent + children,
+        0.01,
+    );
+    check_close(
+        &format!("{hook}, threads exited halfway, instance CPU s"),
+        instance_value(&m, CPU, &threads),
+        process_cpu_ns(threads.pid) as f64 / 1e9,
         0.01,
     );
 }

@@ -34,9 +34,10 @@ pub const TESTS: &[(&str, &str)] = &[
     // cpu (iter/task) vs schedstat; ports (iter/task_file) names the instance.
     ("cpu", "busy_thread_matches_schedstat"),
     // cpu_exit: threads and processes that exit between collections vs the CPU clock, rusage;
-    // and on its raw tracepoint fallback.
+    // and on its sched_switch fallbacks (tp_btf, raw).
     ("cpu", "threads_exiting_halfway_are_still_counted"),
     ("cpu", "short_lived_processes_are_not_lost"),
+    ("cpu", "sched_switch_fallback_counts_short_lived_processes"),
     (
         "cpu",
         "raw_tracepoint_fallback_counts_short_lived_processes",

@@ -9,7 +9,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     programs::{
         cgroup_skb::CgroupSkbAttachType, links::FdLink, BtfTracePoint, CgroupAttachMode, CgroupSkb,
-        Iter, Program, ProgramError, RawTracePoint, SockOps,
+        FEntry, Iter, Program, ProgramError, RawTracePoint, SockOps,
     },
     Btf, Ebpf,
 };
@@ -21,6 +21,7 @@ use probe_common::{
         LISTEN_MAP, REMOTE_PORTS_MAP, RTT_MAP, STATS_MAP as TCP_STATS_MAP, TRAFFIC_MAP, WALKING_MAP,
     },
 };
+use tracing::warn;
 
 use super::{
     chain,
@@ -57,20 +58,34 @@ fn kernel(e: &(dyn std::error::Error + 'static)) -> HookError {
 }
 
 impl Attacher<'_> {
-    /// Attaches `hook`'s programs (not its extras). [`Attach::Within`] and [`Attach::Procfs`]
-    /// have none: the caller decides those.
+    /// Attaches `hook`'s programs (not its extras), after setting the map it turns on (reset
+    /// if they fail). [`Attach::Within`] and [`Attach::Procfs`] have none: the caller decides
+    /// those.
     pub(super) fn attach(&mut self, hook: &Hook) -> Result<Attached, HookError> {
+        if let Some(map) = hook.turns_on {
+            set_flag(self.ebpf, map, 1).map_err(HookError::Kernel)?;
+        }
+        let attached = self.attach_programs(hook);
+        if let (Some(map), Err(_)) = (hook.turns_on, &attached) {
+            if let Err(e) = set_flag(self.ebpf, map, 0) {
+                warn!("{map} stays set after {} failed: {e}", hook.name);
+            }
+        }
+        attached
+    }
+
+    fn attach_programs(&mut self, hook: &Hook) -> Result<Attached, HookError> {
         let mut out = Attached::default();
         match hook.attach {
             Attach::Iter { program, target } => {
                 out.iter = Some(self.iterator(program, target, None)?);
                 out.programs.push(program);
             }
-            Attach::Btf(set) | Attach::Raw(set) => {
-                if matches!(hook.attach, Attach::Btf(_)) {
-                    self.tracepoints::<BtfTracePoint>(set)?;
-                } else {
-                    self.tracepoints::<RawTracePoint>(set)?;
+            Attach::Btf(set) | Attach::Raw(set) | Attach::FEntry(set) => {
+                match hook.attach {
+                    Attach::Btf(_) => self.tracepoints::<BtfTracePoint>(set)?,
+                    Attach::Raw(_) => self.tracepoints::<RawTracePoint>(set)?,
+                    _ => self.tracepoints::<FEntry>(set)?,
                 }
                 for &(program, _) in set {
                     if !out.programs.contains(&program) {
@@ -262,6 +277,27 @@ impl Tracepoint for RawTracePoint {
     }
 }
 
+/// An fentry program: "tracepoint" is the kernel function it is verified against and attached
+/// to.
+impl Tracepoint for FEntry {
+    type Id = aya::programs::fentry::FEntryLinkId;
+    fn load_once(&mut self, function: &str, btf: &Btf) -> Result<(), ProgramError> {
+        if self.fd().is_err() {
+            self.load(function, btf)?;
+        }
+        Ok(())
+    }
+    fn attach_to(&mut self, _: &str) -> Result<Self::Id, ProgramError> {
+        self.attach()
+    }
+    fn detach_id(&mut self, id: Self::Id) -> Result<(), ProgramError> {
+        self.detach(id)
+    }
+    fn fd_link(&mut self, id: Self::Id) -> Result<FdLink, ProgramError> {
+        Ok(FdLink::from(self.take_link(id)?))
+    }
+}
+
 impl Tracepoint for BtfTracePoint {
     type Id = aya::programs::tp_btf::BtfTracePointLinkId;
     fn load_once(&mut self, tracepoint: &str, btf: &Btf) -> Result<(), ProgramError> {
@@ -297,12 +333,17 @@ pub(super) fn set_remote_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), Str
 
 /// Tells the state program that the walk over sockets counts TCP bytes (after it attached).
 pub(super) fn set_walking(ebpf: &mut Ebpf) -> Result<(), String> {
+    set_flag(ebpf, WALKING_MAP, 1)
+}
+
+/// Sets the one entry of the u32 array map `name`.
+fn set_flag(ebpf: &mut Ebpf, name: &str, value: u32) -> Result<(), String> {
     let map = ebpf
-        .map_mut(WALKING_MAP)
-        .ok_or_else(|| format!("map {WALKING_MAP} missing from the object"))?;
+        .map_mut(name)
+        .ok_or_else(|| format!("map {name} missing from the object"))?;
     let mut map: aya::maps::Array<&mut MapData, u32> =
         aya::maps::Array::try_from(map).map_err(|e| chain(&e))?;
-    map.set(0, 1, 0).map_err(|e| chain(&e))
+    map.set(0, value, 0).map_err(|e| chain(&e))
 }
 
 /// The name a link is pinned under: `program@target`.
@@ -342,17 +383,58 @@ pub(super) fn attach_collector(
                 (Attach::Procfs, _) => std::fs::read_dir("/proc")
                     .map(|_| Attached::default())
                     .map_err(|e| HookError::Proc(e.to_string())),
-                (Attach::Within { collector }, _) => {
-                    match earlier
+                (
+                    Attach::Within {
+                        collector,
+                        on,
+                        otherwise,
+                    },
+                    _,
+                ) => {
+                    let theirs = earlier
                         .iter()
                         .find(|s| s.name == *collector)
-                        .and_then(|s| s.hook)
-                    {
-                        Some(theirs) => {
-                            st.hook = Some(theirs);
-                            return (st, Attached::default());
+                        .and_then(|s| s.hook);
+                    if let Some(theirs) = theirs.filter(|h| on.contains(h)) {
+                        st.hook = Some(theirs);
+                        return (st, Attached::default());
+                    }
+                    if theirs.is_none() {
+                        st.notes.push(Note::Hook {
+                            hook: hook.name,
+                            needs: None,
+                            error: HookError::Within(collector),
+                        });
+                    }
+                    // Its program is not attached: attach it here.
+                    let mut own = None;
+                    if let Some(a) = a.as_deref_mut() {
+                        for h in *otherwise {
+                            let tried = if opts.skip_hooks.iter().any(|s| s == h.name) {
+                                Err(HookError::Skipped)
+                            } else {
+                                a.attach(h)
+                            };
+                            match tried {
+                                Ok(attached) => {
+                                    own = Some((h.name, attached));
+                                    break;
+                                }
+                                Err(error) => st.notes.push(Note::Hook {
+                                    hook: h.name,
+                                    needs: h.needs.filter(|_| error != HookError::Skipped),
+                                    error,
+                                }),
+                            }
                         }
-                        None => Err(HookError::Within(collector)),
+                    }
+                    match own {
+                        Some((name, attached)) => {
+                            st.hook = Some(name);
+                            st.notes.clear();
+                            return (st, attached);
+                        }
+                        None => continue,
                     }
                 }
                 // The object did not load: said once, by the caller.
@@ -406,6 +488,7 @@ pub(super) fn attach_collector(
 /// Takes the maps the daemon reads, of every collector that is up; a collector whose required
 /// map is missing goes down.
 pub(super) fn take_maps(ebpf: &mut Ebpf, kernel: &mut Kernel, statuses: &mut [CollectorStatus]) {
+    let attached_hooks: Vec<Option<&str>> = statuses.iter().map(|s| s.hook).collect();
     let mut maps: HashMap<&'static str, aya::maps::Map> = HashMap::new();
     for (spec, st) in table::COLLECTORS.iter().zip(statuses.iter()) {
         if !st.up() {
@@ -435,13 +518,18 @@ pub(super) fn take_maps(ebpf: &mut Ebpf, kernel: &mut Kernel, statuses: &mut [Co
     // A collector that is a part of another one's program goes down with it.
     for (i, spec) in table::COLLECTORS.iter().enumerate() {
         let within = spec.hooks.iter().find_map(|h| match h.attach {
-            Attach::Within { collector } => Some((h.name, collector)),
+            Attach::Within { collector, .. } => Some((h.name, collector)),
             _ => None,
         });
         let Some((hook, collector)) = within else {
             continue;
         };
-        if statuses[i].up() && statuses.iter().any(|s| s.name == collector && !s.up()) {
+        let Some(theirs) = table::COLLECTORS.iter().position(|s| s.name == collector) else {
+            continue;
+        };
+        // It rode on theirs if it is on the hook they attached (else it has its own program).
+        let rode = statuses[i].hook.is_some() && statuses[i].hook == attached_hooks[theirs];
+        if rode && !statuses[theirs].up() {
             statuses[i].hook = None;
             statuses[i].notes.push(Note::Hook {
                 hook,
@@ -566,6 +654,32 @@ mod tests {
             runq.notes[0].to_string(),
             "runq: needs the program of cpu_exit, which is not attached"
         );
+    }
+
+    #[test]
+    fn the_run_queue_rides_on_the_exit_hook_only_when_that_is_the_switch_program() {
+        let opts = LoadOptions {
+            runq_histograms: true,
+            ..LoadOptions::default()
+        };
+        let runq = table::COLLECTORS
+            .iter()
+            .find(|s| s.name == names::RUNQ)
+            .expect("runq in the table");
+        let exit_on = |hook| {
+            let mut st = CollectorStatus::new(names::CPU_EXIT);
+            st.hook = Some(hook);
+            vec![st]
+        };
+        for switch in [hooks::EXIT_BTF, hooks::EXIT_RAW] {
+            let (st, attached) = attach_collector(None, runq, &exit_on(switch), &opts);
+            assert_eq!(st.hook, Some(switch));
+            assert!(attached.programs.is_empty(), "rides: attaches nothing");
+        }
+        // On the release hook there is no switch program to ride on: runq must attach its own
+        // (here, without an object, it cannot).
+        let (st, _) = attach_collector(None, runq, &exit_on(hooks::EXIT_FENTRY), &opts);
+        assert_eq!(st.hook, None);
     }
 
     #[test]

@@ -492,6 +492,10 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }) = e.downcast_ref::<aya::programs::ProgramError>()
     {
         let log = verifier_log.to_string();
+        if log.trim().is_empty() {
+            // Refused before the verifier ran (no log): not about the program's code.
+            return format!("the kernel refused to load it ({io_error}), before verification");
+        }
         tracing::debug!(error = %io_error, "verifier log:\n{log}");
         return format!(
             "the verifier refused it ({io_error}): {} (whole log: --log.level debug)",

@@ -132,6 +132,10 @@ impl CollectorStatus {
 /// Hook names, as `probe check`, `probe_collector_hook_info` and `--hooks.skip` spell them.
 pub mod hooks {
     pub const TASK_ITER: &str = "iter/task";
+    /// The exit hook where the kernel allows BPF trampolines: once per thread released.
+    pub const EXIT_FENTRY: &str = "fentry/cgroup_release";
+    /// The sched_switch program: the exit hook where trampolines are not allowed, and the
+    /// run-queue histograms.
     pub const EXIT_BTF: &str = "tp_btf/sched_switch";
     pub const EXIT_RAW: &str = "raw_tp/sched_switch";
     pub const TASK_FILE_ITER: &str = "iter/task_file";
@@ -168,6 +172,7 @@ pub mod hooks {
     /// Every hook `--hooks.skip` accepts.
     pub const ALL: &[&str] = &[
         TASK_ITER,
+        EXIT_FENTRY,
         EXIT_BTF,
         EXIT_RAW,
         TASK_FILE_ITER,

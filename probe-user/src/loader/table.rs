@@ -8,7 +8,10 @@ use probe_common::{
         DIRTY_PROGRAM, IO_DONE_PROGRAM, IO_MAP, IO_START_PROGRAM, RQ_BYTES_PROGRAM,
         RQ_DONE_PROGRAM, RQ_MERGE_PROGRAM, RQ_START_PROGRAM, STARTS_MAP, STATS_MAP as BLOCK_STATS,
     },
-    cpu::{DEAD_MAP, EXIT_STATS_MAP, SWITCH_BTF_PROGRAM, SWITCH_RAW_PROGRAM, TASK_ITER_PROGRAM},
+    cpu::{
+        DEAD_MAP, EXIT_AT_SWITCH_MAP, EXIT_STATS_MAP, RELEASE_FUNCTION, RELEASE_PROGRAM,
+        SWITCH_BTF_PROGRAM, SWITCH_RAW_PROGRAM, TASK_ITER_PROGRAM,
+    },
     ports::LISTEN_ITER_PROGRAM,
     runq::{STATS_MAP as RUNQ_STATS, THREADS_MAP as RUNQ_THREADS},
     tcp::{
@@ -34,6 +37,9 @@ pub enum Attach {
     /// Raw tracepoints, (program, tracepoint), all or none; a program named twice is loaded
     /// once and attached to both.
     Raw(&'static [(&'static str, &'static str)]),
+    /// fentry programs, (program, kernel function), all or none: BPF trampolines, which some
+    /// kernels do not allow (lockdown, some hosts' policies).
+    FEntry(&'static [(&'static str, &'static str)]),
     /// cgroup_skb programs (ingress, egress) on the cgroup2 root.
     CgroupSkb {
         ingress: &'static str,
@@ -41,8 +47,13 @@ pub enum Attach {
     },
     /// A sock_ops program on the cgroup2 root.
     SockOps { program: &'static str },
-    /// No program of its own: a part of the program another collector attached, up when it is.
-    Within { collector: &'static str },
+    /// A part of the program another collector attached, when that collector is on one of the
+    /// hooks `on`; else the hooks `otherwise` are tried, in order.
+    Within {
+        collector: &'static str,
+        on: &'static [&'static str],
+        otherwise: &'static [Hook],
+    },
     /// Read by the daemon from /proc, no kernel program.
     Procfs,
 }
@@ -61,6 +72,9 @@ pub struct Hook {
     /// An iterator attached beside it when it can be (and is not skipped by its name); its
     /// failure is only a note.
     pub iter_extra: Option<IterExtra>,
+    /// A one-entry array map set to 1 before the hook's programs attach (and back to 0 if they
+    /// fail): turns on the part of a shared program that this hook is for.
+    pub turns_on: Option<&'static str>,
 }
 
 /// An iterator beside a hook: the daemon runs it at every collection.
@@ -90,6 +104,7 @@ const fn hook(name: &'static str, attach: Attach) -> Hook {
         used: None,
         extras: &[],
         iter_extra: None,
+        turns_on: None,
     }
 }
 
@@ -115,13 +130,29 @@ pub struct Spec {
     pub maps: &'static [MapUse],
 }
 
+/// The sched_switch program, BTF-typed or raw: the exit hook's fallback, and the run-queue
+/// histograms.
+const SWITCH_BTF: Hook = hook(
+    hooks::EXIT_BTF,
+    Attach::Btf(&[(SWITCH_BTF_PROGRAM, "sched_switch")]),
+);
+const SWITCH_RAW: Hook = hook(
+    hooks::EXIT_RAW,
+    Attach::Raw(&[(SWITCH_RAW_PROGRAM, "sched_switch")]),
+);
+
+/// Said when the exit hook is on sched_switch.
+const EXIT_AT_SWITCH_COST: &str =
+    "fallback: a program at every context switch (50-100 ns each; see the README's benchmarks)";
+
 const PROCFS_CPU: Hook = Hook {
     used: Some("reading /proc/<pid>/task/*/schedstat instead (slower)"),
     ..hook(hooks::PROCFS, Attach::Procfs)
 };
 
 /// Every collector, in the order they are loaded and listed (`probe check`,
-/// probe_collector_up): the exit hook before the run queue, which is a part of its program.
+/// probe_collector_up): the exit hook before the run queue, which rides on its program when
+/// that is the sched_switch one.
 pub const COLLECTORS: &[Spec] = &[
     Spec {
         name: names::CPU,
@@ -145,14 +176,23 @@ pub const COLLECTORS: &[Spec] = &[
     Spec {
         name: names::CPU_EXIT,
         hooks: &[
-            hook(
-                hooks::EXIT_BTF,
-                Attach::Btf(&[(SWITCH_BTF_PROGRAM, "sched_switch")]),
-            ),
-            hook(
-                hooks::EXIT_RAW,
-                Attach::Raw(&[(SWITCH_RAW_PROGRAM, "sched_switch")]),
-            ),
+            Hook {
+                needs: Some("needs BPF trampolines (fentry, Linux 5.5+), which some hosts forbid"),
+                ..hook(
+                    hooks::EXIT_FENTRY,
+                    Attach::FEntry(&[(RELEASE_PROGRAM, RELEASE_FUNCTION)]),
+                )
+            },
+            Hook {
+                used: Some(EXIT_AT_SWITCH_COST),
+                turns_on: Some(EXIT_AT_SWITCH_MAP),
+                ..SWITCH_BTF
+            },
+            Hook {
+                used: Some(EXIT_AT_SWITCH_COST),
+                turns_on: Some(EXIT_AT_SWITCH_MAP),
+                ..SWITCH_RAW
+            },
         ],
         down: Some("threads and processes that exit between two collections are not counted"),
         opt_in: None,
@@ -334,6 +374,8 @@ pub const COLLECTORS: &[Spec] = &[
             hooks::RUNQ,
             Attach::Within {
                 collector: names::CPU_EXIT,
+                on: &[hooks::EXIT_BTF, hooks::EXIT_RAW],
+                otherwise: &[SWITCH_BTF, SWITCH_RAW],
             },
         )],
         down: None,
@@ -460,7 +502,7 @@ mod tests {
     fn a_collector_another_one_rides_on_is_loaded_first() {
         for (i, spec) in COLLECTORS.iter().enumerate() {
             for h in spec.hooks {
-                if let Attach::Within { collector } = h.attach {
+                if let Attach::Within { collector, .. } = h.attach {
                     assert!(
                         COLLECTORS[..i].iter().any(|s| s.name == collector),
                         "{} rides on {collector}, loaded after it",

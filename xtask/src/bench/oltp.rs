@@ -52,7 +52,7 @@ fn variants(skips: bool) -> Vec<Variant> {
     if skips {
         v.extend([
             Variant::probe(
-                "skip sched_switch (cpu_exit)",
+                "nothing at sched_switch (cpu_exit)",
                 &["--hooks.skip", "tp_btf/sched_switch,raw_tp/sched_switch"],
             ),
             Variant::probe("with --runq.histograms", &["--runq.histograms"]),
@@ -213,7 +213,7 @@ pub fn section(opts: &Options) -> Result<()> {
     print_table(&metrics, &out);
     println!(
         "  (goals: probe (defaults) point_select TPS >= 0.98x and p95 <= 1.03x; noise: compare \
-         the rounds above)"
+         the rounds above, and see whether the paired interval holds 1.000x)"
     );
     if opts.skips {
         print_prices(&metrics, &out);
