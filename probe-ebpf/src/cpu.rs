@@ -82,14 +82,18 @@ fn task_record(task: *const u8) -> Option<TaskRecord> {
         tgid,
         ..TaskRecord::default()
     };
-    // A dying or dead thread's final totals go to DEAD_TASKS (see the exit hooks below): the
-    // switch hook records a thread in TASK_DEAD, the release hook one in EXIT_DEAD (set before
-    // the kernel releases it). Either way it reports zero here from then on, so it is never
-    // counted twice. (With the release hook, a zombie leader, TASK_DEAD but not released yet,
-    // is missing until it is reaped: a dip, which the daemon's per-process high-water mark
-    // absorbs, never a double count.)
-    let exit_state: u32 = read(task, off!(task_exit_state)).unwrap_or(0);
-    if task_state::<Probe>(task) & TASK_DEAD == 0 && exit_state & EXIT_DEAD == 0 {
+    // A dying or dead thread's final totals go to DEAD_TASKS (see the exit hooks below), and
+    // from the moment the exit hook in use may have recorded it, it reports zero here: never
+    // counted twice. The switch hook records a thread in TASK_DEAD; the release hook one whose
+    // exit_state is EXIT_DEAD (set before the kernel releases it; a zombie leader, not
+    // released yet, still counts here, with its final totals). EXIT_TRACE (0x30, a leader
+    // its ptracer reaped) also has the EXIT_DEAD bit but is not released: hence equality.
+    let recorded = if exit_at_switch() {
+        task_state::<Probe>(task) & TASK_DEAD != 0
+    } else {
+        read::<u32>(task, off!(task_exit_state)) == Some(EXIT_DEAD)
+    };
+    if !recorded {
         rec.cpu_ns = read(task, off!(task_sum_exec_runtime)).unwrap_or(0);
         rec.run_delay_ns = read(task, off!(task_run_delay)).unwrap_or(0);
     }
@@ -160,8 +164,10 @@ pub fn probe_sched_switch_raw(ctx: RawTracePointContext) -> i32 {
 /// kernel releases (an exited thread at once, a thread group leader when it is reaped; in a
 /// loop when the last thread's release reaps its zombie leader), before the thread's totals are
 /// folded into its process's signal_struct. Once per thread, so nothing runs at context
-/// switches. The thread may be running its last microseconds of do_exit (the kernel does not
-/// count those in the process's totals either) or be long gone (a reaped leader).
+/// switches. A thread that releases itself (any thread but a leader) is still running do_exit:
+/// its current slice since the scheduler last updated se.sum_exec_runtime (up to a tick) is
+/// not in the totals, and the kernel's own process totals (signal_struct, /proc/<pid>/stat,
+/// getrusage) miss it the same way. A reaped leader's totals are final.
 #[fentry(function = "cgroup_release")]
 pub fn probe_task_release(ctx: FEntryContext) -> i32 {
     if !crate::kernel::active() {

@@ -27,9 +27,9 @@ pub struct HookArgs {
     /// Keep run-queue latency histograms per instance (probe_runqueue_latency_seconds: each
     /// wait for a CPU, for p99 panels and the InstanceRunQueueLatencyHigh alert). Off by
     /// default: it is a program at every context switch on the host. Where the exit hook is
-    /// fentry/cgroup_release (most kernels; see `probe check`), that is ~60-110 ns a switch
-    /// that the host does not pay otherwise; where the exit hook is on sched_switch already,
-    /// 45-90 ns more (sched pipe on one CPU: 1.06-1.07x instead of 1.03-1.05x). The total wait
+    /// fentry/cgroup_release (most kernels; see `probe check`), that is the whole program, which
+    /// the host does not run otherwise; where the exit hook is on sched_switch already, 45-90 ns
+    /// more a switch (sched pipe on one CPU: 1.06-1.07x instead of 1.03-1.05x). The total wait
     /// per instance (probe_cpu_runqueue_wait_seconds_total) is kept either way, at no cost per
     /// switch.
     #[arg(long = "runq.histograms")]

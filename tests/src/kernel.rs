@@ -155,7 +155,9 @@ fn vmlinux_func_id(name: &str) -> Option<u32> {
                 4 | 5 => 12 * vlen,   // STRUCT, UNION
                 6 | 13 => 8 * vlen,   // ENUM, FUNC_PROTO
                 15 | 19 => 12 * vlen, // DATASEC, ENUM64
-                _ => 0,
+                // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+                2 | 7..=12 | 16 | 18 => 0,
+                _ => return None, // a kind newer than this walk: its size is unknown
             };
         id += 1;
     }

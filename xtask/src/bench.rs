@@ -155,7 +155,8 @@ fn sched_overhead() -> Result<()> {
     print_table(&metrics, &out);
     println!("  (goal: probe (defaults) <= 1.03x; `seconds, one CPU` is the steadier column)");
     println!(
-        "  (the exit hook here: {}; where it is fentry/cgroup_release, the defaults cost what          `nothing at sched_switch` does)",
+        "  (the exit hook here: {}; where it is fentry/cgroup_release, the defaults cost what \
+         `nothing at sched_switch` does)",
         exit_hook()
     );
     println!(

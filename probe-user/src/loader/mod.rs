@@ -157,6 +157,16 @@ impl LoadOptions {
         }
     }
 
+    /// The exit hook tried first: the release hook unless it is skipped. (Whether the kernel
+    /// allows it is not known before loading; on one kernel it does not change.)
+    pub fn first_exit_hook(&self) -> &'static str {
+        if self.skip_hooks.iter().any(|h| h == hooks::EXIT_FENTRY) {
+            hooks::EXIT_BTF
+        } else {
+            hooks::EXIT_FENTRY
+        }
+    }
+
     /// Whether the flag `flag` (a [`table::Spec::opt_in`]) was given.
     fn opted_in(&self, flag: &str) -> bool {
         flag == RUNQ_HISTOGRAMS_FLAG && self.runq_histograms
@@ -200,7 +210,15 @@ pub fn pinned_shapes(opts: &LoadOptions) -> Result<Vec<MapShape>, String> {
                 _ => m.max_entries(),
             };
             Ok(MapShape {
-                name: name.to_string(),
+                // The dead-thread map is fed by one exit hook; a daemon that would feed it
+                // from the other must not take over what the last one recorded (a zombie leader
+                // recorded at its final switch would be recorded again when reaped, or the
+                // reverse lost): the hook it will try first is a part of the layout's name.
+                name: if name == DEAD_MAP {
+                    format!("{name} from {}", opts.first_exit_hook())
+                } else {
+                    name.to_string()
+                },
                 map_type: m.map_type(),
                 key_size: m.key_size(),
                 value_size: m.value_size(),
@@ -521,4 +539,35 @@ fn boottime_ns() -> u64 {
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(opts: &LoadOptions) -> String {
+        pins::layout_name(&pinned_shapes(opts).expect("the embedded object parses"))
+    }
+
+    #[test]
+    fn the_pin_layout_changes_with_the_exit_hook_and_the_run_queue_map() {
+        let defaults = LoadOptions::default();
+        let skip = |hooks: &[&str]| LoadOptions {
+            skip_hooks: hooks.iter().map(ToString::to_string).collect(),
+            ..LoadOptions::default()
+        };
+        // The release hook skipped: its dead-thread map would be fed at the switch instead.
+        assert_ne!(layout(&defaults), layout(&skip(&[hooks::EXIT_FENTRY])));
+        // Which switch program feeds it does not matter (the same moment, the same totals).
+        assert_eq!(
+            layout(&skip(&[hooks::EXIT_FENTRY])),
+            layout(&skip(&[hooks::EXIT_FENTRY, hooks::EXIT_BTF]))
+        );
+        assert_eq!(layout(&defaults), layout(&skip(&[hooks::TCP_SOCKOPS])));
+        let histograms = LoadOptions {
+            runq_histograms: true,
+            ..LoadOptions::default()
+        };
+        assert_ne!(layout(&defaults), layout(&histograms));
+    }
 }

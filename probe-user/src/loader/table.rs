@@ -177,7 +177,10 @@ pub const COLLECTORS: &[Spec] = &[
         name: names::CPU_EXIT,
         hooks: &[
             Hook {
-                needs: Some("needs BPF trampolines (fentry, Linux 5.5+), which some hosts forbid"),
+                needs: Some(
+                    "needs BPF trampolines (fentry: Linux 5.5+ on x86-64, 6.0+ on arm64; some \
+                     hosts forbid them) and the kernel function cgroup_release",
+                ),
                 ..hook(
                     hooks::EXIT_FENTRY,
                     Attach::FEntry(&[(RELEASE_PROGRAM, RELEASE_FUNCTION)]),

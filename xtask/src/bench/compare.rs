@@ -1,7 +1,7 @@
 //! Side-by-side comparison of variants (no probe, probe with some flags, ...) on one workload:
 //! alternating rounds whose order rotates, so drift on a noisy machine spreads over every
 //! variant; medians; ratios against the first variant, also paired round by round (each
-//! variant against the baseline run next to it in time) with a confidence interval; the
+//! variant against the baseline run of the same round) with a confidence interval; the
 //! daemon's own CPU.
 
 use std::time::Instant;
@@ -102,6 +102,7 @@ pub(super) fn compare(
                         .iter()
                         .zip(&values[0][j])
                         .map(|(x, b)| x / b)
+                        .filter(|r| r.is_finite())
                         .collect();
                     (i > 0).then(|| Paired::of(ratios)).flatten()
                 })
@@ -215,9 +216,9 @@ pub fn print_table(metrics: &[Metric], outcomes: &[Outcome]) {
         })
         .collect();
     println!(
-        "  ({}; paired: the median of each round's ratio to the run without probe next to it \
-         in time, and the 90% confidence interval of that median; probe CPU: the daemon, % of \
-         one CPU)",
+        "  ({}; paired: the median of each round's ratio to the same round's run without \
+         probe, and a confidence interval of that median covering it with at least 90%; probe \
+         CPU: the daemon, % of one CPU)",
         dirs.join(", ")
     );
 }

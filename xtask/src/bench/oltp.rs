@@ -52,7 +52,7 @@ fn variants(skips: bool) -> Vec<Variant> {
     if skips {
         v.extend([
             Variant::probe(
-                "nothing at sched_switch (cpu_exit)",
+                "nothing at sched_switch (cpu_exit's fallback)",
                 &["--hooks.skip", "tp_btf/sched_switch,raw_tp/sched_switch"],
             ),
             Variant::probe("with --runq.histograms", &["--runq.histograms"]),
