@@ -143,7 +143,7 @@ const SWITCH_RAW: Hook = hook(
 
 /// Said when the exit hook is on sched_switch.
 const EXIT_AT_SWITCH_COST: &str =
-    "fallback: a program at every context switch (50-100 ns each; see the README's benchmarks)";
+    "fallback: a program at every context switch (45-115 ns each; see the README's benchmarks)";
 
 const PROCFS_CPU: Hook = Hook {
     used: Some("reading /proc/<pid>/task/*/schedstat instead (slower)"),
