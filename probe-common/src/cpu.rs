@@ -39,9 +39,10 @@ pub const PF_KTHREAD: u32 = 0x0020_0000;
 /// One thread, as the task iterator saw it. Process-wide fields (`rss_pages`, `cgroup_id`,
 /// `ppid`, `comm`) are filled on the thread group leader only (`is_leader == 1`).
 ///
-/// A thread that is doing or has done its final context switch (`TASK_DEAD`, e.g. a zombie
-/// leader) reports `cpu_ns == run_delay_ns == 0`: its final totals belong to [`DEAD_MAP`], and
-/// counting them here too would count them twice.
+/// A thread the exit hook in use may have recorded already (at the switch hook, one doing its
+/// final context switch; at the release hook, one being released) reports
+/// `cpu_ns == run_delay_ns == 0`: its final totals belong to [`DEAD_MAP`], and counting them
+/// here too would count them twice.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskRecord {

@@ -58,12 +58,16 @@ impl Ledger {
         };
         let mut metas: HashMap<String, InstanceMeta> = HashMap::new();
         let mut resolve = |key: &ProcessKey| -> String {
-            let (named, cgroup_id) = match (r.live.contains_key(key), r.facts.get(&key.tgid)) {
-                (true, Some(f)) => (resolver.resolve(f), f.identity.cgroup_id),
+            let live = r.live.get(key);
+            let (named, cgroup_id) = match (live, r.facts.get(&key.tgid)) {
+                (Some(_), Some(f)) => (resolver.resolve(f), f.identity.cgroup_id),
                 _ => {
-                    let identity = dead
-                        .get(key)
-                        .map(|d| d.identity.clone())
+                    // No /proc facts: gone by the time /proc was read. Named by what the task
+                    // iterator saw (a child reaped between the two reads), else by its exit
+                    // record: its parent and cgroup still place it.
+                    let identity = live
+                        .map(|s| s.identity.clone())
+                        .or_else(|| dead.get(key).map(|d| d.identity.clone()))
                         .unwrap_or_default();
                     let id = identity.cgroup_id;
                     (
@@ -191,5 +195,71 @@ pub fn limits(top_k: usize, rules: &Rules) -> Limits {
         top_k,
         max_instances: rules.max_instances,
         expire_after_secs: rules.expire_after.as_secs_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::process::{Identity, ProcessSample};
+
+    fn comm(name: &str) -> [u8; probe_common::COMM_LEN] {
+        let mut c = [0; probe_common::COMM_LEN];
+        c[..name.len()].copy_from_slice(name.as_bytes());
+        c
+    }
+
+    /// A child the task iterator saw but that was reaped before /proc was read (no facts, and
+    /// where the exit hook runs when the kernel frees it, no exit record yet either) is named
+    /// by its parent, as its exit record would name it, not charged to `other`.
+    #[test]
+    fn a_child_gone_before_proc_was_read_is_named_by_its_parent() {
+        let rules = Rules::defaults();
+        let mut ledger = Ledger::new(30.0, limits(5, &rules));
+        let identity = |ppid| Identity {
+            ppid,
+            comm: comm("server"),
+            cgroup_id: 0,
+            kthread: false,
+        };
+        let parent = ProcessKey {
+            tgid: 100,
+            start_ns: 1,
+        };
+        let child = ProcessKey {
+            tgid: 101,
+            start_ns: 2,
+        };
+        let mut r = Reading {
+            now_secs: 1.0,
+            page_size: 4096,
+            ..Reading::default()
+        };
+        for (key, ppid, cpu_ns) in [(parent, 1, 1_000), (child, 100, 5_000_000)] {
+            r.live.insert(
+                key,
+                ProcessSample {
+                    identity: identity(ppid),
+                    cpu_ns,
+                    threads: 1,
+                    ..ProcessSample::default()
+                },
+            );
+        }
+        r.facts.insert(
+            100,
+            Facts {
+                identity: identity(1),
+                ports: vec![3306],
+                ..Facts::default()
+            },
+        );
+        ledger.account(&r, &rules);
+        let instances = ledger.accounts.instances();
+        assert_eq!(
+            instances.get("server:3306").map(|t| t.cpu_ns),
+            Some(5_001_000),
+            "{instances:#?}"
+        );
     }
 }
