@@ -88,6 +88,8 @@ pub struct Offsets {
     pub sk_flags: u32,
     /// tcp_sock.bytes_acked, bytes_received (u64), snd_una, write_seq (u32)
     pub tcp_bytes_acked: u32,
+    /// tcp_sock.srtt_us: 8 times the smoothed RTT in microseconds.
+    pub tcp_srtt_us: u32,
     pub tcp_bytes_received: u32,
     pub tcp_snd_una: u32,
     pub tcp_write_seq: u32,
@@ -178,6 +180,7 @@ impl Offsets {
         sk_dport: OFFSET_MISSING,
         sk_flags: OFFSET_MISSING,
         tcp_bytes_acked: OFFSET_MISSING,
+        tcp_srtt_us: OFFSET_MISSING,
         tcp_bytes_received: OFFSET_MISSING,
         tcp_snd_una: OFFSET_MISSING,
         tcp_write_seq: OFFSET_MISSING,

@@ -24,8 +24,13 @@ pub const FORGET_PROGRAM: &str = "probe_tcp_forget";
 pub const RETRANSMIT_SYNACK_PROGRAM: &str = "probe_tcp_retransmit_synack";
 /// Retransmitted segments (tcp:tcp_retransmit_skb).
 pub const RETRANSMIT_PROGRAM: &str = "probe_tcp_retransmit";
-/// RTT samples of server sockets (sock_ops on the cgroup2 root).
+/// RTT samples of server sockets at every RTT measurement (sock_ops on the cgroup2 root): the
+/// fallback where the walk does not run, since the walk takes one sample per connection per
+/// collection in which it carried data, at no cost per packet.
 pub const SOCKOPS_PROGRAM: &str = "probe_tcp_sockops";
+/// Read-only global of [`WALK_PROGRAM`]: 1 when it takes RTT samples (set by the daemon before
+/// load; 0 when the RTT part of the walk is skipped, and RTT falls back to sock_ops).
+pub const RTT_IN_WALK_GLOBAL: &str = "TCP_RTT_IN_WALK";
 
 /// Per-(process, port, role) totals ([`TcpKey`] -> [`TcpTotals`]).
 pub const TRAFFIC_MAP: &str = "TCP_TRAFFIC";

@@ -70,6 +70,10 @@ fn walking() -> bool {
 #[map]
 static TCP_RTT: HashMap<u16, RttTotals> = HashMap::with_max_entries(LISTEN_MAP_ENTRIES, 0);
 
+/// 1 when the walk takes RTT samples (see `probe_common::tcp::RTT_IN_WALK_GLOBAL`).
+#[unsafe(no_mangle)]
+static TCP_RTT_IN_WALK: u32 = 1;
+
 #[map]
 static TCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
@@ -128,8 +132,9 @@ fn advance(field: *mut u64, now: u64) -> u64 {
 
 /// Counts what socket `sk` (entry `e`) carried since its counters were last moved, for `key`.
 /// The counters must have been read before `e`'s flags (see [`SockCounters`]).
+/// Returns whether it moved anything.
 #[inline(always)]
-fn take<C: EbpfContext>(ctx: &C, e: *mut SockBase, c: &SockCounters, key: &TcpKey) {
+fn take<C: EbpfContext>(ctx: &C, e: *mut SockBase, c: &SockCounters, key: &TcpKey) -> bool {
     // SAFETY: a map value the caller looked up (non-null); only the state program writes the
     // flags, once per transition.
     let flags = unsafe { core::ptr::read_volatile(&raw const (*e).flags) };
@@ -142,6 +147,7 @@ fn take<C: EbpfContext>(ctx: &C, e: *mut SockBase, c: &SockCounters, key: &TcpKe
     if drx != 0 {
         account(ctx, key, RX, drx);
     }
+    dtx != 0 || drx != 0
 }
 
 /// iter/task_file, run by the daemon before each read of [`TCP_TRAFFIC`]: for every TCP
@@ -203,7 +209,9 @@ pub fn probe_tcp_walk(ctx: *const TaskFileIterCtx) -> i32 {
     };
     match e {
         Some(e) => {
-            take(&IterContext(ctx), e, &c, &key);
+            if take(&IterContext(ctx), e, &c, &key) {
+                rtt_of(&IterContext(ctx), sk, &key);
+            }
             // SAFETY: as above. (A walk and a close on another CPU writing the key at once can
             // leave fields of both: the bytes then go to no process, and the model charges them
             // to `other`. Rare: the walk reads the socket in the nanoseconds of its close.)
@@ -384,7 +392,9 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
                     }
                     if walking() {
                         if let Some(c) = counters::<Probe>(sk) {
-                            take(&ctx, e, &c, &key);
+                            if take(&ctx, e, &c, &key) {
+                                rtt_of(&ctx, sk, &key);
+                            }
                         }
                     }
                     // SAFETY: as above.
@@ -585,8 +595,24 @@ pub fn probe_tcp_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
+/// RTT where the walk takes it: one sample of a server connection's smoothed RTT each time its
+/// counters moved (at a collection in which it carried data, and when it queues its FIN), so
+/// an idle connection's stale RTT is not sampled again and again. A second visit of one file
+/// by the iterator moves nothing, so adds no sample.
 #[inline(always)]
-fn rtt_sample(ctx: &SockOpsContext, port: u16, us: u64) {
+fn rtt_of<C: EbpfContext>(ctx: &C, sk: *const u8, key: &TcpKey) {
+    // SAFETY: a global the loader sets before load and nothing writes afterwards.
+    if key.role != ROLE_SERVER || unsafe { core::ptr::read_volatile(&TCP_RTT_IN_WALK) } == 0 {
+        return;
+    }
+    // tcp_sock.srtt_us holds 8 times the smoothed RTT in microseconds (0: no measurement yet).
+    if let Some(srtt) = read::<u32>(sk, off!(tcp_srtt_us)).filter(|&v| v != 0) {
+        rtt_sample(ctx, key.port, u64::from(srtt >> 3));
+    }
+}
+
+#[inline(always)]
+fn rtt_sample<C: EbpfContext>(ctx: &C, port: u16, us: u64) {
     let b = Bucket::of(us * 1000);
     if let Some(t) = TCP_RTT.get_ptr_mut(&port) {
         rtt_add(t, us, b);

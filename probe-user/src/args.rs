@@ -19,8 +19,9 @@ pub struct HookArgs {
     /// work around a kernel bug, or to try the fallback): iter/task, fentry/cgroup_release,
     /// tp_btf/sched_switch, raw_tp/sched_switch, iter/task_file, raw_tp/block_io_start, raw_tp/block_rq_issue,
     /// raw_tp/writeback_dirty_folio, raw_tp/writeback_dirty_page, iter/task_file/tcp,
-    /// cgroup_skb, tp_btf/inet_sock_set_state, tp_btf/tcp_retransmit_skb, sock_ops; and runq
-    /// (the run-queue histograms, even with --runq.histograms). Repeat or separate with commas.
+    /// cgroup_skb, tp_btf/inet_sock_set_state, tp_btf/tcp_retransmit_skb, sock_ops; runq
+    /// (the run-queue histograms, even with --runq.histograms); and rtt_walk (RTT from the TCP
+    /// walk: RTT falls back to sock_ops). Repeat or separate with commas.
     #[arg(long = "hooks.skip", value_delimiter = ',', value_parser = hook_names())]
     pub skip: Vec<String>,
 
@@ -36,7 +37,7 @@ pub struct HookArgs {
     pub runq_histograms: bool,
 
     /// The host's cgroup filesystem as mounted in a container (e.g. the host's /sys/fs/cgroup at
-    /// /host/sys/fs/cgroup): the socket programs (TCP RTT, the per-port byte fallback) attach to
+    /// /host/sys/fs/cgroup): the socket programs (the RTT and per-port byte fallbacks) attach to
     /// the cgroup2 root there, or in its unified/ on hybrid hosts. Default: the host's through
     /// /proc/1/root (with hostPID), else this process's own cgroup2 mount.
     #[arg(long = "path.cgroup", value_name = "DIR")]

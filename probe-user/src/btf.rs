@@ -266,6 +266,7 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
     o.inet_sport = off(&get("inet_sock", &[&["inet_sport"]]));
     o.sk_flags = off(&get("sock_common", &[&["skc_flags"]]));
     o.tcp_bytes_acked = off(&get("tcp_sock", &[&["bytes_acked"]]));
+    o.tcp_srtt_us = off(&get("tcp_sock", &[&["srtt_us"]]));
     o.tcp_bytes_received = off(&get("tcp_sock", &[&["bytes_received"]]));
     o.tcp_snd_una = off(&get("tcp_sock", &[&["snd_una"]]));
     o.tcp_write_seq = off(&get("tcp_sock", &[&["write_seq"]]));

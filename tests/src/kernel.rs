@@ -68,7 +68,8 @@ pub fn best_hook(collector: &str) -> &'static str {
         "tcp" => "iter/task_file/tcp",
         "tcp_state" => "tp_btf/inet_sock_set_state",
         "tcp_retransmit" => "tp_btf/tcp_retransmit_skb",
-        "tcp_rtt" => "sock_ops",
+        // The RTT part of the TCP walk: the walk's hook.
+        "tcp_rtt" => "iter/task_file/tcp",
         "process_table" => "procfs",
         other => panic!("no expected hook for collector {other:?}"),
     }

@@ -255,6 +255,88 @@ fn an_open_connection_counts_at_every_collection_and_its_last_bytes_at_close() {
     }
 }
 
+/// RTT, where the TCP walk takes it: one sample per collection in which a server connection
+/// carried data, and it is the connection's smoothed RTT, the one the kernel reports in
+/// tcp_info (`ss -ti`, read while the connection is idle between rounds, so it cannot change
+/// before the collection); one more sample when the connection closes. Collections only at the
+/// scrapes, so each round's collection is known.
+#[test]
+fn rtt_samples_are_the_connections_smoothed_rtt_at_each_collection() {
+    const ROUNDS: u64 = 4;
+    let daemon = Daemon::start(&["--collect.interval", "60m"]);
+    let (mut server, mut client) = start_pair(
+        &[],
+        "127.0.0.1:0",
+        "127.0.0.1",
+        (1_000_000, 300_000, ROUNDS),
+    );
+    // The baseline: round 1's bytes may have moved at the first collection or this one.
+    finish_round(&mut server, &mut client, 1, false);
+    let m = daemon.scrape();
+    m.assert_hook("tcp_rtt", kernel::best_hook("tcp_rtt"));
+    step(&mut server, &mut client);
+    let port = server.port.to_string();
+    let want = [("service_instance", server.instance()), ("port", port)];
+    let want: Vec<(&str, &str)> = want.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let rtt = |m: &probe_tests::Metrics| {
+        (
+            m.sum("probe_tcp_rtt_seconds_count", &want),
+            m.sum("probe_tcp_rtt_seconds_sum", &want),
+        )
+    };
+    let (mut count, mut sum) = rtt(&m);
+    for round in 2..=ROUNDS {
+        let open = round < ROUNDS;
+        finish_round(&mut server, &mut client, round, !open);
+        if open {
+            // Delayed ACKs of the round's last bytes have arrived by then: srtt is settled.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let truth = srtt_us(server.port);
+            let m = daemon.scrape();
+            let (c, s) = rtt(&m);
+            let sample_us = ((s - sum) * 1e6).round();
+            println!(
+                "round {round}: {} new RTT sample(s), {sample_us} us; tcp_info srtt {truth} us",
+                c - count
+            );
+            assert_eq!(
+                c - count,
+                1.0,
+                "round {round}: one sample per collection:\n{}",
+                m.text
+            );
+            assert!(
+                (sample_us - truth as f64).abs() <= 1.0,
+                "round {round}: sample {sample_us} us, tcp_info srtt {truth} us"
+            );
+            (count, sum) = (c, s);
+            step(&mut server, &mut client);
+        } else {
+            let (c, _) = rtt(&daemon.scrape());
+            println!("closed: {} new RTT sample(s)", c - count);
+            assert!(c - count >= 1.0, "no sample at the close");
+        }
+    }
+}
+
+/// The smoothed RTT (us) of the one established connection on local port `port`, from
+/// tcp_info (`ss -tin`: `rtt:<srtt ms>/<rttvar ms>`).
+fn srtt_us(port: u16) -> u64 {
+    let filter = format!("sport = :{port}");
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established", &filter])
+        .output()
+        .expect("ss runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ms: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|t| t.strip_prefix("rtt:"))
+        .filter_map(|v| v.split('/').next()?.parse().ok())
+        .collect();
+    assert_eq!(ms.len(), 1, "one connection on port {port}: {text}");
+    (ms[0] * 1000.0).round() as u64
+}
+
 /// A connection older than the daemon: what it carried before the daemon's first collection
 /// is not counted (its socket's counters then become the baseline), everything after is,
 /// exactly, while it is open and at its close.
@@ -813,6 +895,19 @@ fn cgroup_skb_fallback_counts_bytes_per_port() {
     m.assert_hook("tcp", "cgroup_skb");
     let port = server.port.to_string();
     assert_fallback_bytes(&m, &server.instance(), &port, RX, Some(TX));
+    // Without the walk, RTT falls back to sock_ops: a sample at every RTT measurement of the
+    // accepted connection (10 MB: many), loopback-sized.
+    m.assert_hook("tcp_rtt", "sock_ops");
+    let instance = server.instance();
+    let want = [("service_instance", instance.as_str()), ("port", &port)];
+    let count = m.sum("probe_tcp_rtt_seconds_count", &want);
+    let sum = m.sum("probe_tcp_rtt_seconds_sum", &want);
+    println!(
+        "sock_ops RTT: {count} samples, mean {:.1} us",
+        sum / count * 1e6
+    );
+    assert!(count > 10.0, "RTT samples at sock_ops: {count}\n{}", m.text);
+    assert!(sum / count < 0.01, "loopback mean RTT {sum}/{count} s");
 }
 
 /// A listener that appears after the probe started, a storm of 10,000 connections, then the

@@ -64,9 +64,14 @@ pub const TESTS: &[(&str, &str)] = &[
     ),
     // The block_rq_* fallback, forced (the only path on 6.1).
     ("block", "fallback_hooks_charge_direct_io_exactly"),
-    // tcp bytes both ways per process, tcp_state connections, tcp_rtt samples; 1,000
-    // connections counted exactly; the cgroup_skb fallback, forced (the path before 5.12).
+    // tcp bytes both ways per process, tcp_state connections; 1,000 connections counted
+    // exactly; the cgroup_skb fallback, forced (the path before 5.12), with RTT on sock_ops.
     ("tcp", "ipv4_bytes_are_exact_and_charged_to_each_side"),
+    // tcp_rtt in the walk: each sample the connection's srtt in tcp_info, one per collection.
+    (
+        "tcp",
+        "rtt_samples_are_the_connections_smoothed_rtt_at_each_collection",
+    ),
     ("tcp", "a_thousand_short_connections_are_counted_exactly"),
     // bytes waiting in an open socket's entry: moved at every collection and at close.
     (

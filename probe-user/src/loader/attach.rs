@@ -683,6 +683,36 @@ mod tests {
     }
 
     #[test]
+    fn rtt_rides_on_the_tcp_walk_unless_skipped_or_the_walk_is_not_in_use() {
+        let rtt = table::COLLECTORS
+            .iter()
+            .find(|s| s.name == names::TCP_RTT)
+            .expect("tcp_rtt in the table");
+        let tcp_on = |hook| {
+            let mut st = CollectorStatus::new(names::TCP);
+            st.hook = Some(hook);
+            vec![st]
+        };
+        let opts = LoadOptions::default();
+        assert!(opts.rtt_in_walk());
+        let (st, attached) = attach_collector(None, rtt, &tcp_on(hooks::TCP_WALK), &opts);
+        assert_eq!(st.hook, Some(hooks::TCP_WALK));
+        assert!(attached.programs.is_empty(), "rides: attaches nothing");
+        // On the per-port fallback there is no walk: sock_ops it is (here, without an object,
+        // it cannot attach).
+        let (st, _) = attach_collector(None, rtt, &tcp_on(hooks::TCP_CGROUP_SKB), &opts);
+        assert_eq!(st.hook, None);
+        // Skipped, the walk takes no samples and RTT goes to sock_ops even with the walk on.
+        let skip = LoadOptions {
+            skip_hooks: vec![hooks::RTT_WALK.to_string()],
+            ..LoadOptions::default()
+        };
+        assert!(!skip.rtt_in_walk());
+        let (st, _) = attach_collector(None, rtt, &tcp_on(hooks::TCP_WALK), &skip);
+        assert_eq!(st.hook, None);
+    }
+
+    #[test]
     fn an_opt_in_collector_is_off_without_its_flag_and_tries_no_hook() {
         let all = walk_with(LoadOptions::default());
         let runq = status(&all, names::RUNQ);

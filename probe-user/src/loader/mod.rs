@@ -20,7 +20,9 @@ use probe_common::{
         ThreadRunq, ENABLED_GLOBAL as RUNQ_ENABLED_GLOBAL, LOADED_AT_GLOBAL,
         THREADS_MAP as RUNQ_THREADS_MAP,
     },
-    tcp::{RttTotals, TcpKey, TcpTotals, SOCKETS_MAP, TRAFFIC_MAP, WALKING_MAP},
+    tcp::{
+        RttTotals, TcpKey, TcpTotals, RTT_IN_WALK_GLOBAL, SOCKETS_MAP, TRAFFIC_MAP, WALKING_MAP,
+    },
 };
 use tracing::{info, warn};
 
@@ -165,6 +167,11 @@ impl LoadOptions {
         } else {
             hooks::EXIT_FENTRY
         }
+    }
+
+    /// Whether the TCP walk takes the RTT samples (else sock_ops does, where it loads).
+    pub fn rtt_in_walk(&self) -> bool {
+        !self.skip_hooks.iter().any(|h| h == hooks::RTT_WALK)
     }
 
     /// Whether the flag `flag` (a [`table::Spec::opt_in`]) was given.
@@ -466,6 +473,7 @@ fn prepare(
         .override_global(GENERATION_GLOBAL, &generation, true)
         .override_global(LOADED_AT_GLOBAL, &boottime_ns(), true)
         .override_global(RUNQ_ENABLED_GLOBAL, &u32::from(opts.runq_on()), true)
+        .override_global(RTT_IN_WALK_GLOBAL, &u32::from(opts.rtt_in_walk()), true)
         .map_max_entries(DEAD_MAP, opts.dead_map_entries)
         .map_max_entries(IO_MAP, opts.block_map_entries)
         .map_max_entries(RUNQ_THREADS_MAP, opts.runq_threads_entries())

@@ -153,7 +153,9 @@ pub mod hooks {
     pub const TCP_CGROUP_SKB: &str = "cgroup_skb";
     pub const TCP_STATE: &str = "tp_btf/inet_sock_set_state";
     pub const TCP_RETRANSMIT: &str = "tp_btf/tcp_retransmit_skb";
-    /// RTT callbacks of accepted connections: sock_ops on the cgroup2 root.
+    /// Not a hook of its own: the RTT part of the TCP walk (skipping it puts RTT on sock_ops).
+    pub const RTT_WALK: &str = "rtt_walk";
+    /// RTT fallback: callbacks of accepted connections, sock_ops on the cgroup2 root.
     pub const TCP_SOCKOPS: &str = "sock_ops";
     /// Not a hook of its own: the run-queue part of the sched_switch program (skipping it
     /// leaves the exit hook alone).
@@ -184,6 +186,7 @@ pub mod hooks {
         TCP_CGROUP_SKB,
         TCP_STATE,
         TCP_RETRANSMIT,
+        RTT_WALK,
         TCP_SOCKOPS,
         RUNQ,
     ];

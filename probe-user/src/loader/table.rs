@@ -358,15 +358,30 @@ pub const COLLECTORS: &[Spec] = &[
     },
     Spec {
         name: names::TCP_RTT,
-        hooks: &[Hook {
-            used: Some("connections accepted before probe started have no RTT samples"),
-            ..hook(
-                hooks::TCP_SOCKOPS,
-                Attach::SockOps {
-                    program: SOCKOPS_PROGRAM,
+        hooks: &[
+            // A part of the TCP walk: each server connection's smoothed RTT, once per
+            // collection in which it carried data; nothing per packet.
+            hook(
+                hooks::RTT_WALK,
+                Attach::Within {
+                    collector: names::TCP,
+                    on: &[hooks::TCP_WALK],
+                    otherwise: &[],
                 },
-            )
-        }],
+            ),
+            Hook {
+                used: Some(
+                    "fallback: a program at every RTT measurement of accepted connections; those \
+                     accepted before probe started have no RTT samples",
+                ),
+                ..hook(
+                    hooks::TCP_SOCKOPS,
+                    Attach::SockOps {
+                        program: SOCKOPS_PROGRAM,
+                    },
+                )
+            },
+        ],
         down: None,
         opt_in: None,
         maps: TCP_MAPS,

@@ -60,7 +60,7 @@ fn variants(skips: bool) -> Vec<Variant> {
                 "skip TCP bytes (tcp)",
                 &["--hooks.skip", "iter/task_file/tcp,cgroup_skb"],
             ),
-            Variant::probe("skip sock_ops (tcp_rtt)", &["--hooks.skip", "sock_ops"]),
+            Variant::probe("RTT on sock_ops (tcp_rtt's fallback)", &["--hooks.skip", "rtt_walk"]),
             Variant::probe(
                 "skip block IO (block)",
                 &[

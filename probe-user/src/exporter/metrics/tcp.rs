@@ -31,7 +31,7 @@ const TCP_CLOSED: Desc = (
 );
 const TCP_ESTABLISHED: Desc = ("probe_tcp_established", None, "TCP connections established on the instance's listening port now (the daemon's network namespace).");
 const TCP_RETRANSMITS: Desc = ("probe_tcp_retransmits", None, "TCP segments retransmitted by the instance's sockets (what TcpRetransSegs counts), per port as for probe_tcp_bytes_total.");
-const TCP_RTT: Desc = ("probe_tcp_rtt", Some(Unit::Seconds), "Smoothed RTT of connections accepted on the instance's listening port, sampled at every RTT measurement.");
+const TCP_RTT: Desc = ("probe_tcp_rtt", Some(Unit::Seconds), "Smoothed RTT of connections accepted on the instance's listening port: one sample per connection at each collection in which it carried data and at its close (on the sock_ops fallback, at every RTT measurement).");
 const PROC_TCP_BYTES: Desc = (
     "probe_process_tcp",
     Some(Unit::Bytes),
