@@ -28,8 +28,9 @@ pub const RETRANSMIT_PROGRAM: &str = "probe_tcp_retransmit";
 /// fallback where the walk does not run, since the walk takes one sample per connection per
 /// collection in which it carried data, at no cost per packet.
 pub const SOCKOPS_PROGRAM: &str = "probe_tcp_sockops";
-/// Read-only global of [`WALK_PROGRAM`]: 1 when it takes RTT samples (set by the daemon before
-/// load; 0 when the RTT part of the walk is skipped, and RTT falls back to sock_ops).
+/// Read-only global of [`WALK_PROGRAM`] and [`STATE_PROGRAM`]: 1 when they take RTT samples
+/// (set by the daemon before load; 0 when the RTT part of the walk is skipped, and RTT falls
+/// back to sock_ops).
 pub const RTT_IN_WALK_GLOBAL: &str = "TCP_RTT_IN_WALK";
 
 /// Per-(process, port, role) totals ([`TcpKey`] -> [`TcpTotals`]).
@@ -205,7 +206,8 @@ pub fn payload(c: &SockCounters, flags: u32) -> (u64, u64) {
     (tx, rx)
 }
 
-/// Value of [`RTT_MAP`]: smoothed RTT samples of server sockets, one per RTT measurement.
+/// Value of [`RTT_MAP`]: smoothed RTT samples of server sockets (one per connection each time
+/// the walk or its close moves its counters; on the sock_ops fallback, one per RTT measurement).
 /// Buckets as every latency ([`crate::latency`]), from microseconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,6 +11,10 @@
 //!
 //! Connection events and retransmits run in softirq context: they are keyed by port, and
 //! retransmits by the socket's process where [`TCP_SOCKETS`] knows it.
+//!
+//! RTT is not sampled per packet either: whenever a server socket's counters move (the walk at
+//! a collection in which it carried data, its FIN, its close), its smoothed RTT is one sample
+//! in [`TCP_RTT`]. The sock_ops program, at every RTT measurement, is the fallback.
 
 use aya_ebpf::{
     bindings::{
@@ -454,7 +458,10 @@ fn take_final<C: EbpfContext>(ctx: &C, sk: *const u8, e: *mut SockBase) {
     if let Some(c) = counters::<Probe>(sk) {
         // SAFETY: as above.
         let key = unsafe { core::ptr::read_volatile(&raw const (*e).key) };
-        take(ctx, e, &c, &key);
+        // A connection reset (or closed without its FIN path moving it) has its RTT sample here.
+        if take(ctx, e, &c, &key) {
+            rtt_of(ctx, sk, &key);
+        }
     }
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(&raw mut (*e).flags, flags | SOCK_CLOSED) };
@@ -596,9 +603,9 @@ pub fn probe_tcp_sockops(ctx: SockOpsContext) -> u32 {
 }
 
 /// RTT where the walk takes it: one sample of a server connection's smoothed RTT each time its
-/// counters moved (at a collection in which it carried data, and when it queues its FIN), so
-/// an idle connection's stale RTT is not sampled again and again. A second visit of one file
-/// by the iterator moves nothing, so adds no sample.
+/// counters moved (at a collection in which it carried data, and when it queues its FIN or
+/// closes, if it carried data since), so an idle connection's stale RTT is not sampled again
+/// and again. A second visit of one file by the iterator moves nothing, so adds no sample.
 #[inline(always)]
 fn rtt_of<C: EbpfContext>(ctx: &C, sk: *const u8, key: &TcpKey) {
     // SAFETY: a global the loader sets before load and nothing writes afterwards.

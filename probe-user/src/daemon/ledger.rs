@@ -15,7 +15,7 @@ use crate::{
     model::{
         accounts::{Accounts, Limits, PortRound, Round},
         instance::{Facts, Resolver},
-        process::ProcessKey,
+        process::{Identity, ProcessKey},
         rules::{CgroupMeta, Rules},
     },
 };
@@ -67,6 +67,8 @@ impl Ledger {
                     // record: its parent and cgroup still place it.
                     let identity = live
                         .map(|s| s.identity.clone())
+                        // Without its leader's record the iterator gave no identity.
+                        .filter(|i| *i != Identity::default())
                         .or_else(|| dead.get(key).map(|d| d.identity.clone()))
                         .unwrap_or_default();
                     let id = identity.cgroup_id;
@@ -201,7 +203,7 @@ pub fn limits(top_k: usize, rules: &Rules) -> Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::process::{Identity, ProcessSample};
+    use crate::model::process::ProcessSample;
 
     fn comm(name: &str) -> [u8; probe_common::COMM_LEN] {
         let mut c = [0; probe_common::COMM_LEN];

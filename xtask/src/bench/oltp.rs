@@ -1,6 +1,6 @@
 //! The cost that matters most: a real MariaDB under sysbench, without probe, with probe
-//! (scraped every 15 s, as Prometheus would) and with each hot-path collector skipped in turn,
-//! so the table says what every collector costs on an OLTP workload.
+//! (scraped every 15 s, as Prometheus would) and with each hot-path collector skipped or put on
+//! its fallback in turn, so the table says what every collector costs on an OLTP workload.
 //!
 //! The server runs on CPU 0 and sysbench on CPU 1 (pinned), both workloads with 2 client
 //! threads: `oltp_point_select` (one primary-key lookup per transaction: the most
@@ -41,7 +41,8 @@ const WORKLOADS: &[&str] = &["oltp_point_select", "oltp_read_only"];
 
 /// Without probe, with probe, and with its statistics on (for the cost per program); with
 /// `skips`, also with each hot-path collector skipped in turn (each skipped hook set is one
-/// collector's per-event work), and with the opt-in run-queue histograms added. On a noisy machine the TPS of the skip variants differ by less
+/// collector's per-event work), RTT on its per-event fallback, and with the opt-in run-queue
+/// histograms added. On a noisy machine the TPS of the skip variants differ by less
 /// than the noise; the programs' own time (from the statistics) is the sharper measure.
 fn variants(skips: bool) -> Vec<Variant> {
     let mut v = vec![
