@@ -656,21 +656,34 @@ mod tests {
         );
     }
 
+    /// The table entry of `collector`, and the statuses of earlier collectors as a `Within`
+    /// hook sees them: `rides_on` up on `hook`.
+    fn riding(
+        collector: &str,
+        rides_on: &'static str,
+    ) -> (
+        &'static table::Spec,
+        impl Fn(&'static str) -> Vec<CollectorStatus>,
+    ) {
+        let spec = table::COLLECTORS
+            .iter()
+            .find(|s| s.name == collector)
+            .expect("collector in the table");
+        let on = move |hook| {
+            let mut st = CollectorStatus::new(rides_on);
+            st.hook = Some(hook);
+            vec![st]
+        };
+        (spec, on)
+    }
+
     #[test]
     fn the_run_queue_rides_on_the_exit_hook_only_when_that_is_the_switch_program() {
         let opts = LoadOptions {
             runq_histograms: true,
             ..LoadOptions::default()
         };
-        let runq = table::COLLECTORS
-            .iter()
-            .find(|s| s.name == names::RUNQ)
-            .expect("runq in the table");
-        let exit_on = |hook| {
-            let mut st = CollectorStatus::new(names::CPU_EXIT);
-            st.hook = Some(hook);
-            vec![st]
-        };
+        let (runq, exit_on) = riding(names::RUNQ, names::CPU_EXIT);
         for switch in [hooks::EXIT_BTF, hooks::EXIT_RAW] {
             let (st, attached) = attach_collector(None, runq, &exit_on(switch), &opts);
             assert_eq!(st.hook, Some(switch));
@@ -684,15 +697,7 @@ mod tests {
 
     #[test]
     fn rtt_rides_on_the_tcp_walk_unless_skipped_or_the_walk_is_not_in_use() {
-        let rtt = table::COLLECTORS
-            .iter()
-            .find(|s| s.name == names::TCP_RTT)
-            .expect("tcp_rtt in the table");
-        let tcp_on = |hook| {
-            let mut st = CollectorStatus::new(names::TCP);
-            st.hook = Some(hook);
-            vec![st]
-        };
+        let (rtt, tcp_on) = riding(names::TCP_RTT, names::TCP);
         let opts = LoadOptions::default();
         assert!(opts.rtt_in_walk());
         let (st, attached) = attach_collector(None, rtt, &tcp_on(hooks::TCP_WALK), &opts);
