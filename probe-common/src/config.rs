@@ -96,6 +96,11 @@ pub struct Offsets {
     /// sk_buff.cb, and tcp_skb_cb.tcp_gso_segs inside it: segments in a TCP skb
     pub skb_cb: u32,
     pub tcp_cb_gso_segs: u32,
+    /// sock.sk_receive_queue, sk_buff_head.prev (its last skb; the queue's own address when
+    /// empty) and tcp_skb_cb.tcp_flags (in sk_buff.cb): whether the peer's FIN is queued
+    pub sk_receive_queue: u32,
+    pub skb_head_prev: u32,
+    pub tcp_cb_flags: u32,
     /// 1 when tcp_retransmit_skb passes `err` as its 3rd argument (6.13+; it then fires for
     /// failed retransmits too)
     pub retransmit_has_err: u32,
@@ -186,6 +191,9 @@ impl Offsets {
         tcp_write_seq: OFFSET_MISSING,
         skb_cb: OFFSET_MISSING,
         tcp_cb_gso_segs: OFFSET_MISSING,
+        sk_receive_queue: OFFSET_MISSING,
+        skb_head_prev: OFFSET_MISSING,
+        tcp_cb_flags: OFFSET_MISSING,
         retransmit_has_err: 0,
         sched_switch_has_prev_state: 0,
         rq_q: OFFSET_MISSING,

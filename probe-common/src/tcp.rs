@@ -167,9 +167,15 @@ pub const SK_FLAG_DONE: u64 = 1 << 1;
 
 /// A TCP socket's counters, as the kernel keeps them (tcp_sock), read in this order: a counter
 /// before the fields that say what it includes (bytes_acked before snd_una, which tcp_ack
-/// moves after it; bytes_received before sk_flags, which tcp_fin sets after it; write_seq
-/// before the entry's flags, which the state program sets before tcp_send_fin moves it), so
-/// that a read racing the kernel errs low (and the next read corrects it), never high.
+/// moves after it; write_seq before the entry's flags, which the state program sets before
+/// tcp_send_fin moves it), so that a read racing the kernel errs low (and the next read
+/// corrects it), never high.
+///
+/// The peer's FIN enters bytes_received before tcp_fin sets SOCK_DONE, so SOCK_DONE alone, read
+/// in between, would count the FIN as a byte. The FIN skb is queued before either (as the
+/// receive queue's last skb, or its flag merged into the last), and stays until the process
+/// reads it, after SOCK_DONE: `fin_queued` is read after bytes_received and before sk_flags,
+/// and a read sees the FIN in one or the other whenever bytes_received includes it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockCounters {
     /// tcp_sock.bytes_acked: sequence space the peer acknowledged (data, the SYN of an
@@ -179,6 +185,8 @@ pub struct SockCounters {
     pub bytes_received: u64,
     pub snd_una: u32,
     pub write_seq: u32,
+    /// The receive queue's last skb carries the peer's FIN.
+    pub fin_queued: bool,
     /// sock.sk_flags
     pub sk_flags: u64,
 }
@@ -194,13 +202,17 @@ pub fn payload(c: &SockCounters, flags: u32) -> (u64, u64) {
         .bytes_acked
         .saturating_add(u64::from(c.write_seq.wrapping_sub(c.snd_una)));
     if flags & SOCK_ACTIVE != 0 {
-        tx = tx.saturating_sub(1);
+        // Until the peer acknowledges our SYN nothing was sent, and snd_una means nothing yet:
+        // connect(2) enters SYN_SENT, then picks write_seq (the initial sequence number), and
+        // only then sets snd_una to it (tcp_connect_init), all under the socket lock a walk does
+        // not take. A read in between would count the whole sequence number as sent.
+        tx = if c.bytes_acked == 0 { 0 } else { tx - 1 };
     }
     if flags & SOCK_FIN_QUEUED != 0 {
         tx = tx.saturating_sub(1);
     }
     let mut rx = c.bytes_received;
-    if c.sk_flags & SK_FLAG_DONE != 0 {
+    if c.fin_queued || c.sk_flags & SK_FLAG_DONE != 0 {
         rx = rx.saturating_sub(1);
     }
     (tx, rx)
@@ -263,6 +275,7 @@ mod tests {
             bytes_received: 30 + 1,
             snd_una: 5000,
             write_seq: 5000,
+            fin_queued: false,
             sk_flags: SK_FLAG_DONE | 1, // SOCK_DEAD too
         };
         assert_eq!(payload(&closed, SOCK_ACTIVE | SOCK_FIN_QUEUED), (100, 30));
@@ -291,6 +304,7 @@ mod tests {
             bytes_received: 30,
             snd_una: 4040,
             write_seq: 4100,
+            fin_queued: false,
             sk_flags: 0,
         };
         assert_eq!(payload(&open, SOCK_ACTIVE), (100, 30));
@@ -302,6 +316,16 @@ mod tests {
         };
         assert_eq!(payload(&syn, SOCK_ACTIVE), (0, 0));
         assert_eq!(payload(&SockCounters::default(), SOCK_ACTIVE), (0, 0));
+        // Inside connect(2): the initial sequence number picked, snd_una not yet set to it (0 on
+        // a new socket, its last connection's on one that reconnects).
+        for snd_una in [0, 4100] {
+            let connecting = SockCounters {
+                snd_una,
+                write_seq: 96_614_791,
+                ..SockCounters::default()
+            };
+            assert_eq!(payload(&connecting, SOCK_ACTIVE), (0, 0));
+        }
         // Sequence numbers wrap.
         let wrapped = SockCounters {
             bytes_acked: 5_000_000_000,
@@ -321,6 +345,27 @@ mod tests {
             ..SockCounters::default()
         };
         assert_eq!(payload(&c, 0).1, 29);
+        // Read between the FIN entering bytes_received and tcp_fin setting SOCK_DONE: the FIN is
+        // the receive queue's last skb.
+        let in_between = SockCounters {
+            bytes_received: 30 + 1,
+            fin_queued: true,
+            ..SockCounters::default()
+        };
+        assert_eq!(payload(&in_between, 0).1, 30);
+        // Queued but not yet in bytes_received (read before): low, never high.
+        let before = SockCounters {
+            bytes_received: 30,
+            fin_queued: true,
+            ..SockCounters::default()
+        };
+        assert_eq!(payload(&before, 0).1, 29);
+        // Both seen: the FIN is one byte, taken off once.
+        let both = SockCounters {
+            sk_flags: SK_FLAG_DONE,
+            ..in_between
+        };
+        assert_eq!(payload(&both, 0).1, 30);
     }
 
     #[test]

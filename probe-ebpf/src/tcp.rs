@@ -97,14 +97,40 @@ fn counters<M: Mem>(sk: *const u8) -> Option<SockCounters> {
     let bytes_received = M::get(sk, off!(tcp_bytes_received))?;
     let snd_una = M::get(sk, off!(tcp_snd_una))?;
     let write_seq = M::get(sk, off!(tcp_write_seq))?;
+    let fin_queued = fin_queued::<M>(sk);
     let sk_flags = M::get(sk, off!(sk_flags))?;
     Some(SockCounters {
         bytes_acked,
         bytes_received,
         snd_una,
         write_seq,
+        fin_queued,
         sk_flags,
     })
+}
+
+/// Whether the last skb of the socket's receive queue carries the peer's FIN (false when the
+/// queue is empty or the kernel lacks the fields).
+#[inline(always)]
+fn fin_queued<M: Mem>(sk: *const u8) -> bool {
+    const TCPHDR_FIN: u8 = 0x01;
+    let (queue, prev, cb, flags) = (
+        off!(sk_receive_queue),
+        off!(skb_head_prev),
+        off!(skb_cb),
+        off!(tcp_cb_flags),
+    );
+    if queue == u32::MAX || prev == u32::MAX || cb == u32::MAX || flags == u32::MAX {
+        return false;
+    }
+    let Some(tail) = M::get::<*const u8>(sk, queue + prev) else {
+        return false;
+    };
+    // An empty queue's last skb is the queue itself (sk_buff_head starts as sk_buff does).
+    if tail.is_null() || tail == sk.wrapping_add(queue as usize) {
+        return false;
+    }
+    read::<u8>(tail, cb + flags).is_some_and(|f| f & TCPHDR_FIN != 0)
 }
 
 /// Moves the counter at `field` forward to `now` (never back: of two CPUs moving it at once,

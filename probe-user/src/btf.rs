@@ -272,6 +272,9 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
     o.tcp_write_seq = off(&get("tcp_sock", &[&["write_seq"]]));
     o.skb_cb = off(&get("sk_buff", &[&["cb"]]));
     o.tcp_cb_gso_segs = off(&get("tcp_skb_cb", &[&["tcp_gso_segs"]]));
+    o.sk_receive_queue = off(&get("sock", &[&["sk_receive_queue"]]));
+    o.skb_head_prev = off(&get("sk_buff_head", &[&["prev"]]));
+    o.tcp_cb_flags = off(&get("tcp_skb_cb", &[&["tcp_flags"]]));
     o.retransmit_has_err = u32::from(btf.tracepoint_args("tcp_retransmit_skb") == Some(3));
     o.sched_switch_has_prev_state = u32::from(btf.tracepoint_args("sched_switch") == Some(4));
 

@@ -73,6 +73,11 @@ pub const TESTS: &[(&str, &str)] = &[
         "rtt_samples_are_the_connections_smoothed_rtt_at_each_collection",
     ),
     ("tcp", "a_thousand_short_connections_are_counted_exactly"),
+    // A socket read inside connect(2), before snd_una is set (TCP Fast Open's deferred connect).
+    (
+        "tcp",
+        "a_socket_read_inside_connect_counts_only_its_payload",
+    ),
     // bytes waiting in an open socket's entry: moved at every collection and at close.
     (
         "tcp",

@@ -18,6 +18,9 @@
 //!                                                              and wait for its ACK (SO_LINGER)
 //!   tcp-client --to ADDR:PORT --conns K --send N --recv M      K connections one after another: send N,
 //!                                                              read exactly M, close
+//!   tcp-client --defer-connect                                 connect with TCP_FASTOPEN_CONNECT (IPv4),
+//!                                                              print `connecting state=S` (its TCP
+//!                                                              state), wait for the line `step`
 //!   tcp-client --read-after-close                              send N, shut down writing, wait until
 //!                                                              the peer's close has taken the socket to
 //!                                                              TCP_CLOSE (print `closed`), wait for the
@@ -225,8 +228,12 @@ fn main() {
             let conns = num("--conns", 1.0) as u64;
             let rounds = num("--rounds", 1.0) as u64;
             for _ in 0..conns {
-                let mut s = std::net::TcpStream::connect(&to)
-                    .unwrap_or_else(|e| fail(&format!("connect {to}: {e}")));
+                let mut s = if args.iter().any(|a| a == "--defer-connect") {
+                    deferred_connect(&to)
+                } else {
+                    std::net::TcpStream::connect(&to)
+                        .unwrap_or_else(|e| fail(&format!("connect {to}: {e}")))
+                };
                 if args.iter().any(|a| a == "--read-after-close") {
                     read_after_close(s, tx, rx);
                     continue;
@@ -481,6 +488,82 @@ fn exchange_rounds(s: &mut std::net::TcpStream, tx: u64, rx: u64, rounds: u64) {
     }
 }
 
+/// The TCP state of socket `fd` (tcp_info.tcpi_state).
+fn tcp_state(fd: std::os::fd::RawFd) -> u8 {
+    // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the local `info`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        fail(&format!("TCP_INFO: {}", std::io::Error::last_os_error()));
+    }
+    info.tcpi_state
+}
+
+/// `tcp-client --defer-connect`: connect(2) to `to` (IPv4) with TCP_FASTOPEN_CONNECT. Where
+/// net.ipv4.tcp_fastopen has the no-cookie client bit (0x4), it returns before the SYN is sent:
+/// the socket stays in SYN_SENT, its initial sequence number picked and snd_una not yet set to
+/// it, until the first write sends the SYN with the data. Prints `connecting state=S` (2 for
+/// SYN_SENT) and waits for `step`.
+fn deferred_connect(to: &str) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd as _;
+    let addr: std::net::SocketAddrV4 = to
+        .parse()
+        .unwrap_or_else(|e| fail(&format!("--to {to}: {e}")));
+    let os_err = |what: &str| fail(&format!("{what}: {}", std::io::Error::last_os_error()));
+    // SAFETY: creates a descriptor this function owns (handed to the TcpStream below).
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        os_err("socket");
+    }
+    let one: libc::c_int = 1;
+    // SAFETY: the option value is the local `one`, with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN_CONNECT,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        os_err("TCP_FASTOPEN_CONNECT");
+    }
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the address is the local `sa`, with its size.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            (&raw const sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        os_err(&format!("connect {to}"));
+    }
+    say(&format!("connecting state={}", tcp_state(fd)));
+    wait_for_line("step");
+    // SAFETY: `fd` is the TCP socket created above, owned by nothing else.
+    unsafe { std::net::TcpStream::from_raw_fd(fd) }
+}
+
 /// `tcp-client --read-after-close` on one connection: the bytes queued in a socket that reached
 /// TCP_CLOSE (the peer's FIN after our shutdown takes it to TIME_WAIT, which closes the full
 /// socket while its descriptor stays open) are read only then, when the test says so.
@@ -493,29 +576,12 @@ fn read_after_close(mut s: std::net::TcpStream, tx: u64, rx: u64) {
         .unwrap_or_else(|e| fail(&format!("shutdown: {e}")));
     let t0 = Instant::now();
     loop {
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into the local `info`.
-        let r = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&raw mut info).cast(),
-                &mut len,
-            )
-        };
-        if r != 0 {
-            fail(&format!("TCP_INFO: {}", std::io::Error::last_os_error()));
-        }
-        if info.tcpi_state == TCP_CLOSE {
+        let state = tcp_state(s.as_raw_fd());
+        if state == TCP_CLOSE {
             break;
         }
         if t0.elapsed() > Duration::from_secs(10) {
-            fail(&format!(
-                "still in TCP state {} after 10 s",
-                info.tcpi_state
-            ));
+            fail(&format!("still in TCP state {state} after 10 s"));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
