@@ -8,6 +8,9 @@
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Name of the read-only global that holds the daemon's own tgid (its tasks are skipped).
 pub const SELF_TGID_GLOBAL: &str = "SELF_TGID";
+/// Name of the read-only global that holds the port the daemon serves HTTP on (0: none); the
+/// connections it accepts there are not counted.
+pub const SELF_PORT_GLOBAL: &str = "SELF_PORT";
 
 /// Name of the read-only global with the generation of this load of the programs (see
 /// [`ACTIVE_MAP`]).
@@ -97,10 +100,14 @@ pub struct Offsets {
     pub skb_cb: u32,
     pub tcp_cb_gso_segs: u32,
     /// sock.sk_receive_queue, sk_buff_head.prev (its last skb; the queue's own address when
-    /// empty) and tcp_skb_cb.tcp_flags (in sk_buff.cb): whether the peer's FIN is queued
+    /// empty), tcp_skb_cb.tcp_flags and end_seq (in sk_buff.cb), tcp_sock.rcv_nxt and
+    /// copied_seq: whether the peer's FIN is in bytes_received before SOCK_DONE says so
     pub sk_receive_queue: u32,
     pub skb_head_prev: u32,
     pub tcp_cb_flags: u32,
+    pub tcp_cb_end_seq: u32,
+    pub tcp_rcv_nxt: u32,
+    pub tcp_copied_seq: u32,
     /// 1 when tcp_retransmit_skb passes `err` as its 3rd argument (6.13+; it then fires for
     /// failed retransmits too)
     pub retransmit_has_err: u32,
@@ -194,6 +201,9 @@ impl Offsets {
         sk_receive_queue: OFFSET_MISSING,
         skb_head_prev: OFFSET_MISSING,
         tcp_cb_flags: OFFSET_MISSING,
+        tcp_cb_end_seq: OFFSET_MISSING,
+        tcp_rcv_nxt: OFFSET_MISSING,
+        tcp_copied_seq: OFFSET_MISSING,
         retransmit_has_err: 0,
         sched_switch_has_prev_state: 0,
         rq_q: OFFSET_MISSING,

@@ -165,17 +165,14 @@ pub const SOCK_CLOSED: u32 = 8;
 /// `SOCK_DONE` in sock.sk_flags: set when the peer's FIN arrives (tcp_fin).
 pub const SK_FLAG_DONE: u64 = 1 << 1;
 
-/// A TCP socket's counters, as the kernel keeps them (tcp_sock), read in this order: a counter
-/// before the fields that say what it includes (bytes_acked before snd_una, which tcp_ack
-/// moves after it; write_seq before the entry's flags, which the state program sets before
-/// tcp_send_fin moves it), so that a read racing the kernel errs low (and the next read
-/// corrects it), never high.
-///
-/// The peer's FIN enters bytes_received before tcp_fin sets SOCK_DONE, so SOCK_DONE alone, read
-/// in between, would count the FIN as a byte. The FIN skb is queued before either (as the
-/// receive queue's last skb, or its flag merged into the last), and stays until the process
-/// reads it, after SOCK_DONE: `fin_queued` is read after bytes_received and before sk_flags,
-/// and a read sees the FIN in one or the other whenever bytes_received includes it.
+/// A TCP socket's counters, as the kernel keeps them (tcp_sock). The walk reads them without
+/// the socket's lock, in an order that makes a read racing the kernel err low (the next read
+/// corrects it), not high:
+/// - bytes_acked, then at once snd_una, which tcp_ack moves just after it (a read can only be
+///   high if the kernel stalls between those two adjacent stores for as long as the two reads);
+/// - write_seq before the entry's flags, which the state program sets before tcp_send_fin
+///   moves it;
+/// - bytes_received, then [`SockCounters::fin_unflagged`], then sk_flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockCounters {
     /// tcp_sock.bytes_acked: sequence space the peer acknowledged (data, the SYN of an
@@ -185,14 +182,21 @@ pub struct SockCounters {
     pub bytes_received: u64,
     pub snd_una: u32,
     pub write_seq: u32,
-    /// The receive queue's last skb carries the peer's FIN.
-    pub fin_queued: bool,
+    /// bytes_received may include the peer's FIN that sk_flags does not show yet. The FIN
+    /// enters bytes_received (with rcv_nxt) before tcp_fin sets SOCK_DONE. Its skb is queued
+    /// just after rcv_nxt moves (or its flag merged into the last skb just before), and stays
+    /// the last until the process reads it, after SOCK_DONE. So this is set when the last skb
+    /// carries the FIN or, read without the lock, when the queue does not reach rcv_nxt (the
+    /// last skb's end_seq, or copied_seq when it is empty): the skb that moved rcv_nxt is not
+    /// queued yet. Either can hold for data too: then one byte low until the next read.
+    pub fin_unflagged: bool,
     /// sock.sk_flags
     pub sk_flags: u64,
 }
 
 /// Payload bytes of a socket with these counters and [`SockBase::flags`]: sent (written by
-/// its process: acknowledged or still queued) and received (arrived in order, read or not).
+/// its process: acknowledged or still queued; on a connection this host opened, once its SYN
+/// is acknowledged) and received (arrived in order, read or not).
 /// The sequence space a connection used less its SYN and FINs. Both only grow while the
 /// connection is open (a socket that reconnects starts again from zero).
 #[inline(always)]
@@ -212,7 +216,7 @@ pub fn payload(c: &SockCounters, flags: u32) -> (u64, u64) {
         tx = tx.saturating_sub(1);
     }
     let mut rx = c.bytes_received;
-    if c.fin_queued || c.sk_flags & SK_FLAG_DONE != 0 {
+    if c.fin_unflagged || c.sk_flags & SK_FLAG_DONE != 0 {
         rx = rx.saturating_sub(1);
     }
     (tx, rx)
@@ -275,7 +279,7 @@ mod tests {
             bytes_received: 30 + 1,
             snd_una: 5000,
             write_seq: 5000,
-            fin_queued: false,
+            fin_unflagged: false,
             sk_flags: SK_FLAG_DONE | 1, // SOCK_DEAD too
         };
         assert_eq!(payload(&closed, SOCK_ACTIVE | SOCK_FIN_QUEUED), (100, 30));
@@ -304,7 +308,7 @@ mod tests {
             bytes_received: 30,
             snd_una: 4040,
             write_seq: 4100,
-            fin_queued: false,
+            fin_unflagged: false,
             sk_flags: 0,
         };
         assert_eq!(payload(&open, SOCK_ACTIVE), (100, 30));
@@ -346,17 +350,17 @@ mod tests {
         };
         assert_eq!(payload(&c, 0).1, 29);
         // Read between the FIN entering bytes_received and tcp_fin setting SOCK_DONE: the FIN is
-        // the receive queue's last skb.
+        // the receive queue's last skb, or not queued yet.
         let in_between = SockCounters {
             bytes_received: 30 + 1,
-            fin_queued: true,
+            fin_unflagged: true,
             ..SockCounters::default()
         };
         assert_eq!(payload(&in_between, 0).1, 30);
         // Queued but not yet in bytes_received (read before): low, never high.
         let before = SockCounters {
             bytes_received: 30,
-            fin_queued: true,
+            fin_unflagged: true,
             ..SockCounters::default()
         };
         assert_eq!(payload(&before, 0).1, 29);

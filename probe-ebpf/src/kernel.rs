@@ -19,6 +19,10 @@ pub(crate) static OFFSETS: Offsets = Offsets::MISSING;
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
 
+/// The port the daemon serves HTTP on (0: none).
+#[unsafe(no_mangle)]
+static SELF_PORT: u32 = 0;
+
 /// This load's generation, set by the daemon before load (see `probe_common::config::ACTIVE_MAP`).
 #[unsafe(no_mangle)]
 static GENERATION: u32 = 0;
@@ -52,6 +56,12 @@ pub(crate) fn self_tgid() -> u32 {
     // SAFETY: a global the loader sets before load and nothing writes afterwards; read volatile so
     // that the compiler does not fold its initial value.
     unsafe { core::ptr::read_volatile(&SELF_TGID) }
+}
+
+#[inline(always)]
+pub(crate) fn self_port() -> u32 {
+    // SAFETY: as for SELF_TGID.
+    unsafe { core::ptr::read_volatile(&SELF_PORT) }
 }
 
 /// Reads a `T` at `base + off` with bpf_probe_read_kernel. None if the offset is unknown on this

@@ -41,8 +41,8 @@ use probe_common::{
 
 use crate::{
     kernel::{
-        atomic_add, bump, current_task, off, process_of, read, read_ptr, self_tgid, Bucket, Direct,
-        Mem, Probe,
+        atomic_add, bump, current_task, off, process_of, read, read_ptr, self_port, self_tgid,
+        Bucket, Direct, Mem, Probe,
     },
     ports::TaskFileIterCtx,
 };
@@ -90,47 +90,61 @@ const CLOSED: u8 = 4;
 /// SOCK_STREAM, sock.sk_type of TCP sockets.
 const SOCK_STREAM: u16 = 1;
 
+/// How a socket's counters are read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// From the walk, without the socket's lock: the receive path may be half done.
+    Lockless,
+    /// From a state change or the socket's destruction: receive processing is not under way.
+    Settled,
+}
+
 /// The socket's counters (see [`SockCounters`] for why in this order).
 #[inline(always)]
-fn counters<M: Mem>(sk: *const u8) -> Option<SockCounters> {
-    let bytes_acked = M::get(sk, off!(tcp_bytes_acked))?;
-    let bytes_received = M::get(sk, off!(tcp_bytes_received))?;
-    let snd_una = M::get(sk, off!(tcp_snd_una))?;
-    let write_seq = M::get(sk, off!(tcp_write_seq))?;
-    let fin_queued = fin_queued::<M>(sk);
-    let sk_flags = M::get(sk, off!(sk_flags))?;
+fn counters(sk: *const u8, reader: Reader) -> Option<SockCounters> {
+    let bytes_acked = read(sk, off!(tcp_bytes_acked))?;
+    let snd_una = read(sk, off!(tcp_snd_una))?;
+    let write_seq = read(sk, off!(tcp_write_seq))?;
+    let bytes_received = read(sk, off!(tcp_bytes_received))?;
+    let fin_unflagged = fin_unflagged(sk, reader);
+    let sk_flags = read(sk, off!(sk_flags))?;
     Some(SockCounters {
         bytes_acked,
         bytes_received,
         snd_una,
         write_seq,
-        fin_queued,
+        fin_unflagged,
         sk_flags,
     })
 }
 
-/// Whether the last skb of the socket's receive queue carries the peer's FIN (false when the
-/// queue is empty or the kernel lacks the fields).
+/// Whether bytes_received, just read, may hold the peer's FIN before sk_flags says so (see
+/// [`SockCounters::fin_unflagged`]): the receive queue's last skb carries the FIN, or (read
+/// without the lock) the queue does not reach rcv_nxt yet. False where the kernel lacks a field.
 #[inline(always)]
-fn fin_queued<M: Mem>(sk: *const u8) -> bool {
+fn fin_unflagged(sk: *const u8, reader: Reader) -> bool {
     const TCPHDR_FIN: u8 = 0x01;
-    let (queue, prev, cb, flags) = (
-        off!(sk_receive_queue),
-        off!(skb_head_prev),
-        off!(skb_cb),
-        off!(tcp_cb_flags),
-    );
+    let (queue, prev, cb) = (off!(sk_receive_queue), off!(skb_head_prev), off!(skb_cb));
+    let (flags, end_seq) = (off!(tcp_cb_flags), off!(tcp_cb_end_seq));
     if queue == u32::MAX || prev == u32::MAX || cb == u32::MAX || flags == u32::MAX {
         return false;
     }
-    let Some(tail) = M::get::<*const u8>(sk, queue + prev) else {
+    // rcv_nxt before the queue: tcp_queue_rcv moves it before it queues the skb.
+    let rcv_nxt = read::<u32>(sk, off!(tcp_rcv_nxt));
+    let Some(tail) = read_ptr(sk, queue + prev) else {
         return false;
     };
     // An empty queue's last skb is the queue itself (sk_buff_head starts as sk_buff does).
-    if tail.is_null() || tail == sk.wrapping_add(queue as usize) {
-        return false;
-    }
-    read::<u8>(tail, cb + flags).is_some_and(|f| f & TCPHDR_FIN != 0)
+    let reached = if tail == sk.wrapping_add(queue as usize) {
+        // Everything queued was read.
+        read::<u32>(sk, off!(tcp_copied_seq))
+    } else {
+        if read::<u8>(tail, cb + flags).is_some_and(|f| f & TCPHDR_FIN != 0) {
+            return true;
+        }
+        read::<u32>(tail, cb + end_seq)
+    };
+    reader == Reader::Lockless && rcv_nxt.is_some() && reached.is_some() && reached != rcv_nxt
 }
 
 /// Moves the counter at `field` forward to `now` (never back: of two CPUs moving it at once,
@@ -216,7 +230,7 @@ pub fn probe_tcp_walk(ctx: *const TaskFileIterCtx) -> i32 {
     if p.tgid == self_tgid() {
         return 0;
     }
-    let Some(c) = counters::<Probe>(sk) else {
+    let Some(c) = counters(sk, Reader::Lockless) else {
         return 0;
     };
     let id = sk as u64;
@@ -405,23 +419,30 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
         // the FIN): everything it wrote is in the counters now, and goes to it at once (the
         // socket may linger in FIN_WAIT or LAST_ACK long after the process exits); from now on
         // what the socket carries goes to it too (an accepted connection no collection saw has
-        // no process yet). The daemon's own connections (scrapes) are not counted.
+        // no process yet). The daemon's own connections (scrapes) are not counted: those it
+        // accepted on its HTTP port (it connects nowhere, and the walk skips its files).
         let id = sk as u64;
         if let Some(e) = TCP_SOCKETS.get_ptr_mut(&id) {
-            match process_of(current_task()) {
-                Some(p) if p.tgid == self_tgid() => {
+            // SAFETY: a map value the lookup just returned; transitions of one socket are
+            // serialised by its lock, and only they write the flags.
+            let mut key = unsafe { core::ptr::read_volatile(&raw const (*e).key) };
+            let closer = process_of(current_task());
+            let by_daemon = closer.is_some_and(|p| p.tgid == self_tgid());
+            match closer {
+                _ if by_daemon && key.tgid == 0 && u32::from(key.port) == self_port() => {
                     let _ = TCP_SOCKETS.remove(&id);
                 }
                 closer => {
-                    // SAFETY: a map value the lookup just returned; transitions of one socket
-                    // are serialised by its lock, and only they write the flags.
-                    let mut key = unsafe { core::ptr::read_volatile(&raw const (*e).key) };
-                    if let Some(p) = closer.filter(|p| !p.kthread) {
+                    // In the daemon's context, a socket of another process is closed by a walk
+                    // (TCP or listeners) that held its file when the process closed it (the last
+                    // reference goes when the walk moves on): it stays with the holder a walk
+                    // gave it, or its port.
+                    if let Some(p) = closer.filter(|p| !p.kthread && !by_daemon) {
                         key.tgid = p.tgid;
                         key.start_ns = p.start_ns;
                     }
                     if walking() {
-                        if let Some(c) = counters::<Probe>(sk) {
+                        if let Some(c) = counters(sk, Reader::Settled) {
                             if take(&ctx, e, &c, &key) {
                                 rtt_of(&ctx, sk, &key);
                             }
@@ -481,7 +502,7 @@ fn take_final<C: EbpfContext>(ctx: &C, sk: *const u8, e: *mut SockBase) {
         return;
     }
     // (tcp_sock's fields are beyond the struct sock the verifier knows: read with the helper.)
-    if let Some(c) = counters::<Probe>(sk) {
+    if let Some(c) = counters(sk, Reader::Settled) {
         // SAFETY: as above.
         let key = unsafe { core::ptr::read_volatile(&raw const (*e).key) };
         // A connection reset (or closed without its FIN path moving it) has its RTT sample here.

@@ -275,6 +275,9 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
     o.sk_receive_queue = off(&get("sock", &[&["sk_receive_queue"]]));
     o.skb_head_prev = off(&get("sk_buff_head", &[&["prev"]]));
     o.tcp_cb_flags = off(&get("tcp_skb_cb", &[&["tcp_flags"]]));
+    o.tcp_cb_end_seq = off(&get("tcp_skb_cb", &[&["end_seq"]]));
+    o.tcp_rcv_nxt = off(&get("tcp_sock", &[&["rcv_nxt"]]));
+    o.tcp_copied_seq = off(&get("tcp_sock", &[&["copied_seq"]]));
     o.retransmit_has_err = u32::from(btf.tracepoint_args("tcp_retransmit_skb") == Some(3));
     o.sched_switch_has_prev_state = u32::from(btf.tracepoint_args("sched_switch") == Some(4));
 

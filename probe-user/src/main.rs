@@ -151,6 +151,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             runq_histograms: args.hooks.runq_histograms,
             cgroup_path: args.hooks.cgroup,
             bpf_stats: args.bpf_stats,
+            self_port: listener.local_addr().map_or(0, |a| a.port()),
         };
         let pins = if args.no_pin { None } else { open_pins(&load_opts, &args.pins.pin_path)? };
         let mut kernel = loader::load_pinned(&load_opts, pins);

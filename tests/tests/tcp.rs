@@ -545,6 +545,7 @@ fn a_thousand_short_connections_are_counted_exactly() {
             &format!("\"{port}\""),
             &s,
             &c,
+            BYTES,
             "probe_tcp_events",
             "probe_bpf_program_missed",
             "probe_collector_",
@@ -570,6 +571,9 @@ fn a_thousand_short_connections_are_counted_exactly() {
     );
     let exact = |n: f64| n <= 100_000.0 && n + slack >= 100_000.0;
     assert!(exact(rx) && exact(tx), "{}", shown());
+    // The scrapes were the daemon's own connections: not counted.
+    let own = m.sum(BYTES, &[("port", &daemon.port.to_string())]);
+    assert_eq!(own, 0.0, "bytes of the daemon's own port\n{}", m.text);
 }
 
 /// A network namespace with a veth pair to the host (deleted on drop).
@@ -689,7 +693,7 @@ impl Drop for Netns {
 /// deferred connect holds a socket there until its first write, so collections read it there.
 #[test]
 fn a_socket_read_inside_connect_counts_only_its_payload() {
-    let ns = Netns::new("f", 202);
+    let ns = Netns::new("f", 204);
     // The namespace's TFO client bits: on (0x1), without a cookie (0x4), so connect(2) defers.
     let knob = "/proc/sys/net/ipv4/tcp_fastopen";
     ns.exec(&["sh", "-c", &format!("echo 5 > {knob}")]);
@@ -702,7 +706,7 @@ fn a_socket_read_inside_connect_counts_only_its_payload() {
         &[
             "tcp-serve",
             "--bind",
-            "10.202.0.2:0",
+            "10.204.0.2:0",
             "--conns",
             "1",
             "--recv",
@@ -711,7 +715,7 @@ fn a_socket_read_inside_connect_counts_only_its_payload() {
             &tx,
         ],
     );
-    let to = format!("10.202.0.2:{}", server.port);
+    let to = format!("10.204.0.2:{}", server.port);
     let mut client = Workload::start_wrapped(
         &wrap,
         &[

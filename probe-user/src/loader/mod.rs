@@ -14,7 +14,9 @@ use aya::{
 };
 use probe_common::{
     block::{IoKey, IoStart, IoTotals, IO_MAP},
-    config::{Offsets, ACTIVE_MAP, GENERATION_GLOBAL, OFFSETS_GLOBAL, SELF_TGID_GLOBAL},
+    config::{
+        Offsets, ACTIVE_MAP, GENERATION_GLOBAL, OFFSETS_GLOBAL, SELF_PORT_GLOBAL, SELF_TGID_GLOBAL,
+    },
     cpu::{DeadKey, DeadTotals, DEAD_MAP},
     runq::{
         ThreadRunq, ENABLED_GLOBAL as RUNQ_ENABLED_GLOBAL, LOADED_AT_GLOBAL,
@@ -140,6 +142,9 @@ pub struct LoadOptions {
     pub bpf_stats: bool,
     /// The host's cgroup filesystem, if given (`--path.cgroup`); else found.
     pub cgroup_path: Option<std::path::PathBuf>,
+    /// The port the daemon serves HTTP on (0: none): connections accepted there are its own,
+    /// not counted.
+    pub self_port: u16,
 }
 
 impl LoadOptions {
@@ -193,6 +198,7 @@ impl Default for LoadOptions {
             runq_histograms: false,
             bpf_stats: false,
             cgroup_path: None,
+            self_port: 0,
         }
     }
 }
@@ -470,6 +476,7 @@ fn prepare(
         .btf(Some(&aya_btf))
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
+        .override_global(SELF_PORT_GLOBAL, &u32::from(opts.self_port), true)
         .override_global(GENERATION_GLOBAL, &generation, true)
         .override_global(LOADED_AT_GLOBAL, &boottime_ns(), true)
         .override_global(RUNQ_ENABLED_GLOBAL, &u32::from(opts.runq_on()), true)
