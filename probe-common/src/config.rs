@@ -11,6 +11,9 @@ pub const SELF_TGID_GLOBAL: &str = "SELF_TGID";
 /// Name of the read-only global that holds the port the daemon serves HTTP on (0: none); the
 /// connections it accepts there are not counted.
 pub const SELF_PORT_GLOBAL: &str = "SELF_PORT";
+/// Name of the read-only global that holds the daemon's network namespace (the inode number of
+/// /proc/self/ns/net), with which [`SELF_PORT_GLOBAL`] names its connections.
+pub const SELF_NETNS_GLOBAL: &str = "SELF_NETNS";
 
 /// Name of the read-only global with the generation of this load of the programs (see
 /// [`ACTIVE_MAP`]).
@@ -87,6 +90,9 @@ pub struct Offsets {
     pub inet_sport: u32,
     /// sock_common.skc_dport (remote port, network byte order)
     pub sk_dport: u32,
+    /// sock_common.skc_net.net (struct net *), and net.ns.inum: the socket's network namespace
+    pub sk_net: u32,
+    pub net_ns_inum: u32,
     /// sock_common.skc_flags (sock.sk_flags; SOCK_DONE: the peer's FIN arrived)
     pub sk_flags: u32,
     /// tcp_sock.bytes_acked, bytes_received (u64), snd_una, write_seq (u32)
@@ -190,6 +196,8 @@ impl Offsets {
         sk_type: OFFSET_MISSING,
         inet_sport: OFFSET_MISSING,
         sk_dport: OFFSET_MISSING,
+        sk_net: OFFSET_MISSING,
+        net_ns_inum: OFFSET_MISSING,
         sk_flags: OFFSET_MISSING,
         tcp_bytes_acked: OFFSET_MISSING,
         tcp_srtt_us: OFFSET_MISSING,

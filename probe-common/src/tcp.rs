@@ -167,7 +167,7 @@ pub const SK_FLAG_DONE: u64 = 1 << 1;
 
 /// A TCP socket's counters, as the kernel keeps them (tcp_sock). The walk reads them without
 /// the socket's lock, in an order that makes a read racing the kernel err low (the next read
-/// corrects it), not high:
+/// corrects it), not high (given x86's ordering of stores and of loads):
 /// - bytes_acked, then at once snd_una, which tcp_ack moves just after it (a read can only be
 ///   high if the kernel stalls between those two adjacent stores for as long as the two reads);
 /// - write_seq before the entry's flags, which the state program sets before tcp_send_fin
@@ -188,7 +188,9 @@ pub struct SockCounters {
     /// the last until the process reads it, after SOCK_DONE. So this is set when the last skb
     /// carries the FIN or, read without the lock, when the queue does not reach rcv_nxt (the
     /// last skb's end_seq, or copied_seq when it is empty): the skb that moved rcv_nxt is not
-    /// queued yet. Either can hold for data too: then one byte low until the next read.
+    /// queued yet. Either can hold for data too: then one byte low until the next read (or, on
+    /// a socket whose data a sockmap verdict program takes off the queue before it is read,
+    /// until it is read or closed).
     pub fin_unflagged: bool,
     /// sock.sk_flags
     pub sk_flags: u64,

@@ -23,6 +23,10 @@ static SELF_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static SELF_PORT: u32 = 0;
 
+/// The daemon's network namespace (its inode number; 0: unknown).
+#[unsafe(no_mangle)]
+static SELF_NETNS: u32 = 0;
+
 /// This load's generation, set by the daemon before load (see `probe_common::config::ACTIVE_MAP`).
 #[unsafe(no_mangle)]
 static GENERATION: u32 = 0;
@@ -62,6 +66,12 @@ pub(crate) fn self_tgid() -> u32 {
 pub(crate) fn self_port() -> u32 {
     // SAFETY: as for SELF_TGID.
     unsafe { core::ptr::read_volatile(&SELF_PORT) }
+}
+
+#[inline(always)]
+pub(crate) fn self_netns() -> u32 {
+    // SAFETY: as for SELF_TGID.
+    unsafe { core::ptr::read_volatile(&SELF_NETNS) }
 }
 
 /// Reads a `T` at `base + off` with bpf_probe_read_kernel. None if the offset is unknown on this

@@ -41,8 +41,8 @@ use probe_common::{
 
 use crate::{
     kernel::{
-        atomic_add, bump, current_task, off, process_of, read, read_ptr, self_port, self_tgid,
-        Bucket, Direct, Mem, Probe,
+        atomic_add, bump, current_task, off, process_of, read, read_ptr, self_netns, self_port,
+        self_tgid, Bucket, Direct, Mem, Probe,
     },
     ports::TaskFileIterCtx,
 };
@@ -130,21 +130,46 @@ fn fin_unflagged(sk: *const u8, reader: Reader) -> bool {
         return false;
     }
     // rcv_nxt before the queue: tcp_queue_rcv moves it before it queues the skb.
-    let rcv_nxt = read::<u32>(sk, off!(tcp_rcv_nxt));
+    let rcv_nxt = match reader {
+        Reader::Lockless => read::<u32>(sk, off!(tcp_rcv_nxt)),
+        Reader::Settled => None,
+    };
     let Some(tail) = read_ptr(sk, queue + prev) else {
         return false;
     };
     // An empty queue's last skb is the queue itself (sk_buff_head starts as sk_buff does).
-    let reached = if tail == sk.wrapping_add(queue as usize) {
-        // Everything queued was read.
+    let empty = tail == sk.wrapping_add(queue as usize);
+    if !empty && read::<u8>(tail, cb + flags).is_some_and(|f| f & TCPHDR_FIN != 0) {
+        return true;
+    }
+    let Some(rcv_nxt) = rcv_nxt else {
+        return false;
+    };
+    // Where the queue reaches: its last skb's end, or, empty, what was read.
+    let reached = if empty {
         read::<u32>(sk, off!(tcp_copied_seq))
+    } else if end_seq == u32::MAX {
+        None
     } else {
-        if read::<u8>(tail, cb + flags).is_some_and(|f| f & TCPHDR_FIN != 0) {
-            return true;
-        }
         read::<u32>(tail, cb + end_seq)
     };
-    reader == Reader::Lockless && rcv_nxt.is_some() && reached.is_some() && reached != rcv_nxt
+    reached.is_some_and(|r| r != rcv_nxt)
+}
+
+/// Whether `sk`, accepted on local port `lport`, is a connection to the daemon's own HTTP
+/// port in its network namespace (the port alone where the kernel lacks the fields).
+#[inline(always)]
+fn daemon_own(sk: *const u8, lport: u16) -> bool {
+    if u32::from(lport) != self_port() {
+        return false;
+    }
+    let want = self_netns();
+    if want == 0 {
+        return true;
+    }
+    read_ptr(sk, off!(sk_net))
+        .and_then(|net| read::<u32>(net, off!(net_ns_inum)))
+        .is_none_or(|inum| inum == want)
 }
 
 /// Moves the counter at `field` forward to `now` (never back: of two CPUs moving it at once,
@@ -411,16 +436,20 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
             }
         }
     } else if accepts(old, new) {
-        // No process yet (softirq): the port's until a collection sees who holds it.
-        born(&ctx, sk, port_key(lport, ROLE_SERVER), SOCK_PASSIVE);
+        // No process yet (softirq): the port's until a collection sees who holds it. The
+        // daemon's own connections (scrapes) get no entry: nothing of them is counted (the walk
+        // skips its files).
+        if !daemon_own(sk, lport) {
+            born(&ctx, sk, port_key(lport, ROLE_SERVER), SOCK_PASSIVE);
+        }
         account(&ctx, &port_key(lport, ROLE_SERVER), ACCEPTED, 1);
     } else if queues_fin(new) {
         // close(2) or shutdown(2), in the closing process's context (before tcp_send_fin queues
         // the FIN): everything it wrote is in the counters now, and goes to it at once (the
         // socket may linger in FIN_WAIT or LAST_ACK long after the process exits); from now on
         // what the socket carries goes to it too (an accepted connection no collection saw has
-        // no process yet). The daemon's own connections (scrapes) are not counted: those it
-        // accepted on its HTTP port (it connects nowhere, and the walk skips its files).
+        // no process yet). (The daemon's own connections have no entry; one an older daemon
+        // gave an entry is dropped here.)
         let id = sk as u64;
         if let Some(e) = TCP_SOCKETS.get_ptr_mut(&id) {
             // SAFETY: a map value the lookup just returned; transitions of one socket are
@@ -429,14 +458,14 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
             let closer = process_of(current_task());
             let by_daemon = closer.is_some_and(|p| p.tgid == self_tgid());
             match closer {
-                _ if by_daemon && key.tgid == 0 && u32::from(key.port) == self_port() => {
+                _ if by_daemon && key.tgid == 0 && daemon_own(sk, key.port) => {
                     let _ = TCP_SOCKETS.remove(&id);
                 }
                 closer => {
                     // In the daemon's context, a socket of another process is closed by a walk
-                    // (TCP or listeners) that held its file when the process closed it (the last
-                    // reference goes when the walk moves on): it stays with the holder a walk
-                    // gave it, or its port.
+                    // (TCP or listeners; or the /proc/<pid>/fd fallback) that held its file when
+                    // the process closed it (the last reference goes when the walk moves on): it
+                    // stays with the holder a walk gave it, or its port.
                     if let Some(p) = closer.filter(|p| !p.kthread && !by_daemon) {
                         key.tgid = p.tgid;
                         key.start_ns = p.start_ns;

@@ -263,6 +263,8 @@ pub fn resolve(btf: &KernelBtf) -> Resolved {
     o.sk_type = off(&get("sock", &[&["sk_type"]]));
 
     o.sk_dport = off(&get("sock_common", &[&["skc_dport"]]));
+    o.sk_net = off(&get("sock_common", &[&["skc_net", "net"]]));
+    o.net_ns_inum = off(&get("net", &[&["ns", "inum"]]));
     o.inet_sport = off(&get("inet_sock", &[&["inet_sport"]]));
     o.sk_flags = off(&get("sock_common", &[&["skc_flags"]]));
     o.tcp_bytes_acked = off(&get("tcp_sock", &[&["bytes_acked"]]));

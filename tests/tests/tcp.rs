@@ -754,6 +754,28 @@ fn traffic_in_another_network_namespace_is_counted_the_same() {
     assert_exact(&m, &server, &client, "netns over veth");
 }
 
+/// The daemon's own connections are told apart by port and network namespace: the bytes of a
+/// server on the daemon's port number in another namespace are counted like any other's.
+/// (Connection counts are per port number, whatever the namespace: the daemon's scrapes add to
+/// them.)
+#[test]
+fn the_daemons_port_number_in_another_namespace_is_counted() {
+    let ns = Netns::new("p", 205);
+    let daemon = Daemon::start(&[]);
+    let wrap = ["ip", "netns", "exec", ns.name.as_str()];
+    let bind = format!("10.205.0.2:{}", daemon.port);
+    let (server, client) = exchange(&wrap, &bind, "10.205.0.2");
+    assert_eq!(server.port, daemon.port);
+    let m = daemon.scrape();
+    assert_sides(
+        &m,
+        &server,
+        &client,
+        (RX, TX),
+        "on the daemon's port number",
+    );
+}
+
 /// TcpRetransSegs of a network namespace, from the kernel (nstat, absolute, history untouched).
 fn retrans_segs(ns: &Netns) -> u64 {
     let out = ns.exec(&["nstat", "-asz", "TcpRetransSegs"]);

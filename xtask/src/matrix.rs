@@ -78,6 +78,11 @@ pub const TESTS: &[(&str, &str)] = &[
         "tcp",
         "a_socket_read_inside_connect_counts_only_its_payload",
     ),
+    // The daemon's own connections (not counted) told apart by port and network namespace.
+    (
+        "tcp",
+        "the_daemons_port_number_in_another_namespace_is_counted",
+    ),
     // bytes waiting in an open socket's entry: moved at every collection and at close.
     (
         "tcp",

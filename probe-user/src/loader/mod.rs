@@ -15,7 +15,8 @@ use aya::{
 use probe_common::{
     block::{IoKey, IoStart, IoTotals, IO_MAP},
     config::{
-        Offsets, ACTIVE_MAP, GENERATION_GLOBAL, OFFSETS_GLOBAL, SELF_PORT_GLOBAL, SELF_TGID_GLOBAL,
+        Offsets, ACTIVE_MAP, GENERATION_GLOBAL, OFFSETS_GLOBAL, SELF_NETNS_GLOBAL,
+        SELF_PORT_GLOBAL, SELF_TGID_GLOBAL,
     },
     cpu::{DeadKey, DeadTotals, DEAD_MAP},
     runq::{
@@ -458,6 +459,9 @@ fn prepare(
     let mut offsets: Offsets = resolved.offsets;
     offsets.page_size = u32::try_from(procfs::page_size()).unwrap_or(4096);
     let self_tgid: u32 = std::process::id();
+    // (Namespace inode numbers fit in 32 bits: ns_common.inum is an unsigned int.)
+    let self_netns = std::fs::metadata("/proc/self/ns/net")
+        .map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m) as u32);
     let mut loader = EbpfLoader::new();
     let pin_paths: Vec<(&str, std::path::PathBuf)> = pins
         .map(|p| {
@@ -477,6 +481,7 @@ fn prepare(
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
         .override_global(SELF_PORT_GLOBAL, &u32::from(opts.self_port), true)
+        .override_global(SELF_NETNS_GLOBAL, &self_netns, true)
         .override_global(GENERATION_GLOBAL, &generation, true)
         .override_global(LOADED_AT_GLOBAL, &boottime_ns(), true)
         .override_global(RUNQ_ENABLED_GLOBAL, &u32::from(opts.runq_on()), true)
