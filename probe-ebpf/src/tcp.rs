@@ -448,8 +448,9 @@ pub fn probe_tcp_state(ctx: BtfTracePointContext) -> i32 {
         // the FIN): everything it wrote is in the counters now, and goes to it at once (the
         // socket may linger in FIN_WAIT or LAST_ACK long after the process exits); from now on
         // what the socket carries goes to it too (an accepted connection no collection saw has
-        // no process yet). (The daemon's own connections have no entry; one an older daemon
-        // gave an entry is dropped here.)
+        // no process yet). (The daemon's own connections get no entry at accept; one accepted
+        // while a previous generation's programs, with another SELF_PORT, were active has one,
+        // dropped here.)
         let id = sk as u64;
         if let Some(e) = TCP_SOCKETS.get_ptr_mut(&id) {
             // SAFETY: a map value the lookup just returned; transitions of one socket are
